@@ -1,0 +1,153 @@
+"""Streaming acoustic decoder / semantic encoder steps with the convolution state as one flat tensor,
+and the non-streaming voice-prompt encoder.
+
+transformers keeps a lazily created dict of per-layer caches and updates them in place; here each causal
+conv gets ``cat(state, x)`` and returns the last ``left_pad`` input samples as its new state (shared doc
+§6). Transposed convolutions are computed as a matmul plus overlap-add over the last *one* previous
+frame: bit-identical to ``ConvTranspose1d`` on the padded input, it builds in bf16 on TensorRT-RTX
+(whose bf16 ConvTranspose1d does not build) and needs 1 frame of state instead of ``2r-1``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.models.vibevoice_acoustic_tokenizer.modeling_vibevoice_acoustic_tokenizer import (
+    VibeVoiceAcousticTokenizerCausalConv1d as CausalConv1d,
+    VibeVoiceAcousticTokenizerCausalConvTranspose1d as CausalConvT1d,
+    VibeVoiceAcousticTokenizerConvNext1dLayer as ConvNextLayer,
+)
+
+
+def _ops(tokenizer) -> list[nn.Module]:
+    """The tokenizer's stateful ops and blocks in execution order: stem conv, blocks, (up|down) convs, head."""
+    ops: list[nn.Module] = [tokenizer.stem.conv, *tokenizer.stem.stage]
+    for layer in tokenizer.conv_layers:
+        ops.append(layer.convtr if hasattr(layer, "convtr") else layer.conv)
+        ops.extend(layer.stage)
+    ops.append(tokenizer.head)
+    return ops
+
+
+def _state_shape(op: nn.Module) -> tuple[str, int, int]:
+    conv = op.mixer if isinstance(op, ConvNextLayer) else op
+    if isinstance(conv, CausalConvT1d):
+        return conv.cache_key, conv.in_channels, 1  # one previous frame is enough (see module doc)
+    return conv.cache_key, conv.in_channels, conv.left_pad
+
+
+def state_layout(tokenizer) -> list[tuple[str, int, int]]:
+    """`(cache_key, channels, length)` of every streaming state, in execution order."""
+    return [_state_shape(op) for op in _ops(tokenizer)]
+
+
+def _conv_step(conv: CausalConv1d, x, state):
+    xin = torch.cat([state, x], dim=-1)
+    return conv.conv(xin), xin[..., xin.shape[-1] - conv.left_pad:]
+
+
+def _convtr_step(conv: CausalConvT1d, x, state):
+    # x: [B, C, T]; state: [B, C, 1] (the previous frame). y[j*r + m] = W[:, :, m]·x[j] + W[:, :, m+r]·x[j-1]
+    r = conv.stride
+    w = conv.convtr.weight  # [C_in, C_out, 2r]
+    c_out = w.shape[1]
+    xin = torch.cat([state, x], dim=-1)  # [B, C, T+1]
+    t = x.shape[-1]
+    z = torch.matmul(xin.transpose(1, 2), w.reshape(w.shape[0], c_out * 2 * r))  # [B, T+1, C_out*2r]
+    z = z.view(z.shape[0], t + 1, c_out, 2 * r)
+    y = z[:, 1:, :, :r] + z[:, :-1, :, r:]  # [B, T, C_out, r]
+    y = y.permute(0, 2, 1, 3).reshape(y.shape[0], c_out, t * r) + conv.convtr.bias[None, :, None]
+    return y, xin[..., -1:]
+
+
+def _block_step(block: ConvNextLayer, x, state):
+    residual = x
+    h = block.norm(x.transpose(1, 2)).transpose(1, 2)
+    h, new_state = _conv_step(block.mixer, h, state)
+    x = residual + h * block.gamma.unsqueeze(-1)
+    h = block.ffn(block.ffn_norm(x.transpose(1, 2))).transpose(1, 2)
+    return x + h * block.ffn_gamma.unsqueeze(-1), new_state
+
+
+class _StreamingTokenizer(nn.Module):
+    """Runs a tokenizer (decoder or encoder) one chunk at a time with a flat state `[B, N]`."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.layout = state_layout(tokenizer)
+        self.state_size = sum(c * p for _, c, p in self.layout)
+
+    def run(self, x, state):
+        ops = _ops(self.tokenizer)
+        b = x.shape[0]
+        new_states = []
+        offset = 0
+        for op, (_, c, p) in zip(ops, self.layout):
+            s = state[:, offset:offset + c * p].reshape(b, c, p)
+            offset += c * p
+            if isinstance(op, ConvNextLayer):
+                x, ns = _block_step(op, x, s)
+            elif isinstance(op, CausalConvT1d):
+                x, ns = _convtr_step(op, x, s)
+            else:
+                x, ns = _conv_step(op, x, s)
+            new_states.append(ns.reshape(b, c * p))
+        return x, torch.cat(new_states, dim=1)
+
+
+class AcousticDecoderStep(nn.Module):
+    """`latent [B, 1, 64]` (diffusion output, LLM latent space), `state [B, Nd]` ->
+    `audio [B, 1, 3200]`, `state_out [B, Nd]`. Applies ``z / scale - bias`` first, as transformers does."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.stream = _StreamingTokenizer(model.model.audio_tower.decoder)
+        self.scale = model.model.latent_scaling_factor
+        self.bias = model.model.latent_bias_factor
+
+    def forward(self, latent, state):
+        z = latent / self.scale - self.bias
+        return self.stream.run(z.permute(0, 2, 1), state)
+
+
+class SemanticEncoderStep(nn.Module):
+    """`audio [B, 1, 3200]`, `state [B, Ns]` -> `semantic [B, 1, Dsem]`, `state_out [B, Ns]`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.stream = _StreamingTokenizer(model.model.semantic_tokenizer_encoder)
+
+    def forward(self, audio, state):
+        h, new_state = self.stream.run(audio, state)
+        return h.permute(0, 2, 1), new_state
+
+
+class AcousticEncoder(nn.Module):
+    """Voice prompts, non-streaming: `wav [S, 1, N]` (N a multiple of 3200), `noise_std [S]`
+    (= vae_std * randn(S)), `noise [S, N/3200, 64]` -> `latents [S, T, 64]` (LLM latent space) and
+    `embeds [S, T, H]` (what transformers scatters into the voice placeholder slots)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.model.audio_tower.encoder
+        self.projector = model.model.multi_modal_projector
+        self.scale = model.model.latent_scaling_factor
+        self.bias = model.model.latent_bias_factor
+
+    def forward(self, wav, noise_std, noise):
+        z = self.encoder(wav).latents
+        z = z + noise_std.to(z.dtype)[:, None, None] * noise.to(z.dtype)  # as transformers: in z's dtype
+        z = (z + self.bias) * self.scale
+        return z, self.projector(z)
+
+
+class Connectors(nn.Module):
+    """`latent [B, 1, 64]`, `semantic [B, 1, Dsem]` -> next LLM input `embeds [B, 1, H]`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.acoustic = model.model.multi_modal_projector
+        self.semantic = model.model.semantic_connector
+
+    def forward(self, latent, semantic):
+        return self.acoustic(latent) + self.semantic(semantic)

@@ -1,0 +1,115 @@
+"""The diffusion head as one step (`DiffusionHeadStep`) and as the whole K-step DPM-Solver++ 2M sampler
+with classifier-free guidance (`DiffusionSampler`), unrolled for a fixed K.
+
+The scheduler constants come from diffusers' own `DPMSolverMultistepScheduler` (the one transformers
+builds), and the update keeps diffusers' operation order and dtypes: x0 and D1 in the model dtype, the
+update summed in fp32 and cast back (shared doc §5). In fp32 the unrolled loop is bit-identical to
+transformers' `_sample_audio_latent`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MIN_STEPS, MAX_STEPS = 1, 50
+
+
+@dataclass(frozen=True)
+class StepConstants:
+    """fp32 scalars of one solver step i (from t_i to t_{i+1})."""
+
+    timestep: int
+    alpha: float  # alpha_s of x0 = alpha*x - sigma*v
+    sigma: float
+    a: float  # sigma_t / sigma_s
+    b: float  # alpha_t * (exp(-h) - 1)
+    d1_scale: float  # 1 / r0 (second order only)
+    order: int
+
+
+def schedule(steps: int) -> list[StepConstants]:
+    """The diffusers DPM-Solver++ (cosine, v-prediction) constants for `steps` steps."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sch = DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    sch.set_timesteps(num_inference_steps=steps)
+    sig = sch.sigmas.to(torch.float32)
+
+    def alpha_sigma(s):
+        return sch._sigma_to_alpha_sigma_t(s)
+
+    def lam(s):
+        a, sg = alpha_sigma(s)
+        return torch.log(a) - torch.log(sg)
+
+    out = []
+    for i, t in enumerate(sch.timesteps.tolist()):
+        alpha_s, sigma_s = alpha_sigma(sig[i])
+        alpha_t, sigma_t = alpha_sigma(sig[i + 1])
+        h = lam(sig[i + 1]) - lam(sig[i])
+        last = i == steps - 1
+        order = 1 if (i == 0 or last) else 2
+        d1 = 0.0
+        if order == 2:
+            h0 = lam(sig[i]) - lam(sig[i - 1])
+            d1 = float(1.0 / (h0 / h))
+        out.append(StepConstants(int(t), float(alpha_s), float(sigma_s), float(sigma_t / sigma_s),
+                                 float(alpha_t * (torch.exp(-h) - 1.0)), d1, order))
+    return out
+
+
+class DiffusionHeadStep(nn.Module):
+    """One head call: `noisy [N, 64]`, `timestep [N]` (fp32, rounded to the model dtype inside),
+    `condition [N, H]` -> `v [N, 64]`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.head = model.model.diffusion_head
+
+    def forward(self, noisy, timestep, condition):
+        return self.head(noisy, timestep.to(noisy.dtype), condition)
+
+
+def _f32(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32)
+
+
+class DiffusionSampler(nn.Module):
+    """`cond_pos [B, H]`, `cond_neg [B, H]`, `noise [B, 64]`, `cfg_scale [1]` (fp32) -> `latent [B, 1, 64]`.
+
+    Each of the K steps runs the head once on the `2B` rows `[x; x]` with conditions `[pos; neg]`, mixes
+    `v = v_neg + s (v_pos - v_neg)` and applies the DPM-Solver++ 2M update.
+    """
+
+    def __init__(self, model, steps: int):
+        super().__init__()
+        if not MIN_STEPS <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be in [{MIN_STEPS}, {MAX_STEPS}], got {steps}")
+        self.head = model.model.diffusion_head
+        self.steps = steps
+        self.consts = schedule(steps)
+
+    def forward(self, cond_pos, cond_neg, noise, cfg_scale):
+        dtype = cond_pos.dtype
+        b = cond_pos.shape[0]
+        cond = torch.cat([cond_pos, cond_neg], dim=0)
+        x = noise.to(dtype)
+        prev_x0 = x
+        for c in self.consts:
+            t = torch.full((2 * b,), float(c.timestep), dtype=torch.float32, device=x.device).to(dtype)
+            v = self.head(torch.cat([x, x], dim=0), t, cond)
+            v_pos, v_neg = v[:b], v[b:]
+            # transformers: uncond + guidance_scale * (cond - uncond) with a Python float -> fp32 opmath
+            v = v_neg + (cfg_scale * (v_pos - v_neg).float()).to(dtype)
+            x0 = _f32(c.alpha) * x - _f32(c.sigma) * v  # model dtype, as diffusers' convert_model_output
+            x32 = x.float()
+            if c.order == 1:
+                x_next = _f32(c.a) * x32 - _f32(c.b) * x0
+            else:
+                d1 = _f32(c.d1_scale) * (x0 - prev_x0)
+                x_next = _f32(c.a) * x32 - _f32(c.b) * x0 - _f32(0.5 * c.b) * d1
+            x = x_next.to(dtype)
+            prev_x0 = x0
+        return x.unsqueeze(1)

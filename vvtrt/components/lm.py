@@ -1,0 +1,115 @@
+"""The Qwen2 LLM as two explicit-KV components: `LMPrefill` (prompt -> KV entries) and `LMDecode` (one
+token for a batch of rows against a static, preallocated cache). Built from the transformers layers'
+own submodules so numerics match `Qwen2Model` while the cache is a plain tensor.
+
+KV layout everywhere: ``[layers, batch, kv_heads, length, head_dim]`` in the model dtype.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+from vvtrt.components.info import ModelInfo
+
+
+class _LMCore(nn.Module):
+    """Shared pieces: the decoder layers, final norm, rotary embedding and the 4-row control-token head."""
+
+    def __init__(self, model, info: ModelInfo):
+        super().__init__()
+        lm = model.model.language_model
+        self.layers = lm.layers
+        self.norm = lm.norm
+        self.rotary = lm.rotary_emb
+        self.info = info
+        ids = torch.tensor(info.control_token_ids)
+        # Only the 4 control-token rows of lm_head: never the 151k-row vocabulary.
+        self.register_buffer("head4", model.lm_head.weight.detach()[ids].clone(), persistent=False)
+        self.groups = info.q_heads // info.kv_heads
+        self.scale = info.head_dim ** -0.5
+
+    def _qkv(self, layer, x, cos, sin):
+        attn = layer.self_attn
+        b, t, _ = x.shape
+        q = attn.q_proj(x).view(b, t, -1, self.info.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(b, t, -1, self.info.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, t, -1, self.info.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v  # q: [B, Hq, T, D]; k, v: [B, Hkv, T, D]
+
+    def _attend(self, layer, q, k, v, mask, causal: bool):
+        kk = k.repeat_interleave(self.groups, dim=1)
+        vv = v.repeat_interleave(self.groups, dim=1)
+        out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, is_causal=causal, scale=self.scale)
+        b, _, t, _ = out.shape
+        return layer.self_attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def _mlp(self, layer, x):
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def _logits4(self, h_last):
+        # h_last: [B, H] -> [B, 4] fp32 (transformers computes lm_head in the model dtype, then upcasts)
+        return F.linear(h_last, self.head4).float()
+
+
+class LMPrefill(_LMCore):
+    """`embeds [B, T, H]` -> `hidden [B, 1, H]` (post-norm, last position), `logits [B, 4]` fp32,
+    `k, v [L, B, Hkv, T, D]` (the entries to write into cache slots 0..T-1)."""
+
+    def forward(self, embeds):
+        b, t, _ = embeds.shape
+        pos = torch.arange(t, device=embeds.device).unsqueeze(0).expand(b, t)
+        cos, sin = self.rotary(embeds, pos)
+        x = embeds
+        ks, vs = [], []
+        for layer in self.layers:
+            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+            x = x + self._attend(layer, q, k, v, None, causal=True)
+            x = self._mlp(layer, x)
+            ks.append(k)
+            vs.append(v)
+        h = self.norm(x)[:, -1:, :]
+        return h, self._logits4(h[:, 0]), torch.stack(ks), torch.stack(vs)
+
+
+class LMDecode(_LMCore):
+    """One step for a batch of rows (positive and negative CFG rows of each stream are rows of one batch).
+
+    Inputs: `embeds [B, 1, H]`, `past_k/past_v [L, B, Hkv, S, D]` (a static cache of length bucket S),
+    `cache_len [B]` int64 (valid entries per row; also the row's position id).
+    Outputs: `hidden [B, 1, H]`, `logits [B, 4]` fp32, `new_k/new_v [L, B, Hkv, 1, D]` to be written at
+    slot `cache_len` by the caller (keeps the graph free of in-place scatters).
+    """
+
+    def forward(self, embeds, past_k, past_v, cache_len):
+        s = past_k.shape[3]
+        pos = cache_len.unsqueeze(1)  # [B, 1]
+        cos, sin = self.rotary(embeds, pos)
+        slots = torch.arange(s, device=embeds.device).unsqueeze(0) < cache_len.unsqueeze(1)  # [B, S]
+        self_slot = torch.ones_like(slots[:, :1])
+        mask = torch.cat([slots, self_slot], dim=1)[:, None, None, :]  # [B, 1, 1, S+1] bool
+        x = embeds
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+            kk = torch.cat([past_k[i], k], dim=2)
+            vv = torch.cat([past_v[i], v], dim=2)
+            x = x + self._attend(layer, q, kk, vv, mask, causal=False)
+            x = self._mlp(layer, x)
+            ks.append(k)
+            vs.append(v)
+        h = self.norm(x)
+        return h, self._logits4(h[:, 0]), torch.stack(ks), torch.stack(vs)
+
+
+class TokenEmbed(nn.Module):
+    """`token [B]` int64 -> `embeds [B, 1, H]` (the LLM's input embedding table)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.table = model.model.language_model.embed_tokens
+
+    def forward(self, token):
+        return self.table(token).unsqueeze(1)

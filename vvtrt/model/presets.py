@@ -1,0 +1,183 @@
+"""Model presets (`tiny`, `1.5b`, `7b`) built as transformers `VibeVoiceForConditionalGeneration` with a
+seeded, non-degenerate random init, and loading of local HF-format checkpoints (never the network)."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from vvtrt.errors import InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+# Latent normalisation of the released 1.5B checkpoint (the 7B's is unpublished; we reuse it).
+LATENT_SCALE_1P5B = 0.1962890625
+LATENT_BIAS_1P5B = -0.04931640625
+# Raised ConvNeXt layer scale: the default 1e-6 makes random decoders output ~1e-5 and hides errors.
+RANDOM_LAYER_SCALE = 0.5
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """The numbers that define one preset (shared doc §1)."""
+
+    name: str
+    hidden: int
+    layers: int
+    q_heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    context: int
+    tie: bool
+    head_ffn: int
+    head_layers: int = 4
+    semantic_dim: int = 128
+    num_filters: int = 32
+    depths: tuple[int, ...] | None = None
+    latent_scale: float = LATENT_SCALE_1P5B
+    latent_bias: float = LATENT_BIAS_1P5B
+    token_ids: tuple[tuple[str, int], ...] = ()
+
+
+PRESETS: dict[str, PresetSpec] = {
+    "tiny": PresetSpec(
+        "tiny", 64, 2, 4, 2, 128, 512, 4096, True, 192, head_layers=2, semantic_dim=16, num_filters=4,
+        depths=(1,) * 7, latent_scale=1.0, latent_bias=0.0,
+        token_ids=(("pad_token_id", 256), ("eos_token_id", 256), ("audio_bos_token_id", 257),
+                   ("audio_eos_token_id", 258), ("audio_token_id", 259)),
+    ),
+    "1.5b": PresetSpec("1.5b", 1536, 28, 12, 2, 8960, 151936, 65536, True, 4608),
+    "7b": PresetSpec("7b", 3584, 28, 28, 4, 18944, 152064, 32768, False, 10752),
+}
+
+
+def preset_config(p: PresetSpec):
+    """The transformers `VibeVoiceConfig` of a preset (the recipe of shared doc §1)."""
+    from transformers import VibeVoiceConfig
+
+    text = dict(model_type="qwen2", hidden_size=p.hidden, num_hidden_layers=p.layers,
+                num_attention_heads=p.q_heads, num_key_value_heads=p.kv_heads, intermediate_size=p.ffn,
+                vocab_size=p.vocab, max_position_embeddings=p.context, tie_word_embeddings=p.tie,
+                rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    tok = {} if p.depths is None else dict(num_filters=p.num_filters, depths=list(p.depths))
+    head = dict(hidden_size=p.hidden, intermediate_size=p.head_ffn, num_hidden_layers=p.head_layers)
+    return VibeVoiceConfig(text_config=text, audio_config=dict(tok),
+                           semantic_model_config=dict(tok, hidden_size=p.semantic_dim),
+                           diffusion_head_config=head, **dict(p.token_ids))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: a preset name or a local checkpoint directory, plus the init seed."""
+
+    preset: str | None = None
+    path: str | None = None
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.preset if self.preset else str(self.path)
+
+    def to_json(self) -> dict:
+        return {"preset": self.preset, "path": self.path, "seed": self.seed}
+
+
+def resolve_model(spec: str, seed: int = 0) -> ModelSource:
+    """`tiny`/`1.5b`/`7b` or a path to an HF-format VibeVoice directory. Raises a typed error otherwise."""
+    key = spec.strip().lower()
+    if key in PRESETS:
+        return ModelSource(preset=key, seed=seed)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise InputError(
+            f"unknown model {spec!r}: use a preset ({', '.join(PRESETS)}) or a local checkpoint directory"
+        )
+    _check_checkpoint_dir(path)
+    return ModelSource(path=str(path.resolve()), seed=seed)
+
+
+def _check_checkpoint_dir(path: Path) -> dict:
+    if not path.is_dir():
+        raise ModelError(f"{path} is not a directory: pass an HF-format VibeVoice checkpoint directory")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ModelError(f"{path} has no config.json: not an HF-format checkpoint directory")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{cfg_file} is not valid JSON ({exc}); re-download or fix the checkpoint") from None
+    if cfg.get("model_type") != "vibevoice":
+        raise ModelError(f"{cfg_file} has model_type={cfg.get('model_type')!r}, expected 'vibevoice' "
+                         "(original-format microsoft/* configs must be converted to the HF format first)")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelError(f"{path} has no *.safetensors or *.bin weight files")
+    return cfg
+
+
+def build_model(preset: str, seed: int = 0, dtype=None, device=None):
+    """A random-weight preset model: seeded, non-degenerate, eval mode, with real latent scale/bias."""
+    import torch
+    from transformers import VibeVoiceForConditionalGeneration
+
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    config = preset_config(p)
+    torch.manual_seed(seed)
+    dtype = dtype or torch.float32
+    prev = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device or "cpu"):
+            model = VibeVoiceForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(prev)
+    _make_non_degenerate(model, p)
+    return model.eval().requires_grad_(False)
+
+
+def _make_non_degenerate(model, p: PresetSpec) -> None:
+    """Raise tokenizer layer scales and set the latent normalisation (shared doc §1, random-init pitfalls)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    tokenizers = (model.model.audio_tower, model.model.semantic_tokenizer_encoder)
+    with torch.no_grad():
+        for tokenizer in tokenizers:
+            # transformers inits these N(0, 0.01)/N(0, 0.02): activations shrink ~10x per layer. A fan-in
+            # scaled init keeps every intermediate O(1) so errors cannot hide below float noise.
+            for mod in tokenizer.modules():
+                if isinstance(mod, (torch.nn.Conv1d, torch.nn.Linear, torch.nn.ConvTranspose1d)):
+                    w = mod.weight
+                    if isinstance(mod, torch.nn.ConvTranspose1d):
+                        fan_in = w.shape[0] * w.shape[2] // mod.stride[0]
+                    else:
+                        fan_in = w[0].numel()
+                    noise = torch.randn(w.shape, generator=gen, dtype=torch.float32)
+                    w.copy_(noise * fan_in ** -0.5)
+        for name, param in model.named_parameters():
+            if name.endswith(".gamma") or name.endswith(".ffn_gamma"):
+                param.fill_(RANDOM_LAYER_SCALE)
+        model.model.latent_scaling_factor.fill_(p.latent_scale)
+        model.model.latent_bias_factor.fill_(p.latent_bias)
+
+
+def load_model(source: ModelSource, dtype=None, device=None):
+    """Build a preset or load a local checkpoint (offline: `local_files_only=True`)."""
+    import torch
+
+    if source.preset:
+        return build_model(source.preset, source.seed, dtype=dtype, device=device)
+    from transformers import VibeVoiceForConditionalGeneration
+
+    path = Path(source.path)
+    _check_checkpoint_dir(path)
+    try:
+        model = VibeVoiceForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, dtype=dtype or torch.float32,
+            device_map=str(device) if device else None)
+    except Exception as exc:  # noqa: BLE001 - any loader failure means a malformed checkpoint
+        raise ModelError(f"could not load the checkpoint in {path}: {exc}") from exc
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,112 @@
+"""One runner contract for every backend (torch / onnxruntime / tensorrt), after Polygraphy's:
+`activate()` / `infer(feed, out=None) -> dict` / `deactivate()`, usable as a context manager.
+
+Tensors in and out are torch tensors on the runner's device, in the dtypes the component's spec declares
+for the runner's precision. When `out` is given, results are written into those preallocated tensors
+(the zero-copy path the runtime and CUDA graphs use) and the same dict is returned. Work is enqueued on
+the current torch CUDA stream; `infer` does not synchronise unless the backend forces it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Protocol, runtime_checkable
+
+import torch
+
+from vvtrt.errors import InputError
+from vvtrt.precision import Precision
+from vvtrt.spec import ComponentSpec
+
+log = logging.getLogger(__name__)
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@runtime_checkable
+class Runner(Protocol):
+    spec: ComponentSpec
+    precision: Precision
+    device: torch.device
+    backend: str
+
+    def activate(self) -> None: ...
+
+    def infer(self, feed: Mapping[str, torch.Tensor],
+              out: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]: ...
+
+    def deactivate(self) -> None: ...
+
+
+class RunnerBase:
+    """Context-manager plumbing and feed checking shared by the backends."""
+
+    backend = "base"
+
+    def __init__(self, spec: ComponentSpec, precision: Precision, device):
+        self.spec = spec
+        self.precision = precision
+        self.device = torch.device(device)
+        self.active = False
+
+    def __enter__(self):
+        self.activate()
+        return self
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    def activate(self) -> None:
+        self.active = True
+
+    def deactivate(self) -> None:
+        self.active = False
+
+    def check_feed(self, feed: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """Check names, dtypes and fixed dims of a feed; return the symbolic axis sizes it implies."""
+        dims: dict[str, int] = {}
+        for t in self.spec.inputs:
+            if t.name not in feed:
+                raise InputError(f"{self.spec.name}: missing input {t.name!r}")
+            x = feed[t.name]
+            want = t.torch_dtype(self.precision)
+            if x.dtype != want:
+                raise InputError(f"{self.spec.name}.{t.name}: dtype {x.dtype} != {want}")
+            if x.dim() != len(t.shape):
+                raise InputError(f"{self.spec.name}.{t.name}: rank {x.dim()} != {len(t.shape)}")
+            for size, d in zip(x.shape, t.shape):
+                if isinstance(d, int) and size != d:
+                    raise InputError(f"{self.spec.name}.{t.name}: shape {tuple(x.shape)} != {t.shape}")
+                if isinstance(d, str):
+                    if dims.setdefault(d, size) != size:
+                        raise InputError(f"{self.spec.name}: axis {d!r} is {dims[d]} and {size}")
+        return dims
+
+    def alloc_outputs(self, dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        return {t.name: torch.empty(t.resolve(dims), dtype=t.torch_dtype(self.precision), device=self.device)
+                for t in self.spec.outputs}
+
+
+class TorchRunner(RunnerBase):
+    """The reference modules (the spec's traceable wrapper) run by PyTorch, eagerly."""
+
+    backend = "torch"
+
+    def __init__(self, spec: ComponentSpec, precision: Precision, device, model, steps: int = 10):
+        super().__init__(spec, precision, device)
+        self.module = spec.make_module(model, steps).eval()
+
+    @torch.inference_mode()
+    def infer(self, feed, out=None):
+        self.check_feed(feed)
+        res = self.module(*(feed[t.name] for t in self.spec.inputs))
+        res = res if isinstance(res, tuple) else (res,)
+        if out is None:
+            return {t.name: r for t, r in zip(self.spec.outputs, res)}
+        for t, r in zip(self.spec.outputs, res):
+            out[t.name].copy_(r)
+        return dict(out)
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    return name
