@@ -1,0 +1,85 @@
+"""Load one runner per component for a backend, with per-component fallback (`{component: "torch"}`)."""
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import torch
+
+from vvtrt.components.specs import build_specs
+from vvtrt.errors import InputError, WorkdirError
+from vvtrt.precision import Precision
+from vvtrt.runtime.runner import BACKENDS, TorchRunner, check_backend
+from vvtrt.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+# The components the synthesis loop calls (diffusion_head is for debugging/parity only).
+LOOP_COMPONENTS = ("lm_prefill", "lm_decode", "token_embed", "diffusion_sampler", "acoustic_decoder_step",
+                   "semantic_encoder_step", "acoustic_encoder", "connectors")
+
+
+def parse_fallback(items) -> dict[str, str]:
+    """`["lm_decode=torch", ...]` -> `{"lm_decode": "torch"}` with validation."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise InputError(f"bad --fallback {item!r}: use COMPONENT=BACKEND, e.g. lm_decode=torch")
+        comp, backend = (s.strip() for s in item.split("=", 1))
+        if comp not in LOOP_COMPONENTS:
+            raise InputError(f"bad --fallback {item!r}: unknown component {comp!r}; "
+                             f"choose from {', '.join(LOOP_COMPONENTS)}")
+        out[comp] = check_backend(backend)
+    return out
+
+
+class ModelCache:
+    """Loads the PyTorch model once per (precision, device), only if some component needs it."""
+
+    def __init__(self, wd: Workdir):
+        self.wd = wd
+        self._models: dict = {}
+
+    def get(self, precision: Precision, device):
+        key = (precision, str(device))
+        if key not in self._models:
+            from vvtrt.model.presets import load_model
+
+            log.info("loading the PyTorch model (%s, %s)", precision.value, device)
+            self._models[key] = load_model(self.wd.source(), dtype=torch.float32).to(
+                device=device, dtype=precision.torch_dtype)
+        return self._models[key]
+
+
+def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallback: Mapping[str, str] = None,
+                 components=LOOP_COMPONENTS, models: ModelCache | None = None, ort_cuda_graph: bool = False,
+                 trt_flavor: str = "auto") -> dict:
+    """One activated runner per component. `fallback` overrides the backend per component."""
+    check_backend(backend)
+    fallback = dict(fallback or {})
+    specs = build_specs(wd.info(), wd.options())
+    steps = wd.options().steps
+    models = models or ModelCache(wd)
+    device = torch.device(device)
+    runners = {}
+    for comp in components:
+        which = fallback.get(comp, backend)
+        spec = specs[comp]
+        if which == "torch":
+            r = TorchRunner(spec, precision, device, models.get(precision, device), steps)
+        elif which == "onnxruntime":
+            path = wd.onnx_path(comp, precision)
+            if not path.is_file():
+                raise WorkdirError(f"{path.name} is missing: run `vvtrt export -w {wd.root} --dtype "
+                                   f"{precision.value}` first")
+            from vvtrt.runtime.ort_runner import OrtRunner
+
+            r = OrtRunner(spec, precision, device, path, cuda_graph=ort_cuda_graph)
+        else:
+            from vvtrt.runtime.trt_runner import TrtRunner
+
+            r = TrtRunner.from_workdir(wd, spec, precision, device, flavor=trt_flavor)
+        r.activate()
+        runners[comp] = r
+    assert set(BACKENDS) >= set(fallback.values())
+    return runners

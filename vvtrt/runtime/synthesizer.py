@@ -1,0 +1,222 @@
+"""`Synthesizer`: script + voices -> 24 kHz audio, streamed one 3200-sample chunk per frame.
+
+    synth = Synthesizer.from_workdir("work", backend="onnxruntime", device="cuda",
+                                     fallback={"lm_decode": "torch"})
+    result = synth.synthesize("Speaker 1: Hello there.", voices=["alice.wav"])
+    for chunk in synth.stream(script, voices): ...
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from vvtrt.errors import InputError
+from vvtrt.precision import Precision
+from vvtrt.runtime.backends import ModelCache, load_runners
+from vvtrt.runtime.frame_loop import FrameLoop
+from vvtrt.runtime.kv_cache import pick_bucket
+from vvtrt.workdir import Workdir
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE = 24000
+
+
+@dataclass
+class SynthesisResult:
+    audio: np.ndarray  # float32 mono at 24 kHz
+    frames: int
+    tokens: list[str]  # control token chosen at each LLM step
+    forced: bool  # True when --frames forced the speech_diffusion decision
+    stop_reason: str
+    prompt_tokens: int
+    ttfa_s: float  # prompt submitted -> first audio chunk on the host
+    total_s: float
+    frame_s: list[float] = field(default_factory=list)  # wall time of each LLM step (incl. the host sync)
+    latents: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def audio_seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+    @property
+    def rtf(self) -> float:
+        return self.total_s / self.audio_seconds if self.audio_seconds else float("inf")
+
+
+class Synthesizer:
+    """Runs the whole VibeVoice 1.5B/7B loop on any mix of backends."""
+
+    def __init__(self, wd: Workdir, runners: dict, precision: Precision, device, cuda_graph: bool = True):
+        from vvtrt.model.text_tokenizer import load_text_tokenizer
+
+        self.wd = wd
+        self.info = wd.info()
+        self.options = wd.options()
+        self.runners = runners
+        self.precision = precision
+        self.device = torch.device(device)
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.tokenizer = load_text_tokenizer(wd.source())
+        self._loops: dict[int, FrameLoop] = {}
+        self.capture_seconds = 0.0
+
+    @classmethod
+    def from_workdir(cls, path, backend: str = "torch", device=None, precision=None, fallback=None,
+                     cuda_graph: bool = True, ort_cuda_graph: bool = False, models: ModelCache | None = None):
+        wd = Workdir.open(path)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if precision is None:
+            precision = Precision.BF16 if device.type == "cuda" else Precision.FP32
+        precision = Precision.parse(precision)
+        runners = load_runners(wd, backend, precision, device, fallback, models=models,
+                               ort_cuda_graph=ort_cuda_graph)
+        return cls(wd, runners, precision, device, cuda_graph)
+
+    # -- prompt and voices ------------------------------------------------------------------------
+    def _voice_embeds(self, voices, seed: int) -> list[torch.Tensor]:
+        from vvtrt.runtime.audio_io import prepare_voice, read_voice
+
+        out = []
+        gen = torch.Generator().manual_seed(seed + 7919)
+        for v in voices:
+            wav = read_voice(v) if isinstance(v, (str, bytes)) or hasattr(v, "__fspath__") else np.asarray(v)
+            padded, _ = prepare_voice(wav)
+            frames = len(padded) // self.info.hop
+            if frames > self.options.max_voice_frames:
+                raise InputError(f"voice prompt of {frames * self.info.hop / SAMPLE_RATE:.1f} s is longer than "
+                                 f"the exported limit of {self.options.max_voice_frames * self.info.hop / SAMPLE_RATE:.1f} s;"
+                                 " trim it or re-export with a larger max_voice_frames")
+            feed = {"wav": torch.from_numpy(padded).view(1, 1, -1).to(self.device, self.precision.torch_dtype),
+                    "noise_std": (torch.randn(1, generator=gen) * self.info.vae_std).to(self.device),
+                    "noise": torch.randn(1, frames, self.info.latent_dim, generator=gen).to(self.device)}
+            out.append(self.runners["acoustic_encoder"].infer(feed)["embeds"][0])
+        return out
+
+    def prompt_embeds(self, script, voices=None, seed: int = 0):
+        """(prompt ids, embeds [1, L0, H]) with voice embeddings scattered into their slots."""
+        from vvtrt.runtime.prompt import build_prompt
+        from vvtrt.runtime.script import Script, parse_script
+
+        script = script if isinstance(script, Script) else parse_script(script)
+        voices = list(voices or [])
+        if voices and len(voices) != len(script.speakers):
+            raise InputError(f"the script has {len(script.speakers)} speaker(s) but {len(voices)} voice(s) "
+                             "were given: pass one --voice per speaker, in order of first appearance")
+        venc = self._voice_embeds(voices, seed) if voices else []
+        prompt = build_prompt(script, self.tokenizer, self.info, [v.shape[0] for v in venc] or None)
+        if len(prompt.ids) > self.options.max_prompt:
+            raise InputError(f"script too long: {len(prompt.ids)} prompt tokens exceed the exported limit of "
+                             f"{self.options.max_prompt}; shorten it or re-export with a larger max_prompt")
+        ids = torch.tensor(prompt.ids, dtype=torch.int64, device=self.device)
+        emb = self.runners["token_embed"].infer({"token": ids})["embeds"][:, 0].unsqueeze(0)
+        for (start, count), v in zip(prompt.voice_slots, venc):
+            emb[0, start:start + count] = v[:count].to(emb.dtype)
+        return prompt.ids, emb
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _loop(self, kv_len: int) -> FrameLoop:
+        if kv_len not in self._loops:
+            noise = torch.zeros(kv_len, 1, self.info.latent_dim)
+            loop = FrameLoop(self.runners, self.info, 1, kv_len, self.precision.torch_dtype, self.device,
+                             1.3, noise)
+            self._loops[kv_len] = loop
+        return self._loops[kv_len]
+
+    def stream(self, script, voices=None, *, frames: int | None = None, max_frames: int | None = None,
+               cfg_scale: float = 1.3, seed: int = 0, result: SynthesisResult | None = None
+               ) -> Iterator[np.ndarray]:
+        """Yield one 3200-sample float32 chunk per generated frame, as soon as it exists.
+
+        `frames=N` forces the speech_diffusion decision for N frames (random-weight models never choose
+        to speak); otherwise the model's own decisions run until eos, the length limit or `max_frames`.
+        Pass a `SynthesisResult` to collect timings and tokens.
+        """
+        t_start = time.perf_counter()
+        ids, emb = self.prompt_embeds(script, voices, seed)
+        yield from self.generate(ids, emb, frames=frames, max_frames=max_frames, cfg_scale=cfg_scale,
+                                 seed=seed, result=result, t_start=t_start)
+
+    def generate(self, ids, emb, *, frames=None, max_frames=None, cfg_scale=1.3, seed=0, result=None,
+                 t_start=None) -> Iterator[np.ndarray]:
+        """The loop from prompt ids and embeddings `[1, L0, H]` (ending with speech_start)."""
+        if frames is not None and frames < 1:
+            raise InputError(f"--frames must be >= 1, got {frames}")
+        if ids[-1] != self.info.audio_bos_token_id:
+            raise InputError("the prompt must end with the speech_start token")
+        t_start = t_start or time.perf_counter()
+        n_prompt = len(ids)
+        # The original caps generation at the prompt length (<= 2x prompt in total).
+        limit = frames if frames is not None else (max_frames or n_prompt)
+        kv_len = pick_bucket(self.options.kv_buckets, n_prompt + limit + 1)
+        loop = self._loop(kv_len)
+        self._reset(loop, emb, cfg_scale, seed, forced=frames is not None, n_noise=limit)
+        names = self.info.control_token_names
+        res = result if result is not None else SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0, 0)
+        res.forced, res.prompt_tokens = frames is not None, n_prompt
+        produced, chunks, steps = 0, [], 0
+        reason = "length limit"
+        while steps < kv_len - n_prompt - 1:
+            t0 = time.perf_counter()
+            loop.step()
+            tok = names[int(loop.token[0])]  # the one host sync per frame: hand out the audio
+            steps += 1
+            res.tokens.append(tok)
+            if tok == "speech_diffusion":
+                chunk = loop.audio[0, 0].float().cpu().numpy().copy()  # the buffer is reused
+                res.latents.append(loop.latent[0, 0].float().cpu().numpy().copy())
+                produced += 1
+                res.frame_s.append(time.perf_counter() - t0)
+                if produced == 1:
+                    res.ttfa_s = time.perf_counter() - t_start
+                chunks.append(chunk)
+                yield chunk
+                if produced >= limit:
+                    reason = "frame budget" if frames is not None else "max frames"
+                    break
+            elif tok == "eos":
+                reason = "eos"
+                break
+            if steps >= limit * 4 + 16 and produced == 0:
+                reason = "no speech (random weights never choose to speak: pass --frames N)"
+                break
+        res.stop_reason = reason
+        res.frames = produced
+        res.audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        res.total_s = time.perf_counter() - t_start
+
+    def synthesize(self, script, voices=None, **kw) -> SynthesisResult:
+        res = SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0.0, 0.0)
+        for _ in self.stream(script, voices, result=res, **kw):
+            pass
+        return res
+
+    def _reset(self, loop: FrameLoop, emb: torch.Tensor, cfg_scale: float, seed: int, forced: bool,
+               n_noise: int) -> None:
+        """Prefill the prompt (all but its final speech_start) and arm the loop for a new utterance."""
+        loop.kv.reset()
+        loop.dec_state.zero_()
+        loop.sem_state.zero_()
+        loop.frame_ctr.zero_()
+        loop.cfg.fill_(cfg_scale)
+        loop.force.fill_(forced)
+        gen = torch.Generator().manual_seed(seed)
+        # transformers draws randn(2, 64) on the CPU per diffusion frame and uses row 0
+        n_noise = min(n_noise, loop.noise_all.shape[0])
+        noise = torch.stack([torch.randn(2, self.info.latent_dim, generator=gen)[:1] for _ in range(n_noise)])
+        loop.noise_all.zero_()
+        loop.noise_all[:n_noise].copy_(noise.to(loop.noise_all.device))
+        body = emb[:, :-1]
+        if body.shape[1] > 0:
+            out = self.runners["lm_prefill"].infer({"embeds": body.contiguous()})
+            loop.kv.write_prefix(0, out["k"], out["v"])
+        last = emb[:, -1:].expand(2, 1, emb.shape[-1])  # speech_start for both rows
+        loop.embeds.copy_(last)
+        if self.cuda_graph and loop.graph is None:
+            loop.capture()
+            self.capture_seconds += loop.capture_seconds
