@@ -1,0 +1,151 @@
+"""Background GPU telemetry over NVML (nvidia-ml-py).
+
+    with TelemetrySampler(interval_s=0.05) as tel:
+        run_benchmark()
+    report["telemetry"] = tel.to_dict()
+
+Without the NVML library, a GPU or a permission, the sampler logs at debug level and records nothing;
+it never raises. The polling thread is a daemon that stops (and is joined) when the context exits.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+SERIES = ("gpu_util", "mem_used_bytes", "temp_c", "sm_clock_mhz", "power_w")
+
+
+class TelemetrySampler:
+    """Polls one GPU every `interval_s` seconds. `device_index` is the CUDA ordinal; it is mapped to the
+    NVML device by UUID when torch has CUDA initialised, else used as the NVML index."""
+
+    def __init__(self, interval_s: float = 0.05, device_index: int = 0, max_samples: int = 200_000):
+        if not interval_s > 0:
+            raise ValueError("interval_s must be positive")
+        self.interval_s = float(interval_s)
+        self.device_index = int(device_index)
+        self.max_samples = int(max_samples)
+        self.samples: list[dict] = []
+        self.available = False
+        self._nvml = None
+        self._handle = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._t0 = 0.0
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def __enter__(self) -> "TelemetrySampler":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "TelemetrySampler":
+        if self._thread is not None:
+            return self
+        self.samples = []
+        self._stop.clear()
+        self._t0 = time.perf_counter()
+        if not self._init_nvml():
+            return self
+        self._sample()  # one sample right away, so even a short run has one
+        self._thread = threading.Thread(target=self._run, name="vvtrt-telemetry", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout=max(5.0, 4 * self.interval_s))
+            if thread.is_alive():  # an NVML call hung; the daemon thread cannot block exit
+                log.debug("telemetry thread did not stop in time")
+            else:
+                self._sample()  # and one at the end
+        if self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception as e:  # noqa: BLE001
+                log.debug("nvmlShutdown failed: %s", e)
+            self._nvml = None
+            self._handle = None
+
+    # -- results -----------------------------------------------------------------------------------
+    def peak_mem_used(self) -> int | None:
+        """Largest NVML memory-used reading in bytes, or None without samples."""
+        vals = [s["mem_used_bytes"] for s in self.samples if s.get("mem_used_bytes") is not None]
+        return max(vals) if vals else None
+
+    def to_dict(self) -> dict:
+        """The report's ``telemetry`` object."""
+        return {"interval_s": self.interval_s, "samples": list(self.samples)}
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _init_nvml(self) -> bool:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception as e:  # noqa: BLE001 - missing package, library, driver or GPU
+            log.debug("GPU telemetry disabled: %s", e)
+            return False
+        self._nvml = pynvml
+        try:
+            self._handle = self._resolve_handle(pynvml)
+        except Exception as e:  # noqa: BLE001
+            log.debug("GPU telemetry disabled: no NVML device %d: %s", self.device_index, e)
+            try:
+                pynvml.nvmlShutdown()
+            except Exception:  # noqa: BLE001
+                pass
+            self._nvml = None
+            return False
+        self.available = True
+        return True
+
+    def _resolve_handle(self, nvml):
+        import sys
+
+        torch = sys.modules.get("torch")  # only if the caller already uses torch; never import it here
+        try:
+            if torch is not None and torch.cuda.is_initialized():
+                uuid = str(torch.cuda.get_device_properties(self.device_index).uuid)
+                uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+                return nvml.nvmlDeviceGetHandleByUUID(uuid)
+        except Exception as e:  # noqa: BLE001 - MIG devices, old torch: fall back to the index
+            log.debug("NVML lookup by UUID failed (%s); using index %d", e, self.device_index)
+        return nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+
+    def _read(self, fn):
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - a metric the device does not support
+            return None
+
+    def _sample(self) -> None:
+        nvml, h = self._nvml, self._handle
+        if nvml is None or h is None:
+            return
+        t = time.perf_counter() - self._t0
+        util = self._read(lambda: nvml.nvmlDeviceGetUtilizationRates(h).gpu)
+        mem = self._read(lambda: nvml.nvmlDeviceGetMemoryInfo(h).used)
+        temp = self._read(lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU))
+        clock = self._read(lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM))
+        power_mw = self._read(lambda: nvml.nvmlDeviceGetPowerUsage(h))
+        sample = {"t": round(t, 6), "gpu_util": util, "mem_used_bytes": mem, "temp_c": temp,
+                  "sm_clock_mhz": clock, "power_w": None if power_mw is None else power_mw / 1000.0}
+        with self._lock:
+            if len(self.samples) < self.max_samples:
+                self.samples.append(sample)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+            if len(self.samples) >= self.max_samples:
+                log.debug("telemetry stopped at max_samples=%d", self.max_samples)
+                return
