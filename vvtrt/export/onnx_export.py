@@ -25,9 +25,11 @@ EXTERNAL_DATA_BYTES = 1 << 30  # weights above 1 GiB go to an external .data fil
 EXPORT_FORMAT = 3  # bump when wrappers change in a way that invalidates old exports
 
 
-def export_key(spec: ComponentSpec, precision: Precision, source: dict, options: dict) -> str:
+def export_key(spec: ComponentSpec, precision: Precision, source: dict) -> str:
+    """What an export depends on. The spec's JSON carries every shape and profile derived from the export
+    options (and the sampler's step count), so changing --steps re-exports the sampler alone."""
     blob = json.dumps({"spec": spec.to_json(), "precision": precision.value, "source": source,
-                       "options": options, "format": EXPORT_FORMAT, "torch": torch.__version__}, sort_keys=True)
+                       "format": EXPORT_FORMAT, "torch": torch.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -70,7 +72,7 @@ def export_all(wd: Workdir, model_factory, specs: dict[str, ComponentSpec], prec
     todo, records = [], []
     for p in precisions:
         for spec in specs.values():
-            key = export_key(spec, p, meta["model"], meta["options"])
+            key = export_key(spec, p, meta["model"])
             rec = wd.export_record(spec.name, p)
             if not force and rec and rec.get("key") == key and wd.onnx_path(spec.name, p).is_file():
                 log.info("skip %s.%s: up to date", spec.name, p.value)

@@ -34,10 +34,16 @@ def parse_fallback(items) -> dict[str, str]:
 
 
 class ModelCache:
-    """Loads the PyTorch model once per (precision, device), only if some component needs it."""
+    """Loads the PyTorch model once per (precision, device), only if some component needs it.
 
-    def __init__(self, wd: Workdir):
+    Random presets are initialised on the CPU by default, so their weights equal the exported ONNX
+    graphs'. `init_on_device=True` initialises on the target device instead (much faster for 7B; other
+    random values, fine for speed measurements, not for parity against exported graphs).
+    """
+
+    def __init__(self, wd: Workdir, init_on_device: bool = False):
         self.wd = wd
+        self.init_on_device = init_on_device
         self._models: dict = {}
 
     def get(self, precision: Precision, device):
@@ -46,7 +52,10 @@ class ModelCache:
             from vvtrt.model.presets import load_model
 
             log.info("loading the PyTorch model (%s, %s)", precision.value, device)
-            self._models[key] = load_model(self.wd.source(), dtype=torch.float32).to(
+            init = device if self.init_on_device else None
+            dtype = precision.torch_dtype if self.init_on_device else torch.float32
+            self._models.clear()  # one model in memory at a time
+            self._models[key] = load_model(self.wd.source(), dtype=dtype, device=init).to(
                 device=device, dtype=precision.torch_dtype)
         return self._models[key]
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The H100 session: every GPU measurement and check, in order, logging to $RUN (kept while the machine
+# is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
+# independent (a failure is logged and the next stage runs).
+#   STAGES="gputests tiny b15 b15ort b7" bash benchmarks/device/gpu_all.sh
+set -u
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+RUN=${RUN:-/root/vvtrt-run}
+mkdir -p "$RUN/results"
+VV="python3 -m vvtrt"
+STAGES=${STAGES:-"env gputests tiny b15 b15ort b7"}
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$RUN/progress.log"; }
+stage() { local name=$1; shift; log "START $name"; local t0=$SECONDS
+  if "$@" > "$RUN/results/$name.log" 2>&1; then log "OK $name ($((SECONDS - t0)) s)"; else log "FAIL $name rc=$? ($((SECONDS - t0)) s)"; fi; }
+
+env_check() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import torch, transformers, onnxruntime as ort, diffusers; print(torch.__version__, transformers.__version__, ort.__version__, diffusers.__version__, ort.get_available_providers())"
+}
+gputests() { python3 -m pytest -q -m gpu tests --junitxml="$RUN/results/gputests.xml" -p no:cacheprovider; }
+tiny() {
+  $VV export --model tiny -w "$RUN/wd_tiny" &&
+  $VV parity -w "$RUN/wd_tiny" --backend onnxruntime --device cuda --json "$RUN/results/parity_tiny_ort_cuda.json" ;
+  $VV parity -w "$RUN/wd_tiny" --backend torch --device cuda --json "$RUN/results/parity_tiny_torch_cuda.json" ;
+  $VV synth -w "$RUN/wd_tiny" --backend torch --device cuda --text "Speaker 0: hi" --frames 60 -o "$RUN/results/tiny.wav"
+}
+b15() {  # torch backend (no ONNX needed): graphs, bench with both baselines, K=10 and K=5
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
+  $VV synth -w "$RUN/wd15" --backend torch --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_torch.wav" &&
+  $VV bench -w "$RUN/wd15" --backend torch --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k10" ;
+  mkdir -p "$RUN/wd15k5" && cp -r "$RUN/wd15/onnx" "$RUN/wd15k5/" 2>/dev/null;
+  $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --components connectors --steps 5 &&
+  $VV bench -w "$RUN/wd15k5" --backend torch --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --baseline pytorch-eager --out "$RUN/results/bench_1.5b_k5"
+}
+b15ort() {  # ONNX Runtime CUDA: export every component (fp32 + bf16), parity, synth, bench
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16,fp32 &&
+  $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype bf16,fp32 --json "$RUN/results/parity_1.5b_ort_cuda.json" ;
+  $VV synth -w "$RUN/wd15" --backend onnxruntime --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_ort.wav" ;
+  $VV bench -w "$RUN/wd15" --backend torch,onnxruntime --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --out "$RUN/results/bench_1.5b_k10_backends"
+}
+b7() {
+  $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
+  $VV bench -w "$RUN/wd7" --backend torch --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_7b_k10" ;
+  mkdir -p "$RUN/wd7k5" &&
+  $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --components connectors --steps 5 &&
+  $VV bench -w "$RUN/wd7k5" --backend torch --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --out "$RUN/results/bench_7b_k5"
+}
+for s in $STAGES; do
+  case $s in env) stage env env_check ;; gputests) stage gputests gputests ;; tiny) stage tiny tiny ;;
+    b15) stage b15 b15 ;; b15ort) stage b15ort b15ort ;; b7) stage b7 b7 ;; *) log "unknown stage $s" ;; esac
+done
+log "ALL DONE"

@@ -1,0 +1,44 @@
+"""Shared fixtures: one tiny work directory exported once per test session (every component, every dtype)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from vvtrt.model.presets import build_model
+
+    return build_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_info(tiny_model):
+    from vvtrt.components.info import ModelInfo
+
+    return ModelInfo.from_model(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+    """A work dir with every tiny component exported in fp32, fp16 and bf16 (the CLI's own export path)."""
+    from vvtrt.pipeline import run_export
+    from vvtrt.workdir import Workdir
+
+    root = tmp_path_factory.mktemp("wd_tiny")
+    run_export("tiny", root, "fp32,fp16,bf16", 10, "", 0, False, None)
+    return Workdir.open(root)
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = torch.cuda.is_available()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,112 @@
+"""The runtime end to end on the tiny model (CPU): the Synthesizer against transformers `generate`, for the
+torch and ONNX Runtime backends, streaming, wav output and the error cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from vvtrt.errors import InputError
+from vvtrt.parity.compare import error_stats, snr_db
+from vvtrt.parity.reference_generate import reference_generate
+from vvtrt.runtime.synthesizer import SynthesisResult, Synthesizer
+
+FRAMES = 16
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_workdir):
+    from vvtrt.model.presets import load_model
+
+    synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cpu", precision="fp32")
+    ids, _ = synth.prompt_embeds("Speaker 1: Hello from the tiny model.")
+    lat, audio = reference_generate(load_model(tiny_workdir.source()), list(ids), FRAMES, 10, 1.3, seed=5)
+    return ids, lat, audio
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_synthesizer_matches_transformers_generate(tiny_workdir, reference, backend):
+    ids, ref_lat, ref_audio = reference
+    synth = Synthesizer.from_workdir(tiny_workdir.root, backend=backend, device="cpu", precision="fp32")
+    res = synth.synthesize("Speaker 1: Hello from the tiny model.", frames=FRAMES, seed=5)
+    assert res.frames == FRAMES and res.forced and res.stop_reason == "frame budget"
+    assert res.audio.shape == (FRAMES * 3200,)
+    for a, b in zip(res.latents, ref_lat):
+        assert error_stats(torch.from_numpy(a), b).rel_l2 < 1e-4
+    assert snr_db(torch.from_numpy(res.audio), ref_audio) > 60
+
+
+def test_fallback_mixes_backends(tiny_workdir, reference):
+    _, ref_lat, _ = reference
+    synth = Synthesizer.from_workdir(tiny_workdir.root, backend="onnxruntime", device="cpu", precision="fp32",
+                                     fallback={"lm_decode": "torch", "diffusion_sampler": "torch"})
+    assert synth.runners["lm_decode"].backend == "torch"
+    assert synth.runners["acoustic_decoder_step"].backend == "onnxruntime"
+    res = synth.synthesize("Speaker 1: Hello from the tiny model.", frames=FRAMES, seed=5)
+    assert error_stats(torch.from_numpy(res.latents[-1]), ref_lat[-1]).rel_l2 < 1e-4
+
+
+def test_stream_yields_each_frame_as_it_is_made(tiny_workdir):
+    synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cpu", precision="fp32")
+    res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
+    chunks = list(synth.stream("Speaker 0: streaming", frames=5, result=res))
+    assert [c.shape for c in chunks] == [(3200,)] * 5
+    assert np.array_equal(np.concatenate(chunks), res.audio)
+    assert all(np.abs(c).max() > 1e-3 for c in chunks)  # non-degenerate audio
+    assert res.ttfa_s > 0 and len(res.frame_s) == 5
+
+
+def test_voices_go_through_the_acoustic_encoder(tiny_workdir, tmp_path):
+    from vvtrt.runtime.audio_io import write_wav
+
+    t = np.arange(24000 * 2) / 24000
+    wav = tmp_path / "v.wav"
+    write_wav(wav, 0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32))
+    synth = Synthesizer.from_workdir(tiny_workdir.root, backend="onnxruntime", device="cpu", precision="fp32")
+    ids, emb = synth.prompt_embeds("Speaker 1: hi", [str(wav)])
+    assert list(ids).count(synth.info.audio_token_id) == 15  # ceil(48000 / 3200)
+    res = synth.synthesize("Speaker 1: hi", [str(wav)], frames=3)
+    assert res.frames == 3
+    with pytest.raises(InputError, match="voice"):
+        synth.synthesize("Speaker 1: hi\nSpeaker 2: there", [str(wav)], frames=2)
+
+
+def test_random_model_without_frame_budget_says_so(tiny_workdir):
+    synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cpu", precision="fp32")
+    res = synth.synthesize("Speaker 1: the random LM never speaks on its own", max_frames=2)
+    assert res.frames == 0 or res.stop_reason in ("max frames", "eos")
+    if res.frames == 0:
+        assert "--frames" in res.stop_reason or res.stop_reason in ("eos", "length limit")
+
+
+def test_bad_inputs_raise_typed_errors(tiny_workdir):
+    synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cpu", precision="fp32")
+    with pytest.raises(InputError, match="empty"):
+        synth.synthesize("   ", frames=2)
+    with pytest.raises(InputError, match="frames"):
+        synth.synthesize("Speaker 1: x", frames=0)
+    with pytest.raises(InputError, match="too long"):
+        synth.synthesize("Speaker 1: " + "long " * 400, frames=2)
+
+
+def test_kv_cache_writes_at_row_lengths(tiny_info):
+    from vvtrt.runtime.kv_cache import StaticKVCache, pick_bucket
+
+    kv = StaticKVCache(tiny_info, 2, 8, torch.float32, "cpu")
+    kv.lengths.copy_(torch.tensor([3, 0]))
+    new = torch.randn(tiny_info.layers, 2, tiny_info.kv_heads, 1, tiny_info.head_dim)
+    kv.write_step(new, new * 2)
+    assert torch.equal(kv.k[:, 0, :, 3], new[:, 0, :, 0]) and torch.equal(kv.v[:, 1, :, 0], 2 * new[:, 1, :, 0])
+    assert pick_bucket((256, 1024), 300) == 1024
+    with pytest.raises(InputError, match="too long"):
+        pick_bucket((256, 1024), 2000)
+
+
+def test_fallback_parsing():
+    from vvtrt.runtime.backends import parse_fallback
+
+    assert parse_fallback(["lm_decode=torch"]) == {"lm_decode": "torch"}
+    for bad in ("lm_decode", "nope=torch", "lm_decode=cuda"):
+        with pytest.raises(InputError):
+            parse_fallback([bad])

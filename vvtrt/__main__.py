@@ -1,0 +1,3 @@
+from vvtrt.cli import main
+
+main()

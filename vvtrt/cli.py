@@ -1,0 +1,197 @@
+"""The `vvtrt` command line: export -> build -> parity -> synth -> bench -> report, around one work dir.
+
+Heavy backends are imported lazily, so `--help` and the CPU-only verbs work without TensorRT or CUDA.
+Every expected failure is a `VvtrtError`: one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from vvtrt.errors import VvtrtError
+
+
+def _friendly(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VvtrtError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def tick(label: str):
+        bar.set_postfix_str(label)
+        bar.update(1)
+    tick.close = bar.close
+    return tick
+
+
+workdir_opt = click.option("-w", "--workdir", "workdir", required=True, type=click.Path(file_okay=False),
+                           help="Work directory holding every stage's files.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int):
+    """vvtrt: compile and serve VibeVoice TTS with ONNX Runtime and TensorRT."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b) or a local HF checkpoint dir.")
+@workdir_opt
+@click.option("--dtype", "dtypes", default="fp32,fp16,bf16", show_default=True, help="Comma-separated precisions.")
+@click.option("--steps", default=10, show_default=True, type=int, help="Diffusion steps K of the sampler.")
+@click.option("--components", default="", help="Comma-separated subset (default: all).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Init seed of random presets.")
+@click.option("--force", is_flag=True, help="Re-export even when up to date.")
+@_friendly
+def export(model_spec, workdir, dtypes, steps, components, seed, force):
+    """Export every component to ONNX with explicit state."""
+    from vvtrt.pipeline import run_export
+
+    recs = run_export(model_spec, workdir, dtypes, steps, components, seed, force, _progress)
+    done = sum(not r.get("skipped") for r in recs)
+    click.echo(f"exported {done} graph(s), {len(recs) - done} up to date, in {workdir}/onnx")
+
+
+@cli.command()
+@workdir_opt
+@click.option("--flavor", default="auto", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), show_default=True)
+@click.option("--components", default="", help="Comma-separated subset (default: all exported).")
+@click.option("--dtype", "dtypes", default="", help="Comma-separated precisions (default: all exported).")
+@click.option("--target-sm", default=None, help="Target compute capability for CPU-only TensorRT-RTX builds, e.g. 86.")
+@click.option("--force", is_flag=True, help="Rebuild even when up to date.")
+@_friendly
+def build(workdir, flavor, components, dtypes, target_sm, force):
+    """Build TensorRT engines (one per exported component and dtype)."""
+    from vvtrt.pipeline import run_build
+
+    recs = run_build(workdir, flavor, components, dtypes, target_sm, force, _progress)
+    built = sum(not r.get("skipped") for r in recs)
+    click.echo(f"built {built} engine(s), {len(recs) - built} up to date")
+
+
+@cli.command()
+@workdir_opt
+@click.option("--backend", default="onnxruntime", type=click.Choice(["onnxruntime", "torch", "tensorrt"]),
+              show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--dtype", "dtypes", default="", help="Comma-separated precisions (default: all exported).")
+@click.option("--frames", default=16, show_default=True, type=int, help="Frames for streaming and end-to-end checks.")
+@click.option("--no-e2e", is_flag=True, help="Skip the end-to-end check against transformers generate.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the JSON here.")
+@_friendly
+def parity(workdir, backend, device, dtypes, frames, no_e2e, json_path):
+    """Compare every exported component, the streaming steps and the whole loop with PyTorch."""
+    from vvtrt.pipeline import run_parity_cli
+
+    report, paths = run_parity_cli(workdir, backend, device, dtypes, frames, not no_e2e, json_path, _progress)
+    click.echo(f"parity {'PASSED' if report['passed'] else 'FAILED'}: report {paths['md']}")
+    if not report["passed"]:
+        for f in report["failures"][:20]:
+            click.echo(f"  FAIL {f}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@workdir_opt
+@click.option("--backend", default="torch", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), show_default=True)
+@click.option("--fallback", multiple=True, help="COMPONENT=torch to run one component on PyTorch (repeatable).")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
+@click.option("--text", default=None, help="Text to speak (Speaker 1).")
+@click.option("--script", "script_file", default=None, type=click.Path(dir_okay=False), help="Script file.")
+@click.option("--voice", "voices", multiple=True, type=click.Path(dir_okay=False), help="Voice wav per speaker.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .wav (24 kHz mono).")
+@click.option("--frames", default=None, type=int, help="Force N speech frames (random-weight models never speak).")
+@click.option("--max-frames", default=None, type=int, help="Stop after this many frames.")
+@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=float, help="Diffusion CFG scale.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--stream", is_flag=True, help="Write audio chunk by chunk as frames are produced.")
+@click.option("--no-cuda-graph", is_flag=True, help="Run the frame step eagerly.")
+@_friendly
+def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, output, frames, max_frames,
+          cfg_scale, seed, stream, no_cuda_graph):
+    """Synthesize speech to a wav file."""
+    from vvtrt.pipeline import run_synth
+
+    res = run_synth(workdir, backend, fallback, device, dtype, text, script_file, voices, output, frames,
+                    max_frames, cfg_scale, seed, stream, not no_cuda_graph)
+    forced = " (speech_diffusion forced by --frames)" if res.forced else ""
+    click.echo(f"wrote {output}: {res.frames} frames, {res.audio_seconds:.2f} s of audio{forced}; "
+               f"stop: {res.stop_reason}; RTF {res.rtf:.3f}; time to first audio {res.ttfa_s * 1000:.1f} ms")
+
+
+@cli.command()
+@workdir_opt
+@click.option("--backend", "backends", default="torch", show_default=True,
+              help="Comma-separated backends to measure (torch, onnxruntime, tensorrt).")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
+@click.option("--frames", default=60, show_default=True, type=int)
+@click.option("--prompt-tokens", default=512, show_default=True, type=int, help="Prompt length for TTFA.")
+@click.option("--repeats", default=3, show_default=True, type=int)
+@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=float)
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["pytorch-eager", "transformers"]),
+              help="Baselines to measure in the same run (repeatable).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
+@_friendly
+def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines, out_dir):
+    """Measure latency, RTF, time to first audio, memory and GPU telemetry."""
+    from vvtrt.bench.run import run_bench_cli
+
+    paths = run_bench_cli(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale,
+                          baselines, out_dir)
+    click.echo(f"bench report: {paths['md']}")
+
+
+@cli.command()
+@click.argument("json_file", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False))
+@_friendly
+def report(json_file, out_dir):
+    """Re-render Markdown and plots from a parity or bench JSON."""
+    from vvtrt.reports import render_report
+
+    paths = render_report(json_file, out_dir)
+    click.echo(f"json: {paths['json']}\nmarkdown: {paths['md']}")
+    for p in paths["plots"]:
+        click.echo(f"plot: {p}")
+
+
+@cli.command()
+@click.option("-w", "--workdir", "workdir", default="demo-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--frames", default=16, show_default=True, type=int)
+@_friendly
+def demo(workdir, frames):
+    """Offline end to end on the built-in tiny model: export, build, parity, a wav, reports."""
+    from vvtrt.pipeline import run_demo
+
+    outputs = run_demo(workdir, frames, _progress)
+    click.echo("demo outputs:")
+    for k, v in outputs.items():
+        click.echo(f"  {k}: {v}")
+
+
+def main():
+    cli(prog_name="vvtrt")
+
+
+if __name__ == "__main__":
+    main()

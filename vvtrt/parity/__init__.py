@@ -1,0 +1,1 @@
+"""Parity: exported components and the runtime against the PyTorch reference."""

@@ -1,0 +1,192 @@
+"""`vvtrt parity`: every exported component and dtype against the fp32 PyTorch reference on a grid of
+shapes different from the export shapes; the state-carrying steps against transformers' own streaming
+caches over many frames; and the whole loop against transformers `generate`."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from vvtrt.components.specs import build_specs
+from vvtrt.errors import BackendUnavailableError
+from vvtrt.parity.compare import error_stats, snr_db
+from vvtrt.parity.streaming import streaming_rows
+from vvtrt.precision import Precision
+from vvtrt.runtime.runner import TorchRunner
+from vvtrt.workdir import Workdir
+
+log = logging.getLogger(__name__)
+# End-to-end bounds: fp32 must reproduce generate; reduced precision is compared with generate run in
+# the same precision, and the autoregressive feedback amplifies rounding, so the bound is looser.
+E2E_LATENT_TOL = {Precision.FP32: 1e-4, Precision.FP16: 0.25, Precision.BF16: 0.25}
+E2E_MIN_SNR_DB = {Precision.FP32: 60.0, Precision.FP16: 10.0, Precision.BF16: 10.0}
+
+
+@dataclass(frozen=True)
+class ParityOptions:
+    backend: str = "onnxruntime"
+    device: str = "cpu"
+    precisions: tuple[Precision, ...] | None = None  # None: every exported precision
+    components: tuple[str, ...] | None = None
+    stream_frames: int = 16
+    e2e_frames: int = 16
+    e2e: bool = True
+    cfg_scale: float = 1.3
+    seed: int = 0
+
+
+def _method(backend: str, device: torch.device, precision: Precision) -> str:
+    if backend == "torch":
+        return f"torch-{device.type}"
+    if backend == "onnxruntime" and device.type == "cpu" and precision is Precision.BF16:
+        return "onnx-reference-evaluator"
+    return f"{backend}-{device.type}"
+
+
+def make_runner(wd: Workdir, spec, precision: Precision, backend: str, device, model=None):
+    """A runner for one exported component; bf16 on the CPU uses ONNX's reference evaluator."""
+    device = torch.device(device)
+    if backend == "torch":
+        return TorchRunner(spec, precision, device, model.to(precision.torch_dtype), wd.options().steps)
+    if backend == "onnxruntime":
+        if device.type == "cpu" and precision is Precision.BF16:
+            return _ReferenceEvalRunner(spec, precision, wd.onnx_path(spec.name, precision))
+        from vvtrt.runtime.ort_runner import OrtRunner
+
+        return OrtRunner(spec, precision, device, wd.onnx_path(spec.name, precision))
+    from vvtrt.runtime.trt_runner import TrtRunner
+
+    return TrtRunner.from_workdir(wd, spec, precision, device)
+
+
+class _ReferenceEvalRunner:
+    """ONNX's reference evaluator as a runner: the honest CPU check of bf16 graphs (slow; tiny models)."""
+
+    backend = "onnx-reference"
+
+    def __init__(self, spec, precision, path):
+        self.spec, self.precision, self.path = spec, precision, path
+
+    def activate(self):
+        pass
+
+    def deactivate(self):
+        pass
+
+    def infer(self, feed, out=None):
+        from vvtrt.parity.reference_eval import run_onnx_reference
+
+        return run_onnx_reference(self.path, feed)
+
+
+def component_rows(wd: Workdir, model32, opts: ParityOptions, progress=None) -> list[dict]:
+    """Each exported (component, precision) vs the fp32 torch wrapper on the spec's parity grid."""
+    specs = build_specs(wd.info(), wd.options())
+    device = torch.device(opts.device)
+    rows = []
+    ref_model = model32.to(device)
+    for comp, precision in wd.exported():
+        if (opts.precisions and precision not in opts.precisions) or (opts.components and comp not in opts.components):
+            continue
+        spec = specs[comp]
+        if progress:
+            progress(f"{comp}.{precision.value}")
+        method = _method(opts.backend, device, precision)
+        try:
+            model = None
+            if opts.backend == "torch":
+                from vvtrt.model.presets import load_model
+
+                model = load_model(wd.source()).to(device)
+            runner = make_runner(wd, spec, precision, opts.backend, device, model)
+            runner.activate()
+        except BackendUnavailableError as exc:
+            rows.append({"component": comp, "precision": precision.value, "backend": opts.backend,
+                         "method": method, "dims": {}, "output": "*", "max_abs": None, "max_rel": None,
+                         "rel_l2": None, "cosine": None, "tolerance": None, "passed": None,
+                         "skipped": str(exc)})
+            continue
+        ref = TorchRunner(spec, Precision.FP32, device, ref_model, wd.options().steps)
+        for i, dims in enumerate(spec.parity_grid):
+            gen = torch.Generator().manual_seed(opts.seed * 1000 + i)
+            feed = {k: v.to(device) for k, v in spec.sample(dims, precision, gen).items()}
+            feed32 = {k: (v.float() if v.is_floating_point() else v) for k, v in feed.items()}
+            want = ref.infer(feed32)
+            got = runner.infer(feed)
+            for t in spec.outputs:
+                st = error_stats(got[t.name], want[t.name])
+                tol = spec.tol(t.name, precision)
+                rows.append({"component": comp, "precision": precision.value, "backend": opts.backend,
+                             "method": method, "dims": dict(dims), "output": t.name, **st.to_json(),
+                             "tolerance": tol, "passed": st.passed(tol)})
+        runner.deactivate()
+    return rows
+
+
+def e2e_rows(wd: Workdir, opts: ParityOptions, models, progress=None) -> list[dict]:
+    """The runtime's Synthesizer per precision vs transformers `generate` in the same precision."""
+    from vvtrt.model.presets import load_model
+    from vvtrt.parity.reference_generate import reference_generate
+    from vvtrt.runtime.synthesizer import SynthesisResult, Synthesizer
+
+    rows = []
+    device = torch.device(opts.device)
+    exported = {p for _, p in wd.exported()}
+    for precision in opts.precisions or sorted(exported, key=lambda p: p.value):
+        if progress:
+            progress(f"e2e {opts.backend} {precision.value}")
+        backend = opts.backend
+        if backend == "onnxruntime" and device.type == "cpu" and precision is Precision.BF16:
+            backend = "torch"  # ORT's CPU provider has no bf16 kernels: run the torch backend instead
+        try:
+            synth = Synthesizer.from_workdir(wd.root, backend=backend, device=device, precision=precision,
+                                             models=models)
+        except BackendUnavailableError as exc:
+            rows.append({"name": f"generate-{precision.value}", "backend": backend, "precision": precision.value,
+                         "frames": [], "snr_db": None, "passed": None, "notes": f"skipped: {exc}"})
+            continue
+        ids, emb = synth.prompt_embeds("Speaker 1: Parity check of the whole loop.")
+        res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
+        for _ in synth.generate(ids, emb, frames=opts.e2e_frames, cfg_scale=opts.cfg_scale, seed=opts.seed,
+                                result=res):
+            pass
+        ref_model = load_model(wd.source()).to(device=device, dtype=precision.torch_dtype)
+        ref_lat, ref_audio = reference_generate(ref_model, list(ids), opts.e2e_frames, wd.options().steps,
+                                                opts.cfg_scale, opts.seed)
+        del ref_model
+        frames = []
+        for f, (a, b) in enumerate(zip(res.latents, ref_lat)):
+            st = error_stats(torch.from_numpy(a), b)
+            frames.append({"frame": f, "latent_rel_l2": st.rel_l2, "latent_max_abs": st.max_abs})
+        snr = snr_db(torch.from_numpy(res.audio), ref_audio)
+        worst = max(fr["latent_rel_l2"] for fr in frames)
+        passed = (len(frames) == opts.e2e_frames and worst <= E2E_LATENT_TOL[precision]
+                  and snr >= E2E_MIN_SNR_DB[precision])
+        rows.append({"name": f"generate-{precision.value}", "backend": backend, "precision": precision.value,
+                     "frames": frames, "snr_db": snr if snr != float("inf") else 999.0, "passed": passed,
+                     "notes": (f"reference: transformers generate in {precision.value}, forced speech_diffusion, "
+                               f"same per-frame noise; bounds: latent rel-L2 <= {E2E_LATENT_TOL[precision]}, "
+                               f"SNR >= {E2E_MIN_SNR_DB[precision]} dB")})
+    return rows
+
+
+def _num(x) -> str:
+    return "nan" if x is None else f"{x:.3g}"
+
+
+def run_parity(wd: Workdir, opts: ParityOptions, progress=None) -> dict:
+    """The full parity report (see `vvtrt.reports.schema` for the format)."""
+    from vvtrt.model.presets import load_model
+    from vvtrt.runtime.backends import ModelCache
+
+    model32 = load_model(wd.source())
+    rows = component_rows(wd, model32, opts, progress)
+    stream = streaming_rows(wd, model32, opts, progress)
+    e2e = e2e_rows(wd, opts, ModelCache(wd), progress) if opts.e2e else []
+    failures = [f"{r['component']}.{r['precision']} output {r['output']} at {r['dims']}: rel_l2 "
+                f"{_num(r['rel_l2'])} > {_num(r['tolerance'])} ({r['method']})" for r in rows if r["passed"] is False]
+    failures += [f"streaming {r['component']}.{r['precision']} frame {r['frame']} {r['output']}: rel_l2 "
+                 f"{_num(r['rel_l2'])}" for r in stream if r["passed"] is False]
+    failures += [f"e2e {r['name']} ({r['backend']}): {r['notes']}" for r in e2e if r["passed"] is False]
+    return {"rows": rows, "streaming": stream, "e2e": e2e, "failures": failures, "passed": not failures}
