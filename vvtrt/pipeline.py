@@ -157,12 +157,12 @@ class _StreamWriter:
 
 def run_demo(workdir="demo-out", frames=16, progress_factory=None) -> dict:
     """export -> build (CPU-only TensorRT-RTX, if installed) -> parity -> a wav -> reports, on `tiny`."""
-    from vvtrt.engines.trt_api import trt_available
+    from vvtrt.engines.trt_api import available_flavors
 
     out: dict[str, str] = {}
     run_export("tiny", workdir, "fp32,fp16,bf16", 10, "", 0, False, progress_factory)
     out["onnx"] = str(Path(workdir) / "onnx")
-    if trt_available("tensorrt-rtx") or trt_available("tensorrt"):
+    if available_flavors():
         run_build(workdir, "auto", "", "", None, False, progress_factory)
         out["engines"] = str(Path(workdir) / "engines")
     else:

@@ -1,0 +1,353 @@
+"""Engines: the TensorRT facade, manifests and their checks (pure, always run), and real CPU-only TensorRT-RTX
+builds of every tiny component in fp32, fp16 and bf16 (marked `trt`, skipped without TensorRT-RTX)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import onnx
+import pytest
+
+from vvtrt.components.specs import COMPONENTS
+from vvtrt.engines import manifest as mf
+from vvtrt.engines import trt_api
+from vvtrt.engines.builder import profile_shapes
+from vvtrt.engines.trt_api import available_flavors, parse_sm
+from vvtrt.errors import BackendUnavailableError, BuildError, EngineMismatchError, InputError, WorkdirError
+from vvtrt.precision import Precision
+from vvtrt.runtime.trt_runner import TrtRunner, select_profile
+from vvtrt.spec import AxisRange, ComponentSpec, TensorSpec
+from vvtrt.workdir import Workdir
+
+HAS_RTX = "tensorrt-rtx" in available_flavors()
+needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX (tensorrt-rtx-cu13-bindings) is not installed")
+ENTRY_KEYS = {"component", "dtype", "engine", "engine_bytes", "engine_sha256", "onnx_sha256", "flavor",
+              "trt_version", "target", "compute_capabilities", "gpu_name", "build_seconds", "built_at", "profiles",
+              "profile_shapes", "inputs", "outputs", "layers", "timing_cache"}
+TORCH_NAME = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _spec(profiles) -> ComponentSpec:
+    """A small stand-in for lm_decode: a batch axis and a KV length fixed per profile."""
+    return ComponentSpec(
+        "toy", "toy", (TensorSpec("x", ("batch", 1, 8)), TensorSpec("kv", (2, "batch", "kv_len", 4))),
+        (TensorSpec("y", ("batch", 1, 8)),), None, None, profiles, {"batch": 2, "kv_len": 16}, ())
+
+
+def _entry(**kw) -> dict:
+    base = {"component": "lm_decode", "dtype": "bf16", "engine": "lm_decode.bf16.engine", "engine_bytes": 4,
+            "engine_sha256": None, "flavor": "tensorrt-rtx", "trt_version": "1.7.1.116", "target": "portable",
+            "compute_capabilities": ["8.0", "8.6", "8.9", "12.0"], "gpu_name": None}
+    return {**base, **kw}
+
+
+# -- pure: no TensorRT, no GPU ---------------------------------------------------------------------
+def test_importing_vvtrt_never_imports_tensorrt():
+    code = ("import sys, vvtrt.engines, vvtrt.runtime.trt_runner; "
+            "print([m for m in sys.modules if m.split('.')[0].startswith('tensorrt')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_load_trt_missing_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(trt_api._MODULES, "tensorrt", ("no_such_tensorrt_module",))
+    trt_api.load_trt.cache_clear()
+    try:
+        with pytest.raises(BackendUnavailableError, match="pip install 'tensorrt>=10'"):
+            trt_api.load_trt("tensorrt")
+        with pytest.raises(InputError, match="unknown TensorRT flavor"):
+            trt_api.load_trt("onnx")
+    finally:
+        trt_api.load_trt.cache_clear()
+
+
+@pytest.mark.parametrize("raw", [86, "86", "sm86", "sm_86", "8.6", (8, 6)])
+def test_parse_sm(raw):
+    assert parse_sm(raw) == "8.6"
+    assert parse_sm("120") == parse_sm("sm_120") == "12.0"
+    with pytest.raises(InputError):
+        parse_sm("ampere")
+
+
+def test_profile_shapes_and_selection():
+    spec = _spec(tuple({"batch": AxisRange(1, 2, 8), "kv_len": AxisRange(n, n, n)} for n in (256, 1024)))
+    shapes = profile_shapes(spec, spec.profiles[1])
+    assert shapes["x"] == ((1, 1, 8), (2, 1, 8), (8, 1, 8))
+    assert shapes["kv"] == ((2, 1, 1024, 4), (2, 2, 1024, 4), (2, 8, 1024, 4))
+    assert select_profile(spec, {"batch": 3, "kv_len": 256}) == 0
+    assert select_profile(spec, {"batch": 8, "kv_len": 1024}) == 1
+    with pytest.raises(InputError, match="fit no engine profile"):
+        select_profile(spec, {"batch": 2, "kv_len": 512})
+    with pytest.raises(BuildError, match="no range for axis 'kv_len'"):
+        profile_shapes(spec, {"batch": AxisRange(1, 1, 2)})
+
+
+def test_check_engine_names_the_rebuild_command():
+    ok = mf.RuntimeInfo("tensorrt-rtx", "1.7.1.116", "8.6", "RTX 3090")
+    mf.check_engine(_entry(), ok)
+    cmd = "vvtrt build -w /w --flavor tensorrt-rtx --components lm_decode --force"
+    with pytest.raises(EngineMismatchError, match="compute capability") as e:
+        mf.check_engine(_entry(), mf.RuntimeInfo("tensorrt-rtx", "1.7.1.116", "9.0", "H100"), "/w")
+    assert cmd in str(e.value)
+    with pytest.raises(EngineMismatchError, match="1.8.0") as e:
+        mf.check_engine(_entry(), mf.RuntimeInfo("tensorrt-rtx", "1.8.0", "8.6"), "/w")
+    assert cmd in str(e.value)
+    with pytest.raises(EngineMismatchError, match="--flavor tensorrt --components lm_decode --force"):
+        mf.check_engine(_entry(), mf.RuntimeInfo("tensorrt", "10.13.0", "8.6"), "/w")
+    with pytest.raises(BackendUnavailableError):
+        mf.check_engine(_entry(), mf.RuntimeInfo("tensorrt-rtx", "1.7.1.116", None))
+
+
+def test_check_engine_file_truncated_or_altered(tmp_path):
+    p = tmp_path / "e.engine"
+    p.write_bytes(b"abcd")
+    entry = _entry(engine_bytes=4, engine_sha256=mf.sha256_file(p))
+    mf.check_engine_file(p, entry)
+    p.write_bytes(b"ab")
+    with pytest.raises(EngineMismatchError, match="truncated"):
+        mf.check_engine_file(p, entry)
+    p.write_bytes(b"abcx")
+    with pytest.raises(EngineMismatchError, match="checksum"):
+        mf.check_engine_file(p, entry)
+    with pytest.raises(EngineMismatchError, match="missing"):
+        mf.check_engine_file(tmp_path / "none.engine", entry)
+
+
+def test_manifest_merge_read_write_and_find(tmp_path):
+    portable, sm86 = tmp_path / "rtx-portable", tmp_path / "rtx-sm86"
+    mf.write_manifest(portable, mf.merge_entries(mf.read_manifest(portable), [_entry()], key="rtx-portable"))
+    mf.write_manifest(portable, mf.merge_entries(mf.read_manifest(portable), [_entry(dtype="fp16")]))
+    assert set(mf.read_manifest(portable)["engines"]) == {"lm_decode.bf16", "lm_decode.fp16"}
+    rt = mf.RuntimeInfo("tensorrt-rtx", "1.7.1.116", "8.6")
+    path, entry = mf.find_engine(tmp_path, rt, "lm_decode", "bf16")
+    assert path == portable / "lm_decode.bf16.engine" and entry["target"] == "portable"
+    mf.write_manifest(sm86, mf.merge_entries({}, [_entry(target="sm86", compute_capabilities=["8.6"])]))
+    assert mf.find_engine(tmp_path, rt, "lm_decode", "bf16")[0].parent == sm86  # exact target preferred
+    with pytest.raises(EngineMismatchError, match="--components lm_decode --force"):
+        mf.find_engine(tmp_path, mf.RuntimeInfo("tensorrt-rtx", "1.7.1.116", "9.0"), "lm_decode", "bf16")
+    with pytest.raises(WorkdirError, match="vvtrt build"):
+        mf.find_engine(tmp_path, rt, "connectors", "bf16")
+    (sm86 / mf.MANIFEST_NAME).write_text("{not json")
+    assert mf.read_manifest(sm86)["engines"] == {}
+    with pytest.raises(EngineMismatchError, match="unreadable"):
+        mf.read_manifest(sm86, strict=True)
+
+
+def test_layer_summaries_trt10_trt11_and_builder_log():
+    trt10 = {"Layers": [{"Name": "a", "LayerType": "gemm", "Outputs": [{"Format/Datatype": "Row major linear FP16"}]},
+                        {"Name": "b", "LayerType": "kgen", "Outputs": [{"Format/Datatype": "BF16 format"}]}]}
+    trt11 = {"Layers": [{"Name": "a", "LayerType": "gemm", "Outputs": [{"Datatype": "Half", "Format": "x"}]}],
+             "I/O Tensors": []}
+    s10, s11 = mf.summarize_inspector_json(json.dumps(trt10)), mf.summarize_inspector_json(json.dumps(trt11))
+    assert s10["by_precision"] == {"fp16": 1, "bf16": 1} and s10["by_type"] == {"gemm": 1, "kgen": 1}
+    assert s11["by_precision"] == {"fp16": 1} and s11["source"] == "engine_inspector"
+    assert mf.summarize_inspector_json('{"Layers": ["a", "b"]}')["detailed"] is False
+    dump = ("Layers:\nName: s, LayerType: shape_call, Inputs: [], Constants: [], Outputs: [], TacticName: , x\n"
+            "Name: g, LayerType: gemm, Inputs: [ { Name: x, Datatype: Float }], Constants: [ { Name: w, Datatype: "
+            "Float }], Outputs: [ { Name: y, Dimensions: [-1,8], Datatype: BFloat16, Format: lin }], TacticName: t\n")
+    s = mf.summarize_layer_log(dump)
+    assert s["by_precision"] == {"none": 1, "bf16": 1} and s["count"] == 2 and s["source"] == "builder_log"
+
+
+def test_trt_runner_refuses_cpu_device():
+    spec = _spec(({"batch": AxisRange(1, 1, 2), "kv_len": AxisRange(4, 4, 4)},))
+    with pytest.raises(BackendUnavailableError, match="CUDA"):
+        TrtRunner(spec, Precision.FP32, "cpu", "x.engine", _entry())
+
+
+# -- TensorRT-RTX CPU-only builds of the tiny model -------------------------------------------------
+@pytest.fixture(scope="session")
+def built(tiny_workdir):
+    """Every tiny component x dtype built once with the TensorRT-RTX CPU builder (portable engines)."""
+    if not HAS_RTX:
+        pytest.skip("TensorRT-RTX is not installed")
+    from vvtrt.engines import build_engines
+
+    t0 = time.perf_counter()
+    try:
+        results, error = build_engines(tiny_workdir, "tensorrt-rtx"), None
+    except BuildError as exc:
+        results, error = [], exc
+    return {"wd": tiny_workdir, "results": results, "error": error, "seconds": time.perf_counter() - t0}
+
+
+def _manifest(wd: Workdir) -> dict:
+    folders = [p.parent for p in wd.engines_dir.glob(f"*-portable/{mf.MANIFEST_NAME}")]
+    assert len(folders) == 1, folders
+    return mf.read_manifest(folders[0], strict=True) | {"folder": folders[0]}
+
+
+@pytest.mark.trt
+@needs_rtx
+def test_every_tiny_component_builds_in_every_dtype(built):
+    assert built["error"] is None, f"TensorRT-RTX build failures:\n{built['error']}"
+    got = {(r["component"], r["dtype"]) for r in built["results"]}
+    assert got == {(c, p.value) for c in COMPONENTS for p in Precision}
+
+
+@pytest.mark.trt
+@needs_rtx
+def test_manifest_describes_every_engine(built):
+    from vvtrt.components.specs import build_specs
+
+    wd = built["wd"]
+    m = _manifest(wd)
+    tm = trt_api.load_trt("tensorrt-rtx")
+    assert m["folder"].name == f"tensorrt-rtx-{tm.version}-portable" == m["key"]
+    specs = build_specs(wd.info(), wd.options())
+    for key, e in m["engines"].items():
+        assert ENTRY_KEYS <= set(e), key
+        spec, path = specs[e["component"]], m["folder"] / e["engine"]
+        assert path.is_file() and path.stat().st_size == e["engine_bytes"] > 0
+        mf.check_engine_file(path, e)
+        assert e["onnx_sha256"] == wd.export_record(spec.name, Precision(e["dtype"]))["onnx_sha256"]
+        assert (e["flavor"], e["trt_version"], e["target"]) == ("tensorrt-rtx", tm.version, "portable")
+        assert "8.6" in e["compute_capabilities"] and "9.0" not in e["compute_capabilities"]
+        assert [i["name"] for i in e["inputs"]] == [t.name for t in spec.inputs]
+        assert [o["name"] for o in e["outputs"]] == [t.name for t in spec.outputs]
+        for t, rec in zip((*spec.inputs, *spec.outputs), (*e["inputs"], *e["outputs"])):
+            want = TORCH_NAME[e["dtype"]] if t.dtype == "model" else t.dtype
+            assert rec["dtype"] == want, (key, t.name)
+            assert len(rec["shape"]) == len(t.shape), (key, t.name)
+            for d, got in zip(t.shape, rec["shape"]):  # inputs exactly; outputs may be unresolved (-1) pre-build
+                assert got == (d if isinstance(d, int) else -1) or (t in spec.outputs and got == -1), (key, t.name)
+        assert len(e["profiles"]) == len(spec.profiles) == len(e["profile_shapes"])
+        layers = e["layers"]
+        assert layers["count"] > 0 and "inspector" in layers  # no GPU here: says so instead of faking
+        assert e["tf32"] is False and e["decomposable_attention"] == (2 if e["component"].startswith("lm_") else 0)
+        assert e["dtype"] in layers["by_precision"], (key, layers)  # strongly typed: the ONNX dtype rules
+
+
+@pytest.mark.trt
+@needs_rtx
+def test_second_build_skips_and_force_rebuilds(built):
+    from vvtrt.engines import build_engines
+
+    wd = built["wd"]
+    again = build_engines(wd, "tensorrt-rtx")
+    assert again and all(r["status"] == "skipped" for r in again)
+    before = _manifest(wd)["engines"]["connectors.fp16"]["built_at"]
+    time.sleep(1.1)
+    forced = build_engines(wd, "tensorrt-rtx", components="connectors,token_embed", precisions="fp16", force=True)
+    assert {(r["component"], r["status"]) for r in forced} == {("connectors", "built"), ("token_embed", "built")}
+    assert _manifest(wd)["engines"]["connectors.fp16"]["built_at"] != before
+
+
+def _copy_workdir(wd: Workdir, dst, items=("connectors.fp32",)) -> Workdir:
+    (dst / "onnx").mkdir(parents=True)
+    shutil.copy(wd.meta_path, dst / "workdir.json")
+    for item in items:
+        for f in (wd.root / "onnx").glob(item + ".*"):
+            shutil.copy(f, dst / "onnx" / f.name)
+    return Workdir.open(dst)
+
+
+@pytest.mark.trt
+@needs_rtx
+def test_corrupt_onnx_lists_every_parser_error(built, tmp_path):
+    from vvtrt.engines import build_engines
+
+    wd = _copy_workdir(built["wd"], tmp_path)
+    path = wd.onnx_path("connectors", Precision.FP32)
+    model = onnx.load(str(path))
+    for node in model.graph.node[:2]:
+        node.op_type = "NoSuchOp"
+    onnx.save(model, str(path))
+    with pytest.raises(BuildError) as e:
+        build_engines(wd, "tensorrt-rtx")
+    msg = str(e.value)
+    assert "connectors.fp32" in msg and "ONNX parser rejected" in msg and "NoSuchOp" in msg
+    path.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(BuildError, match="ONNX parser rejected"):
+        build_engines(wd, "tensorrt-rtx")
+    assert not list(wd.engines_dir.glob("*/*.engine"))
+
+
+@pytest.mark.trt
+@needs_rtx
+def test_truncated_engine_is_a_mismatch_never_a_crash(built):
+    from vvtrt.runtime.trt_runner import deserialize_engine
+
+    m = _manifest(built["wd"])
+    e = m["engines"]["diffusion_head.fp16"]
+    blob = (m["folder"] / e["engine"]).read_bytes()
+    tm = trt_api.load_trt("tensorrt-rtx")
+    lg = tm.logger()
+    runtime = tm.trt.Runtime(lg)
+    for bad in (blob[: len(blob) // 2], b"\0" * 64):
+        with pytest.raises(EngineMismatchError, match="rebuild it"):
+            deserialize_engine(tm, runtime, lg, bad, "diffusion_head.fp16", "vvtrt build ... --force")
+
+
+@pytest.mark.trt
+@needs_rtx
+def test_engine_for_another_gpu_or_release_names_the_rebuild_command(built):
+    m = _manifest(built["wd"])
+    e = m["engines"]["lm_decode.bf16"]
+    cmd = f"vvtrt build -w {built['wd'].root} --flavor tensorrt-rtx --components lm_decode --force"
+    for rt in (mf.RuntimeInfo("tensorrt-rtx", e["trt_version"], "9.0", "NVIDIA H100 80GB HBM3"),
+               mf.RuntimeInfo("tensorrt-rtx", "1.6.0.0", "8.9", "RTX 4090")):
+        with pytest.raises(EngineMismatchError) as exc:
+            mf.check_engine(e, rt, built["wd"].root)
+        assert cmd in str(exc.value)
+    mf.check_engine(e, mf.RuntimeInfo("tensorrt-rtx", e["trt_version"], "8.9", "RTX 4090"))
+
+
+@pytest.mark.trt
+@needs_rtx
+def test_target_sm86_build_goes_to_its_own_folder(built, tmp_path):
+    from vvtrt.engines import build_engines
+
+    wd = _copy_workdir(built["wd"], tmp_path, ("connectors.fp32", "connectors.bf16"))
+    res = build_engines(wd, "tensorrt-rtx", target_sm="86")
+    assert {r["key"].rsplit("-", 1)[1] for r in res} == {"sm86"}
+    entry = mf.read_manifest(wd.engines_dir / res[0]["key"])["engines"]["connectors.bf16"]
+    assert entry["target"] == "sm86" and entry["compute_capabilities"] == ["8.6"]
+    with pytest.raises(InputError, match="cannot target compute capability 9.0"):
+        build_engines(wd, "tensorrt-rtx", target_sm="90")
+
+
+# -- on a GPU (never runs on the CPU-only CI) -------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_trt_runner_matches_torch_and_replays_in_a_cuda_graph(tiny_workdir, tiny_model, tmp_path):
+    import copy
+
+    import torch
+
+    from vvtrt.components.specs import build_specs
+    from vvtrt.engines import build_engines
+    from vvtrt.runtime.runner import TorchRunner
+
+    flavors = available_flavors()
+    if not flavors:
+        pytest.skip("no TensorRT installed")
+    flavor = "tensorrt" if "tensorrt" in flavors else "tensorrt-rtx"
+    wd = _copy_workdir(tiny_workdir, tmp_path, ("diffusion_head.fp32",))
+    try:
+        build_engines(wd, flavor, target_sm="current" if flavor == "tensorrt-rtx" else None)
+    except InputError as exc:  # e.g. TensorRT-RTX on an H100
+        pytest.skip(str(exc))
+    spec, dev = build_specs(wd.info(), wd.options())["diffusion_head"], torch.device("cuda")
+    feed = {k: v.to(dev) for k, v in spec.sample({"rows": 3}, Precision.FP32, torch.Generator().manual_seed(0)).items()}
+    ref = TorchRunner(spec, Precision.FP32, dev, copy.deepcopy(tiny_model).to(dev), wd.options().steps)
+    with TrtRunner.from_workdir(wd, spec, Precision.FP32, dev, flavor=flavor) as runner:
+        got, want = runner.infer(feed)["v"], ref.infer(feed)["v"]
+        assert ((got - want).norm() / want.norm()).item() < spec.tol("v", Precision.FP32) * 10
+        out = runner.alloc_outputs({"rows": 3})
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # eager warm-up off the default stream, as torch requires
+            runner.infer(feed, out)
+        torch.cuda.current_stream().wait_stream(side)
+        eager = out["v"].clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            assert runner.infer(feed, out) is out
+        out["v"].zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out["v"], eager)
