@@ -114,7 +114,7 @@ class Synthesizer:
             raise InputError(f"script too long: {len(prompt.ids)} prompt tokens exceed the exported limit of "
                              f"{self.options.max_prompt}; shorten it or re-export with a larger max_prompt")
         ids = torch.tensor(prompt.ids, dtype=torch.int64, device=self.device)
-        emb = self.runners["token_embed"].infer({"token": ids})["embeds"][:, 0].unsqueeze(0)
+        emb = self.runners["token_embed"].infer({"token": ids})["embeds"][:, 0].unsqueeze(0).clone()
         for (start, count), v in zip(prompt.voice_slots, venc):
             emb[0, start:start + count] = v[:count].to(emb.dtype)
         return prompt.ids, emb
