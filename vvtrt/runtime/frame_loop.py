@@ -63,6 +63,7 @@ class FrameLoop:
         self.latent = torch.zeros(n, 1, z, dtype=dtype, device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_seconds = 0.0
+        self.capture_error: str | None = None
 
     # -- the step ---------------------------------------------------------------------------------
     def _step(self) -> None:
@@ -118,8 +119,15 @@ class FrameLoop:
         torch.cuda.current_stream(self.device).wait_stream(side)
         self._restore(saved)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step()
+        try:
+            with torch.cuda.graph(graph):
+                self._step()
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot be captured runs eagerly
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+            log.warning("whole-frame CUDA graph capture failed, running eagerly: %s", self.capture_error)
+            torch.cuda.synchronize(self.device)
+            self._restore(saved)
+            return
         self._restore(saved)
         self.graph = graph
         torch.cuda.synchronize(self.device)
