@@ -132,7 +132,7 @@ def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, 
     from vvtrt.pipeline import run_synth
 
     res = run_synth(workdir, backend, fallback, device, dtype, text, script_file, voices, output, frames,
-                    max_frames, cfg_scale, seed, stream, not no_cuda_graph)
+                    max_frames, cfg_scale, seed, stream, False if no_cuda_graph else "auto")
     forced = " (speech_diffusion forced by --frames)" if res.forced else ""
     click.echo(f"wrote {output}: {res.frames} frames, {res.audio_seconds:.2f} s of audio{forced}; "
                f"stop: {res.stop_reason}; RTF {res.rtf:.3f}; time to first audio {res.ttfa_s * 1000:.1f} ms")

@@ -104,7 +104,7 @@ def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", fram
 
 def run_synth(workdir, backend="torch", fallback=(), device=None, dtype=None, text=None, script_file=None,
               voices=(), output="out.wav", frames=None, max_frames=None, cfg_scale=1.3, seed=0, stream=False,
-              cuda_graph=True):
+              cuda_graph="auto"):
     from vvtrt.runtime.audio_io import write_wav
     from vvtrt.runtime.backends import parse_fallback
     from vvtrt.runtime.script import parse_script, read_script_file

@@ -52,7 +52,7 @@ class SynthesisResult:
 class Synthesizer:
     """Runs the whole VibeVoice 1.5B/7B loop on any mix of backends."""
 
-    def __init__(self, wd: Workdir, runners: dict, precision: Precision, device, cuda_graph: bool = True):
+    def __init__(self, wd: Workdir, runners: dict, precision: Precision, device, cuda_graph="auto"):
         from vvtrt.model.text_tokenizer import load_text_tokenizer
 
         self.wd = wd
@@ -61,14 +61,16 @@ class Synthesizer:
         self.runners = runners
         self.precision = precision
         self.device = torch.device(device)
-        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        if cuda_graph == "auto":  # whole-frame capture where the backends are known to be capturable
+            cuda_graph = all(r.backend in ("torch", "tensorrt") for r in runners.values())
+        self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self.tokenizer = load_text_tokenizer(wd.source())
         self._loops: dict[int, FrameLoop] = {}
         self.capture_seconds = 0.0
 
     @classmethod
     def from_workdir(cls, path, backend: str = "torch", device=None, precision=None, fallback=None,
-                     cuda_graph: bool = True, ort_cuda_graph: bool = False, models: ModelCache | None = None):
+                     cuda_graph="auto", ort_cuda_graph: bool = False, models: ModelCache | None = None):
         wd = Workdir.open(path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision is None:
@@ -217,6 +219,6 @@ class Synthesizer:
             loop.kv.write_prefix(0, out["k"], out["v"])
         last = emb[:, -1:].expand(2, 1, emb.shape[-1])  # speech_start for both rows
         loop.embeds.copy_(last)
-        if self.cuda_graph and loop.graph is None:
+        if self.cuda_graph and loop.graph is None and loop.capture_error is None:
             loop.capture()
             self.capture_seconds += loop.capture_seconds
