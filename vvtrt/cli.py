@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 
 import click
@@ -141,7 +142,7 @@ def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, 
 @cli.command()
 @workdir_opt
 @click.option("--backend", "backends", default="torch", show_default=True,
-              help="Comma-separated backends to measure (torch, onnxruntime, tensorrt).")
+              help="Comma-separated: torch, torch-compile, onnxruntime, onnxruntime-graph, tensorrt.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--frames", default=60, show_default=True, type=int)
@@ -190,7 +191,24 @@ def demo(workdir, frames):
 
 
 def main():
-    cli(prog_name="vvtrt")
+    try:
+        cli(prog_name="vvtrt")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Exit; after ONNX Runtime CUDA use, skip static destructors (microsoft/onnxruntime#15174: the CUDA
+    provider can abort in `cudaFreeHost` at teardown, turning a finished run into exit code 134)."""
+    ort = sys.modules.get("vvtrt.runtime.ort_runner")
+    if ort is not None and ort.cuda_sessions_used():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,16 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from vvtrt.bench.timing import ComponentTimer, device_bandwidth_gbps, weight_bytes_per_frame
+from vvtrt.bench.timing import ComponentTimer, device_bandwidth_gbps, graphed_component_ms, weight_bytes_per_frame
+
+# Bench variants: name -> (backend, Synthesizer options)
+VARIANTS = {
+    "torch": ("torch", {}),
+    "torch-compile": ("torch", {"compile": True}),
+    "onnxruntime": ("onnxruntime", {}),
+    "onnxruntime-graph": ("onnxruntime", {"ort_cuda_graph": True}),
+    "tensorrt": ("tensorrt", {}),
+}
 from vvtrt.errors import InputError
 from vvtrt.precision import Precision
 from vvtrt.reports.stats import component_stats
@@ -43,13 +52,15 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_backend(wd: Workdir, backend: str, device, precision: Precision, frames: int, prompt_tokens: int,
+def bench_backend(wd: Workdir, variant: str, device, precision: Precision, frames: int, prompt_tokens: int,
                   repeats: int, cfg_scale: float, models: ModelCache) -> dict:
     device = torch.device(device)
+    backend, extra = VARIANTS[variant]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    synth = Synthesizer.from_workdir(wd.root, backend=backend, device=device, precision=precision, models=models)
+    synth = Synthesizer.from_workdir(wd.root, backend=backend, device=device, precision=precision, models=models,
+                                     **extra)
     load_s = time.perf_counter() - t0
     ids = _prompt(synth, prompt_tokens, 0)
 
@@ -70,18 +81,21 @@ def bench_backend(wd: Workdir, backend: str, device, precision: Precision, frame
     runs = [one_run(r + 1) for r in range(repeats)]
     frame_ms = [t * 1000 for r in runs for t in r.frame_s]
     ttfa_ms = [r.ttfa_s * 1000 for r in runs]
-    # per-component latency: one eager, instrumented pass over the same frames
+    # per-component latency: each component graphed alone where the frame is graphed (what it costs
+    # inside the frame graph), else one eager pass timed with CUDA events
     comp = {}
     loop = next(iter(synth._loops.values()))
-    timer = ComponentTimer(synth.runners, device)
-    with timer.active():
-        graph, loop.graph = loop.graph, None
-        try:
+    if loop.graph is not None:
+        timing = "each component captured alone in a CUDA graph, 50 replays"
+        per = graphed_component_ms(loop)
+    else:
+        timing = "eager calls timed with CUDA events" if device.type == "cuda" else "eager calls, host clock"
+        timer = ComponentTimer(synth.runners, device)
+        with timer.active():
             for _ in range(min(frames, 20)):
                 loop.step()
-        finally:
-            loop.graph = graph
-    for name, ms in timer.milliseconds().items():
+        per = timer.milliseconds()
+    for name, ms in per.items():
         if ms and name not in ("lm_prefill", "acoustic_encoder"):
             comp[name] = component_stats(ms[2:] or ms, 1)
     audio_s = frames * synth.info.hop / SAMPLE_RATE
@@ -91,13 +105,15 @@ def bench_backend(wd: Workdir, backend: str, device, precision: Precision, frame
         mem["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
         mem["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
     stats = _pcts(frame_ms)
-    result = {"backend": backend, "precision": precision.value, "label": f"vvtrt-{backend}",
+    result = {"backend": backend, "precision": precision.value, "label": f"vvtrt-{variant}",
               "components": comp, "frame_ms": frame_ms, "frame": stats,
               "rtf": (sum(r.total_s for r in runs) / len(runs)) / audio_s if runs else None,
               "ttfa_ms": ttfa_ms, "ttfa": _pcts(ttfa_ms), "memory": mem,
               "setup": {"load_s": load_s, "build_s": None, "capture_s": synth.capture_seconds,
                         "warmup_s": warm.total_s},
-              "floor_gap": None, "notes": f"whole-frame CUDA graph: {bool(synth.cuda_graph)}"}
+              "floor_gap": None,
+              "notes": (f"whole-frame CUDA graph: {loop.graph is not None}; options {extra or 'default'}; "
+                        f"components: {timing}")}
     del synth, loop
     gc.collect()
     return result
@@ -168,12 +184,14 @@ def run_bench(wd: Workdir, backends, device, precision: Precision, frames: int, 
 def run_bench_cli(workdir, backends="torch", device=None, dtype=None, frames=60, prompt_tokens=512, repeats=3,
                   cfg_scale=1.3, baselines=(), out_dir=None) -> dict:
     from vvtrt.reports import write_report
-    from vvtrt.runtime.runner import check_backend
 
     wd = Workdir.open(workdir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = Precision.parse(dtype or ("bf16" if device.type == "cuda" else "fp32"))
-    names = [check_backend(b.strip()) for b in str(backends).split(",") if b.strip()]
+    names = [b.strip() for b in str(backends).split(",") if b.strip()]
+    for b in names:
+        if b not in VARIANTS:
+            raise InputError(f"unknown backend {b!r}: choose from {', '.join(VARIANTS)}")
     if frames < 1 or repeats < 1:
         raise InputError("--frames and --repeats must be >= 1")
     report = run_bench(wd, names, device, precision, frames, prompt_tokens, repeats, cfg_scale, tuple(baselines))

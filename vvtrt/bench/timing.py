@@ -81,3 +81,32 @@ def weight_bytes_per_frame(model, steps: int, itemsize: int) -> int:
     codec = count(m.audio_tower.decoder) + count(m.semantic_tokenizer_encoder)
     conn = count(m.multi_modal_projector) + count(m.semantic_connector)
     return (llm + head + codec + conn) * itemsize
+
+
+def graphed_component_ms(loop, repeats: int = 50) -> dict[str, list[float]]:
+    """Each component of the frame step captured alone in a CUDA graph and timed over `repeats` replays
+    (what it costs inside the whole-frame graph, launch gaps included). Buffers are restored after."""
+    device = loop.device
+    out: dict[str, list[float]] = {}
+    saved = loop._snapshot()
+    for name, feed, dest in loop.component_calls():
+        runner = loop.r[name]
+        if runner.backend not in ("torch", "tensorrt"):
+            continue
+        runner.infer(feed, dest)  # warm-up outside capture
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            runner.infer(feed, dest)
+        times = []
+        for _ in range(repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            graph.replay()
+            b.record()
+            times.append((a, b))
+        torch.cuda.synchronize(device)
+        out[name] = [a.elapsed_time(b) for a, b in times]
+        del graph
+    loop._restore(saved)
+    return out

@@ -48,7 +48,8 @@ def make_runner(wd: Workdir, spec, precision: Precision, backend: str, device, m
     """A runner for one exported component; bf16 on the CPU uses ONNX's reference evaluator."""
     device = torch.device(device)
     if backend == "torch":
-        return TorchRunner(spec, precision, device, model.to(precision.torch_dtype), wd.options().steps)
+        return TorchRunner(spec, precision, device, model.to(device=device, dtype=precision.torch_dtype),
+                           wd.options().steps)
     if backend == "onnxruntime":
         if device.type == "cpu" and precision is Precision.BF16:
             return _ReferenceEvalRunner(spec, precision, wd.onnx_path(spec.name, precision))
@@ -80,7 +81,7 @@ class _ReferenceEvalRunner:
         return run_onnx_reference(self.path, feed)
 
 
-def component_rows(wd: Workdir, model32, opts: ParityOptions, progress=None) -> list[dict]:
+def component_rows(wd: Workdir, model32, opts: ParityOptions, models, progress=None) -> list[dict]:
     """Each exported (component, precision) vs the fp32 torch wrapper on the spec's parity grid."""
     specs = build_specs(wd.info(), wd.options())
     device = torch.device(opts.device)
@@ -94,11 +95,7 @@ def component_rows(wd: Workdir, model32, opts: ParityOptions, progress=None) -> 
             progress(f"{comp}.{precision.value}")
         method = _method(opts.backend, device, precision)
         try:
-            model = None
-            if opts.backend == "torch":
-                from vvtrt.model.presets import load_model
-
-                model = load_model(wd.source()).to(device)
+            model = models.get(precision, device) if opts.backend == "torch" else None
             runner = make_runner(wd, spec, precision, opts.backend, device, model)
             runner.activate()
         except BackendUnavailableError as exc:
@@ -181,9 +178,10 @@ def run_parity(wd: Workdir, opts: ParityOptions, progress=None) -> dict:
     from vvtrt.runtime.backends import ModelCache
 
     model32 = load_model(wd.source())
-    rows = component_rows(wd, model32, opts, progress)
-    stream = streaming_rows(wd, model32, opts, progress)
-    e2e = e2e_rows(wd, opts, ModelCache(wd), progress) if opts.e2e else []
+    models = ModelCache(wd)
+    rows = component_rows(wd, model32, opts, models, progress)
+    stream = streaming_rows(wd, model32, opts, models, progress)
+    e2e = e2e_rows(wd, opts, models, progress) if opts.e2e else []
     failures = [f"{r['component']}.{r['precision']} output {r['output']} at {r['dims']}: rel_l2 "
                 f"{_num(r['rel_l2'])} > {_num(r['tolerance'])} ({r['method']})" for r in rows if r["passed"] is False]
     failures += [f"streaming {r['component']}.{r['precision']} frame {r['frame']} {r['output']}: rel_l2 "

@@ -30,8 +30,7 @@ def _reference_stream(model32, comp: str, chunks: list[torch.Tensor]) -> list[to
     return outs
 
 
-def streaming_rows(wd: Workdir, model32, opts, progress=None) -> list[dict]:
-    from vvtrt.model.presets import load_model
+def streaming_rows(wd: Workdir, model32, opts, models, progress=None) -> list[dict]:
     from vvtrt.parity.harness import _method, make_runner
 
     specs = build_specs(wd.info(), wd.options())
@@ -50,7 +49,7 @@ def streaming_rows(wd: Workdir, model32, opts, progress=None) -> list[dict]:
                   for _ in range(opts.stream_frames)]
         ref = _reference_stream(model32.to("cpu"), comp, chunks)
         try:
-            model = load_model(wd.source()) if opts.backend == "torch" else None
+            model = models.get(precision, device) if opts.backend == "torch" else None
             runner = make_runner(wd, spec, precision, opts.backend, device, model)
             runner.activate()
         except BackendUnavailableError:

@@ -62,7 +62,7 @@ class ModelCache:
 
 def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallback: Mapping[str, str] = None,
                  components=LOOP_COMPONENTS, models: ModelCache | None = None, ort_cuda_graph: bool = False,
-                 trt_flavor: str = "auto") -> dict:
+                 trt_flavor: str = "auto", compile: bool = False) -> dict:
     """One activated runner per component. `fallback` overrides the backend per component."""
     check_backend(backend)
     fallback = dict(fallback or {})
@@ -75,7 +75,9 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
         which = fallback.get(comp, backend)
         spec = specs[comp]
         if which == "torch":
-            r = TorchRunner(spec, precision, device, models.get(precision, device), steps)
+            # prefill and the voice encoder see a new length per prompt: keep them eager
+            r = TorchRunner(spec, precision, device, models.get(precision, device), steps,
+                            compile=compile and comp not in ("lm_prefill", "acoustic_encoder"))
         elif which == "onnxruntime":
             path = wd.onnx_path(comp, precision)
             if not path.is_file():
@@ -83,7 +85,9 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
                                    f"{precision.value}` first")
             from vvtrt.runtime.ort_runner import OrtRunner
 
-            r = OrtRunner(spec, precision, device, path, cuda_graph=ort_cuda_graph)
+            # ORT CUDA graphs need fixed shapes: only the per-frame components use them
+            r = OrtRunner(spec, precision, device, path,
+                          cuda_graph=ort_cuda_graph and comp not in ("lm_prefill", "acoustic_encoder", "token_embed"))
         else:
             from vvtrt.runtime.trt_runner import TrtRunner
 

@@ -98,6 +98,19 @@ class FrameLoop:
         self.latent.copy_(latent)
         self.frame_ctr.add_(is_diff.any().to(torch.int64))
 
+    def component_calls(self) -> list[tuple[str, dict, dict]]:
+        """(component, feed, out) of one step on the static buffers, for per-component timing."""
+        n, kv, o = self.n, self.kv, self.o_dec
+        return [
+            ("lm_decode", {"embeds": self.embeds, "past_k": kv.k, "past_v": kv.v, "cache_len": kv.lengths}, o),
+            ("diffusion_sampler", {"cond_pos": o["hidden"][:n, 0], "cond_neg": o["hidden"][n:, 0],
+                                   "noise": self.noise, "cfg_scale": self.cfg}, self.o_smp),
+            ("acoustic_decoder_step", {"latent": self.o_smp["latent"], "state": self.dec_state}, self.o_ad),
+            ("semantic_encoder_step", {"audio": self.o_ad["audio"], "state": self.sem_state}, self.o_se),
+            ("connectors", {"latent": self.o_smp["latent"], "semantic": self.o_se["semantic"]}, self.o_cn),
+            ("token_embed", {"token": self.control_ids[self.token]}, self.o_te),
+        ]
+
     def step(self) -> None:
         if self.graph is not None:
             self.graph.replay()

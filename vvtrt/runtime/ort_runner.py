@@ -57,6 +57,17 @@ ONNX_ELEM = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int6
 INSTALL_HINT = "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime package)"
 
 
+_RETIRED_CUDA_SESSIONS: list = []  # see OrtRunner.deactivate
+
+
+def cuda_sessions_used() -> bool:
+    """True once any CUDA-provider session was created in this process."""
+    return _CUDA_USED[0]
+
+
+_CUDA_USED = [False]
+
+
 class OrtRunError(VvtrtError):
     """ONNX Runtime failed while running a session (bad shapes for the graph, kernel failure...)."""
 
@@ -128,6 +139,8 @@ class OrtRunner(RunnerBase):
         else:
             providers = [("CPUExecutionProvider", dict(self.provider_options))]
         try:
+            if self.device.type == "cuda":
+                _CUDA_USED[0] = True
             session = ort.InferenceSession(str(self.onnx_path), sess_options=so, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception classes (Fail, NotImplemented...)
             hint = (" (ORT CUDA graphs need every compute node on the CUDA EP and no control flow; "
@@ -176,9 +189,17 @@ class OrtRunner(RunnerBase):
         self._inputs = [t.name for t in self.spec.inputs if t.name in names_in]
 
     def deactivate(self) -> None:
-        """Drop the session, the CUDA graphs and their buffers (after the runner's stream is idle)."""
+        """Drop the session, the CUDA graphs and their buffers (after the runner's stream is idle).
+
+        Workaround: destroying a CUDA-provider session can abort the process in `cudaFreeHost` (CUDA
+        error 800, microsoft/onnxruntime#15174; seen on the H200 with ORT 1.31). CUDA sessions are
+        therefore kept alive until the process ends, and the CLI exits without running static
+        destructors after ORT-CUDA use (`vvtrt.cli.main`).
+        """
         if self._stream is not None:
             self._stream.synchronize()
+        if self.session is not None and self.device.type == "cuda":
+            _RETIRED_CUDA_SESSIONS.append((self.session, self._slots.copy()))
         self._slots.clear()
         self.session, self._run_options, self._stream = None, None, None
         super().deactivate()

@@ -70,14 +70,15 @@ class Synthesizer:
 
     @classmethod
     def from_workdir(cls, path, backend: str = "torch", device=None, precision=None, fallback=None,
-                     cuda_graph="auto", ort_cuda_graph: bool = False, models: ModelCache | None = None):
+                     cuda_graph="auto", ort_cuda_graph: bool = False, models: ModelCache | None = None,
+                     compile: bool = False):
         wd = Workdir.open(path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision is None:
             precision = Precision.BF16 if device.type == "cuda" else Precision.FP32
         precision = Precision.parse(precision)
         runners = load_runners(wd, backend, precision, device, fallback, models=models,
-                               ort_cuda_graph=ort_cuda_graph)
+                               ort_cuda_graph=ort_cuda_graph, compile=compile)
         return cls(wd, runners, precision, device, cuda_graph)
 
     # -- prompt and voices ------------------------------------------------------------------------
