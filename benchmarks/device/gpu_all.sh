@@ -17,7 +17,7 @@ env_check() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import torch, transformers, onnxruntime as ort, diffusers; print(torch.__version__, transformers.__version__, ort.__version__, diffusers.__version__, ort.get_available_providers())"
 }
-gputests() { python3 -m pytest -q -m gpu tests --junitxml="$RUN/results/gputests.xml" -p no:cacheprovider; }
+gputests() { python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_ort_runner.py --junitxml="$RUN/results/gputests.xml" -p no:cacheprovider; }
 tiny() {
   $VV export --model tiny -w "$RUN/wd_tiny" &&
   $VV parity -w "$RUN/wd_tiny" --backend onnxruntime --device cuda --json "$RUN/results/parity_tiny_ort_cuda.json" ;
@@ -27,28 +27,28 @@ tiny() {
 b15() {  # torch backend (no ONNX needed): graphs, bench with both baselines, K=10 and K=5
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   $VV synth -w "$RUN/wd15" --backend torch --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_torch.wav" &&
-  $VV bench -w "$RUN/wd15" --backend torch --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+  $VV bench -w "$RUN/wd15" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k10" ;
   mkdir -p "$RUN/wd15k5" && cp -r "$RUN/wd15/onnx" "$RUN/wd15k5/" 2>/dev/null;
   $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --components connectors --steps 5 &&
-  $VV bench -w "$RUN/wd15k5" --backend torch --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
-      --baseline pytorch-eager --out "$RUN/results/bench_1.5b_k5"
+  $VV bench -w "$RUN/wd15k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k5"
 }
 b15ort() {  # ONNX Runtime CUDA: export every component (fp32 + bf16), parity, synth, bench
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16,fp32 &&
   $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype bf16,fp32 --json "$RUN/results/parity_1.5b_ort_cuda.json" ;
   $VV synth -w "$RUN/wd15" --backend onnxruntime --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_ort.wav" ;
-  $VV bench -w "$RUN/wd15" --backend torch,onnxruntime --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
-      --out "$RUN/results/bench_1.5b_k10_backends"
+  $VV bench -w "$RUN/wd15" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --out "$RUN/results/bench_1.5b_k10_ort"
 }
 b7() {
   $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
-  $VV bench -w "$RUN/wd7" --backend torch --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+  $VV bench -w "$RUN/wd7" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_7b_k10" ;
   mkdir -p "$RUN/wd7k5" &&
   $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --components connectors --steps 5 &&
-  $VV bench -w "$RUN/wd7k5" --backend torch --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
-      --out "$RUN/results/bench_7b_k5"
+  $VV bench -w "$RUN/wd7k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --baseline pytorch-eager --out "$RUN/results/bench_7b_k5"
 }
 for s in $STAGES; do
   case $s in env) stage env env_check ;; gputests) stage gputests gputests ;; tiny) stage tiny tiny ;;
