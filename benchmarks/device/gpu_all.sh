@@ -41,6 +41,10 @@ b15ort() {  # ONNX Runtime CUDA: export every component (fp32 + bf16), parity, s
   $VV bench -w "$RUN/wd15" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k10_ort"
 }
+b15par() {  # the essential ORT stage: export every 1.5B component and CUDA parity (DTYPES, default bf16)
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype ${DTYPES:-bf16} &&
+  $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype ${DTYPES:-bf16} --json "$RUN/results/parity_1.5b_ort_cuda.json"
+}
 b7() {
   $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
   $VV bench -w "$RUN/wd7" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
@@ -52,6 +56,6 @@ b7() {
 }
 for s in $STAGES; do
   case $s in env) stage env env_check ;; gputests) stage gputests gputests ;; tiny) stage tiny tiny ;;
-    b15) stage b15 b15 ;; b15ort) stage b15ort b15ort ;; b7) stage b7 b7 ;; *) log "unknown stage $s" ;; esac
+    b15) stage b15 b15 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b7) stage b7 b7 ;; *) log "unknown stage $s" ;; esac
 done
 log "ALL DONE"

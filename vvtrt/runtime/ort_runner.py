@@ -15,9 +15,10 @@ type (like onnx.TensorProto.BFLOAT16)"; the pybind overload taking `int32_t elem
 bound although numpy has no bf16. The same call is used on the CPU, where the unit tests prove it.
 
 Streams: the session is created with the CUDA EP options `user_compute_stream=str(stream.cuda_stream)` and
-`do_copy_in_default_stream=1` (copies on that same compute stream), and each run passes the run option
-`disable_synchronize_execution_providers=1`, which skips the `cudaStreamSynchronize` ORT otherwise does at
-the end of `Run` (include/onnxruntime/core/session/onnxruntime_run_options_config_keys.h). ORT treats a
+`do_copy_in_default_stream=1` (copies on that same compute stream). Runs keep ORT's end-of-run stream
+synchronisation: with `disable_synchronize_execution_providers=1` ORT 1.31 frees pinned staging buffers
+from a CUDA host callback, `cudaFreeHost` fails there with CUDA error 800 and the process aborts (seen on
+the H200 in every multi-session run), so each `infer` blocks until its work is done. ORT treats a
 stream handle of 0 as "no user stream" (`has_user_compute_stream = user_compute_stream != nullptr` in
 cuda_execution_provider_info.cc; ORT PR #19229/#19636 discussion), and torch's default stream *is* handle 0,
 so when the current torch stream is the default one the runner makes a private torch stream and orders it
@@ -135,7 +136,6 @@ class OrtRunner(RunnerBase):
         run_options.log_severity_level = 2
         if self.device.type == "cuda":
             providers = [("CUDAExecutionProvider", self._cuda_options(ort)), "CPUExecutionProvider"]
-            run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         else:
             providers = [("CPUExecutionProvider", dict(self.provider_options))]
         try:
@@ -287,7 +287,6 @@ class OrtRunner(RunnerBase):
             self._bind(binding, inputs, outputs)
             run_options = ort.RunOptions()
             run_options.log_severity_level = 2
-            run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
             run_options.add_run_config_entry("gpu_graph_id", str(len(self._slots) + 1))
             slot = {"inputs": inputs, "outputs": outputs, "binding": binding, "run_options": run_options}
             self._slots[key] = slot
