@@ -2,13 +2,15 @@
 export options. Nothing else in vvtrt writes a component's shapes down."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 
 from vvtrt.components import conv_stream, diffusion, lm
 from vvtrt.components.info import ModelInfo
 from vvtrt.errors import InputError
+from vvtrt.precision import Precision
 from vvtrt.spec import AxisRange, ComponentSpec, TensorSpec as T
 
 
@@ -57,6 +59,20 @@ def _randn(shape, precision, gen, std=1.0):
 
 def _r(lo, opt, hi):
     return AxisRange(lo, opt, hi)
+
+
+# bf16 bounds on rel-L2 vs the fp32 reference, set from PyTorch's *own* bf16 error on the same inputs
+# (benchmarks/precision_floor.py, 1.5B preset, results in benchmarks/results/cpu/precision_floor_1.5b_bf16.json):
+# lm_prefill 0.031, lm_decode 0.035, diffusion_sampler 0.038, diffusion_head 0.073 (bf16 rounds the
+# timestep before its sinusoid: 999 -> 1000). ONNX Runtime CUDA bf16 measured 0.032 / 0.037 / 0.040 / 0.075
+# on the H200 (benchmarks/results/h200/parity_1.5b_ort_cuda). Bound = ~1.25x PyTorch's own bf16 error.
+# acoustic_decoder_step: PyTorch's own bf16 error is 0.0126 (tiny) / 0.0146 (1.5B) and ORT CUDA 0.0145, but
+# ONNX's reference evaluator (the CPU substitute for bf16) rounds every op to bf16 with no fp32
+# accumulation and measured 0.021-0.022 on tiny over 16 streamed frames: bound 3e-2.
+BF16_TOL = {"lm_prefill": 4e-2, "lm_decode": 4.5e-2, "diffusion_sampler": 5e-2, "diffusion_head": 9.5e-2,
+            "acoustic_decoder_step": 3e-2}
+BF16_NOTE = ("bf16 bound ~1.25x PyTorch's own bf16-vs-fp32 error on the 1.5B preset "
+             "(benchmarks/results/cpu/precision_floor_1.5b_bf16.json)")
 
 
 def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[str, ComponentSpec]:
@@ -184,7 +200,13 @@ def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[
         lambda d, p, g: {"latent": _randn((d["batch"], 1, Z), p, g), "semantic": _randn((d["batch"], 1, SEM), p, g)},
         ({"batch": _r(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
     ))
-    return {s.name: s for s in specs}
+    out = {}
+    for s in specs:
+        if s.name in BF16_TOL:
+            s = dataclasses.replace(s, tolerance={**s.tolerance, Precision.BF16: BF16_TOL[s.name]},
+                                    tolerance_notes=BF16_NOTE)
+        out[s.name] = s
+    return out
 
 
 COMPONENTS = ("lm_prefill", "lm_decode", "token_embed", "diffusion_sampler", "diffusion_head",

@@ -58,7 +58,7 @@ def streaming_rows(wd: Workdir, model32, opts, models, progress=None) -> list[di
         state = torch.zeros(state_dim, dtype=precision.torch_dtype, device=device)
         for f, x in enumerate(chunks):
             out = runner.infer({in_name: x.to(device, precision.torch_dtype), "state": state})
-            state = out["state_out"]
+            state = out["state_out"].to(device, precision.torch_dtype)  # the reference evaluator returns fp32
             st = error_stats(out[out_name], ref[f])
             tol = spec.tol(out_name, precision)
             rows.append({"component": comp, "precision": precision.value, "backend": opts.backend,

@@ -1,0 +1,56 @@
+"""Every tiny component exports in fp32/fp16/bf16 and passes parity on the grid (ONNX Runtime CPU; bf16 via
+ONNX's reference evaluator), the streaming steps over >= 16 frames, and the whole loop vs `generate`."""
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from vvtrt.components.specs import COMPONENTS, build_specs
+from vvtrt.parity.harness import ParityOptions, run_parity
+from vvtrt.precision import Precision
+
+
+@pytest.fixture(scope="module")
+def report(tiny_workdir):
+    return run_parity(tiny_workdir, ParityOptions(backend="onnxruntime", device="cpu", stream_frames=16,
+                                                  e2e_frames=16))
+
+
+def test_every_spec_is_exported_and_covered(tiny_workdir, report):
+    """Meta-test: no component escapes export, the parity grid, or (if stateful) the streaming check."""
+    specs = build_specs(tiny_workdir.info(), tiny_workdir.options())
+    assert set(specs) == set(COMPONENTS)
+    exported = set(tiny_workdir.exported())
+    for name, spec in specs.items():
+        assert spec.parity_grid and all(dims != dict(spec.export_dims) for dims in spec.parity_grid)
+        for p in Precision:
+            assert (name, p) in exported
+            rows = [r for r in report["rows"] if r["component"] == name and r["precision"] == p.value]
+            assert {r["output"] for r in rows} == {t.name for t in spec.outputs}, (name, p)
+            assert len({str(r["dims"]) for r in rows}) == len(spec.parity_grid)
+        if spec.state:
+            frames = {r["frame"] for r in report["streaming"] if r["component"] == name}
+            assert len(frames) >= 16
+
+
+def test_parity_passes_on_the_grid(report):
+    assert report["passed"], report["failures"]
+    methods = {(r["precision"], r["method"]) for r in report["rows"]}
+    assert ("bf16", "onnx-reference-evaluator") in methods and ("fp32", "onnxruntime-cpu") in methods
+    assert all(r["rel_l2"] < 1e-5 for r in report["rows"] if r["precision"] == "fp32")
+
+
+def test_end_to_end_matches_generate(report):
+    e2e = {r["precision"]: r for r in report["e2e"]}
+    assert set(e2e) == {"fp32", "fp16", "bf16"}
+    fp32 = e2e["fp32"]
+    assert fp32["passed"] and len(fp32["frames"]) == 16
+    assert max(f["latent_rel_l2"] for f in fp32["frames"]) < 1e-4 and fp32["snr_db"] > 60
+
+
+def test_dynamic_axes_carry_the_spec_names(tiny_workdir):
+    spec = build_specs(tiny_workdir.info(), tiny_workdir.options())["lm_decode"]
+    model = onnx.load(str(tiny_workdir.onnx_path("lm_decode", Precision.BF16)), load_external_data=False)
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[1].type.tensor_type.shape.dim]
+    assert dims == list(spec.inputs[1].shape)
+    assert model.opset_import[0].version >= 22  # bf16 convolutions need opset >= 22
