@@ -126,3 +126,15 @@ def test_report_rerenders(tiny_workdir, tmp_path):
     assert res.exit_code == 0 and "markdown" in res.output
     assert (tmp_path / "r" / "p.md").is_file()
     assert "not valid JSON" in one_clear_line(run("report", str(tmp_path / "r" / "p.md")))
+
+
+def test_demo_runs_end_to_end(tiny_workdir, tmp_path, monkeypatch):
+    """`vvtrt demo` on an already-exported work dir: build (if a builder exists), parity, wav, bench."""
+    import shutil
+
+    wd = tmp_path / "demo"
+    shutil.copytree(tiny_workdir.root, wd)
+    res = run("demo", "-w", str(wd), "--frames", "16")
+    assert res.exit_code == 0, res.output
+    assert "demo.wav" in res.output and "passed" in res.output
+    assert sf.read(wd / "demo.wav")[0].shape == (16 * 3200,)

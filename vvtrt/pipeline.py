@@ -170,8 +170,8 @@ def run_demo(workdir="demo-out", frames=16, progress_factory=None) -> dict:
     report, paths = run_parity_cli(workdir, "onnxruntime", "cpu", "", frames, True, None, progress_factory)
     out["parity"] = f"{paths['md']} ({'passed' if report['passed'] else 'FAILED'})"
     wav = Path(workdir) / "demo.wav"
-    res = run_synth(workdir, "onnxruntime", (), "cpu", "fp32", None, None, (), str(wav), frames, None, 1.3, 0,
-                    False, False)
+    res = run_synth(workdir, "onnxruntime", (), "cpu", "fp32", "Speaker 0: Hello from the vvtrt demo.", None, (),
+                    str(wav), frames, None, 1.3, 0, False, False)
     out["wav"] = f"{wav} ({res.frames} frames, {res.audio_seconds:.2f} s, RTF {res.rtf:.2f} on the CPU)"
     from vvtrt.bench.run import run_bench_cli
 
