@@ -16,16 +16,16 @@ TEXT = "Speaker 0: graph replay check"
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_torch_frame_graph_replay_is_bit_identical(tiny_workdir, precision):
     eager = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision=precision,
-                                     cuda_graph=False).synthesize(TEXT, frames=16, seed=3)
+                                     cuda_graph=False).synthesize(TEXT, frames=16, seed=3, keep_latents=True)
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision=precision,
                                      cuda_graph=True)
-    graphed = synth.synthesize(TEXT, frames=16, seed=3)
+    graphed = synth.synthesize(TEXT, frames=16, seed=3, keep_latents=True)
     assert next(iter(synth._loops.values())).graph is not None
-    assert graphed.frames == eager.frames == 16
+    assert graphed.frames == eager.frames == 16 and len(graphed.latents) == len(eager.latents) == 16
     for a, b in zip(graphed.latents, eager.latents):
         assert (a == b).all()
     assert (graphed.audio == eager.audio).all()
-    again = synth.synthesize(TEXT, frames=16, seed=3)  # replay after reset reproduces the first run
+    again = synth.synthesize(TEXT, frames=16, seed=3, keep_latents=True)  # replay after reset reproduces the first run
     assert (again.audio == graphed.audio).all()
 
 
@@ -35,7 +35,7 @@ def test_cuda_backends_match_generate(tiny_workdir, backend):
 
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend=backend, device="cuda", precision="fp32",
                                      cuda_graph=backend == "torch")
-    res = synth.synthesize(TEXT, frames=16, seed=4)
+    res = synth.synthesize(TEXT, frames=16, seed=4, keep_latents=True)
     ids, _ = synth.prompt_embeds(TEXT)
     model = load_model(tiny_workdir.source()).to("cuda")
     lat, audio = reference_generate(model, list(ids), 16, 10, 1.3, seed=4)

@@ -29,9 +29,9 @@ def reference(tiny_workdir):
 def test_synthesizer_matches_transformers_generate(tiny_workdir, reference, backend):
     ids, ref_lat, ref_audio = reference
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend=backend, device="cpu", precision="fp32")
-    res = synth.synthesize("Speaker 1: Hello from the tiny model.", frames=FRAMES, seed=5)
+    res = synth.synthesize("Speaker 1: Hello from the tiny model.", frames=FRAMES, seed=5, keep_latents=True)
     assert res.frames == FRAMES and res.forced and res.stop_reason == "frame budget"
-    assert res.audio.shape == (FRAMES * 3200,)
+    assert res.audio.shape == (FRAMES * 3200,) and len(res.latents) == len(ref_lat) == FRAMES
     for a, b in zip(res.latents, ref_lat):
         assert error_stats(torch.from_numpy(a), b).rel_l2 < 1e-4
     assert snr_db(torch.from_numpy(res.audio), ref_audio) > 60
@@ -43,7 +43,7 @@ def test_fallback_mixes_backends(tiny_workdir, reference):
                                      fallback={"lm_decode": "torch", "diffusion_sampler": "torch"})
     assert synth.runners["lm_decode"].backend == "torch"
     assert synth.runners["acoustic_decoder_step"].backend == "onnxruntime"
-    res = synth.synthesize("Speaker 1: Hello from the tiny model.", frames=FRAMES, seed=5)
+    res = synth.synthesize("Speaker 1: Hello from the tiny model.", frames=FRAMES, seed=5, keep_latents=True)
     assert error_stats(torch.from_numpy(res.latents[-1]), ref_lat[-1]).rel_l2 < 1e-4
 
 

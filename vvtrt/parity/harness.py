@@ -146,7 +146,7 @@ def e2e_rows(wd: Workdir, opts: ParityOptions, models, progress=None) -> list[di
         ids, emb = synth.prompt_embeds("Speaker 1: Parity check of the whole loop.")
         res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
         for _ in synth.generate(ids, emb, frames=opts.e2e_frames, cfg_scale=opts.cfg_scale, seed=opts.seed,
-                                result=res):
+                                result=res, keep_latents=True):
             pass
         ref_model = load_model(wd.source()).to(device=device, dtype=precision.torch_dtype)
         ref_lat, ref_audio = reference_generate(ref_model, list(ids), opts.e2e_frames, wd.options().steps,

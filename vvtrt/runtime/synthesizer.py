@@ -132,8 +132,8 @@ class Synthesizer:
         return self._loops[kv_len]
 
     def stream(self, script, voices=None, *, frames: int | None = None, max_frames: int | None = None,
-               cfg_scale: float = 1.3, seed: int = 0, result: SynthesisResult | None = None
-               ) -> Iterator[np.ndarray]:
+               cfg_scale: float = 1.3, seed: int = 0, result: SynthesisResult | None = None,
+               keep_latents: bool = False) -> Iterator[np.ndarray]:
         """Yield one 3200-sample float32 chunk per generated frame, as soon as it exists.
 
         `frames=N` forces the speech_diffusion decision for N frames (random-weight models never choose
@@ -143,11 +143,14 @@ class Synthesizer:
         t_start = time.perf_counter()
         ids, emb = self.prompt_embeds(script, voices, seed)
         yield from self.generate(ids, emb, frames=frames, max_frames=max_frames, cfg_scale=cfg_scale,
-                                 seed=seed, result=result, t_start=t_start)
+                                 seed=seed, result=result, t_start=t_start, keep_latents=keep_latents)
 
     def generate(self, ids, emb, *, frames=None, max_frames=None, cfg_scale=1.3, seed=0, result=None,
-                 t_start=None) -> Iterator[np.ndarray]:
-        """The loop from prompt ids and embeddings `[1, L0, H]` (ending with speech_start)."""
+                 t_start=None, keep_latents: bool = False) -> Iterator[np.ndarray]:
+        """The loop from prompt ids and embeddings `[1, L0, H]` (ending with speech_start).
+
+        `keep_latents` also copies each frame's latent to the host (parity); off by default to keep the
+        audio hand-out the only host sync per frame."""
         if frames is not None and frames < 1:
             raise InputError(f"--frames must be >= 1, got {frames}")
         if ids[-1] != self.info.audio_bos_token_id:
@@ -172,7 +175,8 @@ class Synthesizer:
             res.tokens.append(tok)
             if tok == "speech_diffusion":
                 chunk = loop.audio[0, 0].float().cpu().numpy().copy()  # the buffer is reused
-                res.latents.append(loop.latent[0, 0].float().cpu().numpy().copy())
+                if keep_latents:
+                    res.latents.append(loop.latent[0, 0].float().cpu().numpy().copy())
                 produced += 1
                 res.frame_s.append(time.perf_counter() - t0)
                 if produced == 1:
