@@ -53,7 +53,9 @@ def test_lm_prefill_and_decode_match_qwen2(tiny_model, tiny_info):
 
 @pytest.mark.parametrize("steps", [5, 10, 20])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sampler_is_bit_identical_to_transformers(tiny_model, steps, dtype):
+def test_sampler_matches_transformers(tiny_model, steps, dtype):
+    """bf16: bit-identical. fp32: within a few ulp (the conditioning matmuls are batched over the K steps,
+    and a matmul with more rows may block its reduction differently)."""
     from diffusers import DPMSolverMultistepScheduler
 
     m = tiny_model.to(dtype)
@@ -65,7 +67,10 @@ def test_sampler_is_bit_identical_to_transformers(tiny_model, steps, dtype):
         sch = DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
         ref = m._sample_audio_latent(pos, neg, sch, steps, 1.3)
         out = DiffusionSampler(m, steps)(pos, neg, noise[:1], torch.tensor([1.3]))
-        assert torch.equal(out, ref)
+        if dtype is torch.bfloat16:
+            assert torch.equal(out, ref)
+        else:
+            assert error_stats(out, ref).rel_l2 < 1e-6
     finally:
         tiny_model.to(torch.float32)
 

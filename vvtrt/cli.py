@@ -142,7 +142,8 @@ def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, 
 @cli.command()
 @workdir_opt
 @click.option("--backend", "backends", default="torch", show_default=True,
-              help="Comma-separated: torch, torch-compile, onnxruntime, onnxruntime-graph, tensorrt.")
+              help="Comma-separated: torch, torch-compile, torch-max-autotune, onnxruntime, onnxruntime-graph, "
+                   "tensorrt.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--frames", default=60, show_default=True, type=int)

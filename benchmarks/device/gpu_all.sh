@@ -2,7 +2,8 @@
 # The H100 session: every GPU measurement and check, in order, logging to $RUN (kept while the machine
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
-#   STAGES="gputests tiny b15 b15ort b7" bash benchmarks/device/gpu_all.sh
+#   STAGES="env gputests tiny b15 b7 b15par b15ort b15tune b7ort" bash benchmarks/device/gpu_all.sh
+# b15ort and b15tune need the workdir b15par exports.
 set -u
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 RUN=${RUN:-/root/vvtrt-run}
@@ -34,16 +35,23 @@ b15() {  # torch backend (no ONNX needed): graphs, bench with both baselines, K=
   $VV bench -w "$RUN/wd15k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k5"
 }
-b15ort() {  # ONNX Runtime CUDA: export every component (fp32 + bf16), parity, synth, bench
-  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16,fp32 &&
-  $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype bf16,fp32 --json "$RUN/results/parity_1.5b_ort_cuda.json" ;
-  $VV synth -w "$RUN/wd15" --backend onnxruntime --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_ort.wav" ;
-  $VV bench -w "$RUN/wd15" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
-      --out "$RUN/results/bench_1.5b_k10_ort"
+b15par() {  # export every 1.5B component (DTYPES, default bf16,fp32); ORT CUDA parity, then the torch backend's
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype ${DTYPES:-bf16,fp32} &&
+  $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype ${DTYPES:-bf16,fp32} --json "$RUN/results/parity_1.5b_ort_cuda.json" ;
+  $VV parity -w "$RUN/wd15" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_1.5b_torch_cuda.json"
 }
-b15par() {  # the essential ORT stage: export every 1.5B component and CUDA parity (DTYPES, default bf16)
-  $VV export --model 1.5b -w "$RUN/wd15" --dtype ${DTYPES:-bf16} &&
-  $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype ${DTYPES:-bf16} --json "$RUN/results/parity_1.5b_ort_cuda.json"
+b15ort() {  # ONNX Runtime CUDA on the exported workdir: synth, bench K=10 and K=5 (per-call and ORT graphs)
+  $VV synth -w "$RUN/wd15" --backend onnxruntime --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_ort.wav" ;
+  $VV bench -w "$RUN/wd15" --backend onnxruntime,onnxruntime-graph --device cuda --dtype bf16 --frames 60 --prompt-tokens 512 --repeats 3 \
+      --out "$RUN/results/bench_1.5b_k10_onnxruntime" ;
+  mkdir -p "$RUN/wd15k5/onnx" && cp "$RUN"/wd15/onnx/*.bf16.* "$RUN/wd15k5/onnx/" &&
+  $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5 &&
+  $VV bench -w "$RUN/wd15k5" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --out "$RUN/results/bench_1.5b_k5_onnxruntime"
+}
+b15tune() {  # torch.compile max-autotune (autotuned GEMMs for the M=2 shapes): a longer compile
+  $VV bench -w "$RUN/wd15" --backend torch-max-autotune --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --out "$RUN/results/bench_1.5b_k10_autotune"
 }
 b7() {
   $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
@@ -54,8 +62,14 @@ b7() {
   $VV bench -w "$RUN/wd7k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --out "$RUN/results/bench_7b_k5"
 }
+b7ort() {  # ONNX Runtime CUDA for 7B: export every bf16 component, bench K=10
+  $VV export --model 7b -w "$RUN/wd7" --dtype bf16 &&
+  $VV bench -w "$RUN/wd7" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --out "$RUN/results/bench_7b_k10_onnxruntime"
+}
 for s in $STAGES; do
   case $s in env) stage env env_check ;; gputests) stage gputests gputests ;; tiny) stage tiny tiny ;;
-    b15) stage b15 b15 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b7) stage b7 b7 ;; *) log "unknown stage $s" ;; esac
+    b15) stage b15 b15 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b15tune) stage b15tune b15tune ;;
+    b7) stage b7 b7 ;; b7ort) stage b7ort b7ort ;; *) log "unknown stage $s" ;; esac
 done
 log "ALL DONE"

@@ -16,6 +16,7 @@ from vvtrt.bench.timing import ComponentTimer, device_bandwidth_gbps, graphed_co
 VARIANTS = {
     "torch": ("torch", {}),
     "torch-compile": ("torch", {"compile": True}),
+    "torch-max-autotune": ("torch", {"compile": "max-autotune-no-cudagraphs"}),
     "onnxruntime": ("onnxruntime", {}),
     "onnxruntime-graph": ("onnxruntime", {"ort_cuda_graph": True}),
     "tensorrt": ("tensorrt", {}),

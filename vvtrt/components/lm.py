@@ -46,6 +46,16 @@ class _LMCore(nn.Module):
         b, _, t, _ = out.shape
         return layer.self_attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
+    def _attend_one(self, layer, q, k, v, mask):
+        """Decode (one query per row) without expanding K/V for GQA: the G query heads that share a KV
+        head become G query positions of that head, so K/V are read once, never repeated."""
+        b, hq, _, d = q.shape
+        qg = q.reshape(b, hq // self.groups, self.groups, d)  # head h = kv_head * G + g
+        # ONNX's Attention op wants the mask's query axis spelled out (no broadcast): [B, 1, G, S]
+        mask = mask.expand(-1, -1, self.groups, -1)
+        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)  # [B, Hkv, G, D]
+        return layer.self_attn.o_proj(out.reshape(b, 1, hq * d))
+
     def _mlp(self, layer, x):
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
@@ -96,7 +106,7 @@ class LMDecode(_LMCore):
             q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
             kk = torch.cat([past_k[i], k], dim=2)
             vv = torch.cat([past_v[i], v], dim=2)
-            x = x + self._attend(layer, q, kk, vv, mask, causal=False)
+            x = x + self._attend_one(layer, q, kk, vv, mask)
             x = self._mlp(layer, x)
             ks.append(k)
             vs.append(v)

@@ -20,7 +20,7 @@ class ExportOptions:
 
     steps: int = 10  # K of the unrolled DPM-Solver++ sampler
     max_batch: int = 8  # LLM decode rows (2 per stream: positive and negative)
-    kv_buckets: tuple[int, ...] = (512, 2048)  # static KV cache lengths, one engine profile each
+    kv_buckets: tuple[int, ...] = (512, 1024, 2048)  # static KV cache lengths, one engine profile each
     max_prompt: int = 1024  # longest prefill
     max_voice_frames: int = 64  # longest voice prompt, in 3200-sample frames
     max_voices: int = 4

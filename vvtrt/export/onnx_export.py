@@ -2,6 +2,7 @@
 nodes; bf16 Conv needs opset >= 22), then rename the dynamic axes to the spec's names and validate."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,11 +26,24 @@ EXTERNAL_DATA_BYTES = 1 << 30  # weights above 1 GiB go to an external .data fil
 EXPORT_FORMAT = 3  # bump when wrappers change in a way that invalidates old exports
 
 
+@functools.lru_cache(maxsize=1)
+def wrapper_code_hash() -> str:
+    """sha256 over the traced wrapper code (vvtrt/components/*.py): editing a wrapper re-exports."""
+    from vvtrt import components
+
+    h = hashlib.sha256()
+    for f in sorted(Path(components.__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def export_key(spec: ComponentSpec, precision: Precision, source: dict) -> str:
     """What an export depends on. The spec's JSON carries every shape and profile derived from the export
-    options (and the sampler's step count), so changing --steps re-exports the sampler alone."""
+    options (and the sampler's step count), so changing --steps re-exports the sampler alone; the wrapper
+    code hash re-exports everything after a change to the traced code."""
     blob = json.dumps({"spec": spec.to_json(), "precision": precision.value, "source": source,
-                       "format": EXPORT_FORMAT, "torch": torch.__version__}, sort_keys=True)
+                       "format": EXPORT_FORMAT, "torch": torch.__version__, "code": wrapper_code_hash()},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -17,11 +17,16 @@ from vvtrt.runtime.runner import TorchRunner
 from vvtrt.workdir import Workdir
 
 log = logging.getLogger(__name__)
-# End-to-end bounds: fp32 must reproduce generate; reduced precision is compared with generate run in
-# the same precision, and the autoregressive feedback amplifies rounding, so the bound is looser.
-E2E_LATENT_TOL = {Precision.FP32: 1e-4, Precision.FP16: 0.25, Precision.BF16: 0.25}
-E2E_MIN_SNR_DB = {Precision.FP32: 60.0, Precision.FP16: 10.0, Precision.BF16: 10.0}
-
+# End-to-end bounds. Free-running: fp32 must reproduce `generate`; in fp16/bf16 the random-weight
+# feedback loop is chaotic (an 0.05 frame-0 difference grows to ~1 within a few frames even for PyTorch's
+# own bf16 against its fp32), so those runs are reported but not gated. Teacher-forced (every precision):
+# each frame starts from the fp32 reference trajectory, so the per-frame latent error is one frame's
+# rounding. Reduced-precision bounds are ~1.5x PyTorch's own error on the same run (evidence:
+# benchmarks/results/*/parity_*_torch_* teacher-forced rows), like the component bounds in specs.py.
+E2E_LATENT_TOL = {Precision.FP32: 1e-4}
+E2E_MIN_SNR_DB = {Precision.FP32: 60.0}
+TF_LATENT_TOL = {Precision.FP32: 1e-4, Precision.FP16: 2e-2, Precision.BF16: 0.15}
+TF_MIN_SNR_DB = {Precision.FP32: 60.0, Precision.FP16: 30.0, Precision.BF16: 15.0}
 
 @dataclass(frozen=True)
 class ParityOptions:
@@ -121,8 +126,28 @@ def component_rows(wd: Workdir, model32, opts: ParityOptions, models, progress=N
     return rows
 
 
+def _e2e_row(name, backend, precision, latents, audio, ref_lat, ref_audio, n_frames, bounds, notes) -> dict:
+    frames = []
+    for f, (a, b) in enumerate(zip(latents, ref_lat)):
+        st = error_stats(torch.from_numpy(a), b)
+        frames.append({"frame": f, "latent_rel_l2": st.rel_l2, "latent_max_abs": st.max_abs})
+    snr = snr_db(torch.from_numpy(audio), ref_audio)
+    passed = None
+    if bounds is not None:
+        tol, min_snr = bounds
+        worst = max((fr["latent_rel_l2"] for fr in frames), default=float("inf"))
+        passed = len(frames) == n_frames and worst <= tol and snr >= min_snr
+        notes += f"; bounds: latent rel-L2 <= {tol}, SNR >= {min_snr} dB"
+    else:
+        notes += "; informational, not gated"
+    return {"name": name, "backend": backend, "precision": precision.value, "frames": frames,
+            "snr_db": snr if snr != float("inf") else 999.0, "passed": passed, "gated": bounds is not None,
+            "notes": notes}
+
+
 def e2e_rows(wd: Workdir, opts: ParityOptions, models, progress=None) -> list[dict]:
-    """The runtime's Synthesizer per precision vs transformers `generate` in the same precision."""
+    """The runtime's Synthesizer per precision vs transformers `generate`: free-running against `generate`
+    in the same precision, and teacher-forced against the fp32 `generate` (see the bounds above)."""
     from vvtrt.model.presets import load_model
     from vvtrt.parity.reference_generate import reference_generate
     from vvtrt.runtime.synthesizer import SynthesisResult, Synthesizer
@@ -130,6 +155,16 @@ def e2e_rows(wd: Workdir, opts: ParityOptions, models, progress=None) -> list[di
     rows = []
     device = torch.device(opts.device)
     exported = {p for _, p in wd.exported()}
+    steps, n = wd.options().steps, opts.e2e_frames
+    refs: dict[Precision, tuple] = {}
+
+    def reference(ids, precision):
+        if precision not in refs:
+            model = load_model(wd.source()).to(device=device, dtype=precision.torch_dtype)
+            refs[precision] = reference_generate(model, list(ids), n, steps, opts.cfg_scale, opts.seed)
+            del model
+        return refs[precision]
+
     for precision in opts.precisions or sorted(exported, key=lambda p: p.value):
         if progress:
             progress(f"e2e {opts.backend} {precision.value}")
@@ -144,27 +179,25 @@ def e2e_rows(wd: Workdir, opts: ParityOptions, models, progress=None) -> list[di
                          "frames": [], "snr_db": None, "passed": None, "notes": f"skipped: {exc}"})
             continue
         ids, emb = synth.prompt_embeds("Speaker 1: Parity check of the whole loop.")
-        res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
-        for _ in synth.generate(ids, emb, frames=opts.e2e_frames, cfg_scale=opts.cfg_scale, seed=opts.seed,
-                                result=res, keep_latents=True):
-            pass
-        ref_model = load_model(wd.source()).to(device=device, dtype=precision.torch_dtype)
-        ref_lat, ref_audio = reference_generate(ref_model, list(ids), opts.e2e_frames, wd.options().steps,
-                                                opts.cfg_scale, opts.seed)
-        del ref_model
-        frames = []
-        for f, (a, b) in enumerate(zip(res.latents, ref_lat)):
-            st = error_stats(torch.from_numpy(a), b)
-            frames.append({"frame": f, "latent_rel_l2": st.rel_l2, "latent_max_abs": st.max_abs})
-        snr = snr_db(torch.from_numpy(res.audio), ref_audio)
-        worst = max(fr["latent_rel_l2"] for fr in frames)
-        passed = (len(frames) == opts.e2e_frames and worst <= E2E_LATENT_TOL[precision]
-                  and snr >= E2E_MIN_SNR_DB[precision])
-        rows.append({"name": f"generate-{precision.value}", "backend": backend, "precision": precision.value,
-                     "frames": frames, "snr_db": snr if snr != float("inf") else 999.0, "passed": passed,
-                     "notes": (f"reference: transformers generate in {precision.value}, forced speech_diffusion, "
-                               f"same per-frame noise; bounds: latent rel-L2 <= {E2E_LATENT_TOL[precision]}, "
-                               f"SNR >= {E2E_MIN_SNR_DB[precision]} dB")})
+
+        def run(teacher=None):
+            res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
+            for _ in synth.generate(ids, emb, frames=n, cfg_scale=opts.cfg_scale, seed=opts.seed, result=res,
+                                    keep_latents=True, teacher_latents=teacher):
+                pass
+            return res
+
+        free = run()
+        ref_lat, ref_audio = reference(ids, precision)
+        gate = (E2E_LATENT_TOL[precision], E2E_MIN_SNR_DB[precision]) if precision in E2E_LATENT_TOL else None
+        rows.append(_e2e_row(f"free-running-{precision.value}", backend, precision, free.latents, free.audio,
+                             ref_lat, ref_audio, n, gate,
+                             f"vs transformers generate in {precision.value}, forced speech_diffusion, same noise"))
+        ref32_lat, ref32_audio = reference(ids, Precision.FP32)
+        forced = run(teacher=ref32_lat)
+        rows.append(_e2e_row(f"teacher-forced-{precision.value}", backend, precision, forced.latents, forced.audio,
+                             ref32_lat, ref32_audio, n, (TF_LATENT_TOL[precision], TF_MIN_SNR_DB[precision]),
+                             "vs transformers generate in fp32; each frame continues from the reference latent"))
     return rows
 
 

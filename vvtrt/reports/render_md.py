@@ -62,8 +62,10 @@ def _group_status(rows) -> str:
 
 def _counts(rows) -> str:
     ran = [r["passed"] for r in rows if r["passed"] is not None]
-    skipped = len(rows) - len(ran)
-    return f"{sum(ran)}/{len(ran)} passed" + (f" ({skipped} skipped)" if skipped else "")
+    info = sum(1 for r in rows if r.get("gated") is False)
+    skipped = len(rows) - len(ran) - info
+    extra = [f"{skipped} skipped"] * bool(skipped) + [f"{info} informational"] * bool(info)
+    return f"{sum(ran)}/{len(ran)} passed" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _worst(values, key, highest: bool = True):
@@ -159,7 +161,7 @@ def _render_parity(report: dict, images) -> str:
             body.append([run["name"], run["backend"], run["precision"], len(fr), _e(first.get("latent_rel_l2")),
                          _e(last.get("latent_rel_l2")), worst, _e(max((f["latent_max_abs"] for f in fr
                          if f["latent_max_abs"] is not None), default=None)), fmt(run["snr_db"], ".1f"),
-                         _status(run["passed"]), run["notes"]])
+                         "ℹ info" if run.get("gated") is False else _status(run["passed"]), run["notes"]])
         out += ["Latent rel_l2 against the reference run at the first, last and worst frame.", "",
                 table(["run", "backend", "precision", "frames", "first", "last", "worst", "worst max_abs",
                        "SNR (dB)", "status", "notes"], body), ""]

@@ -16,7 +16,7 @@ NaN/inf into null so that the files stay strict JSON). Extra keys anywhere are a
     "streaming": [{"component", "precision", "backend", "frame": int, "output",
                    "rel_l2", "max_abs", "passed": bool | null}],     # >= 16 frames per stateful component
     "e2e": [{"name", "backend", "precision", "frames": [{"frame": int, "latent_rel_l2", "latent_max_abs"}],
-             "snr_db", "passed": bool | null, "notes": str}],
+             "snr_db", "passed": bool | null, "gated": bool (optional; false: informational), "notes": str}],
     "passed": bool, "failures": [str]
 
 ``method`` says how the row was checked ("onnxruntime-cpu", "onnxruntime-cuda",

@@ -62,7 +62,7 @@ class ModelCache:
 
 def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallback: Mapping[str, str] = None,
                  components=LOOP_COMPONENTS, models: ModelCache | None = None, ort_cuda_graph: bool = False,
-                 trt_flavor: str = "auto", compile: bool = False) -> dict:
+                 trt_flavor: str = "auto", compile: bool | str = False) -> dict:
     """One activated runner per component. `fallback` overrides the backend per component."""
     check_backend(backend)
     fallback = dict(fallback or {})
@@ -77,7 +77,7 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
         if which == "torch":
             # prefill and the voice encoder see a new length per prompt: keep them eager
             r = TorchRunner(spec, precision, device, models.get(precision, device), steps,
-                            compile=compile and comp not in ("lm_prefill", "acoustic_encoder"))
+                            compile=compile if comp not in ("lm_prefill", "acoustic_encoder") else False)
         elif which == "onnxruntime":
             path = wd.onnx_path(comp, precision)
             if not path.is_file():

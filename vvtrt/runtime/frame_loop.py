@@ -12,6 +12,10 @@ same input embedding (the negative branch sees every diffusion step's input, sha
 4. Speculatively: sampler(h+, h-, noise) -> latent -> decoder step -> semantic step -> connectors. The
    conv states advance only on `speech_diffusion` and are zeroed on `speech_end` (as the original).
 5. Next input = connectors output on diffusion, else `token_embed(token)`.
+
+Teacher forcing (parity only, `teacher=True`): the decoder, semantic encoder and connectors get the
+reference latent of the frame instead of the sampler's, so each frame's error is measured one frame at a
+time on the reference trajectory (no chaotic feedback); `latent` still holds the sampler's own output.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ class FrameLoop:
     """Owns every per-frame buffer for `streams` streams and runs/captures one step."""
 
     def __init__(self, runners: dict, info: ModelInfo, streams: int, kv_len: int, dtype, device,
-                 cfg_scale: float, noise: torch.Tensor):
+                 cfg_scale: float, noise: torch.Tensor, teacher: bool = False):
         self.r = runners
         self.info = info
         self.n = streams
@@ -43,6 +47,9 @@ class FrameLoop:
         self.end_idx = info.control_index("speech_end")
         # noise[f, s, :] for frame f, stream s (pregenerated; picked on the device by the frame counter)
         self.noise_all = noise.to(dev, torch.float32)
+        # teacher_all[f, s, 0, :]: the reference latent of frame f (teacher forcing only)
+        self.teacher_all = (torch.zeros(noise.shape[0], n, 1, info.latent_dim, dtype=dtype, device=dev)
+                            if teacher else None)
         self.frame_ctr = torch.zeros(1, dtype=torch.int64, device=dev)
         self.force = torch.zeros(n, dtype=torch.bool, device=dev)
         self.cfg = torch.tensor([cfg_scale], dtype=torch.float32, device=dev)
@@ -78,10 +85,13 @@ class FrameLoop:
         neg_len = torch.where(tok == self.start_idx, torch.zeros_like(kv.lengths[n:]),
                               kv.lengths[n:] + is_diff.to(torch.int64))
         kv.lengths.copy_(torch.cat([kv.lengths[:n] + 1, neg_len]))
-        self.noise.copy_(self.noise_all.index_select(0, self.frame_ctr.clamp(max=self.noise_all.shape[0] - 1))[0])
+        frame = self.frame_ctr.clamp(max=self.noise_all.shape[0] - 1)
+        self.noise.copy_(self.noise_all.index_select(0, frame)[0])
         self.r["diffusion_sampler"].infer({"cond_pos": hidden[:n, 0], "cond_neg": hidden[n:, 0],
                                            "noise": self.noise, "cfg_scale": self.cfg}, self.o_smp)
         latent = self.o_smp["latent"]
+        if self.teacher_all is not None:
+            latent = self.teacher_all.index_select(0, frame)[0]
         self.r["acoustic_decoder_step"].infer({"latent": latent, "state": self.dec_state}, self.o_ad)
         audio = self.o_ad["audio"]
         self.r["semantic_encoder_step"].infer({"audio": audio, "state": self.sem_state}, self.o_se)
@@ -95,7 +105,7 @@ class FrameLoop:
         e = torch.where(keep.view(n, 1, 1), self.o_cn["embeds"], self.o_te["embeds"])
         self.embeds.copy_(torch.cat([e, e], dim=0))
         self.audio.copy_(audio)
-        self.latent.copy_(latent)
+        self.latent.copy_(self.o_smp["latent"])
         self.frame_ctr.add_(is_diff.any().to(torch.int64))
 
     def component_calls(self) -> list[tuple[str, dict, dict]]:

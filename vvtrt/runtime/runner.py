@@ -91,13 +91,15 @@ class TorchRunner(RunnerBase):
     backend = "torch"
 
     def __init__(self, spec: ComponentSpec, precision: Precision, device, model, steps: int = 10,
-                 compile: bool = False):
+                 compile: bool | str = False):
         super().__init__(spec, precision, device)
         self.module = spec.make_module(model, steps).eval()
         if compile:
             # Inductor fuses the many small elementwise ops (RMSNorm upcasts, RoPE, adaLN modulation,
             # CFG/solver arithmetic) that otherwise dominate a CUDA-graphed frame; shapes are static.
-            self.module = torch.compile(self.module, dynamic=False)
+            # A string picks the torch.compile mode (e.g. "max-autotune-no-cudagraphs": autotuned GEMMs).
+            mode = compile if isinstance(compile, str) else None
+            self.module = torch.compile(self.module, dynamic=False, mode=mode)
 
     @torch.inference_mode()
     def infer(self, feed, out=None):

@@ -65,13 +65,13 @@ class Synthesizer:
             cuda_graph = all(r.backend in ("torch", "tensorrt") for r in runners.values())
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self.tokenizer = load_text_tokenizer(wd.source())
-        self._loops: dict[int, FrameLoop] = {}
+        self._loops: dict[tuple[int, bool], FrameLoop] = {}
         self.capture_seconds = 0.0
 
     @classmethod
     def from_workdir(cls, path, backend: str = "torch", device=None, precision=None, fallback=None,
                      cuda_graph="auto", ort_cuda_graph: bool = False, models: ModelCache | None = None,
-                     compile: bool = False):
+                     compile: bool | str = False):
         wd = Workdir.open(path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision is None:
@@ -123,13 +123,12 @@ class Synthesizer:
         return prompt.ids, emb
 
     # -- the loop ---------------------------------------------------------------------------------
-    def _loop(self, kv_len: int) -> FrameLoop:
-        if kv_len not in self._loops:
+    def _loop(self, kv_len: int, teacher: bool = False) -> FrameLoop:
+        if (kv_len, teacher) not in self._loops:
             noise = torch.zeros(kv_len, 1, self.info.latent_dim)
-            loop = FrameLoop(self.runners, self.info, 1, kv_len, self.precision.torch_dtype, self.device,
-                             1.3, noise)
-            self._loops[kv_len] = loop
-        return self._loops[kv_len]
+            self._loops[kv_len, teacher] = FrameLoop(self.runners, self.info, 1, kv_len, self.precision.torch_dtype,
+                                                     self.device, 1.3, noise, teacher=teacher)
+        return self._loops[kv_len, teacher]
 
     def stream(self, script, voices=None, *, frames: int | None = None, max_frames: int | None = None,
                cfg_scale: float = 1.3, seed: int = 0, result: SynthesisResult | None = None,
@@ -146,11 +145,13 @@ class Synthesizer:
                                  seed=seed, result=result, t_start=t_start, keep_latents=keep_latents)
 
     def generate(self, ids, emb, *, frames=None, max_frames=None, cfg_scale=1.3, seed=0, result=None,
-                 t_start=None, keep_latents: bool = False) -> Iterator[np.ndarray]:
+                 t_start=None, keep_latents: bool = False, teacher_latents=None) -> Iterator[np.ndarray]:
         """The loop from prompt ids and embeddings `[1, L0, H]` (ending with speech_start).
 
         `keep_latents` also copies each frame's latent to the host (parity); off by default to keep the
-        audio hand-out the only host sync per frame."""
+        audio hand-out the only host sync per frame. `teacher_latents` (parity: one reference latent
+        `[64]` per frame, at least `frames` of them) feeds the reference latent, not the sampler's, to the
+        decoder / semantic encoder / connectors of each frame."""
         if frames is not None and frames < 1:
             raise InputError(f"--frames must be >= 1, got {frames}")
         if ids[-1] != self.info.audio_bos_token_id:
@@ -160,7 +161,13 @@ class Synthesizer:
         # The original caps generation at the prompt length (<= 2x prompt in total).
         limit = frames if frames is not None else (max_frames or n_prompt)
         kv_len = pick_bucket(self.options.kv_buckets, n_prompt + limit + 1)
-        loop = self._loop(kv_len)
+        loop = self._loop(kv_len, teacher=teacher_latents is not None)
+        if teacher_latents is not None:
+            if len(teacher_latents) < limit:
+                raise InputError(f"teacher forcing needs {limit} reference latents, got {len(teacher_latents)}")
+            ref = torch.stack([torch.as_tensor(np.asarray(t)).reshape(1, -1) for t in teacher_latents[:limit]])
+            loop.teacher_all.zero_()
+            loop.teacher_all[:limit, 0].copy_(ref.to(loop.teacher_all.device, loop.teacher_all.dtype))
         self._reset(loop, emb, cfg_scale, seed, forced=frames is not None, n_noise=limit)
         names = self.info.control_token_names
         res = result if result is not None else SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0, 0)
