@@ -97,7 +97,9 @@ class DiffusionSampler(nn.Module):
         self.head = model.model.diffusion_head
         self.steps = steps
         self.consts = schedule(steps)
-        self.register_buffer("timesteps", torch.tensor([float(c.timestep) for c in self.consts]),
+        # on the head's device: a host tensor here would be a host->device copy inside the frame graph
+        self.register_buffer("timesteps", torch.tensor([float(c.timestep) for c in self.consts],
+                                                       device=next(self.head.parameters()).device),
                              persistent=False)
 
     def _modulations(self, cond, dtype):

@@ -21,6 +21,7 @@ from vvtrt.precision import Precision
 from vvtrt.runtime.backends import ModelCache, load_runners
 from vvtrt.runtime.frame_loop import FrameLoop
 from vvtrt.runtime.kv_cache import pick_bucket
+from vvtrt.runtime.prefill import Prefill
 from vvtrt.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Synthesizer:
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self.tokenizer = load_text_tokenizer(wd.source())
         self._loops: dict[tuple[int, bool], FrameLoop] = {}
+        self.prefill = Prefill(runners["lm_prefill"], self.options.max_prompt, self.cuda_graph)
         self.capture_seconds = 0.0
 
     @classmethod
@@ -227,8 +229,9 @@ class Synthesizer:
         loop.noise_all[:n_noise].copy_(noise.to(loop.noise_all.device))
         body = emb[:, :-1]
         if body.shape[1] > 0:
-            out = self.runners["lm_prefill"].infer({"embeds": body.contiguous()})
-            loop.kv.write_prefix(0, out["k"], out["v"])
+            seconds = self.prefill.capture_seconds
+            loop.kv.write_prefix(0, *self.prefill(body))
+            self.capture_seconds += self.prefill.capture_seconds - seconds
         last = emb[:, -1:].expand(2, 1, emb.shape[-1])  # speech_start for both rows
         loop.embeds.copy_(last)
         if self.cuda_graph and loop.graph is None and loop.capture_error is None:
