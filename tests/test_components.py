@@ -112,3 +112,16 @@ def test_state_layout_sizes(tiny_info):
     # ConvTranspose states hold 1 frame instead of 2r-1 (compact, bit-identical).
     assert tiny_info.semantic_state == 6182
     assert tiny_info.decoder_state < 9320
+
+
+def test_state_concat_stays_capturable(monkeypatch):
+    """The 1.5B tokenizers carry 34 states: the flat-state concat is split so no ONNX Concat has more
+    than 32 inputs (ONNX Runtime's CUDA Concat refuses more under CUDA-graph capture)."""
+    from vvtrt.components.conv_stream import MAX_CONCAT_INPUTS, _cat_capturable
+
+    parts = [torch.randn(2, i + 1) for i in range(70)]
+    want = torch.cat(parts, dim=1)
+    sizes, real = [], torch.cat
+    monkeypatch.setattr(torch, "cat", lambda ts, dim=0: sizes.append(len(ts)) or real(ts, dim=dim))
+    assert torch.equal(_cat_capturable(parts), want)
+    assert sizes and max(sizes) <= MAX_CONCAT_INPUTS

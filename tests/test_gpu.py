@@ -16,7 +16,8 @@ TEXT = "Speaker 0: graph replay check"
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_torch_frame_graph_replay_is_bit_identical(tiny_workdir, precision):
     eager = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision=precision,
-                                     cuda_graph=False).synthesize(TEXT, frames=16, seed=3, keep_latents=True)
+                                     cuda_graph=False, prefill_graph=True).synthesize(TEXT, frames=16, seed=3,
+                                                                                      keep_latents=True)
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision=precision,
                                      cuda_graph=True)
     graphed = synth.synthesize(TEXT, frames=16, seed=3, keep_latents=True)
@@ -47,9 +48,27 @@ def test_cuda_backends_match_generate(tiny_workdir, backend):
 def test_compiled_torch_backend_replays_bit_identically(tiny_workdir):
     """torch.compile'd components inside the whole-frame graph: replay == the compiled eager run."""
     eager = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision="bf16",
-                                     cuda_graph=False, compile=True).synthesize(TEXT, frames=8, seed=2)
+                                     cuda_graph=False, compile=True, prefill_graph=True).synthesize(TEXT, frames=8,
+                                                                                                    seed=2)
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision="bf16",
                                      cuda_graph=True, compile=True)
     graphed = synth.synthesize(TEXT, frames=8, seed=2)
     assert next(iter(synth._loops.values())).graph is not None
     assert (graphed.audio == eager.audio).all()
+
+
+def test_graphed_prefill_matches_eager(tiny_workdir):
+    """The right-padded, graph-captured prefill keeps exactly the real positions' K/V (fp32, TF32 off)."""
+    graphed = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision="fp32",
+                                       cuda_graph=False, prefill_graph=True)
+    eager = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision="fp32",
+                                     cuda_graph=False, prefill_graph=False)
+    _, emb = eager.prompt_embeds(TEXT)
+    body = emb[:, :-1]
+    k1, v1 = graphed.prefill(body)
+    k1, v1 = k1.clone(), v1.clone()
+    k2, v2 = eager.prefill(body)
+    assert graphed.prefill.padded_length(body.shape[1]) % graphed.prefill.quantum == 0 and graphed.prefill._graphs
+    assert k1.shape == k2.shape and error_stats(k1, k2).rel_l2 < 1e-6 and error_stats(v1, v2).rel_l2 < 1e-6
+    k3, _ = graphed.prefill(body)  # a replay reproduces the first run
+    assert torch.equal(k3, k1)

@@ -11,6 +11,14 @@ import numpy as np
 import torch
 
 from vvtrt.bench.timing import ComponentTimer, device_bandwidth_gbps, graphed_component_ms, weight_bytes_per_frame
+from vvtrt.errors import InputError, VvtrtError
+from vvtrt.precision import Precision
+from vvtrt.reports.stats import component_stats
+from vvtrt.runtime.backends import ModelCache
+from vvtrt.runtime.synthesizer import SAMPLE_RATE, SynthesisResult, Synthesizer
+from vvtrt.workdir import Workdir
+
+log = logging.getLogger(__name__)
 
 # Bench variants: name -> (backend, Synthesizer options)
 VARIANTS = {
@@ -21,14 +29,6 @@ VARIANTS = {
     "onnxruntime-graph": ("onnxruntime", {"ort_cuda_graph": True}),
     "tensorrt": ("tensorrt", {}),
 }
-from vvtrt.errors import InputError
-from vvtrt.precision import Precision
-from vvtrt.reports.stats import component_stats
-from vvtrt.runtime.backends import ModelCache
-from vvtrt.runtime.synthesizer import SAMPLE_RATE, SynthesisResult, Synthesizer
-from vvtrt.workdir import Workdir
-
-log = logging.getLogger(__name__)
 
 
 def _prompt(synth: Synthesizer, prompt_tokens: int, seed: int) -> list[int]:
@@ -151,10 +151,17 @@ def run_bench(wd: Workdir, backends, device, precision: Precision, frames: int, 
 
     device = torch.device(device)
     models = ModelCache(wd, init_on_device=True)  # speed does not depend on weight values
-    results, base = [], []
+    results, base, failed = [], [], []
     with TelemetrySampler(interval_s=0.05, device_index=device.index or 0) as tel:
         for b in backends:
-            results.append(bench_backend(wd, b, device, precision, frames, prompt_tokens, repeats, cfg_scale, models))
+            try:
+                results.append(bench_backend(wd, b, device, precision, frames, prompt_tokens, repeats, cfg_scale,
+                                             models))
+            except (VvtrtError, RuntimeError) as exc:  # one variant failing must not lose the others
+                if len(backends) == 1 and not baselines:
+                    raise
+                log.error("bench variant %s failed: %s", b, exc)
+                failed.append({"label": f"vvtrt-{b}", "error": f"{type(exc).__name__}: {exc}"})
         for kind in baselines:
             base.append(bench_baseline(wd, kind, device, precision, frames, prompt_tokens, repeats, cfg_scale,
                                        models))
@@ -177,7 +184,7 @@ def run_bench(wd: Workdir, backends, device, precision: Precision, frames: int, 
                        "cfg_scale": cfg_scale, "backends": list(backends), "baselines": list(baselines),
                        "batch": 1, "frames": frames, "prompt_tokens": prompt_tokens, "repeats": repeats,
                        "device": str(device), "environment": collect_environment()},
-            "results": results, "baselines": base,
+            "results": results, "baselines": base, "failed": failed,
             "telemetry": {"interval_s": 0.05, "samples": list(getattr(tel, "samples", []))},
             "floor": floor}
 

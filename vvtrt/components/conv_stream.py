@@ -68,6 +68,16 @@ def _block_step(block: ConvNextLayer, x, state):
     return x + h * block.ffn_gamma.unsqueeze(-1), new_state
 
 
+MAX_CONCAT_INPUTS = 32  # ONNX Runtime's CUDA Concat cannot be graph-captured with more inputs
+
+
+def _cat_capturable(parts: list[torch.Tensor]) -> torch.Tensor:
+    """`cat(parts, 1)` as a tree of concats of <= 32 inputs each (the 1.5B tokenizers have 34 states)."""
+    while len(parts) > MAX_CONCAT_INPUTS:
+        parts = [torch.cat(parts[i:i + MAX_CONCAT_INPUTS], dim=1) for i in range(0, len(parts), MAX_CONCAT_INPUTS)]
+    return torch.cat(parts, dim=1)
+
+
 class _StreamingTokenizer(nn.Module):
     """Runs a tokenizer (decoder or encoder) one chunk at a time with a flat state `[B, N]`."""
 
@@ -92,7 +102,7 @@ class _StreamingTokenizer(nn.Module):
             else:
                 x, ns = _conv_step(op, x, s)
             new_states.append(ns.reshape(b, c * p))
-        return x, torch.cat(new_states, dim=1)
+        return x, _cat_capturable(new_states)
 
 
 class AcousticDecoderStep(nn.Module):

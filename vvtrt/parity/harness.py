@@ -4,6 +4,7 @@ caches over many frames; and the whole loop against transformers `generate`."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +22,15 @@ log = logging.getLogger(__name__)
 # feedback loop is chaotic (an 0.05 frame-0 difference grows to ~1 within a few frames even for PyTorch's
 # own bf16 against its fp32), so those runs are reported but not gated. Teacher-forced (every precision):
 # each frame starts from the fp32 reference trajectory, so the per-frame latent error is one frame's
-# rounding. Reduced-precision bounds are ~1.5x PyTorch's own error on the same run (evidence:
-# benchmarks/results/*/parity_*_torch_* teacher-forced rows), like the component bounds in specs.py.
+# rounding. Reduced-precision bounds sit ~1.25x above PyTorch's own error on the same run, like the
+# component bounds in specs.py. Evidence (benchmarks/results/h100/parity_1.5b_torch_cuda.json, 1.5B on
+# the H100): PyTorch bf16 teacher-forced worst frame 0.177 (SNR 36.7 dB); ONNX Runtime CUDA bf16 in the
+# same run 0.167 (36.7 dB). tiny (CPU): bf16 8.6e-3, fp16 1.0e-3. fp16 is not yet measured on 1.5B:
+# its bound is the bf16 one scaled by tiny's fp16/bf16 ratio (~1/8) with the same margin.
 E2E_LATENT_TOL = {Precision.FP32: 1e-4}
 E2E_MIN_SNR_DB = {Precision.FP32: 60.0}
-TF_LATENT_TOL = {Precision.FP32: 1e-4, Precision.FP16: 2e-2, Precision.BF16: 0.15}
-TF_MIN_SNR_DB = {Precision.FP32: 60.0, Precision.FP16: 30.0, Precision.BF16: 15.0}
+TF_LATENT_TOL = {Precision.FP32: 1e-4, Precision.FP16: 0.03, Precision.BF16: 0.22}
+TF_MIN_SNR_DB = {Precision.FP32: 60.0, Precision.FP16: 40.0, Precision.BF16: 30.0}
 
 @dataclass(frozen=True)
 class ParityOptions:
@@ -205,16 +209,30 @@ def _num(x) -> str:
     return "nan" if x is None else f"{x:.3g}"
 
 
+@contextmanager
+def _strict_fp32():
+    """fp32 means fp32: PyTorch runs cuDNN convolutions in TF32 by default (`cudnn.allow_tf32`), which
+    put ~5e-4 of error into the fp32 reference of every convolutional component on the GPU (seen on the
+    H100, where ONNX Runtime, with `use_tf32=0`, was the exact one)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def run_parity(wd: Workdir, opts: ParityOptions, progress=None) -> dict:
     """The full parity report (see `vvtrt.reports.schema` for the format)."""
     from vvtrt.model.presets import load_model
     from vvtrt.runtime.backends import ModelCache
 
-    model32 = load_model(wd.source())
-    models = ModelCache(wd)
-    rows = component_rows(wd, model32, opts, models, progress)
-    stream = streaming_rows(wd, model32, opts, models, progress)
-    e2e = e2e_rows(wd, opts, models, progress) if opts.e2e else []
+    with _strict_fp32():
+        model32 = load_model(wd.source())
+        models = ModelCache(wd)
+        rows = component_rows(wd, model32, opts, models, progress)
+        stream = streaming_rows(wd, model32, opts, models, progress)
+        e2e = e2e_rows(wd, opts, models, progress) if opts.e2e else []
     failures = [f"{r['component']}.{r['precision']} output {r['output']} at {r['dims']}: rel_l2 "
                 f"{_num(r['rel_l2'])} > {_num(r['tolerance'])} ({r['method']})" for r in rows if r["passed"] is False]
     failures += [f"streaming {r['component']}.{r['precision']} frame {r['frame']} {r['output']}: rel_l2 "

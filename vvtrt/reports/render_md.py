@@ -229,6 +229,8 @@ def _render_bench(report: dict, images) -> str:
                     + [fmt(speedup(b["frame"]["p50"], f["p50"]), ".2f", suffix="×") for b in baselines]
                     + [fmt(_gap(r, floor), ".2f", suffix="×")])
     out += [table(headers, body), ""]
+    if report.get("failed"):
+        out += ["### Failed variants", ""] + [f"- **{f['label']}**: {f['error']}" for f in report["failed"]] + [""]
     out += ["### Memory and setup", "", table(
         ["label", "peak allocated (GiB)", "peak reserved (GiB)", "NVML peak used (GiB)", "graph pool (GiB)",
          "load (s)", "build (s)", "capture (s)", "frames", "notes"],

@@ -28,6 +28,7 @@ A row/frame/run that could not be checked has ``"passed": null`` (skipped; say w
 
     "results":   [RESULT, ...]   # one per measured backend
     "baselines": [RESULT, ...]   # labels like "pytorch-eager", "transformers-generate"
+    "failed":    [{"label", "error"}]   # optional: variants that raised (the others are still reported)
     "telemetry": {"interval_s": number, "samples": [{"t", "gpu_util", "mem_used_bytes", "temp_c",
                                                      "sm_clock_mhz", "power_w"}]} | null
     "floor":     {"weight_bytes_per_frame", "bandwidth_gbps", "floor_ms"} | null

@@ -53,7 +53,8 @@ class SynthesisResult:
 class Synthesizer:
     """Runs the whole VibeVoice 1.5B/7B loop on any mix of backends."""
 
-    def __init__(self, wd: Workdir, runners: dict, precision: Precision, device, cuda_graph="auto"):
+    def __init__(self, wd: Workdir, runners: dict, precision: Precision, device, cuda_graph="auto",
+                 prefill_graph=None):
         from vvtrt.model.text_tokenizer import load_text_tokenizer
 
         self.wd = wd
@@ -67,13 +68,16 @@ class Synthesizer:
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self.tokenizer = load_text_tokenizer(wd.source())
         self._loops: dict[tuple[int, bool], FrameLoop] = {}
-        self.prefill = Prefill(runners["lm_prefill"], self.options.max_prompt, self.cuda_graph)
+        # the prefill follows the frame graph unless told otherwise (tests compare eager and graphed frames
+        # on the same prefill)
+        prefill_graph = self.cuda_graph if prefill_graph is None else bool(prefill_graph)
+        self.prefill = Prefill(runners["lm_prefill"], self.options.max_prompt, prefill_graph)
         self.capture_seconds = 0.0
 
     @classmethod
     def from_workdir(cls, path, backend: str = "torch", device=None, precision=None, fallback=None,
                      cuda_graph="auto", ort_cuda_graph: bool = False, models: ModelCache | None = None,
-                     compile: bool | str = False):
+                     compile: bool | str = False, prefill_graph=None):
         wd = Workdir.open(path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision is None:
@@ -81,7 +85,7 @@ class Synthesizer:
         precision = Precision.parse(precision)
         runners = load_runners(wd, backend, precision, device, fallback, models=models,
                                ort_cuda_graph=ort_cuda_graph, compile=compile)
-        return cls(wd, runners, precision, device, cuda_graph)
+        return cls(wd, runners, precision, device, cuda_graph, prefill_graph)
 
     # -- prompt and voices ------------------------------------------------------------------------
     def _voice_embeds(self, voices, seed: int) -> list[torch.Tensor]:
