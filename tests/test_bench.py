@@ -45,3 +45,20 @@ def test_bench_report_structure(tiny_workdir, tmp_path):
 def test_bench_rejects_unknown_backend(tiny_workdir):
     res = CliRunner().invoke(cli, ["bench", "-w", str(tiny_workdir.root), "--backend", "tpu", "--device", "cpu"])
     assert res.exit_code == 2 and "unknown backend" in res.output
+
+
+def test_a_failing_variant_does_not_lose_the_others(tiny_workdir, tmp_path):
+    """TensorRT cannot run on the CPU: its row is listed as failed, the torch row is still measured."""
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(cli, ["bench", "-w", str(tiny_workdir.root), "--backend", "tensorrt,torch",
+                                   "--device", "cpu", "--dtype", "fp32", "--frames", "2", "--prompt-tokens", "20",
+                                   "--repeats", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(next(out.glob("*.json")).read_text())
+    assert [r["label"] for r in report["results"]] == ["vvtrt-torch"]
+    assert [f["label"] for f in report["failed"]] == ["vvtrt-tensorrt"] and report["failed"][0]["error"]
+    assert "Failed variants" in next(out.glob("*.md")).read_text()
+    # alone, the same failure is the command's error: exit 2 with one line
+    res = CliRunner().invoke(cli, ["bench", "-w", str(tiny_workdir.root), "--backend", "tensorrt", "--device", "cpu",
+                                   "--dtype", "fp32", "--frames", "2", "--repeats", "1", "--out", str(out)])
+    assert res.exit_code == 2 and "Traceback" not in res.output

@@ -4,6 +4,8 @@
 # independent (a failure is logged and the next stage runs).
 #   STAGES="env gputests tiny b15 b7 b15par b15ort b15tune b7ort" bash benchmarks/device/gpu_all.sh
 # b15ort and b15tune need the workdir b15par exports.
+# The machine goes back 30 s after a call ends: keep calling `bash benchmarks/device/poll.sh 560` back to
+# back until ALL DONE, or the background run (and every result not yet packed) is lost.
 set -u
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 RUN=${RUN:-/root/vvtrt-run}
@@ -35,9 +37,12 @@ b15() {  # torch backend (no ONNX needed): graphs, bench with both baselines, K=
   $VV bench -w "$RUN/wd15k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --out "$RUN/results/bench_1.5b_k5"
 }
-b15par() {  # export every 1.5B component (DTYPES, default bf16,fp32); ORT CUDA parity, then the torch backend's
-  $VV export --model 1.5b -w "$RUN/wd15" --dtype ${DTYPES:-bf16,fp32} &&
-  $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype ${DTYPES:-bf16,fp32} --json "$RUN/results/parity_1.5b_ort_cuda.json" ;
+b15par() {  # export every 1.5B component (bf16 + fp32); ORT CUDA parity per dtype in its own process (ORT CUDA
+  # sessions live until exit, so one process per dtype bounds their memory), then the torch backend's bf16
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16,fp32 &&
+  for dt in bf16 fp32; do
+    $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype $dt --json "$RUN/results/parity_1.5b_ort_cuda_$dt.json"
+  done ;
   $VV parity -w "$RUN/wd15" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_1.5b_torch_cuda.json"
 }
 b15ort() {  # ONNX Runtime CUDA on the exported workdir: synth, bench K=10 and K=5 (per-call and ORT graphs)
