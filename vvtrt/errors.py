@@ -2,6 +2,9 @@
 what to fix; the CLI prints that one line and exits with code 2."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class VvtrtError(Exception):
     """Base class of every error vvtrt raises on purpose."""
@@ -37,3 +40,14 @@ class BackendUnavailableError(VvtrtError):
 
 class ParityError(VvtrtError):
     """A component's outputs differ from the PyTorch reference beyond the spec's tolerance."""
+
+
+def require_file(path, what: str, expect: str) -> Path:
+    """`path` as an existing file, else an InputError: "<what> not found: …" or "<what> path … is a
+    directory: pass <expect>"."""
+    p = Path(os.fsdecode(path)).expanduser()
+    if not p.exists():
+        raise InputError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise InputError(f"{what} path {p} is a directory: pass {expect}")
+    return p

@@ -83,10 +83,10 @@ class DiffusionSampler(nn.Module):
     Each of the K steps runs the head once on the `2B` rows `[x; x]` with conditions `[pos; neg]`, mixes
     `v = v_neg + s (v_pos - v_neg)` and applies the DPM-Solver++ 2M update.
 
-    Everything the head computes from the condition alone (cond_proj, the timestep MLP, every adaLN
-    modulation) does not depend on x, so it is computed for all K steps up front as one batched matmul
-    per layer: each adaLN weight is read once per frame instead of K times, and each step is left with
-    only the x path (noisy_images_proj, norm/modulate/SwiGLU per layer, final layer). Same ops, same
+    The timestep MLP depends on constants only and is computed once, at construction. Everything else the
+    head computes from the condition (cond_proj, every adaLN modulation) does not depend on x, so it is
+    computed for all K steps up front as one batched matmul per layer: each adaLN weight is read once per
+    frame instead of K times, and each step is left with only the x path (noisy_images_proj, norm/modulate/SwiGLU per layer, final layer). Same ops, same
     dtypes as transformers' head.
     """
 
@@ -97,17 +97,18 @@ class DiffusionSampler(nn.Module):
         self.head = model.model.diffusion_head
         self.steps = steps
         self.consts = schedule(steps)
-        # on the head's device: a host tensor here would be a host->device copy inside the frame graph
-        self.register_buffer("timesteps", torch.tensor([float(c.timestep) for c in self.consts],
-                                                       device=next(self.head.parameters()).device),
-                             persistent=False)
+        # The timestep embeddings depend on constants and weights only: computed once here (same ops and
+        # dtype as transformers' head), on the head's device, never per frame.
+        p = next(self.head.parameters())
+        with torch.no_grad():
+            t = torch.tensor([float(c.timestep) for c in self.consts], device=p.device).to(p.dtype)
+            temb = self.head.timestep_proj(self.head.timestep_embedding(t).to(p.dtype))  # [K, H]
+        self.register_buffer("temb", temb, persistent=False)
 
-    def _modulations(self, cond, dtype):
+    def _modulations(self, cond):
         """Per layer: (shift, scale, gate) for every step, each `[K, 2B, H]`; final layer: (shift, scale)."""
         head = self.head
-        t = self.timesteps.to(dtype)
-        temb = head.timestep_proj(head.timestep_embedding(t).to(dtype))  # [K, H]
-        c = head.cond_proj(cond)[None] + temb[:, None]  # [K, 2B, H]
+        c = head.cond_proj(cond)[None] + self.temb[:, None]  # [K, 2B, H]
         mods = [layer.linear(layer.act_fn(c)).chunk(layer.num_chunks, dim=-1) for layer in head.layers]
         fin = head.final_layer
         return mods, fin.linear_1(fin.act_fn(c)).chunk(fin.num_chunks, dim=-1)
@@ -125,7 +126,7 @@ class DiffusionSampler(nn.Module):
     def forward(self, cond_pos, cond_neg, noise, cfg_scale):
         dtype = cond_pos.dtype
         b = cond_pos.shape[0]
-        mods, final = self._modulations(torch.cat([cond_pos, cond_neg], dim=0), dtype)
+        mods, final = self._modulations(torch.cat([cond_pos, cond_neg], dim=0))
         x = noise.to(dtype)
         prev_x0 = x
         for k, c in enumerate(self.consts):

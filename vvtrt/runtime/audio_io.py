@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vvtrt.errors import InputError
+from vvtrt.errors import InputError, require_file
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,7 @@ def read_voice(path: str | Path, sample_rate: int = SAMPLE_RATE, resample: bool 
     """
     import soundfile as sf
 
-    p = Path(os.fsdecode(path)).expanduser()
-    if not p.exists():
-        raise InputError(f"voice file not found: {p}")
-    if p.is_dir():
-        raise InputError(f"voice path {p} is a directory: pass an audio file (wav, flac, ogg, mp3)")
+    p = require_file(path, "voice file", "an audio file (wav, flac, ogg, mp3)")
     try:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError/RuntimeError/TypeError

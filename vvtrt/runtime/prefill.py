@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 
@@ -26,6 +27,10 @@ class Prefill:
         self.quantum = quantum
         self.graphs_enabled = graphs and runner.device.type == "cuda"
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, dict]] = {}
+        # One memory pool for every padded length (one per graph would hold up to max_len/quantum sets of
+        # activations). Safe because graphs never run concurrently and a call's outputs are consumed
+        # (copied) before the next call, whichever length replays next.
+        self._pool = None
         self.capture_error: str | None = None
         self.capture_seconds = 0.0
 
@@ -49,8 +54,6 @@ class Prefill:
         return out["k"][:, :, :, :t], out["v"][:, :, :, :t]
 
     def _capture(self, p: int, body: torch.Tensor) -> None:
-        import time
-
         t0 = time.perf_counter()
         buf = torch.zeros(1, p, body.shape[-1], dtype=body.dtype, device=body.device)
         side = torch.cuda.Stream(body.device)
@@ -59,8 +62,10 @@ class Prefill:
             self.runner.infer({"embeds": buf})  # warm-up on a side stream, as torch requires
         torch.cuda.current_stream(body.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, pool=self._pool):
                 out = self.runner.infer({"embeds": buf})
         except Exception as exc:  # noqa: BLE001 - a backend that cannot be captured runs eagerly
             self.capture_error = f"{type(exc).__name__}: {exc}"

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vvtrt.errors import InputError
+from vvtrt.errors import InputError, require_file
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,7 @@ def _short(s: str, n: int = 40) -> str:
 def read_script_file(path: str | Path) -> str:
     """The text of a UTF-8 script file (a UTF-8 BOM is accepted), for :func:`parse_script`. Raises
     :class:`InputError` for a missing, unreadable or non-UTF-8 file."""
-    p = Path(os.fsdecode(path)).expanduser()
-    if not p.exists():
-        raise InputError(f"script file not found: {p}")
-    if p.is_dir():
-        raise InputError(f"script path {p} is a directory: pass a text file")
+    p = require_file(path, "script file", "a text file")
     try:
         data = p.read_bytes()
     except OSError as exc:
