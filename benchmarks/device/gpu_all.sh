@@ -2,7 +2,8 @@
 # The H100 session: every GPU measurement and check, in order, logging to $RUN (kept while the machine
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
-#   STAGES="env gputests tiny b15 b7 b15par b15ort b15tune b7ort" bash benchmarks/device/gpu_all.sh
+#   STAGES="env gputests tiny b15 b7 b15par b15ort b15tune b7ort prof tf32" bash benchmarks/device/gpu_all.sh
+# K5=0 skips b15's K=5 bench; DTYPES="bf16" limits b15par's export and parity to bf16.
 # b15ort and b15tune need the workdir b15par exports.
 # The machine goes back 30 s after a call ends: keep calling `bash benchmarks/device/poll.sh 560` back to
 # back until ALL DONE, or the background run (and every result not yet packed) is lost.
@@ -20,7 +21,19 @@ env_check() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import torch, transformers, onnxruntime as ort, diffusers; print(torch.__version__, transformers.__version__, ort.__version__, diffusers.__version__, ort.get_available_providers())"
 }
-gputests() { python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_ort_runner.py --junitxml="$RUN/results/gputests.xml" -p no:cacheprovider; }
+gputests() {  # one process per test: a native crash (abort) in one cannot take the others with it
+  local ids rc=0 i=0
+  ids=$(python3 -m pytest -q --collect-only -m gpu tests/test_gpu.py tests/test_ort_runner.py -p no:cacheprovider | grep "::")
+  for t in $ids; do i=$((i + 1))
+    python3 -X faulthandler -m pytest -q -rA -m gpu "$t" --junitxml="$RUN/results/gputests_$i.xml" -p no:cacheprovider || { rc=1; echo "FAILED: $t"; }
+  done
+  return $rc
+}
+prof() {  # kernel-level profile of the 1.5B bf16 frame (torch.compile), with and without the frame graph
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
+  python3 benchmarks/profile_frame.py "$RUN/wd15" "$RUN/results/profile_1.5b_bf16.json"
+}
+tf32() { python3 benchmarks/tf32_check.py tiny 1.5b > "$RUN/results/tf32_check.json"; }
 tiny() {
   $VV export --model tiny -w "$RUN/wd_tiny" &&
   $VV parity -w "$RUN/wd_tiny" --backend onnxruntime --device cuda --json "$RUN/results/parity_tiny_ort_cuda.json" ;
@@ -32,15 +45,17 @@ b15() {  # torch backend (no ONNX needed): graphs, bench with both baselines, K=
   $VV synth -w "$RUN/wd15" --backend torch --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_torch.wav" &&
   $VV bench -w "$RUN/wd15" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k10" ;
+  [ "${K5:-1}" = 1 ] || return 0
   mkdir -p "$RUN/wd15k5" && cp -r "$RUN/wd15/onnx" "$RUN/wd15k5/" 2>/dev/null;
   $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --components connectors --steps 5 &&
   $VV bench -w "$RUN/wd15k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --out "$RUN/results/bench_1.5b_k5"
 }
-b15par() {  # export every 1.5B component (bf16 + fp32); ORT CUDA parity per dtype in its own process (ORT CUDA
-  # sessions live until exit, so one process per dtype bounds their memory), then the torch backend's bf16
-  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16,fp32 &&
-  for dt in bf16 fp32; do
+b15par() {  # export every 1.5B component ($DTYPES, default bf16 + fp32); ORT CUDA parity per dtype in its own
+  # process (ORT CUDA sessions live until exit, so one process per dtype bounds their memory), then torch bf16
+  local dts=${DTYPES:-bf16 fp32}
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype "${dts// /,}" &&
+  for dt in $dts; do
     $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype $dt --json "$RUN/results/parity_1.5b_ort_cuda_$dt.json"
   done ;
   $VV parity -w "$RUN/wd15" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_1.5b_torch_cuda.json"
@@ -77,6 +92,6 @@ b7ort() {  # ONNX Runtime CUDA for 7B: export every bf16 component, bench K=10
 for s in $STAGES; do
   case $s in env) stage env env_check ;; gputests) stage gputests gputests ;; tiny) stage tiny tiny ;;
     b15) stage b15 b15 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b15tune) stage b15tune b15tune ;; b15ortk5) stage b15ortk5 b15ortk5 ;;
-    b7) stage b7 b7 ;; b7ort) stage b7ort b7ort ;; *) log "unknown stage $s" ;; esac
+    prof) stage prof prof ;; tf32) stage tf32 tf32 ;; b7) stage b7 b7 ;; b7ort) stage b7ort b7ort ;; *) log "unknown stage $s" ;; esac
 done
 log "ALL DONE"

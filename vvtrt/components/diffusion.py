@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vvtrt.components.fused_linear import FusedLinear
+
 MIN_STEPS, MAX_STEPS = 1, 50
 
 
@@ -104,6 +106,8 @@ class DiffusionSampler(nn.Module):
             t = torch.tensor([float(c.timestep) for c in self.consts], device=p.device).to(p.dtype)
             temb = self.head.timestep_proj(self.head.timestep_embedding(t).to(p.dtype))  # [K, H]
         self.register_buffer("temb", temb, persistent=False)
+        # gate|up of each layer's SwiGLU as one matmul (views of the same weights, see fused_linear)
+        self.gate_up = nn.ModuleList(FusedLinear(l.ffn.gate_proj, l.ffn.up_proj) for l in self.head.layers)
 
     def _modulations(self, cond):
         """Per layer: (shift, scale, gate) for every step, each `[K, 2B, H]`; final layer: (shift, scale)."""
@@ -116,9 +120,10 @@ class DiffusionSampler(nn.Module):
     def _velocity(self, x2, k: int, mods, final):
         head = self.head
         h = head.noisy_images_proj(x2)
-        for layer, (shift, scale, gate) in zip(head.layers, mods):
+        for layer, gate_up, (shift, scale, gate) in zip(head.layers, self.gate_up, mods):
             modulated = layer.norm(h) * (1 + scale[k]) + shift[k]
-            h = h + gate[k] * layer.ffn(modulated)
+            g, u = gate_up(modulated)
+            h = h + gate[k] * layer.ffn.down_proj(layer.ffn.act_fn(g) * u)
         fin = head.final_layer
         normed = F.rms_norm(h, (h.shape[-1],), eps=fin.rms_norm_eps)
         return fin.linear_2(normed * (1 + final[1][k]) + final[0][k])

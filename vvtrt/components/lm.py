@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
+from vvtrt.components.fused_linear import FusedLinear
 from vvtrt.components.info import ModelInfo
 
 
@@ -24,18 +25,19 @@ class _LMCore(nn.Module):
         self.norm = lm.norm
         self.rotary = lm.rotary_emb
         self.info = info
+        # q|k|v and gate|up as one matmul each (views of the same weights, see fused_linear)
+        self.qkv = nn.ModuleList(FusedLinear(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj)
+                                 for l in self.layers)
+        self.gate_up = nn.ModuleList(FusedLinear(l.mlp.gate_proj, l.mlp.up_proj) for l in self.layers)
         ids = torch.tensor(info.control_token_ids)
         # Only the 4 control-token rows of lm_head: never the 151k-row vocabulary.
         self.register_buffer("head4", model.lm_head.weight.detach()[ids].clone(), persistent=False)
         self.groups = info.q_heads // info.kv_heads
         self.scale = info.head_dim ** -0.5
 
-    def _qkv(self, layer, x, cos, sin):
-        attn = layer.self_attn
+    def _qkv(self, i, x, cos, sin):
         b, t, _ = x.shape
-        q = attn.q_proj(x).view(b, t, -1, self.info.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, t, -1, self.info.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(b, t, -1, self.info.head_dim).transpose(1, 2)
+        q, k, v = (y.reshape(b, t, -1, self.info.head_dim).transpose(1, 2) for y in self.qkv[i](x))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         return q, k, v  # q: [B, Hq, T, D]; k, v: [B, Hkv, T, D]
 
@@ -56,8 +58,10 @@ class _LMCore(nn.Module):
         out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)  # [B, Hkv, G, D]
         return layer.self_attn.o_proj(out.reshape(b, 1, hq * d))
 
-    def _mlp(self, layer, x):
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+    def _mlp(self, i, layer, x):
+        mlp = layer.mlp
+        gate, up = self.gate_up[i](layer.post_attention_layernorm(x))
+        return x + mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _logits4(self, h_last):
         # h_last: [B, H] -> [B, 4] fp32 (transformers computes lm_head in the model dtype, then upcasts)
@@ -74,10 +78,10 @@ class LMPrefill(_LMCore):
         cos, sin = self.rotary(embeds, pos)
         x = embeds
         ks, vs = [], []
-        for layer in self.layers:
-            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
             x = x + self._attend(layer, q, k, v, None, causal=True)
-            x = self._mlp(layer, x)
+            x = self._mlp(i, layer, x)
             ks.append(k)
             vs.append(v)
         h = self.norm(x)[:, -1:, :]
@@ -103,11 +107,11 @@ class LMDecode(_LMCore):
         x = embeds
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+            q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
             kk = torch.cat([past_k[i], k], dim=2)
             vv = torch.cat([past_v[i], v], dim=2)
             x = x + self._attend_one(layer, q, kk, vv, mask)
-            x = self._mlp(layer, x)
+            x = self._mlp(i, layer, x)
             ks.append(k)
             vs.append(v)
         h = self.norm(x)
