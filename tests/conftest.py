@@ -27,11 +27,14 @@ def tiny_info(tiny_model):
 
 @pytest.fixture(scope="session")
 def tiny_workdir(tmp_path_factory):
-    """A work dir with every tiny component exported in fp32, fp16 and bf16 (the CLI's own export path)."""
+    """A work dir with every tiny component exported in fp32, fp16 and bf16 (the CLI's own export path).
+    `VVTRT_TINY_WORKDIR=DIR` keeps it in DIR across pytest processes (the export skips what is current)."""
+    import os
+
     from vvtrt.pipeline import run_export
     from vvtrt.workdir import Workdir
 
-    root = tmp_path_factory.mktemp("wd_tiny")
+    root = os.environ.get("VVTRT_TINY_WORKDIR") or tmp_path_factory.mktemp("wd_tiny")
     run_export("tiny", root, "fp32,fp16,bf16", 10, "", 0, False, None)
     return Workdir.open(root)
 

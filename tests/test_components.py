@@ -28,7 +28,11 @@ def test_presets_are_seeded():
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
-def test_lm_prefill_and_decode_match_qwen2(tiny_model, tiny_info):
+@pytest.mark.parametrize("fast", [False, True], ids=["sdpa", "flex"])
+@pytest.mark.filterwarnings("ignore::UserWarning")  # eager (uncompiled) FlexAttention warns; exact all the same
+def test_lm_prefill_and_decode_match_qwen2(tiny_model, tiny_info, fast):
+    """Both decode attention paths (SDPA over cat(cache, new); FlexAttention over the cache merged with the
+    new token by log-sum-exp) against Qwen2 with a DynamicCache, including a row with an empty cache."""
     lm = tiny_model.model.language_model
     t = 13
     e = torch.randn(1, t, tiny_info.hidden) * 0.5
@@ -43,7 +47,9 @@ def test_lm_prefill_and_decode_match_qwen2(tiny_model, tiny_info):
     pv = torch.randn_like(pk)
     pk[:, 0, :, :t - 1], pv[:, 0, :, :t - 1] = k[:, 0], v[:, 0]
     emb = e[:, t - 1:].expand(2, 1, -1)
-    h2, lg2, nk, _ = LMDecode(tiny_model, tiny_info)(emb, pk, pv, torch.tensor([t - 1, 0]))
+    dec = LMDecode(tiny_model, tiny_info)
+    dec.fast = fast
+    h2, lg2, nk, _ = dec(emb, pk, pv, torch.tensor([t - 1, 0]))
     assert error_stats(h2[:1], ref2.last_hidden_state).rel_l2 < 1e-6
     assert error_stats(lg2[:1], logits_ref).rel_l2 < 1e-6
     assert error_stats(h2[1:], lm(inputs_embeds=e[:, t - 1:]).last_hidden_state).rel_l2 < 1e-6  # empty context
@@ -82,10 +88,13 @@ def test_schedule_matches_shared_doc_table():
     assert abs(k10[1].a - 0.963493) < 1e-5 and abs(-k10[1].b - 0.15712) < 1e-5
 
 
-def test_streaming_steps_match_transformers_cache(tiny_model, tiny_info):
-    """>= 16 consecutive frames of the explicit-state steps vs transformers' lazy padding caches."""
+@pytest.mark.parametrize("fast", [False, True], ids=["conv", "matmul-conv"])
+def test_streaming_steps_match_transformers_cache(tiny_model, tiny_info, fast):
+    """>= 16 consecutive frames of the explicit-state steps vs transformers' lazy padding caches, with
+    cuDNN-style Conv1d and with the dense convolutions as GEMMs (the compiled CUDA path)."""
     m = tiny_model.model
     dec, sem = AcousticDecoderStep(tiny_model), SemanticEncoderStep(tiny_model)
+    dec.fast = sem.fast = fast
     b, frames = 2, 20
     z = torch.randn(b, frames, 64)
     ds = torch.zeros(b, tiny_info.decoder_state)

@@ -110,3 +110,28 @@ def test_fallback_parsing():
     for bad in ("lm_decode", "nope=torch", "lm_decode=cuda"):
         with pytest.raises(InputError):
             parse_fallback([bad])
+
+
+def test_fast_path_compile_failure_falls_back(tiny_workdir, tiny_model, caplog):
+    """When the compiled fast path cannot be built (here: the CPU's inductor has no FlexAttention with
+    log-sum-exp), the runner logs it and compiles the exported path's ops instead: same numbers, no error."""
+    import copy
+    import logging
+
+    from vvtrt.components.specs import build_specs
+    from vvtrt.precision import Precision
+    from vvtrt.runtime.runner import TorchRunner
+
+    spec = build_specs(tiny_workdir.info(), tiny_workdir.options())["lm_decode"]
+    model = copy.deepcopy(tiny_model)
+    plain = TorchRunner(spec, Precision.FP32, "cpu", model)
+    fast = TorchRunner(spec, Precision.FP32, "cpu", model, compile=True)
+    fast.fast_pending = fast.module.fast = True  # as on CUDA
+    feed = spec.sample({"batch": 2, "kv_len": 64}, Precision.FP32, torch.Generator().manual_seed(0))
+    feed["cache_len"] = torch.tensor([5, 0])
+    with caplog.at_level(logging.WARNING):
+        got = fast.infer(feed)
+    assert "fast path failed" in caplog.text and fast.module.fast is False
+    want = plain.infer(feed)
+    for name in want:
+        assert error_stats(got[name], want[name]).rel_l2 < 1e-5

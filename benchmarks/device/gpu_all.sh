@@ -2,8 +2,8 @@
 # The H100 session: every GPU measurement and check, in order, logging to $RUN (kept while the machine
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
-#   STAGES="env gputests tiny b15 b7 b15par b15ort b15tune b7ort prof tf32" bash benchmarks/device/gpu_all.sh
-# K5=0 skips b15's K=5 bench; DTYPES="bf16" limits b15par's export and parity to bf16.
+#   STAGES="env gputests tiny b15 b15k5 b7 b7k5 b15par b15ort b15tune b7ort prof tf32" bash benchmarks/device/gpu_all.sh
+# DTYPES="bf16" limits b15par's export and parity to bf16.
 # b15ort and b15tune need the workdir b15par exports.
 # The machine goes back 30 s after a call ends: keep calling `bash benchmarks/device/poll.sh 560` back to
 # back until ALL DONE, or the background run (and every result not yet packed) is lost.
@@ -21,10 +21,12 @@ env_check() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import torch, transformers, onnxruntime as ort, diffusers; print(torch.__version__, transformers.__version__, ort.__version__, diffusers.__version__, ort.get_available_providers())"
 }
-gputests() {  # one process per test: a native crash (abort) in one cannot take the others with it
+gputests() {  # test_gpu.py one process per test (a native crash cannot take the others with it), sharing one
+  # exported tiny workdir; then the ORT CUDA runner tests in one process
   local ids rc=0 i=0
-  ids=$(python3 -m pytest -q --collect-only -m gpu tests/test_gpu.py tests/test_ort_runner.py -p no:cacheprovider | grep "::")
-  for t in $ids; do i=$((i + 1))
+  export VVTRT_TINY_WORKDIR="$RUN/wd_tiny_tests"
+  ids=$(python3 -m pytest -q --collect-only -m gpu tests/test_gpu.py -p no:cacheprovider | grep "::")
+  for t in $ids tests/test_ort_runner.py; do i=$((i + 1))
     python3 -X faulthandler -m pytest -q -rA -m gpu "$t" --junitxml="$RUN/results/gputests_$i.xml" -p no:cacheprovider || { rc=1; echo "FAILED: $t"; }
   done
   return $rc
@@ -40,12 +42,13 @@ tiny() {
   $VV parity -w "$RUN/wd_tiny" --backend torch --device cuda --json "$RUN/results/parity_tiny_torch_cuda.json" ;
   $VV synth -w "$RUN/wd_tiny" --backend torch --device cuda --text "Speaker 0: hi" --frames 60 -o "$RUN/results/tiny.wav"
 }
-b15() {  # torch backend (no ONNX needed): graphs, bench with both baselines, K=10 and K=5
+b15() {  # torch backend (no ONNX needed): graphs, bench with both baselines, K=10 (b15k5: K=5)
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   $VV synth -w "$RUN/wd15" --backend torch --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_torch.wav" &&
   $VV bench -w "$RUN/wd15" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
-      --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k10" ;
-  [ "${K5:-1}" = 1 ] || return 0
+      --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k10"
+}
+b15k5() {
   mkdir -p "$RUN/wd15k5" && cp -r "$RUN/wd15/onnx" "$RUN/wd15k5/" 2>/dev/null;
   $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --components connectors --steps 5 &&
   $VV bench -w "$RUN/wd15k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
@@ -78,7 +81,9 @@ b15tune() {  # torch.compile max-autotune (autotuned GEMMs for the M=2 shapes): 
 b7() {
   $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
   $VV bench -w "$RUN/wd7" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
-      --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_7b_k10" ;
+      --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_7b_k10"
+}
+b7k5() {
   mkdir -p "$RUN/wd7k5" &&
   $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --components connectors --steps 5 &&
   $VV bench -w "$RUN/wd7k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
@@ -91,7 +96,7 @@ b7ort() {  # ONNX Runtime CUDA for 7B: export every bf16 component, bench K=10
 }
 for s in $STAGES; do
   case $s in env) stage env env_check ;; gputests) stage gputests gputests ;; tiny) stage tiny tiny ;;
-    b15) stage b15 b15 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b15tune) stage b15tune b15tune ;; b15ortk5) stage b15ortk5 b15ortk5 ;;
+    b15) stage b15 b15 ;; b15k5) stage b15k5 b15k5 ;; b7k5) stage b7k5 b7k5 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b15tune) stage b15tune b15tune ;; b15ortk5) stage b15ortk5 b15ortk5 ;;
     prof) stage prof prof ;; tf32) stage tf32 tf32 ;; b7) stage b7 b7 ;; b7ort) stage b7ort b7ort ;; *) log "unknown stage $s" ;; esac
 done
 log "ALL DONE"

@@ -40,9 +40,27 @@ def state_layout(tokenizer) -> list[tuple[str, int, int]]:
     return [_state_shape(op) for op in _ops(tokenizer)]
 
 
-def _conv_step(conv: CausalConv1d, x, state):
+def _conv_step(conv: CausalConv1d, x, state, fast: bool = False):
     xin = torch.cat([state, x], dim=-1)
-    return conv.conv(xin), xin[..., xin.shape[-1] - conv.left_pad:]
+    c = conv.conv
+    y = _conv_as_matmul(c, xin) if fast and c.groups == 1 and c.padding == (0,) else c(xin)
+    return y, xin[..., xin.shape[-1] - conv.left_pad:]
+
+
+def _conv_as_matmul(conv: nn.Conv1d, x):
+    """A dense Conv1d over a few output samples as im2col + one GEMM. On the GPU cuDNN converts layouts
+    (NCHW <-> NHWC) around each of these small convolutions, which costs more than the convolution itself;
+    the GEMM reads the weight once (torch runtime only; the exported graphs keep their Conv nodes)."""
+    (k,), (st,), (dil,) = conv.kernel_size, conv.stride, conv.dilation
+    b, c_in, t = x.shape
+    t_out = (t - dil * (k - 1) - 1) // st + 1
+    span = (t_out - 1) * st + 1
+    cols = torch.stack([x[..., i * dil:i * dil + span:st] for i in range(k)], dim=-1)  # [B, C, T_out, k]
+    cols = cols.permute(0, 2, 1, 3).reshape(b, t_out, c_in * k)
+    y = torch.matmul(cols, conv.weight.reshape(conv.out_channels, c_in * k).t())
+    if conv.bias is not None:
+        y = y + conv.bias
+    return y.transpose(1, 2)  # [B, C_out, T_out]
 
 
 def _convtr_step(conv: CausalConvT1d, x, state):
@@ -87,7 +105,7 @@ class _StreamingTokenizer(nn.Module):
         self.layout = state_layout(tokenizer)
         self.state_size = sum(c * p for _, c, p in self.layout)
 
-    def run(self, x, state):
+    def run(self, x, state, fast: bool = False):
         ops = _ops(self.tokenizer)
         b = x.shape[0]
         new_states = []
@@ -100,14 +118,19 @@ class _StreamingTokenizer(nn.Module):
             elif isinstance(op, CausalConvT1d):
                 x, ns = _convtr_step(op, x, s)
             else:
-                x, ns = _conv_step(op, x, s)
+                x, ns = _conv_step(op, x, s, fast)
             new_states.append(ns.reshape(b, c * p))
         return x, _cat_capturable(new_states)
 
 
 class AcousticDecoderStep(nn.Module):
     """`latent [B, 1, 64]` (diffusion output, LLM latent space), `state [B, Nd]` ->
-    `audio [B, 1, 3200]`, `state_out [B, Nd]`. Applies ``z / scale - bias`` first, as transformers does."""
+    `audio [B, 1, 3200]`, `state_out [B, Nd]`. Applies ``z / scale - bias`` first, as transformers does.
+
+    `fast = True` (set by the torch runner when it compiles for CUDA; never exported) runs the dense
+    convolutions as GEMMs (`_conv_as_matmul`)."""
+
+    fast = False
 
     def __init__(self, model):
         super().__init__()
@@ -117,18 +140,21 @@ class AcousticDecoderStep(nn.Module):
 
     def forward(self, latent, state):
         z = latent / self.scale - self.bias
-        return self.stream.run(z.permute(0, 2, 1), state)
+        return self.stream.run(z.permute(0, 2, 1), state, self.fast)
 
 
 class SemanticEncoderStep(nn.Module):
-    """`audio [B, 1, 3200]`, `state [B, Ns]` -> `semantic [B, 1, Dsem]`, `state_out [B, Ns]`."""
+    """`audio [B, 1, 3200]`, `state [B, Ns]` -> `semantic [B, 1, Dsem]`, `state_out [B, Ns]`.
+    `fast`: as `AcousticDecoderStep`'s."""
+
+    fast = False
 
     def __init__(self, model):
         super().__init__()
         self.stream = _StreamingTokenizer(model.model.semantic_tokenizer_encoder)
 
     def forward(self, audio, state):
-        h, new_state = self.stream.run(audio, state)
+        h, new_state = self.stream.run(audio, state, self.fast)
         return h.permute(0, 2, 1), new_state
 
 

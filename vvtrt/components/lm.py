@@ -95,7 +95,15 @@ class LMDecode(_LMCore):
     `cache_len [B]` int64 (valid entries per row; also the row's position id).
     Outputs: `hidden [B, 1, H]`, `logits [B, 4]` fp32, `new_k/new_v [L, B, Hkv, 1, D]` to be written at
     slot `cache_len` by the caller (keeps the graph free of in-place scatters).
+
+    `fast = True` (set by the torch runner when it compiles for CUDA; never exported) attends with
+    FlexAttention's split-KV decoding kernel instead of SDPA over `cat(cache, new)`: one query row per KV
+    head leaves SDPA's kernels with a handful of thread blocks walking the whole bucket (measured on the
+    H100: 26 us a layer, 0.77 ms of a 1.5B frame). The cache part and the new token are merged exactly
+    by their log-sum-exps, so nothing is copied and the cache is read once.
     """
+
+    fast = False
 
     def forward(self, embeds, past_k, past_v, cache_len):
         s = past_k.shape[3]
@@ -108,14 +116,44 @@ class LMDecode(_LMCore):
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
-            kk = torch.cat([past_k[i], k], dim=2)
-            vv = torch.cat([past_v[i], v], dim=2)
-            x = x + self._attend_one(layer, q, kk, vv, mask)
+            if self.fast:
+                x = x + self._attend_split(layer, q, past_k[i], past_v[i], k, v, cache_len)
+            else:
+                kk = torch.cat([past_k[i], k], dim=2)
+                vv = torch.cat([past_v[i], v], dim=2)
+                x = x + self._attend_one(layer, q, kk, vv, mask)
             x = self._mlp(i, layer, x)
             ks.append(k)
             vs.append(v)
         h = self.norm(x)
         return h, self._logits4(h[:, 0]), torch.stack(ks), torch.stack(vs)
+
+    def _attend_split(self, layer, q, past_k, past_v, k, v, cache_len):
+        """softmax over [cache slots < cache_len ; new token] as FlexAttention over the cache, merged in
+        fp32 with the new token's own score through the log-sum-exps."""
+        from torch.nn.attention import flex_attention as fa
+
+        def valid(score, b, h, q_idx, kv_idx):
+            return torch.where(kv_idx < cache_len[b], score, -float("inf"))
+
+        b, hq, _, d = q.shape
+        if hasattr(fa, "AuxRequest"):  # torch >= 2.9
+            out, aux = fa.flex_attention(q, past_k, past_v, score_mod=valid, scale=self.scale, enable_gqa=True,
+                                         return_aux=fa.AuxRequest(lse=True))
+            lse = aux.lse
+        else:
+            out, lse = fa.flex_attention(q, past_k, past_v, score_mod=valid, scale=self.scale, enable_gqa=True,
+                                         return_lse=True)
+        # out [B, Hq, 1, D]; lse [B, Hq, 1] fp32
+        k_self = k.repeat_interleave(self.groups, dim=1).float()  # [B, Hq, 1, D]: 1 token, tiny
+        v_self = v.repeat_interleave(self.groups, dim=1).float()
+        s_self = (q.float() * k_self).sum(-1) * self.scale  # [B, Hq, 1]
+        m = torch.maximum(lse, s_self)
+        w_past = torch.exp(lse - m)  # 0 for a row with an empty cache (lse = -inf)
+        w_self = torch.exp(s_self - m)
+        past = torch.where(w_past[..., None] > 0, out.float() * w_past[..., None], 0.0)
+        merged = (past + v_self * w_self[..., None]) / (w_past + w_self)[..., None]
+        return layer.self_attn.o_proj(merged.to(q.dtype).transpose(1, 2).reshape(b, 1, hq * d))
 
 
 class TokenEmbed(nn.Module):
