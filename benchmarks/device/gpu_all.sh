@@ -3,7 +3,8 @@
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
 #   STAGES="env gputests tiny b15 b15k5 b7 b7k5 b15par b15ort b15tune b7ort prof tf32" bash benchmarks/device/gpu_all.sh
-# DTYPES="bf16" limits b15par's export and parity to bf16.
+# DTYPES="bf16" limits b15par's export and parity to bf16. The device's copy of .git can be stale: launch
+# with VVTRT_GIT_COMMIT=<the commit you pushed> so reports record the code that ran.
 # b15ort and b15tune need the workdir b15par exports.
 # The machine goes back 30 s after a call ends: keep calling `bash benchmarks/device/poll.sh 560` back to
 # back until ALL DONE, or the background run (and every result not yet packed) is lost.

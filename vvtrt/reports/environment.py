@@ -112,9 +112,10 @@ def _gpu() -> dict:
 def collect_environment() -> dict:
     """A flat dict with every key of :data:`ENV_KEYS` (values None where unknown)."""
     ort_version, providers = _onnxruntime()
-    commit = _git("rev-parse", "HEAD")
+    # A copied work tree (the device machine's) can carry a stale .git: the launcher may pin the commit.
+    commit = os.environ.get("VVTRT_GIT_COMMIT") or _git("rev-parse", "HEAD")
     dirty = None
-    if commit is not None:
+    if commit is not None and not os.environ.get("VVTRT_GIT_COMMIT"):
         status = _git("status", "--porcelain", "--untracked-files=no")
         dirty = bool(status) if status is not None else None
     env = {

@@ -23,7 +23,10 @@ stream handle of 0 as "no user stream" (`has_user_compute_stream = user_compute_
 cuda_execution_provider_info.cc; ORT PR #19229/#19636 discussion), and torch's default stream *is* handle 0,
 so when the current torch stream is the default one the runner makes a private torch stream and orders it
 against the caller's stream with events (`wait_stream`); it does the same whenever `infer` is called on a
-stream other than the session's. Either way nothing blocks the host. `use_tf32=0` is the default so fp32
+stream other than the session's. The host does block at the end of each run (measured on the H100: a run
+queued behind 1 s of GPU work returns after it); that per-call sync is part of the `onnxruntime` bench
+variant's cost (ORT CUDA-graph replays go through the same `Run`; presumably the same sync, not
+measured separately). `use_tf32=0` is the default so fp32
 parity is fp32 (override with `provider_options`).
 
 `cuda_graph=True` turns on ORT's own CUDA graphs (`enable_cuda_graph=1`). ORT replays the addresses it
