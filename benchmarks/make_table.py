@@ -22,14 +22,15 @@ def _gb(x):
 
 def table() -> str:
     lines = ["| GPU | preset | K | runtime | frame p50 (ms) | p99 | RTF | TTFA p50 (ms, 512-token prompt) "
-             "| peak alloc (GiB) | vs transformers `generate` | vs PyTorch eager | floor (ms) | report |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak alloc (GiB) | vs transformers `generate` | vs PyTorch eager | floor (ms) | commit | report |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in sorted(RESULTS.glob("*/bench_*/*.json")):
         d = json.loads(f.read_text())
         cfg = d["config"]
         gpu = (cfg.get("environment") or {}).get("gpu_name") or cfg.get("device")
         base = {b["label"]: b["frame"]["p50"] for b in d["baselines"]}
         floor = (d.get("floor") or {}).get("floor_ms")
+        commit = ((cfg.get("environment") or {}).get("git_commit") or "—")[:7]
         for r in d["results"] + d["baselines"]:
             p50 = r["frame"]["p50"]
             is_base = r in d["baselines"]
@@ -39,10 +40,10 @@ def table() -> str:
             rel = f.relative_to(ROOT).with_suffix(".md")
             lines.append(f"| {gpu} | {cfg['preset']} | {cfg['steps']} | {label} | {p50:.2f} | {r['frame']['p99']:.2f} "
                          f"| {r['rtf']:.3f} | {r['ttfa']['p50']:.1f} | {_gb(r['memory']['peak_allocated_bytes'])} "
-                         f"| {vs_t} | {vs_e} | {floor:.2f} | [{rel.parent.name}]({rel}) |" if floor else
+                         f"| {vs_t} | {vs_e} | {floor:.2f} | {commit} | [{rel.parent.name}]({rel}) |" if floor else
                          f"| {gpu} | {cfg['preset']} | {cfg['steps']} | {label} | {p50:.2f} | {r['frame']['p99']:.2f} "
                          f"| {r['rtf']:.3f} | {r['ttfa']['p50']:.1f} | {_gb(r['memory']['peak_allocated_bytes'])} "
-                         f"| {vs_t} | {vs_e} | — | [{rel.parent.name}]({rel}) |")
+                         f"| {vs_t} | {vs_e} | — | {commit} | [{rel.parent.name}]({rel}) |")
     return "\n".join(lines)
 
 
