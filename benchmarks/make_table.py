@@ -20,9 +20,17 @@ def _gb(x):
     return f"{x / 2**30:.2f}" if x else "—"
 
 
+def _mem(m) -> str:
+    """ORT and TensorRT allocate outside torch's allocator: NVML (whole device, incl. the CUDA context)
+    is the number to read for them."""
+    if not m or not m.get("peak_allocated_bytes"):
+        return "—"
+    return f"{_gb(m['peak_allocated_bytes'])} / {_gb(m.get('nvml_peak_used_bytes'))}"
+
+
 def table() -> str:
     lines = ["| GPU | preset | K | runtime | frame p50 (ms) | p99 | RTF | TTFA p50 (ms, 512-token prompt) "
-             "| peak alloc (GiB) | vs transformers `generate` | vs PyTorch eager | floor (ms) | commit | report |",
+             "| peak GPU memory (GiB: torch allocator / NVML) | vs transformers `generate` | vs PyTorch eager | floor (ms) | commit | report |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in sorted(RESULTS.glob("*/bench_*/*.json")):
         d = json.loads(f.read_text())
@@ -39,10 +47,10 @@ def table() -> str:
             label = f"baseline: {r['label']}" if is_base else r["label"]
             rel = f.relative_to(ROOT).with_suffix(".md")
             lines.append(f"| {gpu} | {cfg['preset']} | {cfg['steps']} | {label} | {p50:.2f} | {r['frame']['p99']:.2f} "
-                         f"| {r['rtf']:.3f} | {r['ttfa']['p50']:.1f} | {_gb(r['memory']['peak_allocated_bytes'])} "
+                         f"| {r['rtf']:.3f} | {r['ttfa']['p50']:.1f} | {_mem(r['memory'])} "
                          f"| {vs_t} | {vs_e} | {floor:.2f} | {commit} | [{rel.parent.name}]({rel}) |" if floor else
                          f"| {gpu} | {cfg['preset']} | {cfg['steps']} | {label} | {p50:.2f} | {r['frame']['p99']:.2f} "
-                         f"| {r['rtf']:.3f} | {r['ttfa']['p50']:.1f} | {_gb(r['memory']['peak_allocated_bytes'])} "
+                         f"| {r['rtf']:.3f} | {r['ttfa']['p50']:.1f} | {_mem(r['memory'])} "
                          f"| {vs_t} | {vs_e} | — | {commit} | [{rel.parent.name}]({rel}) |")
     return "\n".join(lines)
 
