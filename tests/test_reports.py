@@ -265,3 +265,15 @@ def test_collect_environment():
     for key in ("python", "torch", "onnx", "onnxruntime", "hostname"):
         assert env[key], key
     json.dumps(env)  # JSON-serialisable
+
+
+def test_readme_performance_table_matches_the_committed_results():
+    """The README's performance table is generated from benchmarks/results/*/bench_*/*.json (issue #4)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "benchmarks/make_table.py", "--check"], cwd=root, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
