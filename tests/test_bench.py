@@ -62,3 +62,21 @@ def test_a_failing_variant_does_not_lose_the_others(tiny_workdir, tmp_path):
     res = CliRunner().invoke(cli, ["bench", "-w", str(tiny_workdir.root), "--backend", "tensorrt", "--device", "cpu",
                                    "--dtype", "fp32", "--frames", "2", "--repeats", "1", "--out", str(out)])
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_concurrent_streams_bench(tiny_workdir, tmp_path):
+    """`--streams 2`: both streams advance per frame step; the report says so and counts their throughput."""
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(cli, ["bench", "-w", str(tiny_workdir.root), "--backend", "torch", "--device", "cpu",
+                                   "--dtype", "fp32", "--frames", "3", "--prompt-tokens", "20", "--repeats", "1",
+                                   "--streams", "2", "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    path = next(out.glob("*_x2.json"))
+    report = json.loads(path.read_text())
+    r = report["results"][0]
+    assert report["config"]["batch"] == 2 and r["streams"] == 2 and len(r["frame_ms"]) == 3
+    assert r["throughput_x_realtime"] == pytest.approx(2 / r["rtf"])
+    assert "Concurrency: 2 streams" in path.with_suffix(".md").read_text()
+    bad = CliRunner().invoke(cli, ["bench", "-w", str(tiny_workdir.root), "--device", "cpu", "--streams", "2",
+                                   "--baseline", "pytorch-eager"])
+    assert bad.exit_code == 2 and "--streams 1" in bad.output

@@ -152,14 +152,16 @@ def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, 
 @click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=float)
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["pytorch-eager", "transformers"]),
               help="Baselines to measure in the same run (repeatable).")
+@click.option("--streams", default=1, show_default=True, type=int,
+              help="Concurrent streams batched into each frame step (throughput); baselines need 1.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @_friendly
-def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines, out_dir):
+def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines, streams, out_dir):
     """Measure latency, RTF, time to first audio, memory and GPU telemetry."""
     from vvtrt.bench.run import run_bench_cli
 
     paths = run_bench_cli(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale,
-                          baselines, out_dir)
+                          baselines, out_dir, streams)
     click.echo(f"bench report: {paths['md']}")
 
 

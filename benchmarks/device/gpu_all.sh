@@ -2,7 +2,7 @@
 # The H100 session: every GPU measurement and check, in order, logging to $RUN (kept while the machine
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
-#   STAGES="env gputests tiny b15 b15k5 b7 b7k5 b15par b15ort b15tune b7ort prof tf32" bash benchmarks/device/gpu_all.sh
+#   STAGES="env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b7ort prof tf32" bash benchmarks/device/gpu_all.sh
 # DTYPES="bf16" limits b15par's export and parity to bf16. The device's copy of .git can be stale: launch
 # with VVTRT_GIT_COMMIT=<the commit you pushed> so reports record the code that ran.
 # b15ort and b15tune need the workdir b15par exports.
@@ -55,6 +55,13 @@ b15k5() {
   $VV bench -w "$RUN/wd15k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --out "$RUN/results/bench_1.5b_k5"
 }
+b15x() {  # concurrency: 4 and 8 streams batched per frame step (torch-compile), throughput in the report
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
+  for n in 4 8; do
+    $VV bench -w "$RUN/wd15" --backend torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+        --streams $n --out "$RUN/results/bench_1.5b_k10_x$n"
+  done
+}
 b15par() {  # export every 1.5B component ($DTYPES, default bf16 + fp32); ORT CUDA parity per dtype in its own
   # process (ORT CUDA sessions live until exit, so one process per dtype bounds their memory), then torch bf16
   local dts=${DTYPES:-bf16 fp32}
@@ -97,7 +104,7 @@ b7ort() {  # ONNX Runtime CUDA for 7B: export every bf16 component, bench K=10
 }
 for s in $STAGES; do
   case $s in env) stage env env_check ;; gputests) stage gputests gputests ;; tiny) stage tiny tiny ;;
-    b15) stage b15 b15 ;; b15k5) stage b15k5 b15k5 ;; b7k5) stage b7k5 b7k5 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b15tune) stage b15tune b15tune ;; b15ortk5) stage b15ortk5 b15ortk5 ;;
+    b15) stage b15 b15 ;; b15x) stage b15x b15x ;; b15k5) stage b15k5 b15k5 ;; b7k5) stage b7k5 b7k5 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b15tune) stage b15tune b15tune ;; b15ortk5) stage b15ortk5 b15ortk5 ;;
     prof) stage prof prof ;; tf32) stage tf32 tf32 ;; b7) stage b7 b7 ;; b7ort) stage b7ort b7ort ;; *) log "unknown stage $s" ;; esac
 done
 log "ALL DONE"

@@ -54,7 +54,7 @@ def _sync(device):
 
 
 def bench_backend(wd: Workdir, variant: str, device, precision: Precision, frames: int, prompt_tokens: int,
-                  repeats: int, cfg_scale: float, models: ModelCache) -> dict:
+                  repeats: int, cfg_scale: float, models: ModelCache, streams: int = 1) -> dict:
     device = torch.device(device)
     backend, extra = VARIANTS[variant]
     if device.type == "cuda":
@@ -72,7 +72,7 @@ def bench_backend(wd: Workdir, variant: str, device, precision: Precision, frame
         emb = synth.runners["token_embed"].infer({"token": torch.tensor(ids, device=device)})["embeds"]
         emb = emb[:, 0].unsqueeze(0)
         for _ in synth.generate(ids, emb, frames=frames, cfg_scale=cfg_scale, seed=seed, result=res,
-                                t_start=t_start):
+                                t_start=t_start, streams=streams):
             pass
         return res
 
@@ -106,15 +106,19 @@ def bench_backend(wd: Workdir, variant: str, device, precision: Precision, frame
         mem["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
         mem["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
     stats = _pcts(frame_ms)
+    mean_total = sum(r.total_s for r in runs) / len(runs) if runs else None
     result = {"backend": backend, "precision": precision.value, "label": f"vvtrt-{variant}",
               "components": comp, "frame_ms": frame_ms, "frame": stats,
-              "rtf": (sum(r.total_s for r in runs) / len(runs)) / audio_s if runs else None,
+              "rtf": mean_total / audio_s if runs else None,
+              # concurrency: `streams` streams batched per frame step; audio seconds made per second, all streams
+              "streams": streams, "throughput_x_realtime": streams * audio_s / mean_total if runs else None,
               "ttfa_ms": ttfa_ms, "ttfa": _pcts(ttfa_ms), "memory": mem,
               "setup": {"load_s": load_s, "build_s": None, "capture_s": synth.capture_seconds,
                         "warmup_s": warm.total_s},
               "floor_gap": None,
               "notes": (f"whole-frame CUDA graph: {loop.graph is not None}; options {extra or 'default'}; "
-                        f"components: {timing}")}
+                        f"components: {timing}" + (f"; {streams} concurrent streams per frame step" if streams > 1
+                                                    else ""))}
     del synth, loop
     gc.collect()
     return result
@@ -145,7 +149,7 @@ def bench_baseline(wd: Workdir, kind: str, device, precision: Precision, frames:
 
 
 def run_bench(wd: Workdir, backends, device, precision: Precision, frames: int, prompt_tokens: int, repeats: int,
-              cfg_scale: float, baselines=()) -> dict:
+              cfg_scale: float, baselines=(), streams: int = 1) -> dict:
     from vvtrt.reports.environment import collect_environment
     from vvtrt.reports.telemetry import TelemetrySampler
 
@@ -156,7 +160,7 @@ def run_bench(wd: Workdir, backends, device, precision: Precision, frames: int, 
         for b in backends:
             try:
                 results.append(bench_backend(wd, b, device, precision, frames, prompt_tokens, repeats, cfg_scale,
-                                             models))
+                                             models, streams))
             except (VvtrtError, RuntimeError) as exc:  # one variant failing must not lose the others
                 if len(backends) == 1 and not baselines:
                     raise
@@ -182,7 +186,7 @@ def run_bench(wd: Workdir, backends, device, precision: Precision, frames: int, 
             "config": {"preset": meta["model"]["preset"] or meta["model"]["path"], "model": meta["model"],
                        "dtype": precision.value, "dtypes": [precision.value], "steps": meta["options"]["steps"],
                        "cfg_scale": cfg_scale, "backends": list(backends), "baselines": list(baselines),
-                       "batch": 1, "frames": frames, "prompt_tokens": prompt_tokens, "repeats": repeats,
+                       "batch": streams, "frames": frames, "prompt_tokens": prompt_tokens, "repeats": repeats,
                        "device": str(device), "environment": collect_environment()},
             "results": results, "baselines": base, "failed": failed,
             "telemetry": {"interval_s": 0.05, "samples": list(getattr(tel, "samples", []))},
@@ -190,7 +194,7 @@ def run_bench(wd: Workdir, backends, device, precision: Precision, frames: int, 
 
 
 def run_bench_cli(workdir, backends="torch", device=None, dtype=None, frames=60, prompt_tokens=512, repeats=3,
-                  cfg_scale=1.3, baselines=(), out_dir=None) -> dict:
+                  cfg_scale=1.3, baselines=(), out_dir=None, streams: int = 1) -> dict:
     from vvtrt.reports import write_report
 
     wd = Workdir.open(workdir)
@@ -200,11 +204,16 @@ def run_bench_cli(workdir, backends="torch", device=None, dtype=None, frames=60,
     for b in names:
         if b not in VARIANTS:
             raise InputError(f"unknown backend {b!r}: choose from {', '.join(VARIANTS)}")
-    if frames < 1 or repeats < 1:
-        raise InputError("--frames and --repeats must be >= 1")
-    report = run_bench(wd, names, device, precision, frames, prompt_tokens, repeats, cfg_scale, tuple(baselines))
+    if frames < 1 or repeats < 1 or streams < 1:
+        raise InputError("--frames, --repeats and --streams must be >= 1")
+    if streams > 1 and baselines:
+        raise InputError("--baseline runs one stream: measure baselines with --streams 1")
+    report = run_bench(wd, names, device, precision, frames, prompt_tokens, repeats, cfg_scale, tuple(baselines),
+                       streams)
     from pathlib import Path
 
     out = Path(out_dir) if out_dir else wd.reports_dir
     stem = f"bench_{report['config']['preset']}_{precision.value}_k{report['config']['steps']}"
+    if streams > 1:
+        stem += f"_x{streams}"
     return write_report(report, out, stem)

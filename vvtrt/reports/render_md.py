@@ -229,6 +229,13 @@ def _render_bench(report: dict, images) -> str:
                     + [fmt(speedup(b["frame"]["p50"], f["p50"]), ".2f", suffix="×") for b in baselines]
                     + [fmt(_gap(r, floor), ".2f", suffix="×")])
     out += [table(headers, body), ""]
+    batched = [r for r in results if (r.get("streams") or 1) > 1]
+    if batched:
+        out += [f"Concurrency: {report['config'].get('batch')} streams batched into each frame step; frame "
+                "latency and RTF are per step (every stream advances one frame), throughput counts all streams.",
+                "", table(["label", "streams", "throughput (× real time, all streams)", "RTF per stream"],
+                          [[r["label"], r["streams"], fmt(r.get("throughput_x_realtime"), ".1f", suffix="×"),
+                            fmt(r["rtf"], ".3f")] for r in batched]), ""]
     if report.get("failed"):
         out += ["### Failed variants", ""] + [f"- **{f['label']}**: {f['error']}" for f in report["failed"]] + [""]
     out += ["### Memory and setup", "", table(

@@ -41,7 +41,8 @@ A row/frame/run that could not be checked has ``"passed": null`` (skipped; say w
               "memory": {"peak_allocated_bytes", "peak_reserved_bytes", "nvml_peak_used_bytes",
                          "graph_pool_bytes"},
               "setup": {"load_s", "build_s", "capture_s"},
-              "floor_gap": frame p50 / floor_ms | null, "notes": str}
+              "floor_gap": frame p50 / floor_ms | null, "notes": str,
+              "streams"?: int, "throughput_x_realtime"?: number}   # optional: concurrent streams per step
 
 ``components`` may be ``{}`` (a baseline that cannot be broken down); every metric may be null.
 The renderer computes speed-ups as baseline frame p50 / result frame p50.

@@ -41,9 +41,12 @@ class SynthesisResult:
     frame_s: list[float] = field(default_factory=list)  # wall time of each LLM step (incl. the host sync)
     latents: list[np.ndarray] = field(default_factory=list)
 
+    streams: int = 1  # > 1: `audio` is [streams, samples] (batched concurrent streams, forced frames)
+
     @property
     def audio_seconds(self) -> float:
-        return len(self.audio) / SAMPLE_RATE
+        """Seconds of audio per stream."""
+        return self.audio.shape[-1] / SAMPLE_RATE
 
     @property
     def rtf(self) -> float:
@@ -129,12 +132,13 @@ class Synthesizer:
         return prompt.ids, emb
 
     # -- the loop ---------------------------------------------------------------------------------
-    def _loop(self, kv_len: int, teacher: bool = False) -> FrameLoop:
-        if (kv_len, teacher) not in self._loops:
-            noise = torch.zeros(kv_len, 1, self.info.latent_dim)
-            self._loops[kv_len, teacher] = FrameLoop(self.runners, self.info, 1, kv_len, self.precision.torch_dtype,
-                                                     self.device, 1.3, noise, teacher=teacher)
-        return self._loops[kv_len, teacher]
+    def _loop(self, kv_len: int, teacher: bool = False, streams: int = 1) -> FrameLoop:
+        key = (kv_len, teacher, streams)
+        if key not in self._loops:
+            noise = torch.zeros(kv_len, streams, self.info.latent_dim)
+            self._loops[key] = FrameLoop(self.runners, self.info, streams, kv_len, self.precision.torch_dtype,
+                                         self.device, 1.3, noise, teacher=teacher)
+        return self._loops[key]
 
     def stream(self, script, voices=None, *, frames: int | None = None, max_frames: int | None = None,
                cfg_scale: float = 1.3, seed: int = 0, result: SynthesisResult | None = None,
@@ -151,15 +155,25 @@ class Synthesizer:
                                  seed=seed, result=result, t_start=t_start, keep_latents=keep_latents)
 
     def generate(self, ids, emb, *, frames=None, max_frames=None, cfg_scale=1.3, seed=0, result=None,
-                 t_start=None, keep_latents: bool = False, teacher_latents=None) -> Iterator[np.ndarray]:
+                 t_start=None, keep_latents: bool = False, teacher_latents=None,
+                 streams: int = 1) -> Iterator[np.ndarray]:
         """The loop from prompt ids and embeddings `[1, L0, H]` (ending with speech_start).
 
         `keep_latents` also copies each frame's latent to the host (parity); off by default to keep the
         audio hand-out the only host sync per frame. `teacher_latents` (parity: one reference latent
         `[64]` per frame, at least `frames` of them) feeds the reference latent, not the sampler's, to the
-        decoder / semantic encoder / connectors of each frame."""
+        decoder / semantic encoder / connectors of each frame.
+
+        `streams=N` (with `frames`) runs N concurrent streams of this prompt as rows of one batched frame
+        step, stream s with the noise of seed `seed + s`; each chunk is then `[N, 3200]`. This is what a
+        server batching N requests does per frame; the concurrency benchmark uses it."""
         if frames is not None and frames < 1:
             raise InputError(f"--frames must be >= 1, got {frames}")
+        if streams < 1:
+            raise InputError(f"--streams must be >= 1, got {streams}")
+        if streams > 1 and (frames is None or teacher_latents is not None):
+            raise InputError("--streams > 1 needs a frame budget (--frames N) and no teacher forcing: "
+                             "concurrent streams are batched with forced speech_diffusion decisions")
         if ids[-1] != self.info.audio_bos_token_id:
             raise InputError("the prompt must end with the speech_start token")
         t_start = t_start or time.perf_counter()
@@ -167,7 +181,7 @@ class Synthesizer:
         # The original caps generation at the prompt length (<= 2x prompt in total).
         limit = frames if frames is not None else (max_frames or n_prompt)
         kv_len = pick_bucket(self.options.kv_buckets, n_prompt + limit + 1)
-        loop = self._loop(kv_len, teacher=teacher_latents is not None)
+        loop = self._loop(kv_len, teacher=teacher_latents is not None, streams=streams)
         if teacher_latents is not None:
             if len(teacher_latents) < limit:
                 raise InputError(f"teacher forcing needs {limit} reference latents, got {len(teacher_latents)}")
@@ -177,7 +191,7 @@ class Synthesizer:
         self._reset(loop, emb, cfg_scale, seed, forced=frames is not None, n_noise=limit)
         names = self.info.control_token_names
         res = result if result is not None else SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0, 0)
-        res.forced, res.prompt_tokens = frames is not None, n_prompt
+        res.forced, res.prompt_tokens, res.streams = frames is not None, n_prompt, streams
         produced, chunks, steps = 0, [], 0
         reason = "length limit"
         while steps < kv_len - n_prompt - 1:
@@ -187,9 +201,10 @@ class Synthesizer:
             steps += 1
             res.tokens.append(tok)
             if tok == "speech_diffusion":
-                chunk = loop.audio[0, 0].float().cpu().numpy().copy()  # the buffer is reused
+                one = (lambda a: a[0]) if streams == 1 else (lambda a: a)  # noqa: E731 - [3200] or [N, 3200]
+                chunk = one(loop.audio[:, 0].float().cpu().numpy()).copy()  # the buffer is reused
                 if keep_latents:
-                    res.latents.append(loop.latent[0, 0].float().cpu().numpy().copy())
+                    res.latents.append(one(loop.latent[:, 0].float().cpu().numpy()).copy())
                 produced += 1
                 res.frame_s.append(time.perf_counter() - t0)
                 if produced == 1:
@@ -207,7 +222,8 @@ class Synthesizer:
                 break
         res.stop_reason = reason
         res.frames = produced
-        res.audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        empty = np.zeros((0,) if streams == 1 else (streams, 0), np.float32)
+        res.audio = np.concatenate(chunks, axis=-1) if chunks else empty
         res.total_s = time.perf_counter() - t_start
 
     def synthesize(self, script, voices=None, **kw) -> SynthesisResult:
@@ -225,18 +241,21 @@ class Synthesizer:
         loop.frame_ctr.zero_()
         loop.cfg.fill_(cfg_scale)
         loop.force.fill_(forced)
-        gen = torch.Generator().manual_seed(seed)
-        # transformers draws randn(2, 64) on the CPU per diffusion frame and uses row 0
+        # transformers draws randn(2, 64) on the CPU per diffusion frame and uses row 0; stream s: seed + s
         n_noise = min(n_noise, loop.noise_all.shape[0])
-        noise = torch.stack([torch.randn(2, self.info.latent_dim, generator=gen)[:1] for _ in range(n_noise)])
         loop.noise_all.zero_()
-        loop.noise_all[:n_noise].copy_(noise.to(loop.noise_all.device))
+        for s in range(loop.n):
+            gen = torch.Generator().manual_seed(seed + s)
+            noise = torch.cat([torch.randn(2, self.info.latent_dim, generator=gen)[:1] for _ in range(n_noise)])
+            loop.noise_all[:n_noise, s].copy_(noise.to(loop.noise_all.device))
         body = emb[:, :-1]
         if body.shape[1] > 0:
             seconds = self.prefill.capture_seconds
-            loop.kv.write_prefix(0, *self.prefill(body))
+            k, v = self.prefill(body)
+            for s in range(loop.n):  # the same prompt for every stream: one prefill, written to each row
+                loop.kv.write_prefix(s, k, v)
             self.capture_seconds += self.prefill.capture_seconds - seconds
-        last = emb[:, -1:].expand(2, 1, emb.shape[-1])  # speech_start for both rows
+        last = emb[:, -1:].expand(2 * loop.n, 1, emb.shape[-1])  # speech_start for every row
         loop.embeds.copy_(last)
         if self.cuda_graph and loop.graph is None and loop.capture_error is None:
             loop.capture()
