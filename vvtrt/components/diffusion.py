@@ -88,8 +88,8 @@ class DiffusionSampler(nn.Module):
     The timestep MLP depends on constants only and is computed once, at construction. Everything else the
     head computes from the condition (cond_proj, every adaLN modulation) does not depend on x, so it is
     computed for all K steps up front as one batched matmul per layer: each adaLN weight is read once per
-    frame instead of K times, and each step is left with only the x path (noisy_images_proj, norm/modulate/SwiGLU per layer, final layer). Same ops, same
-    dtypes as transformers' head.
+    frame instead of K times, and each step is left with only the x path (noisy_images_proj,
+    norm/modulate/SwiGLU per layer, final layer). Same ops, same dtypes as transformers' head.
     """
 
     def __init__(self, model, steps: int):

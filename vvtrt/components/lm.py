@@ -109,9 +109,7 @@ class LMDecode(_LMCore):
         s = past_k.shape[3]
         pos = cache_len.unsqueeze(1)  # [B, 1]
         cos, sin = self.rotary(embeds, pos)
-        slots = torch.arange(s, device=embeds.device).unsqueeze(0) < cache_len.unsqueeze(1)  # [B, S]
-        self_slot = torch.ones_like(slots[:, :1])
-        mask = torch.cat([slots, self_slot], dim=1)[:, None, None, :]  # [B, 1, 1, S+1] bool
+        mask = None if self.fast else self._mask(s, cache_len)
         x = embeds
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
@@ -127,6 +125,12 @@ class LMDecode(_LMCore):
             vs.append(v)
         h = self.norm(x)
         return h, self._logits4(h[:, 0]), torch.stack(ks), torch.stack(vs)
+
+    @staticmethod
+    def _mask(s: int, cache_len):
+        """`[B, 1, 1, S+1]` bool: each row's valid cache slots, then the new token itself."""
+        slots = torch.arange(s, device=cache_len.device).unsqueeze(0) < cache_len.unsqueeze(1)  # [B, S]
+        return torch.cat([slots, torch.ones_like(slots[:, :1])], dim=1)[:, None, None, :]
 
     def _attend_split(self, layer, q, past_k, past_v, k, v, cache_len):
         """softmax over [cache slots < cache_len ; new token] as FlexAttention over the cache, merged in

@@ -86,7 +86,7 @@ class RunnerBase:
 
 
 class TorchRunner(RunnerBase):
-    """The reference modules (the spec's traceable wrapper) run by PyTorch, eagerly."""
+    """The reference modules (the spec's traceable wrapper) run by PyTorch, eagerly or `torch.compile`d."""
 
     backend = "torch"
 
@@ -95,14 +95,13 @@ class TorchRunner(RunnerBase):
         super().__init__(spec, precision, device)
         self.module = spec.make_module(model, steps).eval()
         self.mode = compile if isinstance(compile, str) else None
-        self.compiled = bool(compile)
         # kernels for the compiled CUDA path, never exported: FlexAttention decoding in lm_decode, dense
         # convolutions as GEMMs in the streaming steps (see LMDecode / AcousticDecoderStep). If they fail
         # to compile, the first call falls back to the exported path's ops (logged).
-        self.fast_pending = self.compiled and self.device.type == "cuda" and hasattr(self.module, "fast")
+        self.fast_pending = bool(compile) and self.device.type == "cuda" and hasattr(self.module, "fast")
         if hasattr(self.module, "fast"):
             self.module.fast = self.fast_pending
-        self.call = self._compiled() if self.compiled else self.module
+        self.call = self._compiled() if compile else self.module
 
     def _compiled(self):
         # Inductor fuses the many small elementwise ops (RMSNorm upcasts, RoPE, adaLN modulation,

@@ -201,10 +201,10 @@ class Synthesizer:
             steps += 1
             res.tokens.append(tok)
             if tok == "speech_diffusion":
-                one = (lambda a: a[0]) if streams == 1 else (lambda a: a)  # noqa: E731 - [3200] or [N, 3200]
-                chunk = one(loop.audio[:, 0].float().cpu().numpy()).copy()  # the buffer is reused
+                rows = 0 if streams == 1 else slice(None)  # a chunk is [3200], or [N, 3200] for N streams
+                chunk = loop.audio[rows, 0].float().cpu().numpy().copy()  # the buffer is reused
                 if keep_latents:
-                    res.latents.append(one(loop.latent[:, 0].float().cpu().numpy()).copy())
+                    res.latents.append(loop.latent[rows, 0].float().cpu().numpy().copy())
                 produced += 1
                 res.frame_s.append(time.perf_counter() - t0)
                 if produced == 1:
