@@ -2,7 +2,7 @@
 # The H100 session: every GPU measurement and check, in order, logging to $RUN (kept while the machine
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
-#   STAGES="env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b7ort prof tf32" bash benchmarks/device/gpu_all.sh
+#   STAGES="env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32" bash benchmarks/device/gpu_all.sh
 # DTYPES="bf16" limits b15par's export and parity to bf16. The device's copy of .git can be stale: launch
 # with VVTRT_GIT_COMMIT=<the commit you pushed> so reports record the code that ran.
 # b15ort and b15tune need the workdir b15par exports.
@@ -69,15 +69,20 @@ b15par() {  # export every 1.5B component ($DTYPES, default bf16 + fp32); ORT CU
   for dt in $dts; do
     $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype $dt --json "$RUN/results/parity_1.5b_ort_cuda_$dt.json"
   done ;
-  $VV parity -w "$RUN/wd15" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_1.5b_torch_cuda.json"
+  if [[ " $dts " == *" bf16 "* ]]; then
+    $VV parity -w "$RUN/wd15" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_1.5b_torch_cuda.json"
+  fi
 }
 b15ort() {  # ONNX Runtime CUDA on the exported workdir: synth, bench K=10 and K=5 (per-call and ORT graphs)
   $VV synth -w "$RUN/wd15" --backend onnxruntime --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_ort.wav" ;
   $VV bench -w "$RUN/wd15" --backend onnxruntime,onnxruntime-graph --device cuda --dtype bf16 --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k10_onnxruntime"
 }
-b15ortk5() {
-  mkdir -p "$RUN/wd15k5/onnx" && cp "$RUN"/wd15/onnx/*.bf16.* "$RUN/wd15k5/onnx/" &&
+link_bf16() {  # reuse the K-independent bf16 graphs of one workdir in another (hard links: no disk)
+  mkdir -p "$2/onnx"; cp -l "$1"/onnx/*.bf16.* "$2/onnx/" 2>/dev/null; true
+}
+b15ortk5() {  # ONNX Runtime CUDA at K=5 (exports every bf16 component unless b15par's are there to reuse)
+  link_bf16 "$RUN/wd15" "$RUN/wd15k5"
   $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5 &&
   $VV bench -w "$RUN/wd15k5" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k5_onnxruntime"
@@ -102,9 +107,15 @@ b7ort() {  # ONNX Runtime CUDA for 7B: export every bf16 component, bench K=10
   $VV bench -w "$RUN/wd7" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_7b_k10_onnxruntime"
 }
+b7ortk5() {
+  link_bf16 "$RUN/wd7" "$RUN/wd7k5"
+  $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5 &&
+  $VV bench -w "$RUN/wd7k5" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
+      --out "$RUN/results/bench_7b_k5_onnxruntime"
+}
 for s in $STAGES; do
   case $s in env) stage env env_check ;; gputests) stage gputests gputests ;; tiny) stage tiny tiny ;;
     b15) stage b15 b15 ;; b15x) stage b15x b15x ;; b15k5) stage b15k5 b15k5 ;; b7k5) stage b7k5 b7k5 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b15tune) stage b15tune b15tune ;; b15ortk5) stage b15ortk5 b15ortk5 ;;
-    prof) stage prof prof ;; tf32) stage tf32 tf32 ;; b7) stage b7 b7 ;; b7ort) stage b7ort b7ort ;; *) log "unknown stage $s" ;; esac
+    prof) stage prof prof ;; tf32) stage tf32 tf32 ;; b7) stage b7 b7 ;; b7ort) stage b7ort b7ort ;; b7ortk5) stage b7ortk5 b7ortk5 ;; *) log "unknown stage $s" ;; esac
 done
 log "ALL DONE"
