@@ -3,6 +3,7 @@
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
 #   STAGES="env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32" bash benchmarks/device/gpu_all.sh
+# "b15par+x7" runs two stages at once (x7, x15k5: exports only, CPU-bound).
 # DTYPES="bf16" limits b15par's export and parity to bf16. The device's copy of .git can be stale: launch
 # with VVTRT_GIT_COMMIT=<the commit you pushed> so reports record the code that ran.
 # b15ort and b15tune need the workdir b15par exports.
@@ -82,8 +83,7 @@ link_bf16() {  # reuse the K-independent bf16 graphs of one workdir in another (
   mkdir -p "$2/onnx"; cp -l "$1"/onnx/*.bf16.* "$2/onnx/" 2>/dev/null; true
 }
 b15ortk5() {  # ONNX Runtime CUDA at K=5 (exports every bf16 component unless b15par's are there to reuse)
-  link_bf16 "$RUN/wd15" "$RUN/wd15k5"
-  $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5 &&
+  has_bf16 "$RUN/wd15k5" || { link_bf16 "$RUN/wd15" "$RUN/wd15k5"; $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5; } &&
   $VV bench -w "$RUN/wd15k5" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k5_onnxruntime"
 }
@@ -102,20 +102,33 @@ b7k5() {
   $VV bench -w "$RUN/wd7k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --out "$RUN/results/bench_7b_k5"
 }
+has_bf16() { [[ -f $1/onnx/lm_decode.bf16.onnx && -f $1/onnx/diffusion_sampler.bf16.onnx ]]; }  # x7/x15k5 ran
 b7ort() {  # ONNX Runtime CUDA for 7B: export every bf16 component, bench K=10
-  $VV export --model 7b -w "$RUN/wd7" --dtype bf16 &&
+  { has_bf16 "$RUN/wd7" || $VV export --model 7b -w "$RUN/wd7" --dtype bf16; } &&
   $VV bench -w "$RUN/wd7" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_7b_k10_onnxruntime"
 }
 b7ortk5() {
-  link_bf16 "$RUN/wd7" "$RUN/wd7k5"
-  $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5 &&
+  has_bf16 "$RUN/wd7k5" || { link_bf16 "$RUN/wd7" "$RUN/wd7k5"; $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5; } &&
   $VV bench -w "$RUN/wd7k5" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_7b_k5_onnxruntime"
 }
+x7() {  # export every 7B bf16 graph, K=10 and K=5 (CPU-bound: run it beside a GPU stage with '+')
+  $VV export --model 7b -w "$RUN/wd7" --dtype bf16 && link_bf16 "$RUN/wd7" "$RUN/wd7k5" &&
+  $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5
+}
+x15k5() { $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5; }
+run_stage() {
+  local fn=$1; [[ $fn == env ]] && fn=env_check
+  if declare -F "$fn" > /dev/null; then stage "$1" "$fn"; else log "unknown stage $1"; fi
+}
+# "a+b" runs stages a and b at the same time (for exports, which use the CPU, beside GPU work; never
+# put two timed benches in one group)
 for s in $STAGES; do
-  case $s in env) stage env env_check ;; gputests) stage gputests gputests ;; tiny) stage tiny tiny ;;
-    b15) stage b15 b15 ;; b15x) stage b15x b15x ;; b15k5) stage b15k5 b15k5 ;; b7k5) stage b7k5 b7k5 ;; b15ort) stage b15ort b15ort ;; b15par) stage b15par b15par ;; b15tune) stage b15tune b15tune ;; b15ortk5) stage b15ortk5 b15ortk5 ;;
-    prof) stage prof prof ;; tf32) stage tf32 tf32 ;; b7) stage b7 b7 ;; b7ort) stage b7ort b7ort ;; b7ortk5) stage b7ortk5 b7ortk5 ;; *) log "unknown stage $s" ;; esac
+  if [[ $s == *+* ]]; then
+    for part in ${s//+/ }; do run_stage "$part" & done; wait
+  else
+    run_stage "$s"
+  fi
 done
 log "ALL DONE"

@@ -18,19 +18,27 @@ from vvtrt.runtime.runner import TorchRunner
 from vvtrt.workdir import Workdir
 
 log = logging.getLogger(__name__)
-# End-to-end bounds. Free-running: fp32 must reproduce `generate`; in fp16/bf16 the random-weight
-# feedback loop is chaotic (an 0.05 frame-0 difference grows to ~1 within a few frames even for PyTorch's
-# own bf16 against its fp32), so those runs are reported but not gated. Teacher-forced (every precision):
-# each frame starts from the fp32 reference trajectory, so the per-frame latent error is one frame's
-# rounding. Reduced-precision bounds sit ~1.25x above PyTorch's own error on the same run, like the
-# component bounds in specs.py. Evidence (benchmarks/results/h100/parity_1.5b_torch_cuda.json, 1.5B on
-# the H100): PyTorch bf16 teacher-forced worst frame 0.177 (SNR 36.7 dB); ONNX Runtime CUDA bf16 in the
-# same run 0.167 (36.7 dB). tiny (CPU): bf16 8.6e-3, fp16 1.0e-3. fp16 is not yet measured on 1.5B:
-# its bound is the bf16 one scaled by tiny's fp16/bf16 ratio (~1/8) with the same margin.
+# End-to-end bounds. Free-running: fp32 must reproduce `generate` -- unless the reference itself cannot be
+# reproduced that closely: every free-running row carries the reference's own sensitivity, a twin
+# `generate` whose frame-0 noise is scaled by (1 + SENSITIVITY_EPS). Where that twin drifts past the
+# bound, the random-weight feedback loop amplifies fp32 rounding beyond what any implementation can match
+# and the row is reported, not gated (evidence: 1.5B fp32 on the H100, ORT CUDA, 65eb9c3: every
+# component <= 3.5e-6 and teacher-forced <= 2.6e-5, yet free-running grows ~3x per frame from 5.7e-6 at
+# frame 0 to ~1 by frame 11; tiny stays at ~1e-7 and stays gated). In fp16/bf16 the loop always diverges
+# (an 0.05 frame-0 difference grows to ~1 within a few frames even for PyTorch's own bf16 against its
+# fp32), so those runs are never gated. Teacher-forced (every precision, always gated): each frame starts
+# from the fp32 reference trajectory, so the per-frame latent error is one frame's rounding -- this is the
+# check that the exported loop is right. Reduced-precision bounds sit ~1.25x above PyTorch's own error on
+# the same run, like the component bounds in specs.py. Evidence (benchmarks/results/h100/
+# parity_1.5b_torch_cuda.json, 1.5B on the H100): PyTorch bf16 teacher-forced worst frame 0.177 (SNR
+# 36.7 dB); ONNX Runtime CUDA bf16 in the same run 0.167 (36.7 dB). tiny (CPU): bf16 8.6e-3, fp16 1.0e-3.
+# fp16 is not yet measured on 1.5B: its bound is the bf16 one scaled by tiny's fp16/bf16 ratio (~1/8)
+# with the same margin.
 E2E_LATENT_TOL = {Precision.FP32: 1e-4}
 E2E_MIN_SNR_DB = {Precision.FP32: 60.0}
 TF_LATENT_TOL = {Precision.FP32: 1e-4, Precision.FP16: 0.03, Precision.BF16: 0.22}
 TF_MIN_SNR_DB = {Precision.FP32: 60.0, Precision.FP16: 40.0, Precision.BF16: 30.0}
+SENSITIVITY_EPS = 1e-6
 
 @dataclass(frozen=True)
 class ParityOptions:
@@ -130,11 +138,24 @@ def component_rows(wd: Workdir, model32, opts: ParityOptions, models, progress=N
     return rows
 
 
-def _e2e_row(name, backend, precision, latents, audio, ref_lat, ref_audio, n_frames, bounds, notes) -> dict:
+def _e2e_row(name, backend, precision, latents, audio, ref_lat, ref_audio, n_frames, bounds, notes,
+             twin_lat=None) -> dict:
+    """One end-to-end run against its reference. `twin_lat` (free-running only): the reference rerun with
+    its frame-0 noise perturbed; if even that twin misses the latent bound, the row is not gated."""
     frames = []
     for f, (a, b) in enumerate(zip(latents, ref_lat)):
         st = error_stats(torch.from_numpy(a), b)
         frames.append({"frame": f, "latent_rel_l2": st.rel_l2, "latent_max_abs": st.max_abs})
+    if twin_lat is not None:
+        for fr, t, b in zip(frames, twin_lat, ref_lat):
+            fr["reference_sensitivity"] = error_stats(t, b).rel_l2
+        sens = [fr["reference_sensitivity"] for fr in frames if "reference_sensitivity" in fr]
+        if sens:
+            notes += (f"; reference sensitivity: a {SENSITIVITY_EPS:g} change of frame-0 noise moves generate's own "
+                      f"latents by {sens[0]:.2g} at frame 0 and {max(sens):.2g} at worst")
+        if bounds is not None and sens and max(sens) > bounds[0]:
+            notes += f" (> the {bounds[0]:g} bound: the loop amplifies rounding, so the teacher-forced row gates)"
+            bounds = None
     snr = snr_db(torch.from_numpy(audio), ref_audio)
     passed = None
     if bounds is not None:
@@ -163,9 +184,12 @@ def e2e_rows(wd: Workdir, opts: ParityOptions, models, progress=None) -> list[di
     refs: dict[Precision, tuple] = {}
 
     def reference(ids, precision):
+        """(latents, audio) of `generate` in `precision`, and the latents of its perturbed twin."""
         if precision not in refs:
             model = load_model(wd.source()).to(device=device, dtype=precision.torch_dtype)
-            refs[precision] = reference_generate(model, list(ids), n, steps, opts.cfg_scale, opts.seed)
+            lat, audio = reference_generate(model, list(ids), n, steps, opts.cfg_scale, opts.seed)
+            twin, _ = reference_generate(model, list(ids), n, steps, opts.cfg_scale, opts.seed, perturb=SENSITIVITY_EPS)
+            refs[precision] = lat, audio, twin
             del model
         return refs[precision]
 
@@ -192,12 +216,13 @@ def e2e_rows(wd: Workdir, opts: ParityOptions, models, progress=None) -> list[di
             return res
 
         free = run()
-        ref_lat, ref_audio = reference(ids, precision)
+        ref_lat, ref_audio, twin_lat = reference(ids, precision)
         gate = (E2E_LATENT_TOL[precision], E2E_MIN_SNR_DB[precision]) if precision in E2E_LATENT_TOL else None
         rows.append(_e2e_row(f"free-running-{precision.value}", backend, precision, free.latents, free.audio,
                              ref_lat, ref_audio, n, gate,
-                             f"vs transformers generate in {precision.value}, forced speech_diffusion, same noise"))
-        ref32_lat, ref32_audio = reference(ids, Precision.FP32)
+                             f"vs transformers generate in {precision.value}, forced speech_diffusion, same noise",
+                             twin_lat=twin_lat))
+        ref32_lat, ref32_audio, _ = reference(ids, Precision.FP32)
         forced = run(teacher=ref32_lat)
         rows.append(_e2e_row(f"teacher-forced-{precision.value}", backend, precision, forced.latents, forced.audio,
                              ref32_lat, ref32_audio, n, (TF_LATENT_TOL[precision], TF_MIN_SNR_DB[precision]),

@@ -11,12 +11,13 @@ import torch
 
 
 @contextmanager
-def _noise_from(gen: torch.Generator, latent_dim: int):
-    """While transformers samples one frame, its `torch.randn(2, 64)` returns our seeded noise."""
+def _noise_from(gen: torch.Generator, latent_dim: int, scale: float = 1.0):
+    """While transformers samples one frame, its `torch.randn(2, 64)` returns our seeded noise (x scale)."""
     real = torch.randn
 
     def fake(*args, **kwargs):
-        return real(2, latent_dim, generator=gen).to(kwargs.get("dtype") or torch.float32)
+        noise = real(2, latent_dim, generator=gen)
+        return (noise * scale if scale != 1.0 else noise).to(kwargs.get("dtype") or torch.float32)
 
     torch.randn = fake
     try:
@@ -26,8 +27,11 @@ def _noise_from(gen: torch.Generator, latent_dim: int):
 
 
 def reference_generate(model, ids: list[int], frames: int, steps: int, cfg_scale: float, seed: int,
-                       device=None) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Run `model.generate` for `frames` forced frames. Returns (per-frame latents [64], audio [N])."""
+                       device=None, perturb: float = 0.0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Run `model.generate` for `frames` forced frames. Returns (per-frame latents [64], audio [N]).
+
+    `perturb` scales frame 0's noise by (1 + perturb): a twin run that measures how much the model's own
+    feedback loop amplifies a tiny difference (the harness's sensitivity check)."""
     from diffusers import DPMSolverMultistepScheduler
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -37,7 +41,7 @@ def reference_generate(model, ids: list[int], frames: int, steps: int, cfg_scale
     original = type(model)._sample_audio_latent
 
     def sample_audio_latent(self, *args, **kwargs):
-        with _noise_from(gen, cfg.audio_config.hidden_size):
+        with _noise_from(gen, cfg.audio_config.hidden_size, 1.0 + perturb if not latents else 1.0):
             out = original(self, *args, **kwargs)
         latents.append(out.reshape(-1).detach().float().cpu().clone())
         return out

@@ -249,11 +249,17 @@ def plot_parity_frames(report: dict, path: Path) -> Path | None:
             groups = OrderedDict((f"{run['name']} · {run['precision']} · {run['backend']}",
                                   {f["frame"]: _log_value(f["latent_rel_l2"], zf) for f in run["frames"]
                                    if f["latent_rel_l2"] is not None}) for run in e2e)
+            for run in e2e:
+                sens = {f["frame"]: _log_value(f["reference_sensitivity"], zf) for f in run["frames"]
+                        if f.get("reference_sensitivity") is not None}
+                if sens:
+                    groups[f"{run['name']} · reference's own sensitivity (perturbed twin)"] = sens
             ax.set_title("End-to-end parity: latent rel_l2 per frame vs the reference run")
             ax.set_ylabel("latent relative L2 (log)")
         for name, pts in groups.items():
             xs = sorted(k for k, v in pts.items() if math.isfinite(v))
-            ax.plot(xs, [pts[k] for k in xs], marker=".", markersize=4, linewidth=1, label=name)
+            style = dict(linestyle="--", color="grey") if "sensitivity" in name else dict(marker=".", markersize=4)
+            ax.plot(xs, [pts[k] for k in xs], linewidth=1, label=name, **style)
         ax.set_yscale("log")
         ax.set_xlabel("frame")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -15,7 +15,8 @@ NaN/inf into null so that the files stay strict JSON). Extra keys anywhere are a
               "max_abs", "max_rel", "rel_l2", "cosine", "tolerance", "passed": bool | null}],
     "streaming": [{"component", "precision", "backend", "frame": int, "output",
                    "rel_l2", "max_abs", "passed": bool | null}],     # >= 16 frames per stateful component
-    "e2e": [{"name", "backend", "precision", "frames": [{"frame": int, "latent_rel_l2", "latent_max_abs"}],
+    "e2e": [{"name", "backend", "precision", "frames": [{"frame": int, "latent_rel_l2", "latent_max_abs",
+                        "reference_sensitivity" (optional: the perturbed twin of the reference vs the reference)}],
              "snr_db", "passed": bool | null, "gated": bool (optional; false: informational), "notes": str}],
     "passed": bool, "failures": [str]
 
