@@ -45,6 +45,8 @@ def table() -> str:
             vs_t = f"{base['transformers'] / p50:.1f}×" if "transformers" in base and not is_base else "—"
             vs_e = f"{base['pytorch-eager'] / p50:.1f}×" if "pytorch-eager" in base and not is_base else "—"
             label = f"baseline: {r['label']}" if is_base else r["label"]
+            if (r.get("streams") or 1) > 1:  # frame time is per batched step; RTF per stream
+                label += f", {r['streams']} streams ({r['throughput_x_realtime']:.0f}× real time in all)"
             rel = f.relative_to(ROOT).with_suffix(".md")
             lines.append(f"| {gpu} | {cfg['preset']} | {cfg['steps']} | {label} | {p50:.2f} | {r['frame']['p99']:.2f} "
                          f"| {r['rtf']:.3f} | {r['ttfa']['p50']:.1f} | {_mem(r['memory'])} "
