@@ -54,7 +54,7 @@ b15k5() {
   mkdir -p "$RUN/wd15k5" && cp -r "$RUN/wd15/onnx" "$RUN/wd15k5/" 2>/dev/null;
   $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --components connectors --steps 5 &&
   $VV bench -w "$RUN/wd15k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
-      --baseline pytorch-eager --out "$RUN/results/bench_1.5b_k5"
+      --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k5"
 }
 b15x() {  # concurrency: 4 and 8 streams batched per frame step (torch-compile), throughput in the report
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
@@ -100,7 +100,7 @@ b7k5() {
   mkdir -p "$RUN/wd7k5" &&
   $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --components connectors --steps 5 &&
   $VV bench -w "$RUN/wd7k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
-      --baseline pytorch-eager --out "$RUN/results/bench_7b_k5"
+      --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_7b_k5"
 }
 has_bf16() { [[ -f $1/onnx/lm_decode.bf16.onnx && -f $1/onnx/diffusion_sampler.bf16.onnx ]]; }  # x7/x15k5 ran
 b7ort() {  # ONNX Runtime CUDA for 7B: export every bf16 component, bench K=10
