@@ -51,7 +51,7 @@ b15() {  # torch backend (no ONNX needed): graphs, bench with both baselines, K=
       --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k10"
 }
 b15k5() {
-  mkdir -p "$RUN/wd15k5" && cp -r "$RUN/wd15/onnx" "$RUN/wd15k5/" 2>/dev/null;
+  link_bf16 "$RUN/wd15" "$RUN/wd15k5"
   $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --components connectors --steps 5 &&
   $VV bench -w "$RUN/wd15k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_1.5b_k5"
@@ -65,25 +65,28 @@ b15x() {  # concurrency: 4 and 8 streams batched per frame step (torch-compile),
 }
 b15par() {  # export every 1.5B component ($DTYPES, default bf16 + fp32); ORT CUDA parity per dtype in its own
   # process (ORT CUDA sessions live until exit, so one process per dtype bounds their memory), then torch bf16
-  local dts=${DTYPES:-bf16 fp32}
-  $VV export --model 1.5b -w "$RUN/wd15" --dtype "${dts// /,}" &&
+  local dts=${DTYPES:-bf16 fp32} rc=0
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype "${dts// /,}" || return 1
   for dt in $dts; do
-    $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype $dt --json "$RUN/results/parity_1.5b_ort_cuda_$dt.json"
-  done ;
+    $VV parity -w "$RUN/wd15" --backend onnxruntime --device cuda --dtype $dt --json "$RUN/results/parity_1.5b_ort_cuda_$dt.json" || rc=1
+  done
   if [[ " $dts " == *" bf16 "* ]]; then
-    $VV parity -w "$RUN/wd15" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_1.5b_torch_cuda.json"
+    $VV parity -w "$RUN/wd15" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_1.5b_torch_cuda.json" || rc=1
   fi
+  return $rc
 }
 b15ort() {  # ONNX Runtime CUDA on the exported workdir: synth, bench K=10 and K=5 (per-call and ORT graphs)
   $VV synth -w "$RUN/wd15" --backend onnxruntime --device cuda --text "Speaker 0: Hello from the H100." --frames 60 -o "$RUN/results/b15_ort.wav" ;
   $VV bench -w "$RUN/wd15" --backend onnxruntime,onnxruntime-graph --device cuda --dtype bf16 --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k10_onnxruntime"
 }
-link_bf16() {  # reuse the K-independent bf16 graphs of one workdir in another (hard links: no disk)
-  mkdir -p "$2/onnx"; cp -l "$1"/onnx/*.bf16.* "$2/onnx/" 2>/dev/null; true
+link_bf16() {  # reuse the bf16 graphs of one workdir in another: hard links for the graphs (no disk; export
+  # unlinks a stale graph before writing), copies for the export records (rewritten in place)
+  mkdir -p "$2/onnx"; cp -l "$1"/onnx/*.bf16.onnx* "$2/onnx/" 2>/dev/null; cp "$1"/onnx/*.bf16.json "$2/onnx/" 2>/dev/null; true
 }
 b15ortk5() {  # ONNX Runtime CUDA at K=5 (exports every bf16 component unless b15par's are there to reuse)
-  has_bf16 "$RUN/wd15k5" || { link_bf16 "$RUN/wd15" "$RUN/wd15k5"; $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5; } &&
+  link_bf16 "$RUN/wd15" "$RUN/wd15k5"
+  $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5 &&
   $VV bench -w "$RUN/wd15k5" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k5_onnxruntime"
 }
@@ -102,14 +105,14 @@ b7k5() {
   $VV bench -w "$RUN/wd7k5" --backend torch,torch-compile --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --baseline pytorch-eager --baseline transformers --out "$RUN/results/bench_7b_k5"
 }
-has_bf16() { [[ -f $1/onnx/lm_decode.bf16.onnx && -f $1/onnx/diffusion_sampler.bf16.onnx ]]; }  # x7/x15k5 ran
 b7ort() {  # ONNX Runtime CUDA for 7B: export every bf16 component, bench K=10
-  { has_bf16 "$RUN/wd7" || $VV export --model 7b -w "$RUN/wd7" --dtype bf16; } &&
+  $VV export --model 7b -w "$RUN/wd7" --dtype bf16 &&
   $VV bench -w "$RUN/wd7" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_7b_k10_onnxruntime"
 }
 b7ortk5() {
-  has_bf16 "$RUN/wd7k5" || { link_bf16 "$RUN/wd7" "$RUN/wd7k5"; $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5; } &&
+  link_bf16 "$RUN/wd7" "$RUN/wd7k5"
+  $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5 &&
   $VV bench -w "$RUN/wd7k5" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_7b_k5_onnxruntime"
 }
@@ -118,12 +121,13 @@ x7() {  # export every 7B bf16 graph, K=10 and K=5 (CPU-bound: run it beside a G
   $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5
 }
 x15k5() { $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5; }
+STAGE_NAMES=" env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
-  if declare -F "$fn" > /dev/null; then stage "$1" "$fn"; else log "unknown stage $1"; fi
+  if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
 }
 # "a+b" runs stages a and b at the same time (for exports, which use the CPU, beside GPU work; never
-# put two timed benches in one group)
+# put two timed benches in one group, nor two stages that write one workdir, like x7+b7ort)
 for s in $STAGES; do
   if [[ $s == *+* ]]; then
     for part in ${s//+/ }; do run_stage "$part" & done; wait

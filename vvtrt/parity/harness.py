@@ -19,27 +19,33 @@ from vvtrt.workdir import Workdir
 
 log = logging.getLogger(__name__)
 # End-to-end bounds. Free-running: fp32 must reproduce `generate` -- unless the reference itself cannot be
-# reproduced that closely: every free-running row carries the reference's own sensitivity, a twin
+# reproduced that closely. Every free-running row carries the reference's own sensitivity: a twin
 # `generate` whose frame-0 noise is scaled by (1 + sensitivity_eps(precision)). Where that twin drifts
-# past the bound, the random-weight feedback loop amplifies fp32 rounding beyond what any implementation
-# can match and the row is reported, not gated (evidence: 1.5B fp32 on the H100, ORT CUDA, da25af9: every
-# component <= 3.5e-6 and teacher-forced <= 2.6e-5, yet free-running grows ~3x per frame from 5.7e-6 at
-# frame 0 to ~1 by frame 11, and the twin, 9.7e-7 at frame 0, grows in lock-step ~5x below it; tiny's
-# twin stays <= 8.5e-7 and tiny stays gated). In fp16/bf16 the loop always diverges
-# (an 0.05 frame-0 difference grows to ~1 within a few frames even for PyTorch's own bf16 against its
-# fp32), so those runs are never gated. Teacher-forced (every precision, always gated): each frame starts
-# from the fp32 reference trajectory, so the per-frame latent error is one frame's rounding -- this is the
-# check that the exported loop is right. Reduced-precision bounds sit ~1.25x above PyTorch's own error on
-# the same run, like the component bounds in specs.py. Evidence (benchmarks/results/h100/
-# parity_1.5b_torch_cuda.json, 1.5B on the H100): PyTorch bf16 teacher-forced worst frame 0.177 (SNR
-# 36.7 dB); ONNX Runtime CUDA bf16 in the same run 0.167 (36.7 dB). tiny (CPU): bf16 8.6e-3, fp16 1.0e-3.
-# fp16 is not yet measured on 1.5B: its bound is the bf16 one scaled by tiny's fp16/bf16 ratio (~1/8)
-# with the same margin.
+# past the latent bound, the random-weight feedback loop amplifies rounding beyond what any implementation
+# can match, so the row is gated on growth instead: frame 0 within the bound, and then, until the twin
+# reaches SATURATION, our error may grow at most GROWTH_FACTOR times as fast as the twin's (a wrong latent
+# fed back -- a wiring bug that teacher forcing, which feeds the reference latents, cannot see -- shows up
+# as a jump of orders of magnitude). Evidence: 1.5B fp32 on the H100, ORT CUDA, da25af9
+# (benchmarks/results/h100/parity_1.5b_ort_cuda_fp32): every component <= 3.5e-6 and teacher-forced <=
+# 2.6e-5, yet free-running grows ~3x per frame from 5.7e-6 at frame 0 to ~1 by frame 11; the twin, 9.7e-7
+# at frame 0, grows in lock-step, and our growth relative to it peaks at 1.40x over frames 0-10 (hence the
+# 4x bound). tiny's twin stays <= 8.5e-7, so tiny keeps the plain bounds. In fp16/bf16 the loop always
+# diverges (an 0.05 frame-0 difference grows to ~1 within a few frames even for PyTorch's own bf16 against
+# its fp32), so those runs are never gated. Teacher-forced (every precision, always gated): each frame
+# starts from the fp32 reference trajectory, so the per-frame latent error is one frame's rounding -- this
+# is the check that every exported component of the loop is right. Reduced-precision bounds sit ~1.25x
+# above PyTorch's own error on the same run, like the component bounds in specs.py. Evidence
+# (benchmarks/results/h100/parity_1.5b_torch_cuda_bf16, 1.5B on the H100): PyTorch bf16 teacher-forced
+# worst frame 0.177 (SNR 36.7 dB); ONNX Runtime CUDA bf16 0.167 in session 2, 0.200 since the fused GEMMs
+# (both 36.7 dB). tiny (CPU): bf16 8.6e-3, fp16 1.0e-3. fp16 is not yet measured on 1.5B: its bound is
+# the bf16 one scaled by tiny's fp16/bf16 ratio (~1/8) with the same margin.
 E2E_LATENT_TOL = {Precision.FP32: 1e-4}
 E2E_MIN_SNR_DB = {Precision.FP32: 60.0}
 TF_LATENT_TOL = {Precision.FP32: 1e-4, Precision.FP16: 0.03, Precision.BF16: 0.22}
 TF_MIN_SNR_DB = {Precision.FP32: 60.0, Precision.FP16: 40.0, Precision.BF16: 30.0}
 SENSITIVITY_EPS = 1e-6  # fp32; reduced precisions use their own epsilon (a smaller change rounds away)
+GROWTH_FACTOR = 4.0  # chaotic loops: our error may grow at most this much faster than the twin's
+SATURATION = 0.1  # ... counted over the frames before the twin's own error reaches this
 
 
 def sensitivity_eps(precision: Precision) -> float:
@@ -143,36 +149,51 @@ def component_rows(wd: Workdir, model32, opts: ParityOptions, models, progress=N
     return rows
 
 
+def _relative_growth(frames: list[dict]) -> tuple[float, int]:
+    """How much faster our free-running error grows than the reference twin's: the worst per-frame ratio of
+    ours to the twin's, over the frames before the twin saturates, divided by the frame-0 ratio (or by 1
+    where we start closer than the twin). Returns (that factor, the number of frames it covers)."""
+    scale = max(frames[0]["latent_rel_l2"] / frames[0]["reference_sensitivity"], 1.0)
+    live = [fr for fr in frames if 0 < fr["reference_sensitivity"] < SATURATION]
+    return max(fr["latent_rel_l2"] / (scale * fr["reference_sensitivity"]) for fr in live), len(live)
+
+
 def _e2e_row(name, backend, precision, latents, audio, ref_lat, ref_audio, n_frames, bounds, notes,
              twin_lat=None, twin_eps=SENSITIVITY_EPS) -> dict:
     """One end-to-end run against its reference. `twin_lat` (free-running only): the reference rerun with
-    its frame-0 noise perturbed; if even that twin misses the latent bound, the row is not gated."""
+    its frame-0 noise perturbed. If even that twin misses the latent bound, the loop is chaotic and the row
+    is gated on how fast our error grows relative to the twin's instead (see the bounds above)."""
     frames = []
     for f, (a, b) in enumerate(zip(latents, ref_lat)):
         st = error_stats(torch.from_numpy(a), b)
         frames.append({"frame": f, "latent_rel_l2": st.rel_l2, "latent_max_abs": st.max_abs})
+    snr = snr_db(torch.from_numpy(audio), ref_audio)
+    row = {"name": name, "backend": backend, "precision": precision.value, "frames": frames,
+           "snr_db": snr if snr != float("inf") else 999.0, "passed": None, "gated": bounds is not None}
+    sens = []
     if twin_lat is not None:
         for fr, t, b in zip(frames, twin_lat, ref_lat):
             fr["reference_sensitivity"] = error_stats(t, b).rel_l2
-        sens = [fr["reference_sensitivity"] for fr in frames if "reference_sensitivity" in fr]
+            sens.append(fr["reference_sensitivity"])
         if sens:
             notes += (f"; reference sensitivity: a {twin_eps:.2g} change of frame-0 noise moves generate's own "
                       f"latents by {sens[0]:.2g} at frame 0 and {max(sens):.2g} at worst")
-        if bounds is not None and sens and max(sens) > bounds[0]:
-            notes += f" (> the {bounds[0]:g} bound: the loop amplifies rounding, so the teacher-forced row gates)"
-            bounds = None
-    snr = snr_db(torch.from_numpy(audio), ref_audio)
-    passed = None
-    if bounds is not None:
-        tol, min_snr = bounds
-        worst = max((fr["latent_rel_l2"] for fr in frames), default=float("inf"))
-        passed = len(frames) == n_frames and worst <= tol and snr >= min_snr
-        notes += f"; bounds: latent rel-L2 <= {tol}, SNR >= {min_snr} dB"
-    else:
-        notes += "; informational, not gated"
-    return {"name": name, "backend": backend, "precision": precision.value, "frames": frames,
-            "snr_db": snr if snr != float("inf") else 999.0, "passed": passed, "gated": bounds is not None,
-            "notes": notes}
+    if bounds is None:
+        return {**row, "notes": notes + "; informational, not gated"}
+    tol, min_snr = bounds
+    if sens and max(sens) > tol:  # chaotic: no implementation can stay within tol of generate
+        if sens[0] <= 0:
+            return {**row, "gated": False, "notes": notes + "; informational, not gated (the twin did not move)"}
+        growth, n_live = _relative_growth(frames)
+        row["growth_ratio"] = growth
+        row["passed"] = len(frames) == n_frames and frames[0]["latent_rel_l2"] <= tol and growth <= GROWTH_FACTOR
+        return {**row, "notes": notes + (
+            f"; chaotic loop, so gated on growth: frame 0 within {tol:g} ({frames[0]['latent_rel_l2']:.2g}), then "
+            f"over the {n_live} frames before the twin passes {SATURATION:g} our error grows at most "
+            f"{growth:.2f}x as fast as the twin's (bound {GROWTH_FACTOR:g}x); SNR not gated")}
+    worst = max((fr["latent_rel_l2"] for fr in frames), default=float("inf"))
+    row["passed"] = len(frames) == n_frames and worst <= tol and snr >= min_snr
+    return {**row, "notes": notes + f"; bounds: latent rel-L2 <= {tol}, SNR >= {min_snr} dB"}
 
 
 def e2e_rows(wd: Workdir, opts: ParityOptions, models, progress=None) -> list[dict]:

@@ -17,7 +17,8 @@ NaN/inf into null so that the files stay strict JSON). Extra keys anywhere are a
                    "rel_l2", "max_abs", "passed": bool | null}],     # >= 16 frames per stateful component
     "e2e": [{"name", "backend", "precision", "frames": [{"frame": int, "latent_rel_l2", "latent_max_abs",
                         "reference_sensitivity" (optional: the perturbed twin of the reference vs the reference)}],
-             "snr_db", "passed": bool | null, "gated": bool (optional; false: informational), "notes": str}],
+             "snr_db", "passed": bool | null, "gated": bool (optional; false: informational),
+             "growth_ratio" (optional: a chaotic free-running row's growth relative to the twin), "notes": str}],
     "passed": bool, "failures": [str]
 
 ``method`` says how the row was checked ("onnxruntime-cpu", "onnxruntime-cuda",
