@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from vvtrt.errors import InputError

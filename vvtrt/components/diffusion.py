@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vvtrt.components.fused_linear import FusedLinear
+from vvtrt.components.fused_linear import FusedLinear, swiglu
 
 MIN_STEPS, MAX_STEPS = 1, 50
 
@@ -122,8 +122,7 @@ class DiffusionSampler(nn.Module):
         h = head.noisy_images_proj(x2)
         for layer, gate_up, (shift, scale, gate) in zip(head.layers, self.gate_up, mods):
             modulated = layer.norm(h) * (1 + scale[k]) + shift[k]
-            g, u = gate_up(modulated)
-            h = h + gate[k] * layer.ffn.down_proj(layer.ffn.act_fn(g) * u)
+            h = h + gate[k] * swiglu(layer.ffn, gate_up, modulated)
         fin = head.final_layer
         normed = F.rms_norm(h, (h.shape[-1],), eps=fin.rms_norm_eps)
         return fin.linear_2(normed * (1 + final[1][k]) + final[0][k])

@@ -61,3 +61,10 @@ class FusedLinear(nn.Module):
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+
+def swiglu(mlp: nn.Module, gate_up: FusedLinear, x):
+    """`mlp`'s SwiGLU (`down_proj(act_fn(gate) * up)`, as transformers' Qwen2 MLP and the diffusion head's
+    FFN compute it) with gate|up as one matmul."""
+    gate, up = gate_up(x)
+    return mlp.down_proj(mlp.act_fn(gate) * up)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from vvtrt.components.fused_linear import FusedLinear
+from vvtrt.components.fused_linear import FusedLinear, swiglu
 from vvtrt.components.info import ModelInfo
 
 
@@ -59,9 +59,7 @@ class _LMCore(nn.Module):
         return layer.self_attn.o_proj(out.reshape(b, 1, hq * d))
 
     def _mlp(self, i, layer, x):
-        mlp = layer.mlp
-        gate, up = self.gate_up[i](layer.post_attention_layernorm(x))
-        return x + mlp.down_proj(mlp.act_fn(gate) * up)
+        return x + swiglu(layer.mlp, self.gate_up[i], layer.post_attention_layernorm(x))
 
     def _logits4(self, h_last):
         # h_last: [B, H] -> [B, 4] fp32 (transformers computes lm_head in the model dtype, then upcasts)

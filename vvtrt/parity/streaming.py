@@ -7,7 +7,6 @@ import torch
 from vvtrt.components.specs import build_specs
 from vvtrt.errors import BackendUnavailableError
 from vvtrt.parity.compare import error_stats
-from vvtrt.precision import Precision
 from vvtrt.workdir import Workdir
 
 STREAMING = {"acoustic_decoder_step": ("latent", "audio"), "semantic_encoder_step": ("audio", "semantic")}
