@@ -1,6 +1,6 @@
 # vvtrt on an NVIDIA GPU: the base image's CUDA PyTorch and TensorRT, plus ONNX Runtime GPU.
 # Build:  docker build -t vvtrt .      Run:  docker run --gpus all -v $PWD/work:/work vvtrt vvtrt demo -w /work/demo
-# Every RUN fails the build when its install fails (`set -e` semantics of `&&`; no `|| true`).
+# Every RUN fails the build when its install fails: steps are chained with `&&`, and no failure is ignored.
 FROM nvcr.io/nvidia/pytorch:25.10-py3
 WORKDIR /opt/vvtrt
 COPY pyproject.toml README.md ./
