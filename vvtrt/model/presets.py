@@ -1,13 +1,13 @@
 """Model presets (`tiny`, `1.5b`, `7b`) built as transformers `VibeVoiceForConditionalGeneration` with a
-seeded, non-degenerate random init, and loading of local HF-format checkpoints (never the network)."""
+seeded, non-degenerate random init, and loading of local checkpoint directories in any layout
+`vvtrt.model.layouts` knows (never the network; validated before anything is allocated)."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from vvtrt.errors import InputError, ModelError
+from vvtrt.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -70,49 +70,59 @@ def preset_config(p: PresetSpec):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model comes from: a preset name or a local checkpoint directory, plus the init seed."""
+    """Where a model comes from: a preset name or a local checkpoint directory, the init seed, and the
+    tokenizer directory given for checkpoints that ship none (`--tokenizer DIR`)."""
 
     preset: str | None = None
     path: str | None = None
     seed: int = 0
+    tokenizer: str | None = None
 
     @property
     def label(self) -> str:
         return self.preset if self.preset else str(self.path)
 
-    def to_json(self) -> dict:
+    def identity(self) -> dict:
+        """What the weights (and so every exported graph) depend on: the tokenizer is not part of it."""
         return {"preset": self.preset, "path": self.path, "seed": self.seed}
 
+    def to_json(self) -> dict:
+        """The work dir's record of the source; `tokenizer` only when one was given, so records written
+        before it existed stay equal."""
+        return {**self.identity(), **({"tokenizer": self.tokenizer} if self.tokenizer else {})}
 
-def resolve_model(spec: str, seed: int = 0) -> ModelSource:
-    """`tiny`/`1.5b`/`7b` or a path to an HF-format VibeVoice directory. Raises a typed error otherwise."""
+
+def resolve_model(spec: str, seed: int = 0, tokenizer: str | None = None) -> ModelSource:
+    """`tiny`/`1.5b`/`7b` or a path to a VibeVoice checkpoint directory (original or transformers layout),
+    plus an optional tokenizer directory. Quick checks only (config, layout, weight files present; no
+    torch): `load_model` validates every tensor before allocating. Raises a typed error otherwise."""
+    tok = None
+    if tokenizer is not None:
+        tok = Path(tokenizer).expanduser()
+        if not tok.is_dir():
+            raise InputError(f"tokenizer directory {tok} does not exist or is not a directory: pass the "
+                             "directory of a Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, ...)")
+        tok = str(tok.resolve())
     key = spec.strip().lower()
     if key in PRESETS:
-        return ModelSource(preset=key, seed=seed)
+        return ModelSource(preset=key, seed=seed, tokenizer=tok)
     path = Path(spec).expanduser()
     if not path.exists():
         raise InputError(
             f"unknown model {spec!r}: use a preset ({', '.join(PRESETS)}) or a local checkpoint directory"
         )
     _check_checkpoint_dir(path)
-    return ModelSource(path=str(path.resolve()), seed=seed)
+    return ModelSource(path=str(path.resolve()), seed=seed, tokenizer=tok)
 
 
 def _check_checkpoint_dir(path: Path) -> dict:
-    if not path.is_dir():
-        raise ModelError(f"{path} is not a directory: pass an HF-format VibeVoice checkpoint directory")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ModelError(f"{path} has no config.json: not an HF-format checkpoint directory")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{cfg_file} is not valid JSON ({exc}); re-download or fix the checkpoint") from None
-    if cfg.get("model_type") != "vibevoice":
-        raise ModelError(f"{cfg_file} has model_type={cfg.get('model_type')!r}, expected 'vibevoice' "
-                         "(original-format microsoft/* configs must be converted to the HF format first)")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise ModelError(f"{path} has no *.safetensors or *.bin weight files")
+    """config.json readable, a VibeVoice model_type, weight files present, a layout vvtrt loads."""
+    from vvtrt.model.layouts import detect_layout, read_config
+    from vvtrt.model.safetensors_io import weight_files
+
+    cfg = read_config(path)
+    weight_files(path)
+    detect_layout(cfg, path).check_supported(path)
     return cfg
 
 
@@ -165,19 +175,11 @@ def _make_non_degenerate(model, p: PresetSpec) -> None:
 
 
 def load_model(source: ModelSource, dtype=None, device=None):
-    """Build a preset or load a local checkpoint (offline: `local_files_only=True`)."""
-    import torch
-
+    """Build a preset, or load a local checkpoint directory at `dtype` (default float32) on `device`:
+    validated from its config and safetensors headers first, then read tensor by tensor straight into
+    place (see `vvtrt.model.checkpoint`)."""
     if source.preset:
         return build_model(source.preset, source.seed, dtype=dtype, device=device)
-    from transformers import VibeVoiceForConditionalGeneration
+    from vvtrt.model.checkpoint import load_checkpoint, plan_checkpoint
 
-    path = Path(source.path)
-    _check_checkpoint_dir(path)
-    try:
-        model = VibeVoiceForConditionalGeneration.from_pretrained(
-            path, local_files_only=True, dtype=dtype or torch.float32,
-            device_map=str(device) if device else None)
-    except Exception as exc:  # noqa: BLE001 - any loader failure means a malformed checkpoint
-        raise ModelError(f"could not load the checkpoint in {path}: {exc}") from exc
-    return model.eval().requires_grad_(False)
+    return load_checkpoint(plan_checkpoint(Path(source.path)), dtype=dtype, device=device)

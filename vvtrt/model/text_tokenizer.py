@@ -1,5 +1,5 @@
-"""Text tokenizers: the byte-level stand-in used with random-weight presets, and a checkpoint's own
-Hugging Face tokenizer (loaded offline).
+"""Text tokenizers: the byte-level stand-in used with random-weight presets, and a Hugging Face tokenizer
+(a checkpoint's own, or the directory given with `--tokenizer`; loaded offline).
 
 A tokenizer here only turns plain text into ids, without adding any special tokens. The special ids of
 the prompt (`audio_bos`, `audio_token`, `audio_eos`) are never produced by a tokenizer: the prompt
@@ -73,11 +73,19 @@ class HFTextTokenizer:
 
 
 def load_text_tokenizer(source: ModelSource) -> TextTokenizer:
-    """The text tokenizer of a model: :class:`ByteTokenizer` for presets; for a checkpoint directory its
-    own tokenizer via `AutoTokenizer.from_pretrained(path, local_files_only=True)` (never the network).
+    """The text tokenizer of a model: the directory given as `source.tokenizer` (`--tokenizer DIR`) when
+    there is one; else :class:`ByteTokenizer` for presets, and for a checkpoint directory its own
+    tokenizer files. Always offline (`AutoTokenizer.from_pretrained(..., local_files_only=True)`).
 
-    Raises :class:`ModelError` naming the directory when the tokenizer files are missing or broken.
+    Raises :class:`ModelError` when the files are missing or broken; for a checkpoint that ships no
+    tokenizer (Microsoft's original layout) the message names the exact tokenizer to get.
     """
+    if source.tokenizer:
+        given = Path(source.tokenizer)
+        if not _has_tokenizer_files(given):
+            raise ModelError(f"--tokenizer directory {given} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}): "
+                             "pass the directory of a downloaded Qwen2.5 tokenizer")
+        return _load_dir(given)
     if source.preset:
         return ByteTokenizer()
     if not source.path:
@@ -85,9 +93,32 @@ def load_text_tokenizer(source: ModelSource) -> TextTokenizer:
     path = Path(source.path)
     if not path.is_dir():
         raise ModelError(f"{path} is not a directory: cannot load its tokenizer")
-    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
-        raise ModelError(f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}): copy the "
-                         "checkpoint's tokenizer (e.g. Qwen2.5's tokenizer.json) into that directory")
+    if not _has_tokenizer_files(path):
+        raise ModelError(missing_tokenizer_message(path))
+    return _load_dir(path)
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def missing_tokenizer_message(path: Path) -> str:
+    """Why a checkpoint directory has no usable tokenizer and which one to get."""
+    from vvtrt.model.layouts import detect_layout, read_config, tokenizer_advice
+
+    try:
+        raw = read_config(path)
+        layout = detect_layout(raw, path)
+    except ModelError:  # not a checkpoint we can read: say what is missing, nothing more
+        return (f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}): copy the checkpoint's "
+                "tokenizer (e.g. Qwen2.5's tokenizer.json) into that directory or pass --tokenizer DIR")
+    if not layout.ships_tokenizer:
+        return (f"{path} is a VibeVoice checkpoint in Microsoft's {layout.name} layout, which ships no "
+                f"tokenizer: {tokenizer_advice(raw)}")
+    return f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}): {tokenizer_advice(raw)}"
+
+
+def _load_dir(path: Path) -> HFTextTokenizer:
     try:
         from transformers import AutoTokenizer
 
