@@ -18,7 +18,7 @@ from vvtrt.engines.builder import profile_shapes
 from vvtrt.engines.trt_api import available_flavors, parse_sm
 from vvtrt.errors import BackendUnavailableError, BuildError, EngineMismatchError, InputError, WorkdirError
 from vvtrt.precision import Precision
-from vvtrt.runtime.trt_runner import TrtRunner, select_profile
+from vvtrt.runtime.trt_runner import TrtExecutionError, TrtRunner, select_profile
 from vvtrt.spec import AxisRange, ComponentSpec, TensorSpec
 from vvtrt.workdir import Workdir
 
@@ -38,9 +38,10 @@ def _spec(profiles) -> ComponentSpec:
 
 
 def _entry(**kw) -> dict:
-    base = {"component": "lm_decode", "dtype": "bf16", "engine": "lm_decode.bf16.engine", "engine_bytes": 4,
-            "engine_sha256": None, "flavor": "tensorrt-rtx", "trt_version": "1.7.1.116", "target": "portable",
-            "compute_capabilities": ["8.0", "8.6", "8.9", "12.0"], "gpu_name": None}
+    comp, dtype = kw.get("component", "lm_decode"), kw.get("dtype", "bf16")
+    base = {"component": comp, "dtype": dtype, "engine": f"{comp}.{dtype}.engine", "engine_bytes": 4,
+            "engine_sha256": "0" * 64, "onnx_sha256": "1" * 64, "flavor": "tensorrt-rtx", "trt_version": "1.7.1.116",
+            "target": "portable", "compute_capabilities": ["8.0", "8.6", "8.9", "12.0"], "gpu_name": None}
     return {**base, **kw}
 
 
@@ -136,6 +137,64 @@ def test_manifest_merge_read_write_and_find(tmp_path):
         mf.read_manifest(sm86, strict=True)
 
 
+@pytest.mark.parametrize("edit, problem", [
+    (lambda e: e.update(engine="../../etc/passwd"), "points at"),
+    (lambda e: e.update(engine_sha256=None), "engine_sha256"),
+    (lambda e: e.update(engine_bytes="4"), "engine_bytes"),
+    (lambda e: e.update(component="connectors"), "names component"),
+    (lambda e: e.update(compute_capabilities="8.6"), "compute_capabilities"),
+    (lambda e: e.pop("flavor"), "flavor"),
+])
+def test_an_edited_manifest_entry_is_refused_at_load_and_dropped_by_the_builder(tmp_path, edit, problem):
+    folder = tmp_path / "engines" / "tensorrt-rtx-1.7.1.116-portable"
+    good, bad = _entry(dtype="fp16"), _entry()
+    edit(bad)
+    manifest = mf.merge_entries({}, [good])
+    manifest["engines"]["lm_decode.bf16"] = bad
+    mf.write_manifest(folder, manifest)
+    with pytest.raises(EngineMismatchError, match=problem) as e:
+        mf.read_manifest(folder, strict=True)
+    assert f"vvtrt build -w {tmp_path} --flavor tensorrt-rtx --force" in str(e.value)
+    with pytest.raises(EngineMismatchError, match=problem):  # the runtime's lookup reads strictly
+        mf.find_engine(tmp_path / "engines", mf.RuntimeInfo("tensorrt-rtx", "1.7.1.116", "8.6"), "lm_decode", "fp16")
+    assert set(mf.read_manifest(folder)["engines"]) == {"lm_decode.fp16"}  # the builder rebuilds the other
+
+
+def test_bad_engine_files_and_places_are_one_line_errors(tmp_path):
+    engines = tmp_path / "engines"
+    folder = engines / "tensorrt-rtx-1.7.1.116-portable"
+    p = folder / "lm_decode.bf16.engine"
+    folder.mkdir(parents=True)
+    p.write_bytes(b"abcd")
+    entry = _entry(engine_sha256=mf.sha256_file(p))
+    mf.write_manifest(folder, mf.merge_entries({}, [entry]))
+    rt = mf.RuntimeInfo("tensorrt-rtx", "1.7.1.116", "8.6")
+    path, found = mf.find_engine(engines, rt, "lm_decode", "bf16")
+    assert mf.read_engine(path, found) == b"abcd"
+    p.write_bytes(b"abcx")  # same size, other bytes: only the checksum sees it
+    assert not mf.is_up_to_date(entry, p, entry["onnx_sha256"], "tensorrt-rtx", "1.7.1.116", "portable")
+    with pytest.raises(EngineMismatchError, match="checksum.*rebuild it: `vvtrt build"):
+        mf.read_engine(p, entry)
+    p.unlink()
+    p.mkdir()
+    with pytest.raises(EngineMismatchError, match="is a directory where the engine file belongs"):
+        mf.read_engine(p, entry)
+    p.rmdir()
+    (folder / mf.MANIFEST_NAME).unlink()
+    (folder / mf.MANIFEST_NAME).mkdir()
+    assert mf.read_manifest(folder)["engines"] == {}
+    with pytest.raises(EngineMismatchError, match="directory where the manifest file belongs"):
+        mf.find_engine(engines, rt, "lm_decode", "bf16")
+    (folder / mf.MANIFEST_NAME).rmdir()
+    (folder / "lm_decode.bf16.engine").write_bytes(b"abcd")  # an engine no manifest lists
+    with pytest.raises(WorkdirError, match="not listed in its folder's manifest.*--force"):
+        mf.find_engine(engines, rt, "lm_decode", "bf16")
+    shutil.rmtree(engines)
+    engines.write_text("not a folder")
+    with pytest.raises(WorkdirError, match="a file where a directory belongs"):
+        mf.find_engine(engines, rt, "lm_decode", "bf16")
+
+
 def test_layer_summaries_trt10_trt11_and_builder_log():
     trt10 = {"Layers": [{"Name": "a", "LayerType": "gemm", "Outputs": [{"Format/Datatype": "Row major linear FP16"}]},
                         {"Name": "b", "LayerType": "kgen", "Outputs": [{"Format/Datatype": "BF16 format"}]}]}
@@ -218,6 +277,7 @@ def test_manifest_describes_every_engine(built):
         layers = e["layers"]
         assert layers["count"] > 0 and "inspector" in layers  # no GPU here: says so instead of faking
         assert e["tf32"] is False and e["decomposable_attention"] == (2 if e["component"].startswith("lm_") else 0)
+        assert e["user_allocation"] is True  # REQUIRE_USER_ALLOCATION: capturable (TensorRT-RTX)
         assert e["dtype"] in layers["by_precision"], (key, layers)  # strongly typed: the ONNX dtype rules
 
 
@@ -249,19 +309,25 @@ def _copy_workdir(wd: Workdir, dst, items=("connectors.fp32",)) -> Workdir:
 @needs_rtx
 def test_corrupt_onnx_lists_every_parser_error(built, tmp_path):
     from vvtrt.engines import build_engines
+    from vvtrt.engines.builder import parse_network
 
-    wd = _copy_workdir(built["wd"], tmp_path)
+    wd = _copy_workdir(built["wd"], tmp_path / "wd")
     path = wd.onnx_path("connectors", Precision.FP32)
     model = onnx.load(str(path))
     for node in model.graph.node[:2]:
         node.op_type = "NoSuchOp"
-    onnx.save(model, str(path))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    tm = trt_api.load_trt("tensorrt-rtx")
     with pytest.raises(BuildError) as e:
-        build_engines(wd, "tensorrt-rtx")
+        parse_network(tm, tm.logger(), bad)
     msg = str(e.value)
-    assert "connectors.fp32" in msg and "ONNX parser rejected" in msg and "NoSuchOp" in msg
-    path.write_bytes(b"\x08\x07garbage")
+    assert "ONNX parser rejected" in msg and "NoSuchOp" in msg and "2 error(s)" in msg
+    bad.write_bytes(b"\x08\x07garbage")
     with pytest.raises(BuildError, match="ONNX parser rejected"):
+        parse_network(tm, tm.logger(), bad)
+    onnx.save(model, str(path))  # the work dir's own graph edited after export: refused before any build
+    with pytest.raises(WorkdirError, match="re-export"):
         build_engines(wd, "tensorrt-rtx")
     assert not list(wd.engines_dir.glob("*/*.engine"))
 
@@ -310,6 +376,68 @@ def test_target_sm86_build_goes_to_its_own_folder(built, tmp_path):
         build_engines(wd, "tensorrt-rtx", target_sm="90")
 
 
+@pytest.mark.trt
+@needs_rtx
+def test_bad_engine_or_manifest_is_refused_at_load_and_rebuilt_by_vvtrt_build(built, tmp_path):
+    """Every bad-file class under engines/: loading (the lookup and read TrtRunner does before touching CUDA)
+    refuses with a one-line error, and `vvtrt build` (no --force) rebuilds; a directory where a file belongs is
+    exit 2 with one line."""
+    from click.testing import CliRunner
+
+    from vvtrt.cli import cli
+
+    wd = _copy_workdir(built["wd"], tmp_path)
+    tm = trt_api.load_trt("tensorrt-rtx")
+    rt = mf.RuntimeInfo("tensorrt-rtx", tm.version, "8.6", "NVIDIA GeForce RTX 3090")
+
+    def build():
+        return CliRunner().invoke(cli, ["build", "-w", str(wd.root), "--flavor", "tensorrt-rtx"],
+                                  catch_exceptions=False)
+
+    def load():
+        path, entry = mf.find_engine(wd.engines_dir, rt, "connectors", "fp32", wd.root)
+        return mf.read_engine(path, entry, workdir=wd.root)
+
+    assert build().exit_code == 0
+    folder = next(wd.engines_dir.glob("*-portable"))
+    engine, manifest = folder / "connectors.fp32.engine", folder / mf.MANIFEST_NAME
+    good = load()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 1
+    edited = json.loads(manifest.read_text())
+    edited["engines"]["connectors.fp32"]["engine_sha256"] = "f" * 64
+    breakages = {
+        "truncated engine": lambda: engine.write_bytes(good[: len(good) // 2]),
+        "one byte changed": lambda: engine.write_bytes(bytes(flipped)),
+        "missing engine": engine.unlink,
+        "corrupt manifest": lambda: manifest.write_text("{not json"),
+        "truncated manifest": lambda: manifest.write_text(manifest.read_text()[:40]),
+        "edited manifest": lambda: manifest.write_text(json.dumps(edited)),
+        "missing manifest": manifest.unlink,
+    }
+    for what, breakage in breakages.items():
+        breakage()
+        with pytest.raises((EngineMismatchError, WorkdirError)) as e:
+            load()
+        assert "vvtrt build" in str(e.value) and "\n" not in str(e.value), (what, str(e.value))
+        res = build()
+        assert res.exit_code == 0 and "built 1 engine(s), 0 up to date" in res.output, (what, res.output)
+        assert len(load()) > 0, what
+    (folder / "notes.txt").write_text("stray")
+    (wd.engines_dir / "stray.engine").write_bytes(b"stray")
+    res = build()
+    assert res.exit_code == 0 and "0 engine(s), 1 up to date" in res.output, res.output
+    load()
+    for place in (engine, manifest):
+        place.unlink()
+        place.mkdir()
+        res = build()
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert f"{place} is a directory where a file belongs" in res.output.strip().splitlines()[-1]
+        place.rmdir()
+        assert build().exit_code == 0
+
+
 # -- on a GPU (never runs on the CPU-only CI) -------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.trt
@@ -332,7 +460,12 @@ def test_trt_runner_matches_torch_and_replays_in_a_cuda_graph(tiny_workdir, tiny
     except InputError as exc:  # e.g. TensorRT-RTX on an H100
         pytest.skip(str(exc))
     spec, dev = build_specs(wd.info(), wd.options())["diffusion_head"], torch.device("cuda")
-    feed = {k: v.to(dev) for k, v in spec.sample({"rows": 3}, Precision.FP32, torch.Generator().manual_seed(0)).items()}
+
+    def sample(rows, seed):
+        gen = torch.Generator().manual_seed(seed)
+        return {k: v.to(dev) for k, v in spec.sample({"rows": rows}, Precision.FP32, gen).items()}
+
+    feed = sample(3, 0)
     ref = TorchRunner(spec, Precision.FP32, dev, copy.deepcopy(tiny_model).to(dev), wd.options().steps)
     with TrtRunner.from_workdir(wd, spec, Precision.FP32, dev, flavor=flavor) as runner:
         got, want = runner.infer(feed)["v"], ref.infer(feed)["v"]
@@ -351,3 +484,14 @@ def test_trt_runner_matches_torch_and_replays_in_a_cuda_graph(tiny_workdir, tiny
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out["v"], eager)
+        # other shapes run eagerly on a fresh context; the captured one (and its graph) stays as captured
+        runner.infer(sample(2, 1))  # on the default stream: enqueued on the runner's own stream, ordered by events
+        assert len(runner.contexts) == 2
+        out["v"].zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out["v"], eager)
+        fresh = sample(5, 2)
+        with pytest.raises(TrtExecutionError, match="warm-up"):  # shapes not run just before: refused
+            with torch.cuda.graph(torch.cuda.CUDAGraph()):
+                runner.infer(fresh)

@@ -3,14 +3,29 @@
 For each exported (component, dtype): a strongly typed network parsed from the ONNX file (by path, so external
 `.onnx.data` weights load; the graph's dtypes decide the precision), one optimization profile per
 `spec.profiles` entry, the shared timing cache (full TensorRT only), and the engine plus its `manifest.json`
-entry under `engines/<flavor>-<version>-<target>/`. Up-to-date engines are skipped. Every TensorRT return
-value is checked; failures raise `BuildError` carrying every parser error or the builder's logged errors.
+entry under `engines/<flavor>-<version>-<target>/`. TensorRT-RTX engines are built with
+`REQUIRE_USER_ALLOCATION` so that they can be CUDA-graph captured (`TrtModule.require_user_allocation`).
+Every TensorRT return value is checked; failures raise `BuildError` carrying every parser error or the
+builder's logged errors.
+
+An engine is skipped only when its manifest entry names the same source ONNX, TensorRT release and target and
+the file still has the recorded size and sha256: a missing, truncated, corrupt or edited engine, or an unreadable
+or edited manifest (`manifest.read_manifest` drops what it cannot trust), is rebuilt. Engine, manifest and timing
+cache are written atomically (`vvtrt.fsio`), engine first: a build killed at any point leaves nothing that a
+later run takes as current. A directory (or file) where the build must write is refused before building.
+
+One copy of the LLM weights: lm_prefill and lm_decode are two engines with their own weights (issue 10: a 7B
+engine pair is about 31 GB). TensorRT shares weights only within one engine; the documented route to one copy is one network that
+serves both steps through two optimization profiles (prefill: seq in [1, max_prompt] with no past; decode: one
+token against a KV bucket), which needs an exported graph with that union signature (not exported today).
+Weight-stripped or refittable engines (`STRIP_PLAN`, refit) shrink the files, not the copies on the GPU, and
+TensorRT-RTX's `IWeightsManager.restore_from_vmm_allocation` maps memory laid out exactly as one engine's own
+weights, which two different engines do not share. None of this is verified on a GPU here.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -22,6 +37,7 @@ from vvtrt.components.specs import COMPONENTS, build_specs, check_components
 from vvtrt.engines import manifest as mf
 from vvtrt.engines.trt_api import TrtModule, load_trt, parse_sm, sm_tag
 from vvtrt.errors import BackendUnavailableError, BuildError, InputError, WorkdirError
+from vvtrt.fsio import atomic_write_bytes
 from vvtrt.precision import Precision, parse_precisions
 from vvtrt.spec import AxisRange, ComponentSpec
 from vvtrt.workdir import Workdir
@@ -125,16 +141,27 @@ def layer_summary(tm: TrtModule, serialized, dump: str | None) -> dict:
 
 # -- building ---------------------------------------------------------------------------------------
 class TimingCache:
-    """One timing cache shared by a build session: loaded from `path` if present, saved after each build."""
+    """One timing cache shared by a build session: loaded from `path` if present, saved (atomically) after each
+    build. An unreadable or corrupt file is logged and replaced by a new cache; a directory in its place is a
+    `WorkdirError`."""
 
     def __init__(self, tm: TrtModule, path: Path):
         self.tm, self.path, self.cache = tm, Path(path), None
+
+    def _read(self) -> bytes:
+        if self.path.is_dir():
+            raise WorkdirError(f"{self.path} is a directory where the timing cache belongs: remove it and re-run")
+        try:
+            return self.path.read_bytes() if self.path.is_file() else b""
+        except OSError as exc:
+            log.warning("cannot read timing cache %s (%s); starting a new one", self.path, exc)
+            return b""
 
     def attach(self, config) -> str:
         if not self.tm.supports_timing_cache:
             return "not used (TensorRT-RTX does no build-time autotuning)"
         if self.cache is None:
-            blob = self.path.read_bytes() if self.path.is_file() else b""
+            blob = self._read()
             self.cache = config.create_timing_cache(blob)
             if self.cache is None and blob:
                 log.warning("timing cache %s is unreadable; starting a new one", self.path)
@@ -151,10 +178,7 @@ class TimingCache:
         data = self.cache.serialize()
         if data is None:
             raise BuildError("could not serialize the TensorRT timing cache")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(memoryview(data))
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, memoryview(data))
 
 
 def _errors(lg, what: str) -> str:
@@ -178,16 +202,49 @@ def parse_network(tm: TrtModule, lg, onnx_path: Path):
     if not ok or parser.num_errors:
         errs = []
         for i in range(parser.num_errors):
-            e = parser.get_error(i)
-            where = f" at node {e.node()} {e.node_name()!r} ({e.node_operator()})" if e.node() >= 0 else ""
-            errs.append(f"[{e.code()}] {e.desc()}{where}")
+            err = parser.get_error(i)
+            where = f" at node {err.node()} {err.node_name()!r} ({err.node_operator()})" if err.node() >= 0 else ""
+            errs.append(f"[{err.code()}] {err.desc()}{where}")
         errs = errs or lg.errors or ["parse returned False with no parser error (unreadable file?)"]
         raise BuildError(f"ONNX parser rejected {onnx_path} ({len(errs)} error(s)):\n  " + "\n  ".join(errs))
     return builder, network, parser
 
 
+def _check_places(folder: Path, engine_path: Path) -> None:
+    """Refuse before building (not after) when a directory or file sits where the build must write."""
+    if folder.exists() and not folder.is_dir():
+        raise WorkdirError(f"{folder} is a file where the engine folder belongs: remove it and re-run")
+    for path in (engine_path, folder / mf.MANIFEST_NAME):
+        if path.is_dir():
+            raise WorkdirError(f"{path} is a directory where a file belongs: remove it and re-run")
+
+
 def _io(tm: TrtModule, tensors) -> list[dict]:
-    return [{"name": t.name, "dtype": tm.dtype_name(t.dtype), "shape": list(t.shape)} for t in tensors]
+    return [{"name": tensor.name, "dtype": tm.dtype_name(tensor.dtype), "shape": list(tensor.shape)}
+            for tensor in tensors]
+
+
+def _configure(tm: TrtModule, builder, lg, spec: ComponentSpec, target: BuildTarget, workspace_bytes):
+    """`(builder config, the settings it records, per-profile input shapes)`: verbosity, workspace, TF32 off,
+    user allocation (RTX), target, one optimization profile per spec profile."""
+    config = builder.create_builder_config()
+    if config is None:
+        raise BuildError(_errors(lg, "could not create a builder config"))
+    config.profiling_verbosity = tm.trt.ProfilingVerbosity.DETAILED  # for the inspector / layer report
+    tm.set_workspace(config, workspace_bytes)
+    settings = {"tf32": tm.set_tf32(config, False),
+                "user_allocation": tm.require_user_allocation(config)}  # RTX: capturable (see TrtModule)
+    tm.set_target(config, target.rtx_cc)
+    shapes = []
+    for prof in spec.profiles:
+        opt_profile = builder.create_optimization_profile()
+        per_input = profile_shapes(spec, prof)
+        for name, (lo, opt, hi) in per_input.items():
+            opt_profile.set_shape(name, lo, opt, hi)
+        if config.add_optimization_profile(opt_profile) < 0:
+            raise BuildError(_errors(lg, f"{spec.name}: TensorRT rejected optimization profile {dict(prof)}"))
+        shapes.append({n: [list(s) for s in v] for n, v in per_input.items()})
+    return config, settings, shapes
 
 
 def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtModule | str = "auto",
@@ -206,7 +263,9 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
         raise WorkdirError(f"{onnx_path.name} is not exported: run `vvtrt export -w {wd.root}` first")
     folder = wd.engines_dir / target.key
     engine_path = folder / mf.engine_filename(comp, dtype)
-    old = mf.read_manifest(folder).get("engines", {}).get(mf.entry_key(comp, dtype))
+    _check_places(folder, engine_path)
+    current = mf.read_manifest(folder)  # what it cannot trust is dropped (and so rebuilt), with a warning
+    old = current["engines"].get(mf.entry_key(comp, dtype))
     result = {"component": comp, "dtype": dtype, "engine": str(engine_path), "key": target.key}
     if not force and mf.is_up_to_date(old, engine_path, record["onnx_sha256"], tm.flavor, tm.version, target.target):
         log.info("skip %s.%s: engine up to date", comp, dtype)
@@ -222,22 +281,7 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
         raise BuildError(f"{onnx_path.name}: network inputs {names} != spec {[t.name for t in spec.inputs]}; "
                          f"re-export with `vvtrt export -w {wd.root} --force`")
     n_attention = tm.allow_decomposed_attention(network) if decomposable_attention else 0
-    config = builder.create_builder_config()
-    if config is None:
-        raise BuildError(_errors(lg, "could not create a builder config"))
-    config.profiling_verbosity = tm.trt.ProfilingVerbosity.DETAILED  # for the inspector / layer report
-    tm.set_workspace(config, workspace_bytes)
-    tf32 = tm.set_tf32(config, False)
-    tm.set_target(config, target.rtx_cc)
-    shapes = []
-    for prof in spec.profiles:
-        p = builder.create_optimization_profile()
-        per_input = profile_shapes(spec, prof)
-        for name, (lo, opt, hi) in per_input.items():
-            p.set_shape(name, lo, opt, hi)
-        if config.add_optimization_profile(p) < 0:
-            raise BuildError(_errors(lg, f"{comp}: TensorRT rejected optimization profile {dict(prof)}"))
-        shapes.append({n: [list(s) for s in v] for n, v in per_input.items()})
+    config, settings, shapes = _configure(tm, builder, lg, spec, target, workspace_bytes)
     cache_note = timing_cache.attach(config) if timing_cache else "not used"
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -248,18 +292,17 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
         timing_cache.save()
 
     warnings, dump = lg.warnings[:20], lg.layer_dump
-    folder.mkdir(parents=True, exist_ok=True)
     view = memoryview(serialized)
-    tmp = engine_path.with_suffix(".engine.tmp")
-    tmp.write_bytes(view)
-    os.replace(tmp, engine_path)
+    # Engine first, manifest second, each atomically: a crash in between leaves the old entry, whose sha256 no
+    # longer matches the new bytes, so the runtime refuses the engine and the next build redoes it.
+    atomic_write_bytes(engine_path, view)
     entry = {
         "component": comp, "dtype": dtype, "engine": engine_path.name, "engine_bytes": view.nbytes,
         "engine_sha256": hashlib.sha256(view).hexdigest(), "onnx": onnx_path.name,
         "onnx_sha256": record["onnx_sha256"], "flavor": tm.flavor, "trt_version": tm.version,
         "target": target.target, "compute_capabilities": list(target.compute_capabilities),
         "gpu_name": target.gpu_name, "strongly_typed": True, "decomposable_attention": n_attention,
-        "tf32": tf32, "build_seconds": round(seconds, 3),
+        **settings, "build_seconds": round(seconds, 3),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timing_cache": cache_note,
         "profiles": [{a: [r.min, r.opt, r.max] for a, r in p.items()} for p in spec.profiles],
         "profile_shapes": shapes,
@@ -268,7 +311,7 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
         "layers": layer_summary(tm, serialized, dump),
         "builder_warnings": warnings,
     }
-    manifest = mf.merge_entries(mf.read_manifest(folder), [entry], key=target.key, flavor=tm.flavor,
+    manifest = mf.merge_entries(current, [entry], key=target.key, flavor=tm.flavor,
                                 trt_version=tm.version, target=target.target)
     mf.write_manifest(folder, manifest)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

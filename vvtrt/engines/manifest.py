@@ -10,18 +10,25 @@ An entry records the component and dtype, the engine file's name/size/sha256, th
 TensorRT flavor/version, the target ("portable" or "smXY") and the compute capabilities it runs on, the GPU it
 was built on (None for CPU-only builds), profiles, I/O tensors and a per-layer precision summary. Everything
 here is pure Python: the checks are unit-tested without TensorRT or a GPU.
+
+Bad files: the runtime reads manifests strictly (an unreadable or edited manifest, or a directory in its place,
+is an `EngineMismatchError`), checks the engine bytes it deserializes against their recorded size and sha256,
+and names any engine file no manifest lists instead of loading it; every such error is one line naming the
+`vvtrt build` command that fixes it. The builder drops what it cannot trust and rebuilds it (`read_manifest`,
+`is_up_to_date`). Manifests are written atomically (`vvtrt.fsio`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from vvtrt.errors import BackendUnavailableError, EngineMismatchError, WorkdirError
+from vvtrt.fsio import atomic_write_json
 from vvtrt.workdir import sha256_file
 
 log = logging.getLogger(__name__)
@@ -42,34 +49,75 @@ def empty_manifest(key: str = "", flavor: str = "", version: str = "", target: s
             "engines": {}}
 
 
+def _build_command(folder: Path) -> str:
+    flavor = "tensorrt-rtx" if Path(folder).name.startswith("tensorrt-rtx-") else "tensorrt"
+    return f"vvtrt build -w {Path(folder).parent.parent} --flavor {flavor} --force"
+
+
+def entry_problem(key: str, entry) -> str | None:
+    """What is wrong with one manifest entry (None if nothing): every field the runtime trusts must be there, of
+    its type, and the engine file name must be the one the builder writes (a tampered name cannot point
+    elsewhere)."""
+    if not isinstance(entry, dict):
+        return f"entry {key!r} is not a table"
+    comp, dtype = entry.get("component"), entry.get("dtype")
+    if not (isinstance(comp, str) and isinstance(dtype, str) and key == entry_key(comp, dtype)):
+        return f"entry {key!r} names component {comp!r} / dtype {dtype!r}"
+    if entry.get("engine") != engine_filename(comp, dtype):
+        return f"entry {key!r} points at {entry.get('engine')!r}, not {engine_filename(comp, dtype)!r}"
+    size, sha = entry.get("engine_bytes"), entry.get("engine_sha256")
+    if not (type(size) is int and size > 0):
+        return f"entry {key!r} has engine_bytes {size!r}"
+    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        return f"entry {key!r} has no valid engine_sha256"
+    for field in ("flavor", "trt_version", "target", "onnx_sha256"):
+        if not isinstance(entry.get(field), str):
+            return f"entry {key!r} has {field} {entry.get(field)!r}"
+    ccs = entry.get("compute_capabilities")
+    if not (isinstance(ccs, list) and all(isinstance(c, str) for c in ccs)):
+        return f"entry {key!r} has compute_capabilities {ccs!r}"
+    return None
+
+
 def read_manifest(folder: Path, strict: bool = False) -> dict:
-    """The folder's manifest; an empty one if absent. A corrupt file raises `EngineMismatchError` when `strict`
-    (the runtime), else is logged and treated as empty (the builder then rebuilds and rewrites it)."""
+    """The folder's manifest; an empty one if absent.
+
+    A manifest that is unreadable, not a manifest, or a directory raises `EngineMismatchError` when `strict` (the
+    runtime: never guess which engine is current); otherwise it is logged and read as empty (the builder then
+    rebuilds every engine of the folder). A malformed entry (see `entry_problem`) is likewise an error when
+    `strict`, else dropped with a warning (that engine is rebuilt).
+    """
     path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
+    if not path.exists():
         return empty_manifest()
     try:
+        if path.is_dir():
+            raise ValueError("a directory where the manifest file belongs")
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("engines"), dict):
             raise ValueError("no 'engines' table")
     except (OSError, ValueError) as exc:
         if strict:
-            raise EngineMismatchError(f"{path} is unreadable ({exc}); rebuild the engines with "
-                                      f"`vvtrt build --force`") from None
-        log.warning("ignoring unreadable %s (%s)", path, exc)
+            raise EngineMismatchError(f"{path} is unreadable ({exc}); remove it and rebuild the engines with "
+                                      f"`{_build_command(folder)}`") from None
+        log.warning("ignoring unreadable %s (%s): its engines will be rebuilt", path, exc)
         return empty_manifest()
-    return data
+    engines = {}
+    for key, entry in data["engines"].items():
+        problem = entry_problem(key, entry)
+        if problem is None:
+            engines[key] = entry
+        elif strict:
+            raise EngineMismatchError(f"{path}: {problem} (edited or corrupt); rebuild the engines with "
+                                      f"`{_build_command(folder)}`")
+        else:
+            log.warning("%s: %s; that engine will be rebuilt", path, problem)
+    return {**data, "engines": engines}
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
-    """Write atomically (temp file + rename), so a crash never leaves half a manifest."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    """Write atomically (`vvtrt.fsio`): a crash leaves the old manifest or the new one, never half of one."""
+    return atomic_write_json(Path(folder) / MANIFEST_NAME, manifest)
 
 
 def merge_entries(manifest: dict, entries: list[dict], **header) -> dict:
@@ -128,44 +176,92 @@ def check_engine(entry: dict, runtime: RuntimeInfo, workdir="DIR") -> None:
             f"{runtime.compute_capability}; rebuild it: `{cmd}`")
 
 
-def check_engine_file(path: Path, entry: dict, verify_sha: bool = True, workdir="DIR", flavor: str | None = None):
-    """Raise `EngineMismatchError` if the engine file is missing, truncated or altered since the build."""
+def engine_file_problem(path: Path, entry: dict, verify_sha: bool = True, blob: bytes | None = None) -> str | None:
+    """Why the engine file at `path` (or its bytes `blob`, already read) is not the one `entry` describes
+    (missing, a directory, truncated, altered); None when it is. The sha256 is compared unless `verify_sha` is
+    False (then only the size)."""
+    path = Path(path)
+    if blob is None:
+        if path.is_dir():
+            return f"{path} is a directory where the engine file belongs"
+        if not path.is_file():
+            return f"engine file {path} is missing"
+    size = len(blob) if blob is not None else path.stat().st_size
+    if size != entry.get("engine_bytes"):
+        return (f"engine file {path} is {size} bytes but the manifest says {entry.get('engine_bytes')} "
+                f"(truncated or replaced)")
+    if verify_sha:
+        sha = hashlib.sha256(blob).hexdigest() if blob is not None else sha256_file(path)
+        if sha != entry.get("engine_sha256"):
+            return f"engine file {path} does not match its manifest checksum (corrupt or replaced)"
+    return None
+
+
+def _mismatch(problem: str, entry: dict, workdir, flavor: str | None) -> EngineMismatchError:
     name = entry_key(entry.get("component", "?"), entry.get("dtype", "?"))
     cmd = rebuild_command(workdir, flavor or entry.get("flavor", "FLAVOR"), entry.get("component", "COMPONENT"))
-    path = Path(path)
-    if not path.is_file():
-        raise EngineMismatchError(f"engine file {path} for {name} is missing; rebuild it: `{cmd}`")
-    size = path.stat().st_size
-    if size != entry.get("engine_bytes"):
-        raise EngineMismatchError(f"engine file {path} is {size} bytes but the manifest says "
-                                  f"{entry.get('engine_bytes')} (truncated or replaced); rebuild it: `{cmd}`")
-    if verify_sha and entry.get("engine_sha256") and sha256_file(path) != entry["engine_sha256"]:
-        raise EngineMismatchError(f"engine file {path} does not match its manifest checksum (corrupt or "
-                                  f"replaced); rebuild it: `{cmd}`")
+    return EngineMismatchError(f"{problem} ({name}); rebuild it: `{cmd}`")
 
 
-def list_entries(engines_dir: Path) -> list[tuple[Path, dict]]:
-    """(folder, entry) for every engine of every manifest under `engines_dir`."""
+def check_engine_file(path: Path, entry: dict, verify_sha: bool = True, workdir="DIR", flavor: str | None = None):
+    """Raise `EngineMismatchError` naming the rebuild command if the engine file is not the one the build wrote."""
+    problem = engine_file_problem(path, entry, verify_sha)
+    if problem:
+        raise _mismatch(problem, entry, workdir, flavor)
+
+
+def read_engine(path: Path, entry: dict, verify_sha: bool = True, workdir="DIR", flavor: str | None = None) -> bytes:
+    """The engine's bytes, checked against `entry` after reading (what is checked is what gets deserialized)."""
+    problem = engine_file_problem(path, entry, verify_sha=False)  # missing, directory, size: before reading
+    if problem is None:
+        try:
+            blob = Path(path).read_bytes()
+        except OSError as exc:
+            problem = f"engine file {path} is unreadable ({exc.strerror or exc})"
+        else:
+            problem = engine_file_problem(path, entry, verify_sha, blob)
+    if problem:
+        raise _mismatch(problem, entry, workdir, flavor)
+    return blob
+
+
+def list_entries(engines_dir: Path, strict: bool = False) -> list[tuple[Path, dict]]:
+    """(folder, entry) for every engine of every manifest under `engines_dir` (see `read_manifest` for `strict`)."""
     out = []
     for mpath in sorted(Path(engines_dir).glob(f"*/{MANIFEST_NAME}")):
-        for entry in read_manifest(mpath.parent).get("engines", {}).values():
+        for entry in read_manifest(mpath.parent, strict).get("engines", {}).values():
             out.append((mpath.parent, entry))
     return out
+
+
+def unlisted_engines(engines_dir: Path, component: str, dtype: str) -> list[Path]:
+    """Engine files for (component, dtype) that no manifest lists (stray: copied in, or left by an old build)."""
+    listed = {folder / e["engine"] for folder, e in list_entries(engines_dir)}
+    return [p for p in sorted(Path(engines_dir).glob(f"*/{engine_filename(component, dtype)}")) if p not in listed]
 
 
 def find_engine(engines_dir: Path, runtime: RuntimeInfo, component: str, dtype: str,
                 workdir="DIR") -> tuple[Path, dict]:
     """The best engine for (component, dtype) that can run on `runtime`: `(engine path, entry)`.
 
-    Prefers an engine built for exactly this GPU's compute capability over a portable one. If engines exist but
-    none fits, raises the `EngineMismatchError` of the closest one (same flavor first), naming the rebuild command;
-    if none exists, a `WorkdirError` saying to run `vvtrt build`.
+    Every manifest is read strictly (an unreadable or edited one is an `EngineMismatchError`). Prefers an engine
+    built for exactly this GPU's compute capability over a portable one. If engines exist but none fits, raises
+    the `EngineMismatchError` of the closest one (same flavor first), naming the rebuild command; if none exists,
+    a `WorkdirError` saying to run `vvtrt build` (and naming any engine file that no manifest lists).
     """
-    found = [(f, e) for f, e in list_entries(engines_dir)
+    engines_dir = Path(engines_dir)
+    if engines_dir.exists() and not engines_dir.is_dir():
+        raise WorkdirError(f"{engines_dir} is a file where a directory belongs: remove it and re-run `vvtrt build`")
+    found = [(f, e) for f, e in list_entries(engines_dir, strict=True)
              if e.get("component") == component and e.get("dtype") == dtype]
     if not found:
+        build = f"vvtrt build -w {workdir} --flavor {runtime.flavor} --components {component}"
+        stray = unlisted_engines(engines_dir, component, dtype) if engines_dir.is_dir() else []
+        if stray:
+            raise WorkdirError(f"{stray[0]} is not listed in its folder's manifest (a stray file, or one an "
+                               f"interrupted build left); it is never loaded: run `{build} --force`")
         raise WorkdirError(f"no {runtime.flavor} engine for {component}.{dtype} under {engines_dir}: run "
-                           f"`vvtrt build -w {workdir} --flavor {runtime.flavor} --components {component}` first")
+                           f"`{build}` first")
     fits, first_error = [], None
     for folder, entry in sorted(found, key=lambda fe: fe[1].get("flavor") != runtime.flavor):
         try:
@@ -183,12 +279,18 @@ def find_engine(engines_dir: Path, runtime: RuntimeInfo, component: str, dtype: 
 
 def is_up_to_date(entry: dict | None, engine_path: Path, onnx_sha256: str, flavor: str, version: str,
                   target: str) -> bool:
-    """Whether a build can be skipped: same source ONNX, TensorRT release and target, engine file intact."""
+    """Whether a build can be skipped: same source ONNX, TensorRT release and target, and the engine file
+    byte-for-byte the one the manifest describes (size and sha256: a tampered engine is rebuilt, never kept)."""
     if not entry:
         return False
     same = (entry.get("onnx_sha256") == onnx_sha256 and entry.get("flavor") == flavor
             and entry.get("trt_version") == version and entry.get("target") == target)
-    return bool(same and engine_path.is_file() and engine_path.stat().st_size == entry.get("engine_bytes"))
+    if not same:
+        return False
+    problem = engine_file_problem(engine_path, entry)
+    if problem:
+        log.warning("%s: rebuilding it", problem)
+    return problem is None
 
 
 # -- per-layer precision summary -------------------------------------------------------------------

@@ -25,6 +25,10 @@ FLAVORS = ("tensorrt", "tensorrt-rtx")
 # Import names, in order of preference. NVIDIA documents the RTX module as `tensorrt_rtx`; the standalone
 # `tensorrt-rtx-cu13-bindings` wheel installs it as `tensorrt_rtx_bindings`.
 _MODULES = {"tensorrt": ("tensorrt",), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings")}
+# Binding names the engine code uses only on full TensorRT (`not tm.is_rtx` branches), which TensorRT-RTX may
+# lack; tests/test_trt_api_surface.py checks every other class, enum member and method the engine code uses
+# against the installed TensorRT-RTX bindings. Empty today: the timing-cache calls exist in both (no-ops in RTX).
+FULL_TRT_ONLY: frozenset[str] = frozenset()
 _PIP = {"tensorrt": "pip install 'tensorrt>=10'  (or: pip install 'vvtrt[tensorrt]')",
         "tensorrt-rtx": "pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings  "
                         "(or: pip install 'vvtrt[tensorrt-rtx]')"}
@@ -150,6 +154,46 @@ class TrtModule:
                     raise BuildError(f"TensorRT refused to make attention {attention.name!r} decomposable")
                 changed += 1
         return changed
+
+    def require_user_allocation(self, config) -> bool:
+        """TensorRT-RTX: build with `BuilderFlag.REQUIRE_USER_ALLOCATION`; returns whether the flag is set.
+
+        NVIDIA (TensorRT-RTX 1.2 release notes; the flag's binding doc): an engine that will be CUDA-stream
+        captured must use application-provided memory, never memory the runtime allocates during enqueue; with
+        the flag, the build fails instead if the network needs runtime allocation (data-dependent shapes).
+        Every vvtrt engine may be captured (whole-frame and prefill graphs), so every RTX engine gets it. Full
+        TensorRT has no such flag: its contexts allocate their memory when created, and its CUDA-graph guidance
+        needs nothing at build time.
+        """
+        if not self.is_rtx:
+            return False
+        flag = self.trt.BuilderFlag.REQUIRE_USER_ALLOCATION
+        config.set_flag(flag)
+        return bool(config.get_flag(flag))
+
+    def create_context(self, engine, cache=None):
+        """`(execution context, runtime config)` for `engine`; None for the context if TensorRT refused one.
+
+        TensorRT-RTX compiles kernels just in time, so before any capture the context is given (NVIDIA, "Working
+        with Runtime Cache" / "Working with Dynamic Shapes" in the TensorRT-RTX guide) an `IRuntimeConfig` with
+        `DynamicShapesKernelSpecializationStrategy.EAGER` (a new shape's specialised kernels are compiled, blocking,
+        at its first enqueue, so the eager warm-up run compiles them and the capture records them, not the
+        fallback kernels the default LAZY strategy would swap out later), the runtime cache `cache`
+        (`RuntimeCacheFile`: compiled kernels persist across processes), and its own CUDA-graph capture
+        (`CudaGraphStrategy`) off, since vvtrt captures whole frames itself. The config is returned so it stays
+        alive as long as the context. Full TensorRT compiles nothing at run time: a plain context.
+        """
+        if not self.is_rtx:
+            return engine.create_execution_context(), None
+        rt_config = engine.create_runtime_config()
+        if rt_config is None:
+            return None, None
+        rt_config.dynamic_shapes_kernel_specialization_strategy = \
+            self.trt.DynamicShapesKernelSpecializationStrategy.EAGER
+        rt_config.cuda_graph_strategy = self.trt.CudaGraphStrategy.DISABLED
+        if cache is not None:
+            cache.attach(rt_config)
+        return engine.create_execution_context(runtime_config=rt_config), rt_config
 
     @property
     def supports_timing_cache(self) -> bool:

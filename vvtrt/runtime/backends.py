@@ -14,6 +14,7 @@ from vvtrt.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
+LM_COMPONENTS = ("lm_prefill", "lm_decode")  # the two LLM graphs, which hold the same weights
 # The components the synthesis loop calls (diffusion_head is for debugging/parity only).
 LOOP_COMPONENTS = ("lm_prefill", "lm_decode", "token_embed", "diffusion_sampler", "acoustic_decoder_step",
                    "semantic_encoder_step", "acoustic_encoder", "connectors")
@@ -60,16 +61,36 @@ class ModelCache:
         return self._models[key]
 
 
+def shared_lm_weights(wd: Workdir, backend_of: Mapping[str, str], precision: Precision, device):
+    """One copy of the LLM weights for lm_prefill and lm_decode, whatever runs them:
+
+    - torch: both runners wrap the one model `ModelCache` holds (shared already);
+    - onnxruntime: a `SharedInitializers` both sessions take their common weights from (returned here);
+    - tensorrt: two engines, two copies (see `vvtrt.engines.builder` for what one copy would need).
+
+    Returns the `SharedInitializers` when both LLM graphs run on onnxruntime, else None.
+    """
+    if [backend_of.get(c) for c in LM_COMPONENTS] != ["onnxruntime"] * len(LM_COMPONENTS):
+        return None
+    from vvtrt.runtime.ort_weights import SharedInitializers
+
+    return SharedInitializers([wd.onnx_path(c, precision) for c in LM_COMPONENTS], device)
+
+
 def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallback: Mapping[str, str] = None,
                  components=LOOP_COMPONENTS, models: ModelCache | None = None, ort_cuda_graph: bool = False,
-                 trt_flavor: str = "auto", compile: bool | str = False) -> dict:
-    """One activated runner per component. `fallback` overrides the backend per component."""
+                 trt_flavor: str = "auto", compile: bool | str = False, share_lm_weights: bool = True) -> dict:
+    """One activated runner per component. `fallback` overrides the backend per component. With
+    `share_lm_weights` (the default) lm_prefill and lm_decode hold one copy of the LLM weights between them
+    (`shared_lm_weights`)."""
     check_backend(backend)
     fallback = dict(fallback or {})
     specs = build_specs(wd.info(), wd.options())
     steps = wd.options().steps
     models = models or ModelCache(wd)
     device = torch.device(device)
+    backend_of = {c: fallback.get(c, backend) for c in components}
+    shared = shared_lm_weights(wd, backend_of, precision, device) if share_lm_weights else None
     runners = {}
     for comp in components:
         which = fallback.get(comp, backend)
@@ -87,7 +108,8 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
 
             # ORT CUDA graphs need fixed shapes: only the per-frame components use them
             r = OrtRunner(spec, precision, device, path,
-                          cuda_graph=ort_cuda_graph and comp not in ("lm_prefill", "acoustic_encoder", "token_embed"))
+                          cuda_graph=ort_cuda_graph and comp not in ("lm_prefill", "acoustic_encoder", "token_embed"),
+                          shared=shared if comp in LM_COMPONENTS else None)
         else:
             from vvtrt.runtime.trt_runner import TrtRunner
 

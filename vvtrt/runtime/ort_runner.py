@@ -39,6 +39,10 @@ graph lives in the EP's per-thread context), and the capture stream must not be 
 The first `infer` of a slot does ORT's warm-up run(s) (counted per graph id) and the capture inside one
 `Run` call; later calls replay. Each slot holds its buffers and graph until `deactivate()`, so keep the set
 of shapes small (one per bucket).
+
+Weights: with `shared` (a `vvtrt.runtime.ort_weights.SharedInitializers`; `load_runners` makes one for
+lm_prefill + lm_decode), the session takes the weights it has in common with other graphs from that one copy
+(`SessionOptions.add_initializer`) instead of loading its own.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ log = logging.getLogger(__name__)
 # torch dtype -> ONNX TensorProto element type (integers, so bf16 needs no numpy dtype)
 ONNX_ELEM = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7, torch.int32: 6,
              torch.bool: 9, torch.uint8: 2, torch.int8: 3}
+DISABLE_PREPACKING = "session.disable_prepacking"  # ORT session config key (onnxruntime_session_options_config_keys.h)
 INSTALL_HINT = "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime package)"
 
 
@@ -96,7 +101,7 @@ class OrtRunner(RunnerBase):
 
     def __init__(self, spec: ComponentSpec, precision: Precision, device, onnx_path,
                  cuda_graph: bool = False, provider_options: Mapping[str, object] | None = None,
-                 optimized_model_path=None):
+                 optimized_model_path=None, shared=None, session_config: Mapping[str, str] | None = None):
         super().__init__(spec, Precision.parse(precision), device)
         if self.device.type not in ("cpu", "cuda"):
             raise InputError(f"onnxruntime runner: device {self.device} is not supported (use cpu or cuda)")
@@ -106,6 +111,8 @@ class OrtRunner(RunnerBase):
         self.cuda_graph = bool(cuda_graph)
         self.provider_options = {k: str(v) for k, v in (provider_options or {}).items()}
         self.optimized_model_path = optimized_model_path  # debugging only: where ORT writes its optimized graph
+        self.shared = shared  # `SharedInitializers` this graph takes its common weights from (ort_weights)
+        self.session_config = dict(session_config or {})  # extra `SessionOptions.add_session_config_entry` pairs
         self.session = None
         self._stream: torch.cuda.Stream | None = None
         self._run_options = None
@@ -135,6 +142,9 @@ class OrtRunner(RunnerBase):
         so.log_severity_level = 2  # warning
         if self.optimized_model_path:
             so.optimized_model_filepath = str(self.optimized_model_path)
+        self._share_weights(so)
+        for key, value in self.session_config.items():
+            so.add_session_config_entry(key, str(value))
         run_options = ort.RunOptions()
         run_options.log_severity_level = 2
         if self.device.type == "cuda":
@@ -158,6 +168,15 @@ class OrtRunner(RunnerBase):
         log.info("onnxruntime session %s on %s (%s%s)", self.onnx_path.name, self.device,
                  ",".join(session.get_providers()), ", cuda graph" if self.cuda_graph else "")
         super().activate()
+
+    def _share_weights(self, so) -> None:
+        """Hand the session the weights it shares with other sessions (one copy; see `ort_weights`)."""
+        if self.shared is None:
+            return
+        for name, value in self.shared.initializers_for(self.onnx_path).items():
+            so.add_initializer(name, value)
+        if self.device.type == "cpu":  # per-session packed copies would defeat the sharing
+            so.add_session_config_entry(DISABLE_PREPACKING, "1")
 
     def _cuda_options(self, ort) -> dict[str, str]:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -203,8 +222,8 @@ class OrtRunner(RunnerBase):
         """
         if self._stream is not None:
             self._stream.synchronize()
-        if self.session is not None and self.device.type == "cuda":
-            _RETIRED_CUDA_SESSIONS.append((self.session, self._slots.copy()))
+        if self.session is not None and self.device.type == "cuda":  # shared weights must outlive the session
+            _RETIRED_CUDA_SESSIONS.append((self.session, self._slots.copy(), self.shared))
         self._slots.clear()
         self.session, self._run_options, self._stream = None, None, None
         super().deactivate()

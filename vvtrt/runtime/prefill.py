@@ -54,6 +54,10 @@ class Prefill:
         return out["k"][:, :, :, :t], out["v"][:, :, :, :t]
 
     def _capture(self, p: int, body: torch.Tensor) -> None:
+        """Warm up, then capture, the padded length `p`. The warm-up runs the very shapes and buffer about to be
+        captured on the same runner just before the capture: torch's rule (warm up on a side stream) and
+        TensorRT's (enqueue once after a shape change before capturing; `TrtRunner` then dedicates the warmed-up
+        execution context to this length, see `vvtrt.runtime.trt_runner`)."""
         t0 = time.perf_counter()
         buf = torch.zeros(1, p, body.shape[-1], dtype=body.dtype, device=body.device)
         side = torch.cuda.Stream(body.device)
