@@ -3,6 +3,9 @@
 
     python benchmarks/make_table.py            # rewrite README.md in place
     python benchmarks/make_table.py --check    # exit 1 if README's table is stale
+
+Every cell comes from a result file; a figure a report does not contain (older reports predate
+end-to-end TTFA and per-process memory) reads "not measured", never a number from elsewhere.
 """
 from __future__ import annotations
 
@@ -14,53 +17,83 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
+NM = "not measured"
+HEADER = ("| GPU | preset | K | runtime | frame p50 (ms) | p99 | RTF | TTFA end to end (ms): cold / warm p50 "
+          "| TTFA prefill → first chunk, warm p50 (ms) | peak GPU memory (GiB): torch allocator / NVML, own process "
+          "| vs transformers `generate` | vs PyTorch eager | floor (ms) | commit | report |")
 
 
-def _gb(x):
-    return f"{x / 2**30:.2f}" if x else "—"
+def _num(x, spec: str) -> str:
+    return NM if x is None else f"{x:{spec}}"
 
 
-def _mem(m) -> str:
-    """ORT and TensorRT allocate outside torch's allocator: NVML (whole device, incl. the CUDA context)
-    is the number to read for them."""
-    if not m or not m.get("peak_allocated_bytes"):
-        return "—"
-    return f"{_gb(m['peak_allocated_bytes'])} / {_gb(m.get('nvml_peak_used_bytes'))}"
+def _gb(x) -> str:
+    return NM if x is None else f"{x / 2**30:.2f}"
 
 
-def table() -> str:
-    lines = ["| GPU | preset | K | runtime | frame p50 (ms) | p99 | RTF | TTFA p50 (ms, 512-token prompt) "
-             "| peak GPU memory (GiB: torch allocator / NVML) | vs transformers `generate` | vs PyTorch eager | floor (ms) | commit | report |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for f in sorted(RESULTS.glob("*/bench_*/*.json")):
-        d = json.loads(f.read_text())
-        cfg = d["config"]
-        gpu = (cfg.get("environment") or {}).get("gpu_name") or cfg.get("device")
-        base = {b["label"]: b["frame"]["p50"] for b in d["baselines"]}
-        floor = (d.get("floor") or {}).get("floor_ms")
-        commit = ((cfg.get("environment") or {}).get("git_commit") or "—")[:7]
-        for r in d["results"] + d["baselines"]:
-            p50 = r["frame"]["p50"]
-            is_base = r in d["baselines"]
-            vs_t = f"{base['transformers'] / p50:.1f}×" if "transformers" in base and not is_base else "—"
-            vs_e = f"{base['pytorch-eager'] / p50:.1f}×" if "pytorch-eager" in base and not is_base else "—"
-            label = f"baseline: {r['label']}" if is_base else r["label"]
-            if (r.get("streams") or 1) > 1:  # frame time is per batched step; RTF per stream
-                label += f", {r['streams']} streams ({r['throughput_x_realtime']:.0f}× real time in all)"
-            rel = f.relative_to(ROOT).with_suffix(".md")
-            lines.append(f"| {gpu} | {cfg['preset']} | {cfg['steps']} | {label} | {p50:.2f} | {r['frame']['p99']:.2f} "
-                         f"| {r['rtf']:.3f} | {r['ttfa']['p50']:.1f} | {_mem(r['memory'])} "
-                         f"| {vs_t} | {vs_e} | {floor:.2f} | {commit} | [{rel.parent.name}]({rel}) |" if floor else
-                         f"| {gpu} | {cfg['preset']} | {cfg['steps']} | {label} | {p50:.2f} | {r['frame']['p99']:.2f} "
-                         f"| {r['rtf']:.3f} | {r['ttfa']['p50']:.1f} | {_mem(r['memory'])} "
-                         f"| {vs_t} | {vs_e} | — | {commit} | [{rel.parent.name}]({rel}) |")
+def _ttfa_e2e(r: dict) -> str:
+    e2e = r.get("ttfa_e2e")
+    if not e2e:
+        return NM
+    return f"{_num(e2e.get('cold_ms'), '.1f')} / {_num((e2e.get('warm') or {}).get('p50'), '.1f')}"
+
+
+def _ttfa_prefill(r: dict, cfg: dict) -> str:
+    """The script prompt's warm prefill figure and the synthetic prompt's (older reports: only the latter,
+    their `ttfa`)."""
+    parts = []
+    pre = r.get("ttfa_prefill")
+    if pre and (pre.get("warm") or {}).get("p50") is not None:
+        parts.append(f"{pre['warm']['p50']:.1f} ({pre.get('prompt_tokens', '?')}-token script)")
+    syn = r.get("ttfa_synthetic") if "ttfa_e2e" in r else {"warm": r.get("ttfa"), "prompt_tokens": cfg.get("prompt_tokens")}
+    if syn and (syn.get("warm") or {}).get("p50") is not None:
+        parts.append(f"{syn['warm']['p50']:.1f} ({syn.get('prompt_tokens', '?')}-token synthetic)")
+    return "; ".join(parts) or NM
+
+
+def _mem(m: dict) -> str:
+    """torch's allocator (ORT and TensorRT allocate outside it) / NVML's figure for the measuring
+    process's own pid (reports before per-process measurement: not measured)."""
+    return f"{_gb(m.get('peak_allocated_bytes'))} / {_gb(m.get('nvml_process_peak_bytes'))}"
+
+
+def _rows(path: Path, root: Path) -> list[str]:
+    d = json.loads(path.read_text())
+    cfg, env = d["config"], d["config"].get("environment") or {}
+    gpu = env.get("gpu_name") or cfg.get("device")
+    base = {b["label"]: b["frame"]["p50"] for b in d["baselines"]}
+    floor = (d.get("floor") or {}).get("floor_ms")
+    commit = (env.get("git_commit") or "—")[:7]
+    try:
+        rel = path.relative_to(root).with_suffix(".md")
+    except ValueError:
+        rel = path.with_suffix(".md")
+    rows = []
+    for r in d["results"] + d["baselines"]:
+        p50, is_base = r["frame"]["p50"], r in d["baselines"]
+        vs = [f"{base[k] / p50:.1f}×" if k in base and p50 and not is_base else "—"
+              for k in ("transformers", "pytorch-eager")]
+        label = f"baseline: {r['label']}" if is_base else r["label"]
+        if (r.get("streams") or 1) > 1:  # frame time is per batched step; RTF per stream
+            label += f", {r['streams']} streams ({r['throughput_x_realtime']:.0f}× real time in all)"
+        cells = [gpu, cfg["preset"], cfg["steps"], label, _num(p50, ".2f"), _num(r["frame"]["p99"], ".2f"),
+                 _num(r["rtf"], ".3f"), _ttfa_e2e(r), _ttfa_prefill(r, cfg), _mem(r["memory"]), *vs,
+                 _num(floor, ".2f") if floor else "—", commit, f"[{rel.parent.name}]({rel})"]
+        rows.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return rows
+
+
+def table(results: Path = RESULTS, root: Path = ROOT) -> str:
+    lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
+    for f in sorted(results.glob("*/bench_*/*.json")):
+        lines += _rows(f, root)
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     readme = ROOT / "README.md"
     text = readme.read_text()
     head, rest = text.split(START, 1)

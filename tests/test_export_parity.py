@@ -1,13 +1,17 @@
 """Every tiny component exports in fp32/fp16/bf16 and passes parity on the grid (ONNX Runtime CPU; bf16 via
-ONNX's reference evaluator), the streaming steps over >= 16 frames, and the whole loop vs `generate`."""
+ONNX's reference evaluator), the streaming steps over >= 16 frames, and the whole loop vs `generate`, with
+forced speech_diffusion and with a decision script (speech_end, speech_start, eos)."""
 from __future__ import annotations
 
 import onnx
 import pytest
 
 from vvtrt.components.specs import COMPONENTS, build_specs
-from vvtrt.parity.harness import ParityOptions, _e2e_row, run_parity
+from vvtrt.parity.e2e import DECISION_SCRIPT, compare_run
+from vvtrt.parity.harness import ParityOptions, run_parity
+from vvtrt.parity.reference_generate import ReferenceRun
 from vvtrt.precision import Precision
+from vvtrt.reports.schema import parity_counts
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +42,16 @@ def test_parity_passes_on_the_grid(report):
     methods = {(r["precision"], r["method"]) for r in report["rows"]}
     assert ("bf16", "onnx-reference-evaluator") in methods and ("fp32", "onnxruntime-cpu") in methods
     assert all(r["rel_l2"] < 1e-5 for r in report["rows"] if r["precision"] == "fp32")
+    counts = report["counts"]
+    assert counts == parity_counts(report) and counts["total"]["skipped"] == counts["total"]["failed"] == 0
+    assert counts["e2e"]["informational"] == 2  # free-running fp16/bf16: reported, never counted as passed
+    assert counts["total"]["passed"] == counts["total"]["run"] - 2
 
 
 def test_end_to_end_matches_generate(report):
     e2e = {r["name"]: r for r in report["e2e"]}
-    assert set(e2e) == {f"{mode}-{p}" for mode in ("free-running", "teacher-forced") for p in ("fp32", "fp16", "bf16")}
+    modes = ("free-running", "teacher-forced", "scripted-teacher-forced")
+    assert set(e2e) == {f"{m}-{p}" for m in modes for p in ("fp32", "fp16", "bf16")} | {"scripted-free-running-fp32"}
     fp32 = e2e["free-running-fp32"]
     assert fp32["passed"] and fp32["gated"] and len(fp32["frames"]) == 16
     assert max(f["latent_rel_l2"] for f in fp32["frames"]) < 1e-4 and fp32["snr_db"] > 60
@@ -55,6 +64,25 @@ def test_end_to_end_matches_generate(report):
     for p in ("fp32", "fp16", "bf16"):  # teacher-forced: every precision gated against fp32 generate
         tf = e2e[f"teacher-forced-{p}"]
         assert tf["passed"] and len(tf["frames"]) == 16, tf["notes"]
+        assert all(f["audio_snr_db"] >= tf["worst_chunk_snr_db"] for f in tf["frames"])
+
+
+def test_decision_script_matches_generate(report):
+    """speech_end (conv states zeroed), speech_start (negative context emptied) and eos, forced identically
+    in vvtrt and in `generate` (which emulates the original's reset on speech_end), frame by frame."""
+    n = DECISION_SCRIPT.count("speech_diffusion")
+    diffusion_steps = [i for i, t in enumerate(DECISION_SCRIPT) if t == "speech_diffusion"]
+    rows = [r for r in report["e2e"] if r["name"].startswith("scripted-")]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["passed"] and row["gated"], row["notes"]
+        sc = row["script"]
+        assert sc["matched"] and sc["ours"] == sc["reference"] == list(DECISION_SCRIPT)
+        assert sc["stop_reason"] == sc["reference_stop_reason"] == "eos"
+        assert [f["step"] for f in row["frames"]] == diffusion_steps and len(row["frames"]) == n
+        assert all(f["audio_snr_db"] is not None for f in row["frames"]) and "speech_end" in row["notes"]
+    fp32 = next(r for r in rows if r["name"] == "scripted-free-running-fp32")
+    assert max(f["latent_rel_l2"] for f in fp32["frames"]) < 1e-4 and fp32["worst_chunk_snr_db"] > 60
 
 
 @pytest.mark.parametrize("growth, jump, passed", [(1.0, None, True), (3.0, None, True), (3.0, 2, False)])
@@ -71,8 +99,9 @@ def test_free_running_gate_follows_the_reference_sensitivity(growth, jump, passe
     if jump is not None:
         ours[jump:] = [(r * 1.5).numpy() for r in ref[jump:]]
     audio = torch.randn(3200 * 16, generator=gen)
-    row = _e2e_row("free-running-fp32", "onnxruntime", Precision.FP32, ours, audio.numpy(), ref, audio, 16,
-                   (1e-4, 60.0), "n", twin_lat=twin)
+    run = lambda lat, a: ReferenceRun(lat, a, [], "")  # noqa: E731
+    row = compare_run("free-running-fp32", "onnxruntime", Precision.FP32, run(ours, audio.numpy()), run(ref, audio),
+                      16, (1e-4, 60.0), "n", twin=run(twin, audio))
     assert row["gated"] is True and row["passed"] is passed, row["notes"]
     assert len(row["frames"]) == 16 and all("reference_sensitivity" in f for f in row["frames"])
     assert row["frames"][0]["reference_sensitivity"] == pytest.approx(1e-6, rel=0.05)

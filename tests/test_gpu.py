@@ -1,16 +1,30 @@
 """GPU tier (marked `gpu`, skipped without CUDA): whole-frame CUDA-graph replay is bit-identical to the
-eager run of the same backend, and the CUDA backends reproduce transformers `generate` on the GPU."""
+eager run of the same backend (forced frames and a decision script), and the CUDA backends reproduce
+transformers `generate` on the GPU. Wherever a test relies on capture, a capture that failed (the loop
+silently running eagerly) is a failure, not a pass."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from vvtrt.parity.compare import error_stats, snr_db
+from vvtrt.parity.e2e import DECISION_SCRIPT
 from vvtrt.parity.reference_generate import reference_generate
-from vvtrt.runtime.synthesizer import Synthesizer
+from vvtrt.runtime.synthesizer import SynthesisResult, Synthesizer
 
 pytestmark = pytest.mark.gpu
 TEXT = "Speaker 0: graph replay check"
+
+
+def assert_captured(synth: Synthesizer, prefill: bool = True) -> None:
+    """Every frame loop of `synth` (and its prefill) runs as a captured CUDA graph: no eager fallback."""
+    assert synth._loops, "no frame loop ran"
+    for loop in synth._loops.values():
+        assert loop.capture_error is None, f"frame graph capture failed: {loop.capture_error}"
+        assert loop.graph is not None, "the frame loop was not captured"
+    if prefill:
+        assert synth.prefill.capture_error is None, f"prefill capture failed: {synth.prefill.capture_error}"
+        assert synth.prefill._graphs, "the prefill was not captured"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -21,13 +35,39 @@ def test_torch_frame_graph_replay_is_bit_identical(tiny_workdir, precision):
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision=precision,
                                      cuda_graph=True)
     graphed = synth.synthesize(TEXT, frames=16, seed=3, keep_latents=True)
-    assert next(iter(synth._loops.values())).graph is not None
+    assert_captured(synth)
     assert graphed.frames == eager.frames == 16 and len(graphed.latents) == len(eager.latents) == 16
     for a, b in zip(graphed.latents, eager.latents):
         assert (a == b).all()
     assert (graphed.audio == eager.audio).all()
     again = synth.synthesize(TEXT, frames=16, seed=3, keep_latents=True)  # replay after reset reproduces the first run
     assert (again.audio == graphed.audio).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_scripted_decisions_replay_bit_identically(tiny_workdir, precision):
+    """The decision script (speech_end, speech_start, eos) is read on the device by the step counter, so
+    the captured graph follows it: replay equals the eager run, decisions and stop included."""
+    def run(cuda_graph):
+        synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision=precision,
+                                         cuda_graph=cuda_graph, prefill_graph=True)
+        ids, emb = synth.prompt_embeds(TEXT)
+        out = []
+        for _ in range(2):  # the second run replays the same graph after a reset
+            res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
+            for _ in synth.generate(ids, emb, decisions=DECISION_SCRIPT, seed=3, result=res, keep_latents=True):
+                pass
+            out.append(res)
+        return synth, out
+
+    _, (eager, _) = run(False)
+    synth, (graphed, again) = run(True)
+    assert_captured(synth)
+    for res in (eager, graphed, again):
+        assert res.tokens == list(DECISION_SCRIPT) and res.stop_reason == "eos" and res.frames == 14
+    for a, b in zip(graphed.latents, eager.latents):
+        assert (a == b).all()
+    assert (graphed.audio == eager.audio).all() and (again.audio == graphed.audio).all()
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
@@ -37,6 +77,8 @@ def test_cuda_backends_match_generate(tiny_workdir, backend):
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend=backend, device="cuda", precision="fp32",
                                      cuda_graph=backend == "torch")
     res = synth.synthesize(TEXT, frames=16, seed=4, keep_latents=True)
+    if backend == "torch":
+        assert_captured(synth)
     ids, _ = synth.prompt_embeds(TEXT)
     model = load_model(tiny_workdir.source()).to("cuda")
     lat, audio = reference_generate(model, list(ids), 16, 10, 1.3, seed=4)
@@ -53,7 +95,7 @@ def test_compiled_torch_backend_replays_bit_identically(tiny_workdir):
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cuda", precision="bf16",
                                      cuda_graph=True, compile=True)
     graphed = synth.synthesize(TEXT, frames=8, seed=2)
-    assert next(iter(synth._loops.values())).graph is not None
+    assert_captured(synth)
     assert (graphed.audio == eager.audio).all()
 
 
@@ -69,6 +111,7 @@ def test_graphed_prefill_matches_eager(tiny_workdir):
     k1, v1 = k1.clone(), v1.clone()
     k2, v2 = eager.prefill(body)
     assert graphed.prefill.padded_length(body.shape[1]) % graphed.prefill.quantum == 0 and graphed.prefill._graphs
+    assert graphed.prefill.capture_error is None, graphed.prefill.capture_error
     assert k1.shape == k2.shape and error_stats(k1, k2).rel_l2 < 1e-6 and error_stats(v1, v2).rel_l2 < 1e-6
     k3, _ = graphed.prefill(body)  # a replay reproduces the first run
     assert torch.equal(k3, k1)

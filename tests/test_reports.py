@@ -15,6 +15,7 @@ from vvtrt.reports import (TelemetrySampler, collect_environment, load_report, n
                            render_markdown, render_report, summary, validate, write_report)
 from vvtrt.reports.environment import ENV_KEYS
 from vvtrt.reports.plots import plot_telemetry
+from vvtrt.reports.schema import parity_counts
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMPONENTS = {"lm_decode": 2.0, "diffusion_sampler": 1.0, "acoustic_decoder_step": 1.0,
@@ -94,8 +95,22 @@ def parity_report():
                    **({"reference_sensitivity": 1e-4 * 1.03**i} if k else {})} for i in range(40)]
         e2e.append({"name": name, "backend": backend, "precision": "bf16", "frames": frames, "snr_db": 31.5,
                     "passed": True, "notes": "greedy, seed 0"})
+    e2e.append(_scripted_row())
     failures = [f"{rows[-1]['component']} {rows[-1]['precision']} {rows[-1]['backend']}: rel_l2 0.09 > 0.005"]
-    return new_report("parity", _config(), rows=rows, streaming=streaming, e2e=e2e, passed=False, failures=failures)
+    report = new_report("parity", _config(), rows=rows, streaming=streaming, e2e=e2e, passed=False, failures=failures)
+    return {**report, "counts": parity_counts(report)}
+
+
+def _scripted_row():
+    """A decision-script row: 3 diffusion steps, speech_end, speech_start, 2 diffusion steps, eos."""
+    script = ["speech_diffusion"] * 3 + ["speech_end", "speech_start"] + ["speech_diffusion"] * 2 + ["eos"]
+    steps = [i for i, t in enumerate(script) if t == "speech_diffusion"]
+    frames = [{"frame": f, "step": s, "latent_rel_l2": 1e-7 * (f + 1), "latent_max_abs": 1e-7,
+               "audio_rel_l2": 1e-6, "audio_snr_db": 120.0 - f} for f, s in enumerate(steps)]
+    return {"name": "scripted-free-running-fp32", "backend": "onnxruntime", "precision": "fp32", "frames": frames,
+            "snr_db": 118.0, "worst_chunk_snr_db": 116.0, "passed": True, "gated": True,
+            "script": {"decisions": script, "ours": script, "reference": script, "stop_reason": "eos",
+                       "reference_stop_reason": "eos", "matched": True}, "notes": "scripted"}
 
 
 def _check_png(path):
@@ -144,23 +159,52 @@ def test_parity_roundtrip_markdown_plots(tmp_path, parity_report):
         assert comp in md
     for name in ("onnxruntime-cpu", "tensorrt-fp32-io", "short-1spk", "long-2spk", "31.5"):
         assert name in md
-    assert {p.name for p in paths["plots"]} == {"parity_parity_errors.png", "parity_parity_frames.png"}
+    assert {p.name for p in paths["plots"]} == {"parity_parity_errors.png", "parity_parity_frames.png",
+                                                 "parity_parity_scripted.png"}
     for p in paths["plots"]:
         _check_png(p)
+    total = parity_report["counts"]["total"]
+    assert f"| total | {total['run']} | {total['passed']} | {total['failed']} | 0 | 0 |" in md
+    assert "### Scripted decisions" in md and "| 3 | speech_end | speech_end | speech_end |  |  |  |" in md
+    assert "| 5 | speech_diffusion | speech_diffusion | speech_diffusion | 3 | 4.00e-07 | 117.0 |" in md
 
 
 def test_skipped_parity_checks_render(tmp_path, parity_report):
-    """passed=None marks a check that could not run (e.g. backend unavailable); it is neither pass nor fail."""
+    """passed=None marks a check that could not run (e.g. backend unavailable): it is counted as not run and
+    fails the report; an ungated row is informational (neither pass nor fail)."""
     parity_report["rows"].append({"component": "token_embed", "precision": "bf16", "backend": "tensorrt",
                                   "method": "tensorrt", "dims": {}, "output": "*", "max_abs": None, "max_rel": None,
-                                  "rel_l2": None, "cosine": None, "tolerance": None, "passed": None})
+                                  "rel_l2": None, "cosine": None, "tolerance": None, "passed": None,
+                                  "skipped": "no GPU"})
     parity_report["e2e"].append({"name": "generate-bf16", "backend": "tensorrt", "precision": "bf16", "frames": [],
-                                 "snr_db": None, "passed": None, "notes": "skipped: no GPU"})
+                                 "snr_db": None, "passed": None, "gated": True, "skipped": "no GPU",
+                                 "notes": "not run: no GPU"})
+    parity_report["e2e"].append({"name": "free-running-bf16", "backend": "tensorrt", "precision": "bf16",
+                                 "frames": [], "snr_db": 20.0, "passed": None, "gated": False, "notes": "info"})
+    with pytest.raises(InputError, match="counts.components"):  # the recorded counts no longer match the rows
+        validate(parity_report)
+    parity_report["counts"] = parity_counts(parity_report)
+    assert parity_report["counts"]["total"]["skipped"] == 2 and parity_report["counts"]["e2e"]["informational"] == 1
     paths = write_report(parity_report, tmp_path, "skip")
     md = paths["md"].read_text()
-    assert "token_embed" in md and "skipped" in md and "(1 skipped)" in md and "skipped: no GPU" in md
+    assert "token_embed" in md and "⛔ not run" in md and "not run: no GPU" in md and "ℹ info" in md
+    assert "2 not run, 1 informational" in md
     for p in paths["plots"]:
         _check_png(p)
+
+
+def test_committed_parity_reports_still_render():
+    """Reports written before counts existed (benchmarks/results) load and render; the counts are computed
+    from their rows and said to be."""
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "benchmarks" / "results").glob("**/parity*.json"))
+    assert files
+    for f in files:
+        report = load_report(f)
+        assert "counts" not in report
+        md = render_markdown(report)
+        assert "Counts not recorded" in md and f"**{'PASSED' if report['passed'] else 'FAILED'}**" in md
 
 
 def test_numpy_and_nonfinite_values_are_normalised(tmp_path, bench_report):

@@ -2,11 +2,17 @@
 # The H100 session: every GPU measurement and check, in order, logging to $RUN (kept while the machine
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
-#   STAGES="env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32" bash benchmarks/device/gpu_all.sh
+#   STAGES="env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort lmshare b15tune b15ortk5 b7ort b7ortk5 prof tf32" bash benchmarks/device/gpu_all.sh
 # "b15par+x7" runs two stages at once (x7, x15k5: exports only, CPU-bound).
-# DTYPES="bf16" limits b15par's export and parity to bf16. The device's copy of .git can be stale: launch
-# with VVTRT_GIT_COMMIT=<the commit you pushed> so reports record the code that ran.
-# b15ort and b15tune need the workdir b15par exports.
+# DTYPES="bf16" limits b15par's export and parity to bf16; b15par fails when any parity run fails. The
+# device's copy of .git can be stale: launch with VVTRT_GIT_COMMIT=<the commit you pushed> so reports
+# record the code that ran.
+# b15ort, lmshare and b15tune need the workdir b15par exports (lmshare: the bf16 lm_prefill/lm_decode graphs).
+# Every bench stage (b15*, b7*) runs each variant and baseline in its own process and records, per variant:
+# time to first audio end to end (the packaged dialogue + voice clips in, cold first request and warm),
+# warm prefill-to-first-chunk of that prompt and of a 512-token synthetic prompt (--prompt-tokens, the
+# figure of earlier reports), torch's allocator peak, NVML's figure for the variant's own pid, whole-device
+# NVML and host RSS.
 # The machine goes back 30 s after a call ends: keep calling `bash benchmarks/device/poll.sh 560` back to
 # back until ALL DONE, or the background run (and every result not yet packed) is lost.
 set -u
@@ -21,7 +27,7 @@ stage() { local name=$1; shift; log "START $name"; local t0=$SECONDS
 
 env_check() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
-  python3 -c "import torch, transformers, onnxruntime as ort, diffusers; print(torch.__version__, transformers.__version__, ort.__version__, diffusers.__version__, ort.get_available_providers())"
+  python3 -c "import torch, transformers, onnxruntime as ort, diffusers, soundfile; print(torch.__version__, transformers.__version__, ort.__version__, diffusers.__version__, soundfile.__version__, ort.get_available_providers())"
 }
 gputests() {  # test_gpu.py one process per test (a native crash cannot take the others with it), sharing one
   # exported tiny workdir; then the ORT CUDA runner tests in one process
@@ -90,6 +96,9 @@ b15ortk5() {  # ONNX Runtime CUDA at K=5 (exports every bf16 component unless b1
   $VV bench -w "$RUN/wd15k5" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k5_onnxruntime"
 }
+lmshare() {  # ORT prefill/decode LLM weight sharing: memory with and without shared initializers (1.5B bf16)
+  python3 benchmarks/lm_weight_sharing.py "$RUN/wd15" "$RUN/results/lm_weight_sharing_1.5b.json" --device cuda --dtype bf16
+}
 b15tune() {  # torch.compile max-autotune (autotuned GEMMs for the M=2 shapes): a longer compile
   $VV bench -w "$RUN/wd15" --backend torch-max-autotune --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k10_autotune"
@@ -121,7 +130,7 @@ x7() {  # export every 7B bf16 graph, K=10 and K=5 (CPU-bound: run it beside a G
   $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5
 }
 x15k5() { $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5; }
-STAGE_NAMES=" env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15k5 "
+STAGE_NAMES=" env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort lmshare b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

@@ -1,219 +1,187 @@
-"""The benchmark: one Synthesizer per backend on one prompt, timed per frame and per component, with
-telemetry, memory, the bandwidth floor and the baselines measured in the same process."""
+"""`vvtrt bench`: each variant and each baseline measured in its own process (`vvtrt.bench.worker`), on a
+real script with voice clips (`vvtrt.bench.inputs`), merged into one report with whole-device telemetry
+sampled here and the bandwidth floor (its own process too).
+
+A variant that fails is listed under ``failed`` with its error; the others keep their results. One
+variant alone (no baselines) that fails is the command's error.
+"""
 from __future__ import annotations
 
-import gc
 import logging
-import time
+import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
-import numpy as np
-import torch
-
-from vvtrt.bench.timing import ComponentTimer, device_bandwidth_gbps, graphed_component_ms, weight_bytes_per_frame
+from vvtrt.bench.measure import VARIANTS
+from vvtrt.bench.worker import BenchJob, run_in_subprocess
 from vvtrt.errors import InputError, VvtrtError
-from vvtrt.precision import Precision
-from vvtrt.reports.stats import component_stats
-from vvtrt.runtime.backends import ModelCache
-from vvtrt.runtime.synthesizer import SAMPLE_RATE, SynthesisResult, Synthesizer
 from vvtrt.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
-# Bench variants: name -> (backend, Synthesizer options)
-VARIANTS = {
-    "torch": ("torch", {}),
-    "torch-compile": ("torch", {"compile": True}),
-    "torch-max-autotune": ("torch", {"compile": "max-autotune-no-cudagraphs"}),
-    "onnxruntime": ("onnxruntime", {}),
-    "onnxruntime-graph": ("onnxruntime", {"ort_cuda_graph": True}),
-    "tensorrt": ("tensorrt", {}),
-}
+BASELINES = ("pytorch-eager", "transformers")
+TELEMETRY_INTERVAL_S = 0.05
 
 
-def _prompt(synth: Synthesizer, prompt_tokens: int, seed: int) -> list[int]:
-    """`prompt_tokens` ids ending with speech_start (text bytes; the content does not change the cost)."""
-    if prompt_tokens < 2:
-        raise InputError(f"--prompt-tokens must be >= 2, got {prompt_tokens}")
-    if prompt_tokens > synth.options.max_prompt:
-        raise InputError(f"--prompt-tokens {prompt_tokens} exceeds the exported max_prompt "
-                         f"{synth.options.max_prompt}")
-    rng = np.random.default_rng(seed)
-    return [int(i) for i in rng.integers(32, 127, prompt_tokens - 1)] + [synth.info.audio_bos_token_id]
+@dataclass(frozen=True)
+class BenchSettings:
+    """The validated options of one bench run."""
+
+    backends: tuple[str, ...]
+    baselines: tuple[str, ...]
+    device: str
+    precision: str
+    frames: int
+    prompt_tokens: int  # synthetic long prompt for `ttfa_synthetic`; 0: none
+    repeats: int
+    cfg_scale: float
+    streams: int
 
 
-def _pcts(values) -> dict:
-    from vvtrt.reports.stats import summary
+def validate_settings(backends, baselines, device, dtype, frames, prompt_tokens, repeats, cfg_scale,
+                      streams) -> BenchSettings:
+    """Bench-only checks, before any work starts (every failure is an InputError saying what to change);
+    the device and the guidance scale go through the checks every verb shares (`vvtrt.option_checks`)."""
+    from vvtrt.option_checks import REPEATS_MAX, check_cfg, resolve_device
+    from vvtrt.precision import Precision
 
-    return summary(values) if len(values) else {"p50": None, "p90": None, "p99": None, "mean": None}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bench_backend(wd: Workdir, variant: str, device, precision: Precision, frames: int, prompt_tokens: int,
-                  repeats: int, cfg_scale: float, models: ModelCache, streams: int = 1) -> dict:
-    device = torch.device(device)
-    backend, extra = VARIANTS[variant]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    synth = Synthesizer.from_workdir(wd.root, backend=backend, device=device, precision=precision, models=models,
-                                     **extra)
-    load_s = time.perf_counter() - t0
-    ids = _prompt(synth, prompt_tokens, 0)
-
-    def one_run(seed: int) -> SynthesisResult:
-        res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
-        _sync(device)
-        t_start = time.perf_counter()
-        emb = synth.runners["token_embed"].infer({"token": torch.tensor(ids, device=device)})["embeds"]
-        emb = emb[:, 0].unsqueeze(0)
-        for _ in synth.generate(ids, emb, frames=frames, cfg_scale=cfg_scale, seed=seed, result=res,
-                                t_start=t_start, streams=streams):
-            pass
-        return res
-
-    mem_before_capture = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    warm = one_run(0)  # warm-up: graph capture, autotuning, allocator growth
-    graph_pool = (torch.cuda.memory_allocated(device) - mem_before_capture) if device.type == "cuda" else None
-    runs = [one_run(r + 1) for r in range(repeats)]
-    frame_ms = [t * 1000 for r in runs for t in r.frame_s]
-    ttfa_ms = [r.ttfa_s * 1000 for r in runs]
-    # per-component latency: each component graphed alone where the frame is graphed (what it costs
-    # inside the frame graph), else one eager pass timed with CUDA events
-    comp = {}
-    loop = next(iter(synth._loops.values()))
-    if loop.graph is not None:
-        timing = "each component captured alone in a CUDA graph, 50 replays"
-        per = graphed_component_ms(loop)
-    else:
-        timing = "eager calls timed with CUDA events" if device.type == "cuda" else "eager calls, host clock"
-        timer = ComponentTimer(synth.runners, device)
-        with timer.active():
-            for _ in range(min(frames, 20)):
-                loop.step()
-        per = timer.milliseconds()
-    for name, ms in per.items():
-        if ms and name not in ("lm_prefill", "acoustic_encoder"):
-            comp[name] = component_stats(ms[2:] or ms, 1)
-    audio_s = frames * synth.info.hop / SAMPLE_RATE
-    mem = {"peak_allocated_bytes": None, "peak_reserved_bytes": None, "nvml_peak_used_bytes": None,
-           "graph_pool_bytes": graph_pool}
-    if device.type == "cuda":
-        mem["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
-        mem["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
-    stats = _pcts(frame_ms)
-    mean_total = sum(r.total_s for r in runs) / len(runs) if runs else None
-    result = {"backend": backend, "precision": precision.value, "label": f"vvtrt-{variant}",
-              "components": comp, "frame_ms": frame_ms, "frame": stats,
-              "rtf": mean_total / audio_s if runs else None,
-              # concurrency: `streams` streams batched per frame step; audio seconds made per second, all streams
-              "streams": streams, "throughput_x_realtime": streams * audio_s / mean_total if runs else None,
-              "ttfa_ms": ttfa_ms, "ttfa": _pcts(ttfa_ms), "memory": mem,
-              "setup": {"load_s": load_s, "build_s": None, "capture_s": synth.capture_seconds,
-                        "warmup_s": warm.total_s},
-              "floor_gap": None,
-              "notes": (f"whole-frame CUDA graph: {loop.graph is not None}; options {extra or 'default'}; "
-                        f"components: {timing}" + (f"; {streams} concurrent streams per frame step" if streams > 1
-                                                    else ""))}
-    del synth, loop
-    gc.collect()
-    return result
+    names = [b.strip() for b in str(backends).split(",") if b.strip()]
+    if not names:
+        raise InputError("--backend is empty: name at least one of " + ", ".join(VARIANTS))
+    for b in names:
+        if b not in VARIANTS:
+            raise InputError(f"unknown backend {b!r}: choose from {', '.join(VARIANTS)}")
+    if len(set(names)) < len(names) or len(set(baselines)) < len(tuple(baselines)):
+        raise InputError("a --backend or --baseline is named twice: name each once")
+    for b in baselines:
+        if b not in BASELINES:
+            raise InputError(f"unknown baseline {b!r}: choose from {', '.join(BASELINES)}")
+    if frames < 1 or repeats < 1 or streams < 1:
+        raise InputError("--frames, --repeats and --streams must be >= 1")
+    if repeats > REPEATS_MAX:
+        raise InputError(f"--repeats {repeats} is more than {REPEATS_MAX}: a few repeats give stable percentiles")
+    if prompt_tokens is None or prompt_tokens == 0:
+        prompt_tokens = 0
+    elif prompt_tokens < 2:
+        raise InputError(f"--prompt-tokens must be 0 (no synthetic prompt) or >= 2, got {prompt_tokens}")
+    if streams > 1 and baselines:
+        raise InputError("--baseline runs one stream: measure baselines with --streams 1")
+    dev = str(resolve_device(device))
+    precision = Precision.parse(dtype or ("bf16" if dev.startswith("cuda") else "fp32"))
+    return BenchSettings(tuple(names), tuple(baselines), dev, precision.value, int(frames), int(prompt_tokens),
+                         int(repeats), check_cfg(cfg_scale), int(streams))
 
 
-def bench_baseline(wd: Workdir, kind: str, device, precision: Precision, frames: int, prompt_tokens: int,
-                   repeats: int, cfg_scale: float, models: ModelCache) -> dict:
-    from vvtrt.bench.baselines import run_baseline
-
-    device = torch.device(device)
-    model = models.get(precision, device)
-    rng = np.random.default_rng(0)
-    ids = [int(i) for i in rng.integers(32, 127, prompt_tokens - 1)] + [model.config.audio_bos_token_id]
-    token_cfg = kind == "transformers"
-    runs = [run_baseline(model, ids, frames, wd.options().steps, cfg_scale, token_cfg, device)
-            for _ in range(repeats + 1)][1:]
-    frame_ms = [t for r in runs for t in r["frame_ms"]]
-    audio_s = frames * wd.info().hop / SAMPLE_RATE
-    return {"backend": "torch", "precision": precision.value, "label": kind, "components": {},
-            "frame_ms": frame_ms, "frame": _pcts(frame_ms),
-            "rtf": float(np.mean([r["total_s"] for r in runs])) / audio_s, "ttfa_ms": [r["ttfa_s"] * 1000 for r in runs],
-            "ttfa": _pcts([r["ttfa_s"] * 1000 for r in runs]),
-            "memory": {"peak_allocated_bytes": None, "peak_reserved_bytes": None, "nvml_peak_used_bytes": None,
-                       "graph_pool_bytes": None},
-            "setup": {"load_s": None, "build_s": None, "capture_s": None}, "floor_gap": None,
-            "notes": ("transformers generate with guidance_scale (adds token-level CFG: a third LLM pass)"
-                      if token_cfg else "transformers modules, transformers' loop, diffusion-only CFG, eager")}
+def _check_sizes(wd: Workdir, s: BenchSettings, prompt_tokens: int) -> None:
+    """The script's prompt and the synthetic one, each with `frames` frames, must fit the work dir."""
+    opts = wd.options()
+    for what, n in (("the script's prompt", prompt_tokens), ("--prompt-tokens", s.prompt_tokens)):
+        if not n:
+            continue
+        if n > opts.max_prompt:
+            raise InputError(f"{what} has {n} tokens, more than the work dir's max_prompt {opts.max_prompt}")
+        if n + s.frames + 1 > opts.kv_buckets[-1]:
+            raise InputError(f"{what} ({n} tokens) with --frames {s.frames} needs {n + s.frames + 1} KV slots; the "
+                             f"work dir's largest KV bucket is {opts.kv_buckets[-1]}: lower --frames")
 
 
-def run_bench(wd: Workdir, backends, device, precision: Precision, frames: int, prompt_tokens: int, repeats: int,
-              cfg_scale: float, baselines=(), streams: int = 1) -> dict:
+def _job(wd: Workdir, s: BenchSettings, inputs, kind: str, name: str) -> BenchJob:
+    return BenchJob(kind, name, str(wd.root), s.device, s.precision, s.frames, s.repeats, s.cfg_scale,
+                    s.prompt_tokens, s.streams, inputs.script, inputs.voices, logging.getLogger().getEffectiveLevel())
+
+
+def _jobs(wd: Workdir, s: BenchSettings, inputs) -> list[BenchJob]:
+    return ([_job(wd, s, inputs, "variant", b) for b in s.backends]
+            + [_job(wd, s, inputs, "baseline", b) for b in s.baselines])
+
+
+def _run_jobs(jobs, scratch: Path, tel) -> tuple[list, list, list, list]:
+    results, baselines, failed, spans = [], [], [], []
+    for i, job in enumerate(jobs):
+        log.info("bench: %s in its own process", job.label)
+        t0 = tel.elapsed()
+        reply = run_in_subprocess(job, scratch, i)
+        spans.append({"label": job.label, "kind": job.kind, "pid": reply.get("pid"), "t_start_s": t0,
+                      "t_end_s": tel.elapsed(), "ok": "result" in reply})
+        if "result" in reply:
+            (results if job.kind == "variant" else baselines).append({**reply["result"], "pid": reply["pid"]})
+        else:
+            log.error("bench %s failed: %s", job.label, reply["error"])
+            failed.append({"label": job.label, "error": reply["error"], "error_type": reply.get("error_type"),
+                           "pid": reply.get("pid")})
+    return results, baselines, failed, spans
+
+
+def _floor(wd: Workdir, s: BenchSettings, inputs, scratch: Path, index: int):
+    if not s.device.startswith("cuda"):
+        return None
+    reply = run_in_subprocess(_job(wd, s, inputs, "floor", "floor"), scratch, index)
+    if "result" not in reply:
+        log.error("bandwidth floor not measured: %s", reply["error"])
+        return None
+    return reply["result"]["floor"]
+
+
+def _raise_failure(fail: dict) -> None:
+    """One variant alone failed: its error is the command's (its own class when it is a vvtrt error)."""
+    from vvtrt import errors
+
+    cls = getattr(errors, fail.get("error_type") or "", None)
+    if isinstance(cls, type) and issubclass(cls, VvtrtError):
+        raise cls(fail["error"].split(": ", 1)[-1])
+    raise VvtrtError(f"bench {fail['label']} failed: {fail['error']}")
+
+
+def run_bench(wd: Workdir, s: BenchSettings, inputs, prompt: dict, scratch: Path) -> dict:
     from vvtrt.reports.environment import collect_environment
     from vvtrt.reports.telemetry import TelemetrySampler
 
-    device = torch.device(device)
-    models = ModelCache(wd, init_on_device=True)  # speed does not depend on weight values
-    results, base, failed = [], [], []
-    with TelemetrySampler(interval_s=0.05, device_index=device.index or 0) as tel:
-        for b in backends:
-            try:
-                results.append(bench_backend(wd, b, device, precision, frames, prompt_tokens, repeats, cfg_scale,
-                                             models, streams))
-            except (VvtrtError, RuntimeError) as exc:  # one variant failing must not lose the others
-                if len(backends) == 1 and not baselines:
-                    raise
-                log.error("bench variant %s failed: %s", b, exc)
-                failed.append({"label": f"vvtrt-{b}", "error": f"{type(exc).__name__}: {exc}"})
-        for kind in baselines:
-            base.append(bench_baseline(wd, kind, device, precision, frames, prompt_tokens, repeats, cfg_scale,
-                                       models))
-    floor = None
-    bw = device_bandwidth_gbps(device)
-    if bw:
-        wbytes = weight_bytes_per_frame(models.get(precision, device), wd.options().steps,
-                                        precision.torch_dtype.itemsize)
-        floor = {"weight_bytes_per_frame": wbytes, "bandwidth_gbps": bw, "floor_ms": wbytes / (bw * 1e9) * 1000}
-        for r in results + base:
-            if r["frame"]["p50"]:
-                r["floor_gap"] = r["frame"]["p50"] / floor["floor_ms"]
-    peak = tel.peak_mem_used() if hasattr(tel, "peak_mem_used") else None
-    for r in results:
-        r["memory"]["nvml_peak_used_bytes"] = peak
+    jobs = _jobs(wd, s, inputs)
+    index = s.device.partition(":")[2]
+    with TelemetrySampler(interval_s=TELEMETRY_INTERVAL_S, device_index=int(index or 0)) as tel:
+        results, base, failed, spans = _run_jobs(jobs, scratch, tel)
+    if failed and not results and not base:
+        if len(jobs) == 1:
+            _raise_failure(failed[0])
+        raise VvtrtError("every bench variant failed: " + "; ".join(f"{f['label']}: {f['error']}" for f in failed))
+    floor = _floor(wd, s, inputs, scratch, len(jobs))
+    for r in results + base:
+        if floor and floor.get("floor_ms") and r["frame"]["p50"]:
+            r["floor_gap"] = r["frame"]["p50"] / floor["floor_ms"]
     meta = wd.meta()
     return {"kind": "bench", "version": 1, "created": datetime.now(timezone.utc).isoformat(),
             "config": {"preset": meta["model"]["preset"] or meta["model"]["path"], "model": meta["model"],
-                       "dtype": precision.value, "dtypes": [precision.value], "steps": meta["options"]["steps"],
-                       "cfg_scale": cfg_scale, "backends": list(backends), "baselines": list(baselines),
-                       "batch": streams, "frames": frames, "prompt_tokens": prompt_tokens, "repeats": repeats,
-                       "device": str(device), "environment": collect_environment()},
+                       "dtype": s.precision, "dtypes": [s.precision], "steps": meta["options"]["steps"],
+                       "cfg_scale": s.cfg_scale, "backends": list(s.backends), "baselines": list(s.baselines),
+                       "batch": s.streams, "frames": s.frames, "prompt_tokens": s.prompt_tokens,
+                       "repeats": s.repeats, "device": s.device, "prompt": prompt,
+                       "isolation": "each variant, baseline and the floor measurement in its own process",
+                       "environment": collect_environment()},
             "results": results, "baselines": base, "failed": failed,
-            "telemetry": {"interval_s": 0.05, "samples": list(getattr(tel, "samples", []))},
+            "telemetry": {"interval_s": TELEMETRY_INTERVAL_S, "samples": list(tel.samples)}, "jobs": spans,
             "floor": floor}
 
 
 def run_bench_cli(workdir, backends="torch", device=None, dtype=None, frames=60, prompt_tokens=512, repeats=3,
-                  cfg_scale=1.3, baselines=(), out_dir=None, streams: int = 1) -> dict:
+                  cfg_scale=1.3, baselines=(), out_dir=None, streams: int = 1, script=None, voices=()) -> dict:
+    """`vvtrt bench`: validate, measure, write ``bench_<preset>_<dtype>_k<steps>[_xN].{json,md,png}``.
+    `script`: a script file (default: the packaged dialogue); `voices`: one wav per speaker (default: the
+    packaged clips)."""
+    from vvtrt.bench.inputs import prompt_size, resolve_inputs
     from vvtrt.reports import write_report
 
     wd = Workdir.open(workdir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = Precision.parse(dtype or ("bf16" if device.type == "cuda" else "fp32"))
-    names = [b.strip() for b in str(backends).split(",") if b.strip()]
-    for b in names:
-        if b not in VARIANTS:
-            raise InputError(f"unknown backend {b!r}: choose from {', '.join(VARIANTS)}")
-    if frames < 1 or repeats < 1 or streams < 1:
-        raise InputError("--frames, --repeats and --streams must be >= 1")
-    if streams > 1 and baselines:
-        raise InputError("--baseline runs one stream: measure baselines with --streams 1")
-    report = run_bench(wd, names, device, precision, frames, prompt_tokens, repeats, cfg_scale, tuple(baselines),
-                       streams)
-    from pathlib import Path
-
+    s = validate_settings(backends, tuple(baselines or ()), device, dtype, frames, prompt_tokens, repeats,
+                          cfg_scale, streams)
+    with tempfile.TemporaryDirectory(prefix="vvtrt-bench-") as tmp:
+        scratch = Path(tmp)
+        inputs = resolve_inputs(script, voices, wd.options().max_voice_frames, wd.info().hop, scratch)
+        n_prompt, n_voice = prompt_size(inputs, wd)
+        _check_sizes(wd, s, n_prompt)
+        report = run_bench(wd, s, inputs, inputs.to_config(n_prompt, n_voice), scratch)
     out = Path(out_dir) if out_dir else wd.reports_dir
-    stem = f"bench_{report['config']['preset']}_{precision.value}_k{report['config']['steps']}"
-    if streams > 1:
-        stem += f"_x{streams}"
+    stem = f"bench_{report['config']['preset']}_{s.precision}_k{report['config']['steps']}"
+    if s.streams > 1:
+        stem += f"_x{s.streams}"
     return write_report(report, out, stem)

@@ -1,8 +1,10 @@
 """PNG plots of a validated report. Uses matplotlib's object API on the Agg canvas (imported lazily, no
 pyplot global state, safe from threads and headless machines).
 
-bench  -> latency_breakdown.png, frame_latency.png, telemetry.png (only with samples)
-parity -> parity_errors.png, parity_frames.png (only with streaming or end-to-end rows)
+bench  -> latency_breakdown.png, frame_latency.png, ttfa.png and memory.png (reports with end-to-end TTFA /
+          per-process memory), telemetry.png (only with samples)
+parity -> parity_errors.png, parity_frames.png (only with streaming or end-to-end rows),
+          parity_scripted.png (only with scripted end-to-end rows)
 """
 from __future__ import annotations
 
@@ -131,6 +133,14 @@ def plot_frame_latency(report: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _shade_jobs(ax, report: dict) -> None:
+    """Mark each process of the run (variant, baseline, floor) on a telemetry axis."""
+    for i, job in enumerate(report.get("jobs") or []):
+        ax.axvspan(job["t_start_s"], job["t_end_s"], color="0.5" if i % 2 else "0.8", alpha=0.15, linewidth=0)
+        ax.text((job["t_start_s"] + job["t_end_s"]) / 2, 0.98, job["label"], transform=ax.get_xaxis_transform(),
+                ha="center", va="top", fontsize=6, rotation=90, color="0.3")
+
+
 def plot_telemetry(report: dict, path: Path) -> Path | None:
     tel = report.get("telemetry") or {}
     samples = tel.get("samples") or []
@@ -144,9 +154,70 @@ def plot_telemetry(report: dict, path: Path) -> Path | None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1)
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
+        _shade_jobs(ax, report)
     axes[-1].set_xlabel("time since sampling started (s)")
-    axes[0].set_title(f"GPU telemetry ({len(samples)} samples, every {tel.get('interval_s', 0):g} s)")
+    axes[0].set_title(f"GPU telemetry, whole device ({len(samples)} samples, every {tel.get('interval_s', 0):g} s)")
     return _save(fig, path)
+
+
+def _grouped_barh(entries, series, spec: str, title: str, xlabel: str, hatched=()):
+    """One group of horizontal bars per entry, one bar per series `(name, label, value(r) -> number | None)`;
+    a None value draws no bar (not measured). Returns the figure."""
+    fig = _figure(11, 1.2 + 0.9 * len(entries))
+    ax = fig.subplots()
+    height = 0.8 / len(series)
+    for j, ((name, label, value), color) in enumerate(zip(series, _colors(len(series)))):
+        pts = [(y - 0.4 + height * (j + 0.5), v) for y, (r, _) in enumerate(entries) if (v := value(r)) is not None]
+        ax.barh([p[0] for p in pts], [p[1] for p in pts], height * 0.9, color=color, label=label,
+                hatch="//" if name in hatched else None)
+        for y, v in pts:
+            ax.annotate(f"{v:{spec}}", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(range(len(entries)), [_name(r, b) for r, b in entries], fontsize=8)
+    ax.invert_yaxis()
+    vals = [v for r, _ in entries for *_, value in series if (v := value(r))]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > 50:
+        ax.set_xscale("log")
+    ax.margins(x=0.15)
+    ax.set_xlabel(xlabel + (", log scale" if ax.get_xscale() == "log" else "") + " (no bar: not measured)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    return fig
+
+
+def _ttfa(block: str, cold: bool = False):
+    def value(r):
+        b = r.get(block) or {}
+        return b.get("cold_ms") if cold else (b.get("warm") or {}).get("p50")
+    return value
+
+
+TTFA_BARS = (("e2e_cold", "end to end, cold", _ttfa("ttfa_e2e", cold=True)),
+             ("e2e_warm", "end to end, warm p50", _ttfa("ttfa_e2e")),
+             ("prefill", "prefill → first chunk, warm p50", _ttfa("ttfa_prefill")),
+             ("synthetic", "synthetic prompt, warm p50", _ttfa("ttfa_synthetic")))
+MEMORY_BARS = (("peak_allocated_bytes", "torch allocator peak"), ("nvml_process_peak_bytes", "NVML, this process"),
+               ("nvml_peak_used_bytes", "NVML, whole device"), ("host_peak_rss_bytes", "host peak RSS"))
+
+
+def plot_ttfa(report: dict, path: Path) -> Path | None:
+    """Time to first audio per variant: cold and warm end to end, warm prefill, synthetic. None for reports
+    without end-to-end figures."""
+    entries = [(r, b) for r, b in _entries(report) if r.get("ttfa_e2e")]
+    if not entries:
+        return None
+    return _save(_grouped_barh(entries, TTFA_BARS, ".1f", "Time to first audio", "ms"), path)
+
+
+def plot_memory(report: dict, path: Path) -> Path | None:
+    """Memory per variant, each measured in its own process. None for reports from before that."""
+    entries = [(r, b) for r, b in _entries(report) if "host_peak_rss_bytes" in r["memory"]]
+    series = [(k, lab, lambda r, k=k: None if r["memory"].get(k) is None else r["memory"][k] / GIB)
+              for k, lab in MEMORY_BARS if any(r["memory"].get(k) is not None for r, _ in entries)]
+    if not entries or not series:
+        return None
+    return _save(_grouped_barh(entries, series, ".2f", "Peak memory, one process per variant (hatched: the whole "
+                               "device, not just this process)", "GiB", hatched=("nvml_peak_used_bytes",)), path)
 
 
 # --------------------------------------------------------------------------------------- parity ----
@@ -223,7 +294,8 @@ def plot_parity_errors(report: dict, path: Path) -> Path | None:
 
 def plot_parity_frames(report: dict, path: Path) -> Path | None:
     streaming, e2e = report["streaming"], report["e2e"]
-    panels = [p for p in ("streaming", "e2e") if report[p]]
+    ran = {"streaming": any(r["passed"] is not None for r in streaming), "e2e": any(r["frames"] for r in e2e)}
+    panels = [p for p in ("streaming", "e2e") if ran[p]]  # checks that did not run have nothing to draw
     if not panels:
         return None
     from matplotlib.ticker import MaxNLocator
@@ -268,9 +340,64 @@ def plot_parity_frames(report: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+_DECISION_STYLE = {"speech_end": ("crimson", "end"), "speech_start": ("seagreen", "start"), "eos": ("0.2", "eos")}
+
+
+def _gapped(points):
+    """(xs, ys) with a NaN break wherever the steps are not consecutive (no line across other decisions)."""
+    xs, ys = [], []
+    for x, y in points:
+        if xs and x != xs[-1] + 1:
+            xs.append(math.nan)
+            ys.append(math.nan)
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
+def plot_parity_scripted(report: dict, path: Path) -> Path | None:
+    """Scripted end-to-end rows against the LLM step: each diffusion frame's latent rel_l2 (top) and its
+    audio chunk's SNR (bottom); the script's other decisions are marked where they were taken."""
+    runs = [r for r in report["e2e"] if r.get("script") and r["frames"]]
+    if not runs:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    zf = _zero_floor([f["latent_rel_l2"] for r in runs for f in r["frames"]])
+    fig = _figure(11, 6.5)
+    ax_lat, ax_snr = fig.subplots(2, 1, sharex=True)
+    for run, color in zip(runs, _colors(len(runs))):
+        pts = [(f["step"], f) for f in run["frames"] if "step" in f]
+        label = f"{run['name']} · {run['backend']}" + ("" if run["script"]["matched"] else " (decisions differ)")
+        lat = [(s, _log_value(f["latent_rel_l2"], zf)) for s, f in pts if f["latent_rel_l2"] is not None]
+        snr = [(s, f["audio_snr_db"]) for s, f in pts if f.get("audio_snr_db") is not None]
+        for ax, series, lab in ((ax_lat, lat, label), (ax_snr, snr, None)):
+            if series:
+                ax.plot(*_gapped(series), marker=".", markersize=5, linewidth=1, color=color, label=lab)
+    for step, decision in enumerate(runs[0]["script"]["decisions"]):
+        if decision in _DECISION_STYLE:
+            color, text = _DECISION_STYLE[decision]
+            for ax in (ax_lat, ax_snr):
+                ax.axvline(step, color=color, linestyle=":", linewidth=1.2)
+            ax_lat.annotate(text, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                            textcoords="offset points", fontsize=8, color=color)
+    ax_lat.set_yscale("log")
+    ax_lat.set_ylabel("latent relative L2 (log)")
+    ax_lat.set_title("Scripted decisions: per-frame error vs transformers generate (dotted: non-diffusion "
+                     "decisions)")
+    ax_snr.set_ylabel("audio chunk SNR (dB)")
+    ax_snr.set_xlabel("LLM step (diffusion steps make the frames)")
+    ax_snr.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (ax_lat, ax_snr):
+        ax.grid(alpha=0.3, which="major")
+    ax_lat.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
 PLOTS = {"bench": (("latency_breakdown", plot_latency_breakdown), ("frame_latency", plot_frame_latency),
-                   ("telemetry", plot_telemetry)),
-         "parity": (("parity_errors", plot_parity_errors), ("parity_frames", plot_parity_frames))}
+                   ("ttfa", plot_ttfa), ("memory", plot_memory), ("telemetry", plot_telemetry)),
+         "parity": (("parity_errors", plot_parity_errors), ("parity_frames", plot_parity_frames),
+                    ("parity_scripted", plot_parity_scripted))}
 
 
 def write_plots(report: dict, out_dir, prefix: str = "") -> list[Path]:

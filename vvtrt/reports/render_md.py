@@ -6,6 +6,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from vvtrt.reports.schema import check_outcome, parity_counts
 from vvtrt.reports.stats import speedup
 
 GIB = float(2**30)
@@ -48,24 +49,6 @@ def table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
 def _status(passed) -> str:
     """One check's verdict; None means the check was skipped (why: the notes / failures list)."""
     return "⏭ skipped" if passed is None else "✅ pass" if passed else "❌ FAIL"
-
-
-def _group_status(rows) -> str:
-    """"k/n ✅ pass" over the checks that ran; FAIL if any failed; "skipped" if none ran."""
-    ran = [r["passed"] for r in rows if r["passed"] is not None]
-    skipped = len(rows) - len(ran)
-    if not ran:
-        return _status(None)
-    text = f"{sum(ran)}/{len(ran)} {_status(all(ran))}"
-    return text + (f" ({skipped} skipped)" if skipped else "")
-
-
-def _counts(rows) -> str:
-    ran = [r["passed"] for r in rows if r["passed"] is not None]
-    info = sum(1 for r in rows if r.get("gated") is False)
-    skipped = len(rows) - len(ran) - info
-    extra = [f"{skipped} skipped"] * bool(skipped) + [f"{info} informational"] * bool(info)
-    return f"{sum(ran)}/{len(ran)} passed" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _worst(values, key, highest: bool = True):
@@ -118,15 +101,44 @@ def _images(images: Sequence | None) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- parity ----
-def _render_parity(report: dict, images) -> str:
-    rows, streaming, e2e = report["rows"], report["streaming"], report["e2e"]
-    out = _header(report, "vvtrt parity report")
-    out += [f"**{'PASSED' if report['passed'] else 'FAILED'}** — component checks {_counts(rows)}, "
-            f"streaming frames {_counts(streaming)}, end-to-end runs {_counts(e2e)}; "
-            f"{len(report['failures'])} failure(s).", ""]
-    out += ["## Components", "",
-            "Worst value over every checked shape and output; rel_l2 is compared with the tolerance; "
-            "— means missing or non-finite (NaN/inf), which counts as worst.", ""]
+_OUTCOME = {"passed": "✅ pass", "failed": "❌ FAIL", "skipped": "⛔ not run", "informational": "ℹ info"}
+_SECTIONS = (("components", "component checks (shape × output)"), ("streaming", "streaming frames"),
+             ("e2e", "end-to-end runs"), ("total", "total"))
+
+
+def _group_status(rows) -> str:
+    """"k/n ✅ pass" over the gated checks that ran; FAIL if any failed; "(m not run)" if some did not run."""
+    c = {k: 0 for k in _OUTCOME}
+    for r in rows:
+        c[check_outcome(r)] += 1
+    ran = c["passed"] + c["failed"]
+    if not ran:
+        return _OUTCOME["skipped" if c["skipped"] else "informational"]
+    text = f"{c['passed']}/{ran} {_OUTCOME['failed' if c['failed'] else 'passed']}"
+    return text + (f" ({c['skipped']} not run)" if c["skipped"] else "")
+
+
+def _parity_summary(report: dict) -> list[str]:
+    """The verdict and the check counts (recorded, or computed from the rows of an older report)."""
+    recorded = report.get("counts")
+    counts = recorded or parity_counts(report)
+    t = counts["total"]
+    out = [f"**{'PASSED' if report['passed'] else 'FAILED'}** — {t['run'] + t['skipped']} checks: {t['passed']} "
+           f"passed, {t['failed']} failed, {t['skipped']} not run, {t['informational']} informational (ran, not "
+           f"gated by design); {len(report['failures'])} failure(s). A check that did not run fails the run.", ""]
+    out += [table(["checks", "run", "passed", "failed", "not run", "informational"],
+                  [[label] + [counts[key][k] for k in ("run", "passed", "failed", "skipped", "informational")]
+                   for key, label in _SECTIONS]), ""]
+    if recorded is None:
+        out += ["_Counts not recorded: this report predates them, so they are computed here from its rows; "
+                "when it was written, a check that did not run did not fail the run._", ""]
+    return out
+
+
+def _parity_components(rows) -> list[str]:
+    out = ["## Components", "",
+           "Worst value over every checked shape and output; rel_l2 is compared with the tolerance; "
+           "— means missing or non-finite (NaN/inf), which counts as worst.", ""]
     body = []
     for (comp, prec, backend, method), grp in _group(rows, "component", "precision", "backend", "method").items():
         w = _worst(grp, "rel_l2")
@@ -134,39 +146,77 @@ def _render_parity(report: dict, images) -> str:
         body.append([comp, prec, backend, method, len(grp), _e(w["rel_l2"]), _e(max(
             (r["max_abs"] for r in grp if r["max_abs"] is not None), default=None)),
             fmt(_worst(grp, "cosine", highest=False)["cosine"], ".6f"), _e(w["tolerance"]),
-            f"{w['output']} ({dims})" if dims else w["output"], _group_status(grp)])
-    out += [table(["component", "precision", "backend", "method", "checks", "worst rel_l2", "worst max_abs",
-                   "min cosine", "tolerance", "worst at", "status"], body) if body else "_no component rows_", ""]
-    out += ["## Streaming", ""]
-    if streaming:
-        body = []
-        for (comp, prec, backend), grp in _group(streaming, "component", "precision", "backend").items():
-            w = _worst(grp, "rel_l2")
-            frames = len({r["frame"] for r in grp})
-            note = "" if frames >= MIN_STREAM_FRAMES else f"⚠ only {frames} frames (< {MIN_STREAM_FRAMES})"
-            body.append([comp, prec, backend, frames, w["frame"], w["output"], _e(w["rel_l2"]),
-                         _e(_worst(grp, "max_abs")["max_abs"]), _group_status(grp), note])
-        out += [table(["component", "precision", "backend", "frames", "worst frame", "output", "worst rel_l2",
-                       "worst max_abs", "status", "notes"], body), ""]
-    else:
-        out += ["_no streaming checks_", ""]
-    out += ["## End to end", ""]
-    if e2e:
-        body = []
-        for run in e2e:
-            fr = run["frames"]
-            first, last = (fr[0], fr[-1]) if fr else ({}, {})
-            w = _worst(fr, "latent_rel_l2") if fr else {}
-            worst = f"#{w['frame']}: {_e(w['latent_rel_l2'])}" if fr else "—"
-            body.append([run["name"], run["backend"], run["precision"], len(fr), _e(first.get("latent_rel_l2")),
-                         _e(last.get("latent_rel_l2")), worst, _e(max((f["latent_max_abs"] for f in fr
-                         if f["latent_max_abs"] is not None), default=None)), fmt(run["snr_db"], ".1f"),
-                         "ℹ info" if run.get("gated") is False else _status(run["passed"]), run["notes"]])
-        out += ["Latent rel_l2 against the reference run at the first, last and worst frame.", "",
-                table(["run", "backend", "precision", "frames", "first", "last", "worst", "worst max_abs",
-                       "SNR (dB)", "status", "notes"], body), ""]
-    else:
-        out += ["_no end-to-end runs_", ""]
+            w.get("skipped") or (f"{w['output']} ({dims})" if dims else w["output"]), _group_status(grp)])
+    return out + [table(["component", "precision", "backend", "method", "checks", "worst rel_l2", "worst max_abs",
+                         "min cosine", "tolerance", "worst at", "status"], body) if body else "_no component rows_", ""]
+
+
+def _parity_streaming(streaming) -> list[str]:
+    if not streaming:
+        return ["## Streaming", "", "_no streaming checks_", ""]
+    body = []
+    for (comp, prec, backend), grp in _group(streaming, "component", "precision", "backend").items():
+        w = _worst(grp, "rel_l2")
+        frames = len({r["frame"] for r in grp if r["passed"] is not None})
+        note = next((f"not run: {r['skipped']}" for r in grp if r.get("skipped")), "")
+        note = note or ("" if frames >= MIN_STREAM_FRAMES else f"⚠ only {frames} frames (< {MIN_STREAM_FRAMES})")
+        body.append([comp, prec, backend, frames, w["frame"], w["output"], _e(w["rel_l2"]),
+                     _e(_worst(grp, "max_abs")["max_abs"]), _group_status(grp), note])
+    return ["## Streaming", "", table(["component", "precision", "backend", "frames", "worst frame", "output",
+                                       "worst rel_l2", "worst max_abs", "status", "notes"], body), ""]
+
+
+def _parity_e2e(e2e) -> list[str]:
+    if not e2e:
+        return ["## End to end", "", "_no end-to-end runs_", ""]
+    body = []
+    for run in e2e:
+        fr = run["frames"]
+        first, last = (fr[0], fr[-1]) if fr else ({}, {})
+        w = _worst(fr, "latent_rel_l2") if fr else {}
+        worst = f"#{w['frame']}: {_e(w['latent_rel_l2'])}" if fr else "—"
+        chunk = run.get("worst_chunk_snr_db")
+        chunk = fmt(chunk, ".1f") if "worst_chunk_snr_db" in run else "not recorded"
+        body.append([run["name"], run["backend"], run["precision"], len(fr), _e(first.get("latent_rel_l2")),
+                     _e(last.get("latent_rel_l2")), worst, _e(max((f["latent_max_abs"] for f in fr
+                     if f["latent_max_abs"] is not None), default=None)), fmt(run["snr_db"], ".1f"), chunk,
+                     _OUTCOME[check_outcome(run)], run["notes"]])
+    return ["## End to end", "",
+            "Latent rel_l2 against the reference run at the first, last and worst diffusion frame; SNR of the "
+            "whole audio and of the worst 3200-sample chunk.", "",
+            table(["run", "backend", "precision", "frames", "first", "last", "worst", "worst max_abs", "SNR (dB)",
+                   "worst chunk SNR (dB)", "status", "notes"], body), ""] + _parity_scripts(e2e)
+
+
+def _parity_scripts(e2e) -> list[str]:
+    """Scripted rows: the decisions of both runs per LLM step, next to each diffusion frame's errors."""
+    runs = [r for r in e2e if r.get("script")]
+    if not runs:
+        return []
+    out = ["### Scripted decisions", "",
+           "Each LLM step's forced decision in vvtrt and in transformers `generate`; a diffusion step makes a "
+           "frame (its latent rel_l2 and audio-chunk SNR against the reference). Both must follow the script "
+           "exactly and stop at its eos.", ""]
+    for run in runs:
+        sc = run["script"]
+        by_step = {f["step"]: f for f in run["frames"] if "step" in f}
+        steps = max(len(sc["decisions"]), len(sc["ours"]), len(sc["reference"]))
+        at = lambda seq, i: seq[i] if i < len(seq) else "—"  # noqa: E731
+        body = [[i, at(sc["decisions"], i), at(sc["ours"], i), at(sc["reference"], i),
+                 by_step[i]["frame"] if i in by_step else "", _e(by_step[i]["latent_rel_l2"]) if i in by_step else "",
+                 fmt(by_step[i].get("audio_snr_db"), ".1f") if i in by_step else ""] for i in range(steps)]
+        verdict = "✅ decisions match" if sc["matched"] else "❌ decisions or stop differ"
+        out += [f"<details><summary>{run['name']} ({run['backend']}): {verdict}; stop vvtrt "
+                f"{sc['stop_reason']!r}, reference {sc['reference_stop_reason']!r}</summary>", "",
+                table(["step", "script", "vvtrt", "reference", "frame", "latent rel_l2", "chunk SNR (dB)"], body),
+                "", "</details>", ""]
+    return out
+
+
+def _render_parity(report: dict, images) -> str:
+    rows = report["rows"]
+    out = _header(report, "vvtrt parity report") + _parity_summary(report)
+    out += _parity_components(rows) + _parity_streaming(report["streaming"]) + _parity_e2e(report["e2e"])
     if report["failures"]:
         out += ["## Failures", ""] + [f"- {f}" for f in report["failures"]] + [""]
     out += _images(images)
@@ -174,7 +224,8 @@ def _render_parity(report: dict, images) -> str:
     if rows:
         detail = [[r["component"], r["precision"], r["backend"], r["method"], r["output"],
                    ", ".join(f"{k}={v}" for k, v in r["dims"].items()), _e(r["max_abs"]), _e(r["max_rel"]),
-                   _e(r["rel_l2"]), fmt(r["cosine"], ".6f"), _e(r["tolerance"]), _status(r["passed"])] for r in rows]
+                   _e(r["rel_l2"]), fmt(r["cosine"], ".6f"), _e(r["tolerance"]), _OUTCOME[check_outcome(r)]]
+                  for r in rows]
         out += ["<details><summary>All component checks</summary>", "",
                 table(["component", "precision", "backend", "method", "output", "dims", "max_abs", "max_rel",
                        "rel_l2", "cosine", "tolerance", "status"], detail), "", "</details>", ""]
@@ -182,6 +233,9 @@ def _render_parity(report: dict, images) -> str:
 
 
 # ---------------------------------------------------------------------------------------- bench ----
+NOT_MEASURED = "not measured"
+
+
 def _all_results(report: dict) -> list[tuple[dict, bool]]:
     return [(r, False) for r in report["results"]] + [(b, True) for b in report["baselines"]]
 
@@ -192,6 +246,23 @@ def _gap(r: dict, floor) -> float | None:
     if floor and floor.get("floor_ms") and r["frame"].get("p50") is not None:
         return r["frame"]["p50"] / floor["floor_ms"]
     return None
+
+
+def _nm(x, spec: str = ".3g", scale: float = 1.0, suffix: str = "") -> str:
+    """A figure that may not have been measured (missing in older reports, or null): say so."""
+    return NOT_MEASURED if x is None else fmt(x, spec, scale, suffix)
+
+
+def _ttfa_cells(r: dict, config: dict) -> list[str]:
+    """TTFA e2e cold, warm p50 and p99, prefill warm p50 and p99, synthetic warm p50 (ms)."""
+    e2e, pre, syn = r.get("ttfa_e2e") or {}, r.get("ttfa_prefill") or {}, r.get("ttfa_synthetic")
+    if syn is None and "ttfa_e2e" not in r and r.get("ttfa"):  # an older report: its only TTFA was this
+        syn = {"warm": r["ttfa"], "prompt_tokens": config.get("prompt_tokens")}
+    syn_p50 = (syn or {}).get("warm", {}).get("p50")
+    return [_nm(e2e.get("cold_ms"), ".1f"), _nm(e2e.get("warm", {}).get("p50"), ".1f"),
+            _nm(e2e.get("warm", {}).get("p99"), ".1f"), _nm(pre.get("warm", {}).get("p50"), ".1f"),
+            _nm(pre.get("warm", {}).get("p99"), ".1f"),
+            NOT_MEASURED if syn_p50 is None else f"{syn_p50:.1f} ({syn.get('prompt_tokens') or '?'} tok)"]
 
 
 def _target_status(t: dict) -> str:
@@ -205,6 +276,116 @@ def _target_status(t: dict) -> str:
     return f"{'✅ met' if t['met'] else '❌ missed'} ({op} {fmt(target)}; {word} {fmt(diff)} {t['unit']}{rel})"
 
 
+def _bench_speed(report: dict) -> list[str]:
+    results, baselines, floor = report["results"], report["baselines"], report.get("floor")
+    out = ["## Backends", "", "Frame = one acoustic latent (3200 samples ≈ 133 ms of 24 kHz audio); speed-up = "
+           "baseline frame p50 / this frame p50; RTF = request time / audio time (< 1 is faster than real "
+           "time); floor gap = frame p50 / bandwidth floor.", ""]
+    headers = (["label", "backend", "precision", "frame p50 (ms)", "p90", "p99", "RTF", "peak alloc (GiB)"]
+               + [f"speed-up vs {b['label']}" for b in baselines] + ["floor gap"])
+    body = [[r["label"] + (" (baseline)" if is_base else ""), r["backend"], r["precision"], fmt(r["frame"]["p50"], ".2f"),
+             fmt(r["frame"]["p90"], ".2f"), fmt(r["frame"]["p99"], ".2f"), fmt(r["rtf"], ".3f"),
+             fmt(r["memory"]["peak_allocated_bytes"], ".2f", GIB)]
+            + [fmt(speedup(b["frame"]["p50"], r["frame"]["p50"]), ".2f", suffix="×") for b in baselines]
+            + [fmt(_gap(r, floor), ".2f", suffix="×")] for r, is_base in _all_results(report)]
+    out += [table(headers, body), ""]
+    batched = [r for r in results if (r.get("streams") or 1) > 1]
+    if batched:
+        out += [f"Concurrency: {report['config'].get('batch')} streams batched into each frame step; frame "
+                "latency and RTF are per step (every stream advances one frame), throughput counts all streams.",
+                "", table(["label", "streams", "throughput (× real time, all streams)", "RTF per stream"],
+                          [[r["label"], r["streams"], fmt(r.get("throughput_x_realtime"), ".1f", suffix="×"),
+                            fmt(r["rtf"], ".3f")] for r in batched]), ""]
+    return out
+
+
+def _bench_ttfa(report: dict) -> list[str]:
+    cfg = report["config"]
+    out = ["## Time to first audio", "", "Milliseconds until the first audio chunk is on the host. *End to end*: "
+           "script text and voice wavs in (tokenize, read and encode the voices, build the prompt, prefill, first "
+           "frame); *cold* is the first request after load (graph capture and compilation included), *warm* the "
+           f"{cfg.get('repeats', '?')} after it. *Prefill*: warm, from the prefill of the same prompt (its "
+           "embeddings ready) to the first chunk. *Synthetic*: warm prefill-to-first-chunk of a prompt of random "
+           "text tokens.", ""]
+    body = [[r["label"]] + _ttfa_cells(r, cfg) for r, _ in _all_results(report)]
+    out += [table(["label", "end to end, cold", "end to end, warm p50", "p99", "prefill → first chunk, warm p50",
+                   "p99", "synthetic prompt, warm p50"], body), ""]
+    parts = [[r["label"], _nm((e.get("prompt_build") or {}).get("p50"), ".1f"), len(e["voice_encoder_ms"]),
+              _nm(sum(e["voice_encoder_ms"]) / len(e["voice_encoder_ms"]) if e["voice_encoder_ms"] else None, ".1f")]
+             for r, _ in _all_results(report) if "voice_encoder_ms" in (e := r.get("ttfa_e2e") or {})]
+    if parts:
+        out += ["What end to end adds to the prefill figure (warm): building the prompt (tokenize, read and encode "
+                "the voices, embed), timed alone; the voice encoder's calls inside the end-to-end requests.", "",
+                table(["label", "prompt build p50 (ms)", "voice encoder calls", "voice encoder mean per call (ms)"],
+                      parts), ""]
+    prompt = cfg.get("prompt")
+    if prompt:
+        voices = "; ".join(f"{v['file']} {fmt(v['seconds'], '.2f')} s" + (f" (cut from {fmt(v['source_seconds'], '.2f')} "
+                           "s to the work dir's limit)" if v.get("trimmed") else "") for v in prompt["voices"])
+        out += [f"Script: {prompt['script_source']}, {prompt['turns']} turns, {prompt['prompt_tokens']} prompt tokens "
+                f"of which {prompt['voice_tokens']} voice tokens; voices: {voices or 'none'}.", ""]
+    else:
+        out += [f"_This report predates end-to-end TTFA: its only TTFA is the synthetic prompt's "
+                f"({cfg.get('prompt_tokens', '?')} tokens)._", ""]
+    return out
+
+
+def _bench_memory(report: dict) -> list[str]:
+    isolated = any("pid" in r for r, _ in _all_results(report))
+    out = ["### Memory and setup", "",
+           ("Each variant and baseline ran in its own process (pid). *NVML, this process*: NVML's figure for that "
+            "pid (its CUDA context included); *NVML, whole device*: the device's used memory while that process "
+            "ran, and before it touched CUDA: any other process on the GPU included, and the memory the driver "
+            "reserves (NVML's v1 `used` counts it: an idle GPU reads a few hundred MiB)." if isolated else
+            "This report predates per-process measurement: every variant ran in one process, so the whole-"
+            "device NVML figure covers all of them."),
+           "Torch's allocator does not see ONNX Runtime's or TensorRT's memory.", ""]
+    body = []
+    for r, _ in _all_results(report):
+        m, st = r["memory"], r["setup"]
+        body.append([r["label"], r.get("pid", NOT_MEASURED)]
+                    + [_nm(m.get(k), ".2f", GIB) for k in ("peak_allocated_bytes", "peak_reserved_bytes",
+                                                           "nvml_process_peak_bytes", "nvml_peak_used_bytes",
+                                                           "nvml_device_baseline_bytes", "host_peak_rss_bytes")]
+                    + [fmt(m["graph_pool_bytes"], ".2f", GIB)]
+                    + [fmt(st.get(k), ".1f") for k in ("load_s", "build_s", "capture_s", "cold_request_s")]
+                    + [len(r["frame_ms"]), "; ".join(x for x in (r["notes"], m.get("nvml_process_status")) if x)])
+    out += [table(["label", "pid", "torch allocator peak (GiB)", "reserved (GiB)", "NVML, this process (GiB)",
+                   "NVML, whole device (GiB)", "whole device before (GiB)", "host peak RSS (GiB)",
+                   "cold-request growth (GiB)", "load (s)", "build (s)", "capture (s)", "cold request (s)", "frames",
+                   "notes"], body), ""]
+    return out
+
+
+def _bench_components(report: dict) -> list[str]:
+    rows = []
+    for r, _ in _all_results(report):
+        for name, c in r["components"].items():
+            per_frame = None if c["mean_ms"] is None else c["mean_ms"] * c["calls_per_frame"]
+            share = (per_frame / r["frame"]["mean"] * 100) if per_frame is not None and r["frame"]["mean"] else None
+            rows.append([r["label"], name, fmt(c["calls_per_frame"], "g"), fmt(c["p50_ms"], ".3f"), fmt(c["p90_ms"], ".3f"),
+                         fmt(c["p99_ms"], ".3f"), fmt(c["mean_ms"], ".3f"), fmt(per_frame, ".2f"),
+                         fmt(share, ".1f", suffix="%")])
+    return ["## Components", "", table(["label", "component", "calls/frame", "p50 (ms)", "p90 (ms)", "p99 (ms)",
+                                        "mean (ms)", "ms/frame (mean × calls)", "share of frame mean"], rows)
+            if rows else "_no per-component timings_", ""]
+
+
+def _bench_telemetry(report: dict) -> list[str]:
+    tel = report.get("telemetry") or {}
+    samples = tel.get("samples") or []
+    if not samples:
+        return ["## GPU telemetry", "", "_no telemetry samples (no GPU / NVML)_", ""]
+    span = samples[-1]["t"] - samples[0]["t"]
+    body = []
+    for key, (label, unit, scale) in TELEMETRY_UNITS.items():
+        vals = [s[key] for s in samples if s.get(key) is not None]
+        if vals:
+            body.append([label, unit, fmt(sum(vals) / len(vals), ".4g", scale), fmt(max(vals), ".4g", scale)])
+    return ["## GPU telemetry", "", f"{len(samples)} samples of the whole device every {fmt(tel['interval_s'])} s "
+            f"over {span:.1f} s, across every process of the run.", "", table(["series", "unit", "mean", "max"], body), ""]
+
+
 def _render_bench(report: dict, images) -> str:
     results, baselines, floor = report["results"], report["baselines"], report.get("floor")
     out = _header(report, "vvtrt benchmark report")
@@ -214,49 +395,10 @@ def _render_bench(report: dict, images) -> str:
                for b in baselines if speedup(b["frame"]["p50"], best["frame"]["p50"]) is not None]
         out += [f"Fastest: **{best['label']}** at {fmt(best['frame']['p50'], '.2f')} ms/frame p50, "
                 f"RTF {fmt(best['rtf'], '.3f')}" + (f" — {', '.join(ups)}." if ups else "."), ""]
-    out += ["## Backends", "", "Frame = one acoustic latent (3200 samples ≈ 133 ms of 24 kHz audio); speed-up = baseline "
-            "frame p50 / this frame p50; RTF = compute time / audio time (< 1 is faster than real time); "
-            "TTFA = time to first audio; floor gap = frame p50 / bandwidth floor.", ""]
-    headers = ["label", "backend", "precision", "frame p50 (ms)", "p90", "p99", "RTF", "TTFA p50 (ms)", "p90",
-               "p99", "peak alloc (GiB)"] + [f"speed-up vs {b['label']}" for b in baselines] + ["floor gap"]
-    body = []
-    for r, is_base in _all_results(report):
-        f, tt = r["frame"], r["ttfa"]
-        body.append([r["label"] + (" (baseline)" if is_base else ""), r["backend"], r["precision"],
-                     fmt(f["p50"], ".2f"), fmt(f["p90"], ".2f"), fmt(f["p99"], ".2f"), fmt(r["rtf"], ".3f"),
-                     fmt(tt["p50"], ".1f"), fmt(tt["p90"], ".1f"), fmt(tt["p99"], ".1f"),
-                     fmt(r["memory"]["peak_allocated_bytes"], ".2f", GIB)]
-                    + [fmt(speedup(b["frame"]["p50"], f["p50"]), ".2f", suffix="×") for b in baselines]
-                    + [fmt(_gap(r, floor), ".2f", suffix="×")])
-    out += [table(headers, body), ""]
-    batched = [r for r in results if (r.get("streams") or 1) > 1]
-    if batched:
-        out += [f"Concurrency: {report['config'].get('batch')} streams batched into each frame step; frame "
-                "latency and RTF are per step (every stream advances one frame), throughput counts all streams.",
-                "", table(["label", "streams", "throughput (× real time, all streams)", "RTF per stream"],
-                          [[r["label"], r["streams"], fmt(r.get("throughput_x_realtime"), ".1f", suffix="×"),
-                            fmt(r["rtf"], ".3f")] for r in batched]), ""]
+    out += _bench_speed(report) + _bench_ttfa(report)
     if report.get("failed"):
         out += ["### Failed variants", ""] + [f"- **{f['label']}**: {f['error']}" for f in report["failed"]] + [""]
-    out += ["### Memory and setup", "", table(
-        ["label", "peak allocated (GiB)", "peak reserved (GiB)", "NVML peak used (GiB)", "graph pool (GiB)",
-         "load (s)", "build (s)", "capture (s)", "frames", "notes"],
-        [[r["label"]] + [fmt(r["memory"][k], ".2f", GIB) for k in ("peak_allocated_bytes", "peak_reserved_bytes",
-                                                                     "nvml_peak_used_bytes", "graph_pool_bytes")]
-         + [fmt(r["setup"][k], ".1f") for k in ("load_s", "build_s", "capture_s")] + [len(r["frame_ms"]), r["notes"]]
-         for r, _ in _all_results(report)]), ""]
-    comp_rows = []
-    for r, _ in _all_results(report):
-        for name, c in r["components"].items():
-            per_frame = None if c["mean_ms"] is None else c["mean_ms"] * c["calls_per_frame"]
-            share = (per_frame / r["frame"]["mean"] * 100) if per_frame is not None and r["frame"]["mean"] else None
-            comp_rows.append([r["label"], name, fmt(c["calls_per_frame"], "g"), fmt(c["p50_ms"], ".3f"),
-                              fmt(c["p90_ms"], ".3f"), fmt(c["p99_ms"], ".3f"), fmt(c["mean_ms"], ".3f"),
-                              fmt(per_frame, ".2f"), fmt(share, ".1f", suffix="%")])
-    out += ["## Components", ""]
-    out += [table(["label", "component", "calls/frame", "p50 (ms)", "p90 (ms)", "p99 (ms)", "mean (ms)",
-                   "ms/frame (mean × calls)", "share of frame mean"], comp_rows) if comp_rows
-            else "_no per-component timings_", ""]
+    out += _bench_memory(report) + _bench_components(report)
     if floor:
         out += ["## Bandwidth floor", "", f"{fmt(floor['weight_bytes_per_frame'], '.3f', GIB)} GiB of weights read per "
                 f"frame at {fmt(floor['bandwidth_gbps'], '.0f')} GB/s → floor {fmt(floor['floor_ms'], '.2f')} "
@@ -265,22 +407,7 @@ def _render_bench(report: dict, images) -> str:
         out += ["## Targets", "", table(["target", "value", "unit", "status"],
                                         [[t["name"], fmt(t["value"], ".4g"), t["unit"], _target_status(t)]
                                          for t in report["targets"]]), ""]
-    tel = report.get("telemetry") or {}
-    samples = tel.get("samples") or []
-    out += ["## GPU telemetry", ""]
-    if samples:
-        span = samples[-1]["t"] - samples[0]["t"]
-        body = []
-        for key, (label, unit, scale) in TELEMETRY_UNITS.items():
-            vals = [s[key] for s in samples if s.get(key) is not None]
-            if vals:
-                body.append([label, unit, fmt(sum(vals) / len(vals), ".4g", scale), fmt(max(vals), ".4g", scale)])
-        out += [f"{len(samples)} samples every {fmt(tel['interval_s'])} s over {span:.1f} s.", "",
-                table(["series", "unit", "mean", "max"], body), ""]
-    else:
-        out += ["_no telemetry samples (no GPU / NVML)_", ""]
-    out += _images(images)
-    out += _config_block(report)
+    out += _bench_telemetry(report) + _images(images) + _config_block(report)
     return "\n".join(out)
 
 

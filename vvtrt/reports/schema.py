@@ -16,35 +16,70 @@ NaN/inf into null so that the files stay strict JSON). Extra keys anywhere are a
     "streaming": [{"component", "precision", "backend", "frame": int, "output",
                    "rel_l2", "max_abs", "passed": bool | null}],     # >= 16 frames per stateful component
     "e2e": [{"name", "backend", "precision", "frames": [{"frame": int, "latent_rel_l2", "latent_max_abs",
+                        "step" (optional: the LLM step that made this diffusion frame),
+                        "audio_rel_l2", "audio_snr_db" (optional: this frame's audio chunk vs the reference's),
                         "reference_sensitivity" (optional: the perturbed twin of the reference vs the reference)}],
              "snr_db", "passed": bool | null, "gated": bool (optional; false: informational),
-             "growth_ratio" (optional: a chaotic free-running row's growth relative to the twin), "notes": str}],
-    "passed": bool, "failures": [str]
+             "worst_chunk_snr_db" (optional), "growth_ratio" (optional: a chaotic free-running row's growth
+             relative to the twin), "script" (optional, scripted rows: {"decisions": [str], "ours": [str],
+             "reference": [str], "stop_reason", "reference_stop_reason", "matched": bool}), "notes": str}],
+    "passed": bool, "failures": [str],
+    "counts": {"components" | "streaming" | "e2e" | "total":
+               {"run", "passed", "failed", "skipped", "informational": int}}   # optional (older reports lack it)
 
 ``method`` says how the row was checked ("onnxruntime-cpu", "onnxruntime-cuda",
 "onnx-reference-evaluator", "torch-bf16-cpu", "tensorrt", ...); ``tolerance`` is the rel_l2 bound.
-A row/frame/run that could not be checked has ``"passed": null`` (skipped; say why in ``notes`` or
-``failures``); its metrics and tolerance may be null. The top-level ``passed`` stays a bool.
+A row/frame/run that could not be checked has ``"passed": null`` and, since version-1 reports with
+``counts``, a ``"skipped": reason``; it is a *skipped* check, and a skipped check fails the run (it is
+also in ``failures``). An e2e row with ``"gated": false`` ran but is informational by design (never
+counted as passed, never a failure). ``counts`` (see :func:`parity_counts`) must agree with the rows, and a
+report with counts that says ``"passed": true`` has no failed or skipped check. Reports written before
+counts existed are still read; their skipped rows did not fail the run then.
 
 **bench** adds::
 
     "results":   [RESULT, ...]   # one per measured backend
     "baselines": [RESULT, ...]   # labels like "pytorch-eager", "transformers-generate"
-    "failed":    [{"label", "error"}]   # optional: variants that raised (the others are still reported)
+    "failed":    [{"label", "error", "error_type"?, "pid"?}]   # optional: variants that failed (the
+                                                               # others are still reported)
     "telemetry": {"interval_s": number, "samples": [{"t", "gpu_util", "mem_used_bytes", "temp_c",
-                                                     "sm_clock_mhz", "power_w"}]} | null
+                                                     "sm_clock_mhz", "power_w"}]} | null   # whole device
+    "jobs":      [{"label", "kind", "pid", "t_start_s", "t_end_s", "ok"}]   # optional: one process each,
+                                                                          # times on the telemetry clock
     "floor":     {"weight_bytes_per_frame", "bandwidth_gbps", "floor_ms"} | null
     "targets":   [{"name", "target", "value", "unit", "met": bool, "op"?: "<=" | ">="}]   # optional
 
-    RESULT = {"backend", "precision", "label",
+    RESULT = {"backend", "precision", "label", "pid"?: int,    # pid: the process that measured it
               "components": {name: {"calls_per_frame", "p50_ms", "p90_ms", "p99_ms", "mean_ms"}},
               "frame_ms": [number per frame], "frame": {"p50", "p90", "p99", "mean"}, "rtf",
-              "ttfa_ms": [number], "ttfa": {"p50", "p90", "p99"},
+              "ttfa_e2e"?: TTFA, "ttfa_prefill"?: TTFA, "ttfa_synthetic"?: TTFA | null,
+              "ttfa_ms"?: [number], "ttfa"?: {"p50", "p90", "p99"},     # reports before the split, see below
               "memory": {"peak_allocated_bytes", "peak_reserved_bytes", "nvml_peak_used_bytes",
-                         "graph_pool_bytes"},
-              "setup": {"load_s", "build_s", "capture_s"},
+                         "graph_pool_bytes", "nvml_process_peak_bytes"?, "nvml_device_baseline_bytes"?,
+                         "nvml_process_status"?: str, "host_peak_rss_bytes"?},
+              "setup": {"load_s", "build_s", "capture_s", "cold_request_s"?},
               "floor_gap": frame p50 / floor_ms | null, "notes": str,
               "streams"?: int, "throughput_x_realtime"?: number}   # optional: concurrent streams per step
+    TTFA = {"cold_ms": number | null, "warm_ms": [number], "warm": {"p50", "p90", "p99", ...},
+            "prompt_tokens"?: int, ...}
+
+Time to first audio (ms, until the first 3200-sample chunk is on the host):
+
+* ``ttfa_e2e``: end to end, script text and voice wavs in (tokenize, read and encode the voices, build
+  the prompt, prefill, first frame); ``cold_ms`` is the first request after load (graph capture and
+  compilation included), ``warm`` the requests after it;
+* ``ttfa_prefill``: warm, from the prefill of the same prompt (its embeddings ready) to the first chunk;
+* ``ttfa_synthetic``: warm prefill-to-first-chunk of a synthetic prompt of ``prompt_tokens`` random text
+  tokens (``config.prompt_tokens``), or null;
+* ``ttfa`` / ``ttfa_ms`` (older reports only): warm prefill-to-first-chunk of the synthetic prompt.
+
+Memory: ``peak_allocated_bytes`` / ``peak_reserved_bytes`` are torch's allocator (ORT and TensorRT
+allocate outside it); ``nvml_process_peak_bytes`` is NVML's figure for the measuring process's own pid
+(null, with ``nvml_process_status`` saying why, where NVML does not list it); ``nvml_peak_used_bytes``
+is the whole device's used memory (older reports: over the whole multi-variant process; NVML's v1
+``used``, which counts driver-reserved memory), and ``nvml_device_baseline_bytes`` that figure before
+the process touched CUDA; ``host_peak_rss_bytes`` the
+process's peak resident host memory. A key missing from an older report means "not measured".
 
 ``components`` may be ``{}`` (a baseline that cannot be broken down); every metric may be null.
 The renderer computes speed-ups as baseline frame p50 / result frame p50.
@@ -65,27 +100,40 @@ KINDS = ("parity", "bench")
 
 # Leaf type tags ("?" = or null): "str", "int", "num", "num?", "bool", "bool?", "dict", "strlist", "numlist".
 NUM_DICT = "numdict"  # dict of str -> int (parity dims)
+# ("optional", spec): a key that older reports lack; when present it must match spec.
 
 PARITY_ROW = {"component": "str", "precision": "str", "backend": "str", "method": "str", "dims": NUM_DICT,
               "output": "str", "max_abs": "num?", "max_rel": "num?", "rel_l2": "num?", "cosine": "num?",
               "tolerance": "num?", "passed": "bool?"}
 STREAMING_ROW = {"component": "str", "precision": "str", "backend": "str", "frame": "int", "output": "str",
                  "rel_l2": "num?", "max_abs": "num?", "passed": "bool?"}
-E2E_FRAME = {"frame": "int", "latent_rel_l2": "num?", "latent_max_abs": "num?"}
+E2E_FRAME = {"frame": "int", "latent_rel_l2": "num?", "latent_max_abs": "num?", "step": ("optional", "int"),
+             "audio_rel_l2": ("optional", "num?"), "audio_snr_db": ("optional", "num?")}
+E2E_SCRIPT = {"decisions": "strlist", "ours": "strlist", "reference": "strlist", "stop_reason": "str",
+              "reference_stop_reason": "str", "matched": "bool"}
 E2E_ROW = {"name": "str", "backend": "str", "precision": "str", "frames": [E2E_FRAME], "snr_db": "num?",
-           "passed": "bool?", "notes": "str"}
+           "passed": "bool?", "notes": "str", "gated": ("optional", "bool"),
+           "worst_chunk_snr_db": ("optional", "num?"), "script": ("optional", E2E_SCRIPT)}
 COMPONENT_STATS = {"calls_per_frame": "num", "p50_ms": "num?", "p90_ms": "num?", "p99_ms": "num?",
                    "mean_ms": "num?"}
+PCTS = {"p50": "num?", "p90": "num?", "p99": "num?"}
+TTFA_BLOCK = {"cold_ms": "num?", "warm_ms": "numlist", "warm": PCTS}
 BENCH_RESULT = {
-    "backend": "str", "precision": "str", "label": "str",
+    "backend": "str", "precision": "str", "label": "str", "pid": ("optional", "int"),
     "components": ("mapping", COMPONENT_STATS),
     "frame_ms": "numlist", "frame": {"p50": "num?", "p90": "num?", "p99": "num?", "mean": "num?"},
-    "rtf": "num?", "ttfa_ms": "numlist", "ttfa": {"p50": "num?", "p90": "num?", "p99": "num?"},
+    "rtf": "num?", "ttfa_e2e": ("optional", TTFA_BLOCK), "ttfa_prefill": ("optional", TTFA_BLOCK),
+    "ttfa_synthetic": ("optional", ("nullable", TTFA_BLOCK)),
+    "ttfa_ms": ("optional", "numlist"), "ttfa": ("optional", PCTS),
     "memory": {"peak_allocated_bytes": "num?", "peak_reserved_bytes": "num?", "nvml_peak_used_bytes": "num?",
-               "graph_pool_bytes": "num?"},
+               "graph_pool_bytes": "num?", "nvml_process_peak_bytes": ("optional", "num?"),
+               "nvml_device_baseline_bytes": ("optional", "num?"), "nvml_process_status": ("optional", "str"),
+               "host_peak_rss_bytes": ("optional", "num?")},
     "setup": {"load_s": "num?", "build_s": "num?", "capture_s": "num?"},
     "floor_gap": "num?", "notes": "str",
 }
+BENCH_FAILED = {"label": "str", "error": "str"}
+BENCH_JOB = {"label": "str", "kind": "str", "t_start_s": "num", "t_end_s": "num", "ok": "bool"}
 TELEMETRY_SAMPLE = {"t": "num", "gpu_util": "num?", "mem_used_bytes": "num?", "temp_c": "num?",
                     "sm_clock_mhz": "num?", "power_w": "num?"}
 TELEMETRY = {"interval_s": "num", "samples": [TELEMETRY_SAMPLE]}
@@ -93,10 +141,13 @@ FLOOR = {"weight_bytes_per_frame": "num?", "bandwidth_gbps": "num?", "floor_ms":
 TARGET = {"name": "str", "target": "num?", "value": "num?", "unit": "str", "met": "bool"}
 CONFIG = {"preset": "str", "steps": "int", "cfg_scale": "num", "backends": "strlist", "environment": "dict"}
 
+COUNT_KEYS = ("run", "passed", "failed", "skipped", "informational")
+PARITY_SECTIONS = (("components", "rows"), ("streaming", "streaming"), ("e2e", "e2e"))
+COUNTS = {name: {k: "int" for k in COUNT_KEYS} for name in [s for s, _ in PARITY_SECTIONS] + ["total"]}
 PARITY = {"rows": [PARITY_ROW], "streaming": [STREAMING_ROW], "e2e": [E2E_ROW], "passed": "bool",
-          "failures": "strlist"}
+          "failures": "strlist", "counts": ("optional", COUNTS)}
 BENCH = {"results": [BENCH_RESULT], "baselines": [BENCH_RESULT], "telemetry": ("nullable", TELEMETRY),
-         "floor": ("nullable", FLOOR)}
+         "floor": ("nullable", FLOOR), "failed": ("optional", [BENCH_FAILED]), "jobs": ("optional", [BENCH_JOB])}
 
 
 def _is_num(v) -> bool:
@@ -138,6 +189,8 @@ def _check(value, spec, where: str) -> None:
     elif isinstance(spec, tuple) and spec[0] == "nullable":
         if value is not None:
             _check(value, spec[1], where)
+    elif isinstance(spec, tuple) and spec[0] == "optional":  # present (absent is handled by its dict)
+        _check(value, spec[1], where)
     elif isinstance(spec, tuple) and spec[0] == "mapping":
         if not isinstance(value, dict):
             raise InputError(f"report key {where!r} must be an object, got {_short(value)}")
@@ -149,6 +202,8 @@ def _check(value, spec, where: str) -> None:
         for key, sub in spec.items():
             path = f"{where}.{key}" if where else key
             if key not in value:
+                if isinstance(sub, tuple) and sub[0] == "optional":
+                    continue
                 raise InputError(f"report is missing key {path!r}")
             _check(value[key], sub, path)
     else:  # pragma: no cover - programming error in the spec tables above
@@ -182,11 +237,51 @@ def validate(report: Any) -> None:
     else:
         raise InputError("report is missing key 'config.dtype' (or 'config.dtypes')")
     _check(report, PARITY if report["kind"] == "parity" else BENCH, "")
+    if report["kind"] == "parity":
+        _check_parity_counts(report)
     if report["kind"] == "bench" and report.get("targets") is not None:
         _check(report["targets"], [TARGET], "targets")
         for i, t in enumerate(report["targets"]):
             if t.get("op") not in (None, "<=", ">="):
                 raise InputError(f"report key 'targets[{i}].op' must be '<=' or '>=', got {t['op']!r}")
+
+
+def check_outcome(row: dict) -> str:
+    """One parity check's outcome: "passed", "failed", "informational" (ran; not gated by design) or
+    "skipped" (asked for, did not run -- a failure of the run)."""
+    passed = row.get("passed")
+    if passed is not None:
+        return "passed" if passed else "failed"
+    return "informational" if row.get("gated") is False else "skipped"
+
+
+def parity_counts(report: dict) -> dict:
+    """Checks per section (components = rows, streaming frames, e2e runs) and in total: run (= passed +
+    failed + informational), passed, failed, skipped, informational."""
+    counts = {}
+    for section, key in PARITY_SECTIONS:
+        c = dict.fromkeys(COUNT_KEYS, 0)
+        for row in report[key]:
+            c[check_outcome(row)] += 1
+        c["run"] = c["passed"] + c["failed"] + c["informational"]
+        counts[section] = c
+    counts["total"] = {k: sum(counts[s][k] for s, _ in PARITY_SECTIONS) for k in COUNT_KEYS}
+    return counts
+
+
+def _check_parity_counts(report: dict) -> None:
+    """Recorded counts agree with the rows, and a passed report has no failed or skipped check."""
+    if "counts" not in report:
+        return  # written before counts were recorded
+    want = parity_counts(report)
+    for section, c in want.items():
+        got = {k: report["counts"][section][k] for k in COUNT_KEYS}
+        if got != c:
+            raise InputError(f"report key 'counts.{section}' is {got} but its rows give {c}")
+    total = want["total"]
+    if report["passed"] and (total["failed"] or total["skipped"]):
+        raise InputError(f"report says passed but {total['failed']} check(s) failed and {total['skipped']} "
+                         "did not run")
 
 
 def now_iso() -> str:

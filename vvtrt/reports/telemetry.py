@@ -6,10 +6,15 @@
 
 Without the NVML library, a GPU or a permission, the sampler logs at debug level and records nothing;
 it never raises. The polling thread is a daemon that stops (and is joined) when the context exits.
+
+:class:`ProcessMemorySampler` polls one process's own GPU memory (its pid in NVML's process lists) and
+the device's used memory, keeping peaks; :func:`peak_rss_bytes` is the process's peak host memory.
 """
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 
@@ -85,6 +90,10 @@ class TelemetrySampler:
         """The report's ``telemetry`` object."""
         return {"interval_s": self.interval_s, "samples": list(self.samples)}
 
+    def elapsed(self) -> float:
+        """Seconds since `start` on the samples' clock (their ``t``), e.g. to mark phases of a run."""
+        return time.perf_counter() - self._t0
+
     # -- internals ---------------------------------------------------------------------------------
     def _init_nvml(self) -> bool:
         try:
@@ -109,17 +118,7 @@ class TelemetrySampler:
         return True
 
     def _resolve_handle(self, nvml):
-        import sys
-
-        torch = sys.modules.get("torch")  # only if the caller already uses torch; never import it here
-        try:
-            if torch is not None and torch.cuda.is_initialized():
-                uuid = str(torch.cuda.get_device_properties(self.device_index).uuid)
-                uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
-                return nvml.nvmlDeviceGetHandleByUUID(uuid)
-        except Exception as e:  # noqa: BLE001 - MIG devices, old torch: fall back to the index
-            log.debug("NVML lookup by UUID failed (%s); using index %d", e, self.device_index)
-        return nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+        return nvml_handle(nvml, self.device_index)
 
     def _read(self, fn):
         try:
@@ -149,3 +148,99 @@ class TelemetrySampler:
             if len(self.samples) >= self.max_samples:
                 log.debug("telemetry stopped at max_samples=%d", self.max_samples)
                 return
+
+
+def nvml_handle(nvml, device_index: int):
+    """The NVML handle of CUDA ordinal `device_index`: by UUID when torch has CUDA initialised, else through
+    CUDA_VISIBLE_DEVICES (an index or a UUID per entry) when set, else NVML's own index."""
+    torch = sys.modules.get("torch")  # only if the caller already uses torch; never import it here
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            uuid = str(torch.cuda.get_device_properties(device_index).uuid)
+            return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except Exception as e:  # noqa: BLE001 - MIG devices, old torch: fall back to the index
+        log.debug("NVML lookup by UUID failed (%s)", e)
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if device_index < len(visible):
+        entry = visible[device_index]
+        if entry.isdigit():
+            return nvml.nvmlDeviceGetHandleByIndex(int(entry))
+        if entry.startswith("GPU-"):
+            return nvml.nvmlDeviceGetHandleByUUID(entry)
+    return nvml.nvmlDeviceGetHandleByIndex(device_index)
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident host memory in bytes (getrusage; KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+class ProcessMemorySampler(TelemetrySampler):
+    """Peaks of one process's own GPU memory and of the device's used memory, polled over NVML.
+
+    The process's figure is its pid's entry in the device's compute and graphics process lists (the larger
+    where it is in both). NVML lists host pids: in a container with its own PID namespace the pid is not
+    found, and the process figure stays None with a status saying so, never a device-wide number in its
+    place. Start it before the process touches CUDA: the first reading is the device's baseline."""
+
+    def __init__(self, interval_s: float = 0.02, device_index: int = 0, pid: int | None = None):
+        super().__init__(interval_s, device_index)
+        self.pid = int(pid or os.getpid())
+        self.process_peak: int | None = None
+        self.device_peak: int | None = None
+        self.device_baseline: int | None = None
+        self._listed = False  # the pid appeared in a process list
+        self._lists_read = False  # a process list was read at all
+
+    def _own_usage(self, nvml, h) -> int | None:
+        best = None
+        for fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            procs = self._read(lambda: getattr(nvml, fn)(h))
+            if procs is None:
+                continue
+            self._lists_read = True
+            for p in procs:
+                if int(p.pid) == self.pid:
+                    self._listed = True
+                    used = getattr(p, "usedGpuMemory", None)
+                    if used is not None:
+                        best = max(best or 0, int(used))
+        return best
+
+    def _sample(self) -> None:
+        nvml, h = self._nvml, self._handle
+        if nvml is None or h is None:
+            return
+        used = self._read(lambda: nvml.nvmlDeviceGetMemoryInfo(h).used)
+        own = self._own_usage(nvml, h)
+        with self._lock:
+            if self.device_baseline is None:
+                self.device_baseline = used
+            if used is not None:
+                self.device_peak = max(self.device_peak or 0, int(used))
+            if own is not None:
+                self.process_peak = max(self.process_peak or 0, own)
+
+    def status(self) -> str:
+        if not self.available:
+            return "not measured: no NVML device"
+        if self.process_peak is not None:
+            return "measured: this process's pid in NVML's process list"
+        if self._listed:
+            return "not measured: NVML lists this pid without a memory figure"
+        if not self._lists_read:
+            return "not measured: NVML cannot list the device's processes"
+        return "not measured: NVML never listed this pid (another PID namespace, e.g. a container?)"
+
+    def snapshot(self) -> dict:
+        """The peaks so far (the sampler keeps running), as report ``memory`` fields."""
+        self._sample()
+        with self._lock:
+            return {"nvml_process_peak_bytes": self.process_peak, "nvml_peak_used_bytes": self.device_peak,
+                    "nvml_device_baseline_bytes": self.device_baseline, "nvml_process_status": self.status(),
+                    "host_peak_rss_bytes": peak_rss_bytes()}

@@ -5,7 +5,9 @@ Rows of the LLM batch are `[positive streams..., negative streams...]`; both row
 same input embedding (the negative branch sees every diffusion step's input, shared doc §3). One step:
 
 1. `lm_decode` on all rows -> hidden, control logits, new K/V (written at each row's length).
-2. token = argmax of the positive row's 4 control logits (or forced `speech_diffusion`).
+2. token = argmax of the positive row's 4 control logits, or forced: `speech_diffusion` on every step
+   (`force`, the `frames=N` mode), or the step's entry of a decision script (`script[step]`, parity's
+   scripted decisions; -1 = not scripted), picked on the device by a step counter: no host sync.
 3. Positive rows always commit their K/V; negative rows only on `speech_diffusion`; `speech_start`
    empties the negative context (transformers masks it to the new token only: the same by RoPE's
    relative positions).
@@ -52,6 +54,9 @@ class FrameLoop:
                             if teacher else None)
         self.frame_ctr = torch.zeros(1, dtype=torch.int64, device=dev)
         self.force = torch.zeros(n, dtype=torch.bool, device=dev)
+        # script[t]: the control index forced at LLM step t (every stream), -1 where the loop decides itself
+        self.script = torch.full((kv_len,), -1, dtype=torch.int64, device=dev)
+        self.step_ctr = torch.zeros(1, dtype=torch.int64, device=dev)
         self.cfg = torch.tensor([cfg_scale], dtype=torch.float32, device=dev)
         z, h = info.latent_dim, info.hidden
         self.embeds = torch.zeros(rows, 1, h, dtype=dtype, device=dev)
@@ -79,12 +84,12 @@ class FrameLoop:
                                    "cache_len": kv.lengths}, self.o_dec)
         hidden, logits = self.o_dec["hidden"], self.o_dec["logits"]
         tok = torch.where(self.force, torch.full_like(self.token, self.diff_idx), logits[:n].argmax(dim=-1))
+        scripted = self.script.index_select(0, self.step_ctr.clamp(max=self.script.shape[0] - 1))
+        tok = torch.where(scripted >= 0, scripted, tok)
+        self.step_ctr.add_(1)
         self.token.copy_(tok)
         is_diff = tok == self.diff_idx
-        kv.write_step(self.o_dec["new_k"], self.o_dec["new_v"])
-        neg_len = torch.where(tok == self.start_idx, torch.zeros_like(kv.lengths[n:]),
-                              kv.lengths[n:] + is_diff.to(torch.int64))
-        kv.lengths.copy_(torch.cat([kv.lengths[:n] + 1, neg_len]))
+        self._commit_kv(tok, is_diff)
         frame = self.frame_ctr.clamp(max=self.noise_all.shape[0] - 1)
         self.noise.copy_(self.noise_all.index_select(0, frame)[0])
         self.r["diffusion_sampler"].infer({"cond_pos": hidden[:n, 0], "cond_neg": hidden[n:, 0],
@@ -97,16 +102,29 @@ class FrameLoop:
         self.r["semantic_encoder_step"].infer({"audio": audio, "state": self.sem_state}, self.o_se)
         self.r["connectors"].infer({"latent": latent, "semantic": self.o_se["semantic"]}, self.o_cn)
         self.r["token_embed"].infer({"token": self.control_ids[tok]}, self.o_te)
-        keep = is_diff.view(n, 1)
-        reset = (tok == self.end_idx).view(n, 1)
-        zero = torch.zeros((), dtype=self.dec_state.dtype, device=self.device)
-        self.dec_state.copy_(torch.where(reset, zero, torch.where(keep, self.o_ad["state_out"], self.dec_state)))
-        self.sem_state.copy_(torch.where(reset, zero, torch.where(keep, self.o_se["state_out"], self.sem_state)))
-        e = torch.where(keep.view(n, 1, 1), self.o_cn["embeds"], self.o_te["embeds"])
+        self._advance_states(tok, is_diff)
+        e = torch.where(is_diff.view(n, 1, 1), self.o_cn["embeds"], self.o_te["embeds"])
         self.embeds.copy_(torch.cat([e, e], dim=0))
         self.audio.copy_(audio)
         self.latent.copy_(self.o_smp["latent"])
         self.frame_ctr.add_(is_diff.any().to(torch.int64))
+
+    def _commit_kv(self, tok: torch.Tensor, is_diff: torch.Tensor) -> None:
+        """Positive rows always keep the step's K/V; negative rows only on speech_diffusion, and
+        speech_start empties their context (the next negative step attends to itself only)."""
+        n, kv = self.n, self.kv
+        kv.write_step(self.o_dec["new_k"], self.o_dec["new_v"])
+        neg_len = torch.where(tok == self.start_idx, torch.zeros_like(kv.lengths[n:]),
+                              kv.lengths[n:] + is_diff.to(torch.int64))
+        kv.lengths.copy_(torch.cat([kv.lengths[:n] + 1, neg_len]))
+
+    def _advance_states(self, tok: torch.Tensor, is_diff: torch.Tensor) -> None:
+        """The conv states advance on speech_diffusion and are zeroed on speech_end (as the original)."""
+        keep = is_diff.view(self.n, 1)
+        reset = (tok == self.end_idx).view(self.n, 1)
+        zero = torch.zeros((), dtype=self.dec_state.dtype, device=self.device)
+        self.dec_state.copy_(torch.where(reset, zero, torch.where(keep, self.o_ad["state_out"], self.dec_state)))
+        self.sem_state.copy_(torch.where(reset, zero, torch.where(keep, self.o_se["state_out"], self.sem_state)))
 
     def component_calls(self) -> list[tuple[str, dict, dict]]:
         """(component, feed, out) of one step on the static buffers, for per-component timing."""
@@ -158,7 +176,7 @@ class FrameLoop:
 
     def _buffers(self) -> list[torch.Tensor]:
         return [self.kv.k, self.kv.v, self.kv.lengths, self.embeds, self.dec_state, self.sem_state,
-                self.frame_ctr, self.token, self.audio, self.latent]
+                self.frame_ctr, self.step_ctr, self.token, self.audio, self.latent]
 
     def _snapshot(self) -> list[torch.Tensor]:
         return [b.clone() for b in self._buffers()]

@@ -55,6 +55,8 @@ class SynthesisResult:
 class Synthesizer:
     """Runs the whole VibeVoice 1.5B/7B loop on any mix of backends."""
 
+    loop_class = FrameLoop  # the per-frame step (parity tests swap in deliberately wrong ones)
+
     def __init__(self, wd: Workdir, runners: dict, precision: Precision, device, cuda_graph="auto",
                  prefill_graph=None):
         from vvtrt.model.text_tokenizer import load_text_tokenizer
@@ -135,7 +137,7 @@ class Synthesizer:
         key = (kv_len, teacher, streams)
         if key not in self._loops:
             noise = torch.zeros(kv_len, streams, self.info.latent_dim)
-            self._loops[key] = FrameLoop(self.runners, self.info, streams, kv_len, self.precision.torch_dtype,
+            self._loops[key] = self.loop_class(self.runners, self.info, streams, kv_len, self.precision.torch_dtype,
                                          self.device, 1.3, noise, teacher=teacher)
         return self._loops[key]
 
@@ -155,17 +157,83 @@ class Synthesizer:
 
     def generate(self, ids, emb, *, frames=None, max_frames=None, cfg_scale=1.3, seed=0, result=None,
                  t_start=None, keep_latents: bool = False, teacher_latents=None,
-                 streams: int = 1) -> Iterator[np.ndarray]:
+                 streams: int = 1, decisions=None) -> Iterator[np.ndarray]:
         """The loop from prompt ids and embeddings `[1, L0, H]` (ending with speech_start).
 
         `keep_latents` also copies each frame's latent to the host (parity); off by default to keep the
         audio hand-out the only host sync per frame. `teacher_latents` (parity: one reference latent
-        `[64]` per frame, at least `frames` of them) feeds the reference latent, not the sampler's, to the
-        decoder / semantic encoder / connectors of each frame.
+        `[64]` per diffusion frame, at least as many as the run makes) feeds the reference latent, not the
+        sampler's, to the decoder / semantic encoder / connectors of each frame.
+
+        `decisions` (parity: control-token names, one per LLM step, e.g. 5 x "speech_diffusion",
+        "speech_end", "speech_start", 9 x "speech_diffusion", "eos") forces each step's decision from a
+        script on the device (no host sync; CUDA-graph capture keeps working). The run stops at the script's
+        eos (its last entry, if any) or where the script ends.
 
         `streams=N` (with `frames`) runs N concurrent streams of this prompt as rows of one batched frame
         step, stream s with the noise of seed `seed + s`; each chunk is then `[N, 3200]`. This is what a
         server batching N requests does per frame; the concurrency benchmark uses it."""
+        script = self._check_generate(ids, frames, streams, teacher_latents, decisions)
+        t_start = t_start or time.perf_counter()
+        n_prompt = len(ids)
+        if script is not None:
+            limit = script.count(self.info.control_index("speech_diffusion"))  # the script's diffusion frames
+        else:  # the original caps generation at the prompt length (<= 2x prompt in total)
+            limit = frames if frames is not None else (max_frames or n_prompt)
+        kv_len = pick_bucket(self.options.kv_buckets, n_prompt + (len(script) if script else limit) + 1)
+        loop = self._loop(kv_len, teacher=teacher_latents is not None, streams=streams)
+        if teacher_latents is not None:
+            self._set_teacher(loop, teacher_latents, limit)
+        self._reset(loop, emb, cfg_scale, seed, forced=frames is not None, n_noise=limit, script=script)
+        res = result if result is not None else SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0, 0)
+        res.forced, res.prompt_tokens, res.streams = frames is not None, n_prompt, streams
+        chunks: list[np.ndarray] = []
+        max_steps = len(script) if script is not None else kv_len - n_prompt - 1
+        res.stop_reason = "length limit"
+        for chunk in self._run(loop, res, max_steps, limit, script is not None, frames is not None, keep_latents,
+                               t_start):
+            chunks.append(chunk)
+            yield chunk
+        res.frames = len(chunks)
+        empty = np.zeros((0,) if streams == 1 else (streams, 0), np.float32)
+        res.audio = np.concatenate(chunks, axis=-1) if chunks else empty
+        res.total_s = time.perf_counter() - t_start
+
+    def _run(self, loop: FrameLoop, res: SynthesisResult, max_steps: int, limit: int, scripted: bool,
+             forced: bool, keep_latents: bool, t_start: float) -> Iterator[np.ndarray]:
+        """Step the loop, yielding each diffusion frame's chunk; sets `res.stop_reason`."""
+        names = self.info.control_token_names
+        produced = steps = 0
+        while steps < max_steps:
+            t0 = time.perf_counter()
+            loop.step()
+            tok = names[int(loop.token[0])]  # the one host sync per frame: hand out the audio
+            steps += 1
+            res.tokens.append(tok)
+            if tok == "speech_diffusion":
+                rows = 0 if loop.n == 1 else slice(None)  # a chunk is [3200], or [N, 3200] for N streams
+                chunk = loop.audio[rows, 0].float().cpu().numpy().copy()  # the buffer is reused
+                if keep_latents:
+                    res.latents.append(loop.latent[rows, 0].float().cpu().numpy().copy())
+                produced += 1
+                res.frame_s.append(time.perf_counter() - t0)
+                if produced == 1:
+                    res.ttfa_s = time.perf_counter() - t_start
+                yield chunk
+                if produced >= limit and not scripted:
+                    res.stop_reason = "frame budget" if forced else "max frames"
+                    return
+            elif tok == "eos":
+                res.stop_reason = "eos"
+                return
+            if not scripted and steps >= limit * 4 + 16 and produced == 0:
+                res.stop_reason = "no speech (random weights never choose to speak: pass --frames N)"
+                return
+        if scripted:
+            res.stop_reason = "end of decision script"
+
+    def _check_generate(self, ids, frames, streams, teacher_latents, decisions) -> list[int] | None:
+        """Refuse contradictory options; return the decision script as control indices (None: no script)."""
         if frames is not None and frames < 1:
             raise InputError(f"--frames must be >= 1, got {frames}")
         if streams < 1:
@@ -175,55 +243,25 @@ class Synthesizer:
                              "concurrent streams are batched with forced speech_diffusion decisions")
         if ids[-1] != self.info.audio_bos_token_id:
             raise InputError("the prompt must end with the speech_start token")
-        t_start = t_start or time.perf_counter()
-        n_prompt = len(ids)
-        # The original caps generation at the prompt length (<= 2x prompt in total).
-        limit = frames if frames is not None else (max_frames or n_prompt)
-        kv_len = pick_bucket(self.options.kv_buckets, n_prompt + limit + 1)
-        loop = self._loop(kv_len, teacher=teacher_latents is not None, streams=streams)
-        if teacher_latents is not None:
-            if len(teacher_latents) < limit:
-                raise InputError(f"teacher forcing needs {limit} reference latents, got {len(teacher_latents)}")
-            ref = torch.stack([torch.as_tensor(np.asarray(t)).reshape(1, -1) for t in teacher_latents[:limit]])
-            loop.teacher_all.zero_()
-            loop.teacher_all[:limit, 0].copy_(ref.to(loop.teacher_all.device, loop.teacher_all.dtype))
-        self._reset(loop, emb, cfg_scale, seed, forced=frames is not None, n_noise=limit)
+        if decisions is None:
+            return None
+        decisions = list(decisions)
         names = self.info.control_token_names
-        res = result if result is not None else SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0, 0)
-        res.forced, res.prompt_tokens, res.streams = frames is not None, n_prompt, streams
-        produced, chunks, steps = 0, [], 0
-        reason = "length limit"
-        while steps < kv_len - n_prompt - 1:
-            t0 = time.perf_counter()
-            loop.step()
-            tok = names[int(loop.token[0])]  # the one host sync per frame: hand out the audio
-            steps += 1
-            res.tokens.append(tok)
-            if tok == "speech_diffusion":
-                rows = 0 if streams == 1 else slice(None)  # a chunk is [3200], or [N, 3200] for N streams
-                chunk = loop.audio[rows, 0].float().cpu().numpy().copy()  # the buffer is reused
-                if keep_latents:
-                    res.latents.append(loop.latent[rows, 0].float().cpu().numpy().copy())
-                produced += 1
-                res.frame_s.append(time.perf_counter() - t0)
-                if produced == 1:
-                    res.ttfa_s = time.perf_counter() - t_start
-                chunks.append(chunk)
-                yield chunk
-                if produced >= limit:
-                    reason = "frame budget" if frames is not None else "max frames"
-                    break
-            elif tok == "eos":
-                reason = "eos"
-                break
-            if steps >= limit * 4 + 16 and produced == 0:
-                reason = "no speech (random weights never choose to speak: pass --frames N)"
-                break
-        res.stop_reason = reason
-        res.frames = produced
-        empty = np.zeros((0,) if streams == 1 else (streams, 0), np.float32)
-        res.audio = np.concatenate(chunks, axis=-1) if chunks else empty
-        res.total_s = time.perf_counter() - t_start
+        if frames is not None:
+            raise InputError("a decision script and a forced frame count exclude each other: give one")
+        if not decisions or any(t not in names for t in decisions):
+            raise InputError(f"a decision script is a non-empty list of {', '.join(names)}; got {decisions!r}")
+        if "eos" in decisions[:-1]:
+            raise InputError("eos ends the run: it can only be the last decision of a script")
+        return [names.index(t) for t in decisions]
+
+    @staticmethod
+    def _set_teacher(loop: FrameLoop, teacher_latents, limit: int) -> None:
+        if len(teacher_latents) < limit:
+            raise InputError(f"teacher forcing needs {limit} reference latents, got {len(teacher_latents)}")
+        ref = torch.stack([torch.as_tensor(np.asarray(t)).reshape(1, -1) for t in teacher_latents[:limit]])
+        loop.teacher_all.zero_()
+        loop.teacher_all[:limit, 0].copy_(ref.to(loop.teacher_all.device, loop.teacher_all.dtype))
 
     def synthesize(self, script, voices=None, **kw) -> SynthesisResult:
         res = SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0.0, 0.0)
@@ -232,14 +270,18 @@ class Synthesizer:
         return res
 
     def _reset(self, loop: FrameLoop, emb: torch.Tensor, cfg_scale: float, seed: int, forced: bool,
-               n_noise: int) -> None:
+               n_noise: int, script: list[int] | None = None) -> None:
         """Prefill the prompt (all but its final speech_start) and arm the loop for a new utterance."""
         loop.kv.reset()
         loop.dec_state.zero_()
         loop.sem_state.zero_()
         loop.frame_ctr.zero_()
+        loop.step_ctr.zero_()
         loop.cfg.fill_(cfg_scale)
         loop.force.fill_(forced)
+        loop.script.fill_(-1)
+        if script:
+            loop.script[:len(script)].copy_(torch.tensor(script, dtype=torch.int64))
         # transformers draws randn(2, 64) on the CPU per diffusion frame and uses row 0; stream s: seed + s
         n_noise = min(n_noise, loop.noise_all.shape[0])
         loop.noise_all.zero_()
