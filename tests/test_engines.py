@@ -21,6 +21,7 @@ from vvtrt.precision import Precision
 from vvtrt.runtime.trt_runner import TrtExecutionError, TrtRunner, select_profile
 from vvtrt.spec import AxisRange, ComponentSpec, TensorSpec
 from vvtrt.workdir import Workdir
+from workdir_copy import copy_workdir
 
 HAS_RTX = "tensorrt-rtx" in available_flavors()
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX (tensorrt-rtx-cu13-bindings) is not installed")
@@ -296,22 +297,13 @@ def test_second_build_skips_and_force_rebuilds(built):
     assert _manifest(wd)["engines"]["connectors.fp16"]["built_at"] != before
 
 
-def _copy_workdir(wd: Workdir, dst, items=("connectors.fp32",)) -> Workdir:
-    (dst / "onnx").mkdir(parents=True)
-    shutil.copy(wd.meta_path, dst / "workdir.json")
-    for item in items:
-        for f in (wd.root / "onnx").glob(item + ".*"):
-            shutil.copy(f, dst / "onnx" / f.name)
-    return Workdir.open(dst)
-
-
 @pytest.mark.trt
 @needs_rtx
 def test_corrupt_onnx_lists_every_parser_error(built, tmp_path):
     from vvtrt.engines import build_engines
     from vvtrt.engines.builder import parse_network
 
-    wd = _copy_workdir(built["wd"], tmp_path / "wd")
+    wd = copy_workdir(built["wd"], tmp_path / "wd")
     path = wd.onnx_path("connectors", Precision.FP32)
     model = onnx.load(str(path))
     for node in model.graph.node[:2]:
@@ -367,7 +359,7 @@ def test_engine_for_another_gpu_or_release_names_the_rebuild_command(built):
 def test_target_sm86_build_goes_to_its_own_folder(built, tmp_path):
     from vvtrt.engines import build_engines
 
-    wd = _copy_workdir(built["wd"], tmp_path, ("connectors.fp32", "connectors.bf16"))
+    wd = copy_workdir(built["wd"], tmp_path, ("connectors.fp32", "connectors.bf16"))
     res = build_engines(wd, "tensorrt-rtx", target_sm="86")
     assert {r["key"].rsplit("-", 1)[1] for r in res} == {"sm86"}
     entry = mf.read_manifest(wd.engines_dir / res[0]["key"])["engines"]["connectors.bf16"]
@@ -386,7 +378,7 @@ def test_bad_engine_or_manifest_is_refused_at_load_and_rebuilt_by_vvtrt_build(bu
 
     from vvtrt.cli import cli
 
-    wd = _copy_workdir(built["wd"], tmp_path)
+    wd = copy_workdir(built["wd"], tmp_path)
     tm = trt_api.load_trt("tensorrt-rtx")
     rt = mf.RuntimeInfo("tensorrt-rtx", tm.version, "8.6", "NVIDIA GeForce RTX 3090")
 
@@ -454,7 +446,7 @@ def test_trt_runner_matches_torch_and_replays_in_a_cuda_graph(tiny_workdir, tiny
     if not flavors:
         pytest.skip("no TensorRT installed")
     flavor = "tensorrt" if "tensorrt" in flavors else "tensorrt-rtx"
-    wd = _copy_workdir(tiny_workdir, tmp_path, ("diffusion_head.fp32",))
+    wd = copy_workdir(tiny_workdir, tmp_path, ("diffusion_head.fp32",))
     try:
         build_engines(wd, flavor, target_sm="current" if flavor == "tensorrt-rtx" else None)
     except InputError as exc:  # e.g. TensorRT-RTX on an H100

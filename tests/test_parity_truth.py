@@ -3,7 +3,6 @@ a backend that cannot load a graph, a precision that was asked for and not expor
 failure, the counts say how many checks ran, and `vvtrt parity` exits non-zero."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -12,18 +11,10 @@ import pytest
 from vvtrt.parity.harness import ParityOptions, run_parity
 from vvtrt.precision import Precision
 from vvtrt.reports import render_markdown, validate, write_report
-from vvtrt.workdir import Workdir
+from workdir_copy import copy_workdir
 
 ITEMS = ("connectors.fp32", "token_embed.fp32")
 
-
-def _copy(wd: Workdir, dst, items=ITEMS) -> Workdir:
-    (dst / "onnx").mkdir(parents=True)
-    shutil.copy(wd.meta_path, dst / "workdir.json")
-    for item in items:
-        for f in (wd.root / "onnx").glob(item + ".*"):
-            shutil.copy(f, dst / "onnx" / f.name)
-    return Workdir.open(dst)
 
 
 def _report(body: dict) -> dict:
@@ -42,7 +33,7 @@ def built_copy(tiny_workdir, tmp_path_factory):
         pytest.skip("TensorRT-RTX (tensorrt-rtx-cu13-bindings) is not installed")
     from vvtrt.engines import build_engines
 
-    wd = _copy(tiny_workdir, tmp_path_factory.mktemp("wd_trt_cpu"))
+    wd = copy_workdir(tiny_workdir, tmp_path_factory.mktemp("wd_trt_cpu"), ITEMS)
     assert {r["status"] for r in build_engines(wd, "tensorrt-rtx")} == {"built"}
     return wd
 
@@ -77,7 +68,7 @@ def test_a_broken_graph_is_a_failure_never_a_pass(tiny_workdir, tmp_path):
     others still run and pass -- never a passed report."""
     from vvtrt.errors import VvtrtError
 
-    wd = _copy(tiny_workdir, tmp_path)
+    wd = copy_workdir(tiny_workdir, tmp_path, ITEMS)
     wd.onnx_path("connectors", Precision.FP32).write_bytes(b"\x08\x07not an onnx graph")
     try:
         body = run_parity(wd, ParityOptions(backend="onnxruntime", device="cpu", e2e=False))
@@ -91,7 +82,7 @@ def test_a_broken_graph_is_a_failure_never_a_pass(tiny_workdir, tmp_path):
 
 
 def test_a_requested_precision_with_nothing_exported_fails(tiny_workdir, tmp_path):
-    wd = _copy(tiny_workdir, tmp_path)
+    wd = copy_workdir(tiny_workdir, tmp_path, ITEMS)
     body = run_parity(wd, ParityOptions(backend="onnxruntime", device="cpu", e2e=False,
                                         precisions=(Precision.FP32, Precision.BF16)))
     assert body["passed"] is False and all(r["passed"] for r in body["rows"])
