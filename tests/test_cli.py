@@ -5,20 +5,8 @@ import json
 
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 
-from vvtrt.cli import cli
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def one_clear_line(result):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    return lines[0]
+from cli_helpers import one_clear_line, run
 
 
 def test_help_works_without_heavy_backends():

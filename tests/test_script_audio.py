@@ -17,12 +17,12 @@ import soundfile as sf
 import torch
 
 from vvtrt.components.info import ModelInfo
-from vvtrt.errors import InputError, ModelError
+from vvtrt.errors import InputError, ModelError, WorkdirError
 from vvtrt.model.presets import ModelSource
 from vvtrt.model.text_tokenizer import ByteTokenizer, HFTextTokenizer, TextTokenizer, load_text_tokenizer
-from vvtrt.runtime.audio_io import prepare_voice, read_voice, resample_audio, write_wav
+from vvtrt.runtime.audio_io import WavStreamWriter, prepare_voice, read_voice, resample_audio, write_wav
 from vvtrt.runtime.prompt import build_prompt, check_context, render_prompt_text
-from vvtrt.runtime.script import Script, Turn, load_script, parse_script, read_script_file
+from vvtrt.runtime.script import MAX_SCRIPT_BYTES, Script, Turn, load_script, parse_script, read_script_file
 
 SR = 24000
 PAD, BOS, EOS, TOK = 256, 257, 258, 259  # tiny preset: pad/eos, audio_bos, audio_eos, audio_token
@@ -350,7 +350,52 @@ def test_audio_io_errors(tmp_path):
     with pytest.raises(InputError, match="directory"):
         read_voice(tmp_path)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(InputError, match="cannot write audio"):
+    with pytest.raises(WorkdirError, match="cannot write .*file"):
         write_wav(tmp_path / "file" / "out.wav", np.zeros(10))
+    with pytest.raises(WorkdirError, match="is a directory where a file belongs"):
+        write_wav(tmp_path, np.zeros(10))
     with pytest.raises(InputError, match="mono"):
         write_wav(tmp_path / "st.wav", np.zeros((2, 10)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_audio_is_never_written(tmp_path, bad):
+    x = np.zeros(3200, np.float32)
+    x[7] = bad
+    with pytest.raises(InputError, match="1 NaN/infinite sample"):
+        write_wav(tmp_path / "o.wav", x)
+    assert not list(tmp_path.iterdir())  # not even a temporary
+    w = WavStreamWriter(tmp_path / "s.wav")
+    w.write(np.zeros(3200, np.float32))
+    with pytest.raises(InputError, match="NaN/infinite"):
+        w.write(x)
+    w.abort()
+    assert not list(tmp_path.iterdir())
+
+
+def test_stream_writer_file_is_valid_after_every_chunk(tmp_path):
+    import soundfile as sf
+
+    w = WavStreamWriter(tmp_path / "a" / "s.wav")
+    for i in range(3):
+        w.write(np.full(3200, 0.1 * i, np.float32))
+        assert sf.info(str(tmp_path / "a" / "s.wav")).frames == 3200 * (i + 1)
+    w.close()
+
+
+def test_script_file_size_is_capped(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"Speaker 1: hi\n" * (MAX_SCRIPT_BYTES // 14 + 1))
+    with pytest.raises(InputError, match="larger than 1024 KiB"):
+        read_script_file(big)
+    with pytest.raises(InputError, match="larger than"):
+        read_script_file("/dev/zero")
+
+
+def test_an_hour_long_voice_file_is_refused_before_it_is_read(tmp_path):
+    from vvtrt.runtime.audio_io import MAX_VOICE_SECONDS
+
+    long = tmp_path / "long.wav"
+    sf.write(long, np.zeros(1000 * (MAX_VOICE_SECONDS + 1), np.int16), 1000, subtype="PCM_16")
+    with pytest.raises(InputError, match="601 s long"):
+        read_voice(long)

@@ -13,6 +13,7 @@ import sys
 import click
 
 from vvtrt.errors import VvtrtError
+from vvtrt.option_checks import CFG_MAX, REPEATS_MAX, SEED_MAX
 
 
 def _friendly(fn):
@@ -23,16 +24,72 @@ def _friendly(fn):
         except VvtrtError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:  # the environment's (a full disk, a vanished file), never a traceback
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
     return wrapper
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2 (8.1 prints the help itself)
+
+
+class _OneLineErrors(click.Group):
+    """click's usage errors (a bad option value, a missing option) as one line on stderr and exit 2, like
+    every other error, instead of click's usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as exc:  # a bare `vvtrt`: the help, as with -h
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.ClickException as exc:
+            hint = f" (see `{exc.ctx.command_path} -h`)" if getattr(exc, "ctx", None) else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class _FiniteFloat(click.ParamType):
+    """A finite float within [lo, hi] (click's FloatRange lets NaN through)."""
+
+    name = "float"
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (math.isfinite(f) and self.lo <= f <= self.hi):
+            self.fail(f"{value} is not a finite number from {self.lo:g} to {self.hi:g}", param, ctx)
+        return f
+
+
+SEED = click.IntRange(0, SEED_MAX)
+CFG = _FiniteFloat(0.0, CFG_MAX)
+COUNT = click.IntRange(min=1)  # upper bounds depend on the work dir: checked in vvtrt.option_checks
+
+
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+    # delay: nothing is drawn for a stage refused in its first half second; leave=False: the bar is erased
+    # when the stage ends, so an error (or the verb's summary) is one clean line
+    bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, delay=0.5, leave=False)
 
     def tick(label: str):
         bar.set_postfix_str(label)
@@ -41,11 +98,18 @@ def _progress(total: int, desc: str):
     return tick
 
 
-workdir_opt = click.option("-w", "--workdir", "workdir", required=True, type=click.Path(file_okay=False),
+def _non_empty(ctx, param, value):
+    if value is not None and not str(value).strip():
+        raise click.BadParameter("an empty path; name the work directory", ctx, param)
+    return value
+
+
+WORKDIR = click.Path(file_okay=False)
+workdir_opt = click.option("-w", "--workdir", "workdir", required=True, type=WORKDIR, callback=_non_empty,
                            help="Work directory holding every stage's files.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose: int):
     """vvtrt: compile and serve VibeVoice TTS with ONNX Runtime and TensorRT."""
@@ -57,16 +121,18 @@ def cli(verbose: int):
 @click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b) or a local HF checkpoint dir.")
 @workdir_opt
 @click.option("--dtype", "dtypes", default="fp32,fp16,bf16", show_default=True, help="Comma-separated precisions.")
-@click.option("--steps", default=10, show_default=True, type=int, help="Diffusion steps K of the sampler.")
+@click.option("--steps", default=10, show_default=True, type=int, help="Diffusion steps K of the sampler (1-50).")
 @click.option("--components", default="", help="Comma-separated subset (default: all).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Init seed of random presets.")
-@click.option("--force", is_flag=True, help="Re-export even when up to date.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Init seed of random presets.")
+@click.option("--tokenizer", default=None, type=click.Path(file_okay=False),
+              help="Tokenizer directory, for checkpoints that ship none.")
+@click.option("--force", is_flag=True, help="Re-export even when up to date; remove stray files from onnx/.")
 @_friendly
-def export(model_spec, workdir, dtypes, steps, components, seed, force):
-    """Export every component to ONNX with explicit state."""
+def export(model_spec, workdir, dtypes, steps, components, seed, tokenizer, force):
+    """Export every component to ONNX with explicit state (graphs the new settings make stale, too)."""
     from vvtrt.pipeline import run_export
 
-    recs = run_export(model_spec, workdir, dtypes, steps, components, seed, force, _progress)
+    recs = run_export(model_spec, workdir, dtypes, steps, components, seed, force, _progress, tokenizer)
     done = sum(not r.get("skipped") for r in recs)
     click.echo(f"exported {done} graph(s), {len(recs) - done} up to date, in {workdir}/onnx")
 
@@ -94,7 +160,8 @@ def build(workdir, flavor, components, dtypes, target_sm, force):
               show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--dtype", "dtypes", default="", help="Comma-separated precisions (default: all exported).")
-@click.option("--frames", default=16, show_default=True, type=int, help="Frames for streaming and end-to-end checks.")
+@click.option("--frames", default=16, show_default=True, type=click.IntRange(min=16),
+              help="Frames for streaming and end-to-end checks (16 to the KV bucket's limit).")
 @click.option("--no-e2e", is_flag=True, help="Skip the end-to-end check against transformers generate.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the JSON here.")
 @_friendly
@@ -120,10 +187,12 @@ def parity(workdir, backend, device, dtypes, frames, no_e2e, json_path):
 @click.option("--script", "script_file", default=None, type=click.Path(dir_okay=False), help="Script file.")
 @click.option("--voice", "voices", multiple=True, type=click.Path(dir_okay=False), help="Voice wav per speaker.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .wav (24 kHz mono).")
-@click.option("--frames", default=None, type=int, help="Force N speech frames (random-weight models never speak).")
-@click.option("--max-frames", default=None, type=int, help="Stop after this many frames.")
-@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=float, help="Diffusion CFG scale.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--frames", default=None, type=COUNT,
+              help="Force N speech frames (random-weight models never speak); at most the largest exported KV "
+                   "bucket minus 2 (1022 for tiny, 2046 for 1.5b/7b).")
+@click.option("--max-frames", default=None, type=COUNT, help="Stop after this many frames (same limit).")
+@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG, help="Diffusion CFG scale (0-20).")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--stream", is_flag=True, help="Write audio chunk by chunk as frames are produced.")
 @click.option("--no-cuda-graph", is_flag=True, help="Run the frame step eagerly.")
 @_friendly
@@ -146,33 +215,40 @@ def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, 
                    "tensorrt.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
-@click.option("--frames", default=60, show_default=True, type=int)
-@click.option("--prompt-tokens", default=512, show_default=True, type=int, help="Prompt length for TTFA.")
-@click.option("--repeats", default=3, show_default=True, type=int)
-@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=float)
+@click.option("--frames", default=60, show_default=True, type=COUNT,
+              help="Frames per run; with --prompt-tokens at most the largest exported KV bucket minus 2.")
+@click.option("--prompt-tokens", default=512, show_default=True, type=click.IntRange(min=2),
+              help="Prompt length for TTFA.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, REPEATS_MAX))
+@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG)
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["pytorch-eager", "transformers"]),
               help="Baselines to measure in the same run (repeatable).")
-@click.option("--streams", default=1, show_default=True, type=int,
+@click.option("--streams", default=1, show_default=True, type=COUNT,
               help="Concurrent streams batched into each frame step (throughput); baselines need 1.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @_friendly
 def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines, streams, out_dir):
     """Measure latency, RTF, time to first audio, memory and GPU telemetry."""
     from vvtrt.bench.run import run_bench_cli
+    from vvtrt.pipeline import check_bench_options
 
+    device = check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens, streams, out_dir)
     paths = run_bench_cli(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale,
                           baselines, out_dir, streams)
     click.echo(f"bench report: {paths['md']}")
 
 
 @cli.command()
-@click.argument("json_file", type=click.Path(dir_okay=False))
+@click.argument("json_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False))
 @_friendly
 def report(json_file, out_dir):
     """Re-render Markdown and plots from a parity or bench JSON."""
+    from vvtrt.option_checks import check_output_dir
     from vvtrt.reports import render_report
 
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out directory")
     paths = render_report(json_file, out_dir)
     click.echo(f"json: {paths['json']}\nmarkdown: {paths['md']}")
     for p in paths["plots"]:
@@ -180,8 +256,8 @@ def report(json_file, out_dir):
 
 
 @cli.command()
-@click.option("-w", "--workdir", "workdir", default="demo-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--frames", default=16, show_default=True, type=int)
+@click.option("-w", "--workdir", "workdir", default="demo-out", show_default=True, type=WORKDIR, callback=_non_empty)
+@click.option("--frames", default=16, show_default=True, type=click.IntRange(min=16))
 @_friendly
 def demo(workdir, frames):
     """Offline end to end on the built-in tiny model: export, build, parity, a wav, reports."""

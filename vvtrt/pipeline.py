@@ -3,80 +3,109 @@ typed errors, and leaves its files in the work directory."""
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from vvtrt.errors import InputError
+from vvtrt.fsio import WorkdirLock, atomic_write_json
+from vvtrt.option_checks import (check_cfg, check_frames, check_output_dir, check_output_file,
+                                 check_precisions_exported, check_seed, resolve_device)
 from vvtrt.precision import Precision, parse_precisions
 from vvtrt.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
 
+def lock_wait_s() -> float:
+    """How long a second export/build on one work dir waits for the first before refusing: 10 s, or
+    VVTRT_LOCK_WAIT_S."""
+    text = os.environ.get("VVTRT_LOCK_WAIT_S", "10")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise InputError(f"VVTRT_LOCK_WAIT_S must be a number of seconds (0 to 86400), got {text!r}")
+    return value
+
+
 def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int = 10, components="", seed: int = 0,
-               force: bool = False, progress_factory=None) -> list[dict]:
-    """Resolve the model, write the work dir's metadata and export every (component, dtype)."""
+               force: bool = False, progress_factory=None, tokenizer=None) -> list[dict]:
+    """Resolve the model, write the work dir's metadata and export every (component, dtype), holding the
+    work-dir lock; graphs already there that the new settings make stale are re-exported too."""
     from vvtrt.components.info import ModelInfo
     from vvtrt.components.specs import ExportOptions, build_specs, check_components
-    from vvtrt.export.onnx_export import export_all
+    from vvtrt.export.onnx_export import clear_strays, export_all, sweep_export_temporaries
     from vvtrt.model.presets import load_model, resolve_model
 
     precisions = parse_precisions(dtypes)
     names = check_components(components)
-    source = resolve_model(model_spec, seed)
+    source = resolve_model(model_spec, check_seed(seed), tokenizer)
     options = ExportOptions.for_preset(source.preset, steps=steps)
     wd = Workdir.create(workdir)
-    base = load_model(source)
-    info = ModelInfo.from_model(base)
-    wd.write_meta(source, options, info)
-    specs = {n: s for n, s in build_specs(info, options).items() if n in names}
+    with WorkdirLock(wd.root, "export", wait_s=lock_wait_s()):
+        sweep_export_temporaries(wd)
+        clear_strays(wd, force)  # before the model loads: a refusal is immediate
+        base = load_model(source)
+        info = ModelInfo.from_model(base)
+        wd.write_meta(source, options, info)
+        specs = {n: s for n, s in build_specs(info, options).items() if n in names}
 
-    def factory(p: Precision):
-        nonlocal base
-        if base is not None and p is Precision.FP32:
-            return base
-        model = base if base is not None else load_model(source)
-        base = None  # cast in place: one copy of the weights in memory at a time
-        return model.to(p.torch_dtype)
+        def factory(p: Precision):
+            nonlocal base
+            if base is not None and p is Precision.FP32:
+                return base
+            model = base if base is not None else load_model(source)
+            base = None  # cast in place: one copy of the weights in memory at a time
+            return model.to(p.torch_dtype)
 
-    order = sorted(precisions, key=lambda p: p is not Precision.FP32)  # fp32 first, from the fresh build
-    tick = progress_factory(len(order) * len(specs), "export") if progress_factory else None
-    try:
-        return export_all(wd, factory, specs, order, options.steps, force, tick)
-    finally:
-        if tick:
-            tick.close()
+        tick = progress_factory(len(precisions) * len(specs), "export") if progress_factory else None
+        try:
+            return export_all(wd, factory, specs, precisions, options.steps, force, tick)
+        finally:
+            if tick:
+                tick.close()
 
 
 def run_build(workdir, flavor="auto", components="", dtypes="", target_sm=None, force=False,
               progress_factory=None) -> list[dict]:
+    """Build engines for the current exports, holding the work-dir lock for the whole stage."""
     from vvtrt.components.specs import check_components
     from vvtrt.engines import build_engines
+    from vvtrt.engines.trt_api import parse_sm
 
     wd = Workdir.open(workdir)
     comps = check_components(components) if components else None
     precs = parse_precisions(dtypes) if dtypes else None
-    n = sum(1 for c, p in wd.exported() if (not comps or c in comps) and (not precs or p in precs))
-    tick = progress_factory(n, "build") if progress_factory else None
-    try:
-        return build_engines(wd, flavor, components=comps, precisions=precs, force=force, target_sm=target_sm,
-                             progress=tick)
-    finally:
-        if tick:
-            tick.close()
+    if target_sm is not None and str(target_sm).lower() != "current":
+        parse_sm(target_sm)
+    with WorkdirLock(wd.root, "build", wait_s=lock_wait_s()):
+        wd = Workdir.open(workdir)  # again: an export may have finished while this one waited
+        n = len(wd.verify(comps, precs))
+        tick = progress_factory(n, "build") if progress_factory else None
+        try:
+            return build_engines(wd, flavor, components=comps, precisions=precs, force=force,
+                                 target_sm=target_sm, progress=tick)
+        finally:
+            if tick:
+                tick.close()
 
 
 def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", frames=16, e2e=True, json_path=None,
                    progress_factory=None) -> tuple[dict, dict]:
     from vvtrt.parity.harness import ParityOptions, run_parity
-    from vvtrt.reports import write_report
+    from vvtrt.reports import to_jsonable, write_report
     from vvtrt.reports.environment import collect_environment
 
+    json_out = check_output_file(json_path, "--json file") if json_path else None
     wd = Workdir.open(workdir)
-    if frames < 16:
-        raise InputError(f"--frames must be >= 16 for the streaming and end-to-end checks, got {frames}")
+    dev = str(resolve_device(device))
+    check_frames(wd.options(), frames, lowest=16, where=str(wd.root))
     precs = parse_precisions(dtypes) if dtypes else None
-    opts = ParityOptions(backend=backend, device=device, precisions=precs, stream_frames=frames,
+    check_precisions_exported(wd, precs or ())
+    wd.verify(precisions=precs)
+    opts = ParityOptions(backend=backend, device=dev, precisions=precs, stream_frames=frames,
                          e2e_frames=frames, e2e=e2e)
     n = len(wd.exported()) * 2 + 3
     tick = progress_factory(n, "parity") if progress_factory else None
@@ -89,23 +118,19 @@ def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", fram
     report = {"kind": "parity", "version": 1, "created": datetime.now(timezone.utc).isoformat(),
               "config": {"preset": meta["model"]["preset"] or meta["model"]["path"], "model": meta["model"],
                          "dtypes": sorted({r["precision"] for r in body["rows"]}), "steps": meta["options"]["steps"],
-                         "cfg_scale": opts.cfg_scale, "backends": [backend], "device": device,
+                         "cfg_scale": opts.cfg_scale, "backends": [backend], "device": dev,
                          "frames": frames, "environment": collect_environment()},
               **body}
-    paths = write_report(report, wd.reports_dir, f"parity_{backend}_{Path(device).name.replace(':', '')}")
-    if json_path:
-        import json
-
-        from vvtrt.reports import to_jsonable
-
-        Path(json_path).write_text(json.dumps(to_jsonable(report), indent=2))
+    paths = write_report(report, wd.reports_dir, f"parity_{backend}_{dev.replace(':', '')}")
+    if json_out:
+        atomic_write_json(json_out, to_jsonable(report))
     return report, paths
 
 
 def run_synth(workdir, backend="torch", fallback=(), device=None, dtype=None, text=None, script_file=None,
               voices=(), output="out.wav", frames=None, max_frames=None, cfg_scale=1.3, seed=0, stream=False,
               cuda_graph="auto"):
-    from vvtrt.runtime.audio_io import write_wav
+    from vvtrt.runtime.audio_io import prepare_voice, read_voice
     from vvtrt.runtime.backends import parse_fallback
     from vvtrt.runtime.script import parse_script, read_script_file
     from vvtrt.runtime.synthesizer import Synthesizer, SynthesisResult
@@ -113,52 +138,84 @@ def run_synth(workdir, backend="torch", fallback=(), device=None, dtype=None, te
     if (text is None) == (script_file is None):
         raise InputError("give exactly one of --text TEXT or --script FILE")
     script = parse_script(text if text is not None else read_script_file(script_file))
-    synth = Synthesizer.from_workdir(workdir, backend=backend, device=device, precision=dtype,
-                                     fallback=parse_fallback(fallback), cuda_graph=cuda_graph)
+    if voices and len(voices) != len(script.speakers):
+        raise InputError(f"the script has {len(script.speakers)} speaker(s) but {len(voices)} voice(s) were given: "
+                         "pass one --voice per speaker, in order of first appearance")
+    voices = [read_voice(v) for v in voices]  # read and checked (empty, silent, NaN) before any model loads
+    for wav in voices:
+        prepare_voice(wav)
+    check_seed(seed)
+    cfg_scale = check_cfg(cfg_scale)
+    output = check_output_file(output, "output file", ".wav")
+    wd = Workdir.open(workdir)
+    dev = resolve_device(device)
+    precision = Precision.parse(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
+    fallback = parse_fallback(fallback)
+    if backend != "torch" or any(b != "torch" for b in fallback.values()):
+        check_precisions_exported(wd, [precision])
+        wd.verify(precisions=[precision])
+    check_frames(wd.options(), frames, max_frames, where=str(wd.root))
+    synth = Synthesizer.from_workdir(wd.root, backend=backend, device=dev, precision=precision,
+                                     fallback=fallback, cuda_graph=cuda_graph)
+    res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
+    _write_audio(synth.stream(script, voices, frames=frames, max_frames=max_frames, cfg_scale=cfg_scale, seed=seed,
+                              result=res), res, output, stream, frames or max_frames)
+    return res
+
+
+def _write_audio(chunks, res, output, stream: bool, total) -> None:
+    """Run the generation (`chunks`), writing the wav chunk by chunk (`stream`, the partial file removed on
+    an error) or at once at the end (atomically)."""
     from tqdm import tqdm
 
-    res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
-    total = frames or max_frames
-    with tqdm(total=total, desc="synth", unit="frame", disable=None) as bar:
-        writer = _StreamWriter(output) if stream else None
-        for chunk in synth.stream(script, list(voices), frames=frames, max_frames=max_frames,
-                                  cfg_scale=cfg_scale, seed=seed, result=res):
-            bar.update(1)
+    from vvtrt.runtime.audio_io import WavStreamWriter, write_wav
+
+    with tqdm(total=total, desc="synth", unit="frame", disable=None, leave=False) as bar:
+        writer = WavStreamWriter(output) if stream else None
+        try:
+            for chunk in chunks:
+                bar.update(1)
+                if writer:
+                    writer.write(chunk)
+        except BaseException:
             if writer:
-                writer.write(chunk)
+                writer.abort()
+            raise
         if writer:
             writer.close()
     if res.frames == 0:
         raise InputError(f"no audio was produced (stop: {res.stop_reason})")
     if not stream:
         write_wav(output, res.audio)
-    return res
 
 
-class _StreamWriter:
-    """Append chunks to a wav as they arrive (the file is valid after every chunk)."""
-
-    def __init__(self, path):
-        import soundfile as sf
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.f = sf.SoundFile(str(path), "w", samplerate=24000, channels=1, subtype="FLOAT")
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"cannot write {path}: {exc}") from None
-
-    def write(self, chunk):
-        self.f.write(chunk)
-        self.f.flush()
-
-    def close(self):
-        self.f.close()
+def check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens, streams, out_dir) -> str:
+    """The bench's work-dir-dependent limits, before any model loads; returns the device to use."""
+    wd = Workdir.open(workdir)
+    dev = resolve_device(device)
+    precision = Precision.parse(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
+    if any(not b.strip().startswith("torch") for b in str(backends).split(",") if b.strip()):
+        check_precisions_exported(wd, [precision])
+        wd.verify(precisions=[precision])
+    opts = wd.options()
+    if prompt_tokens > opts.max_prompt:
+        raise InputError(f"--prompt-tokens must be at most {opts.max_prompt} (the prompt length exported in "
+                         f"{wd.root}), got {prompt_tokens}")
+    check_frames(opts, frames + prompt_tokens, option="--frames plus --prompt-tokens", lowest=2, where=str(wd.root))
+    if streams > opts.max_batch // 2:
+        raise InputError(f"--streams must be at most {opts.max_batch // 2} (the batch exported in {wd.root}), "
+                         f"got {streams}")
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out directory")
+    return str(dev)
 
 
 def run_demo(workdir="demo-out", frames=16, progress_factory=None) -> dict:
     """export -> build (CPU-only TensorRT-RTX, if installed) -> parity -> a wav -> reports, on `tiny`."""
+    from vvtrt.components.specs import ExportOptions
     from vvtrt.engines.trt_api import available_flavors
 
+    check_frames(ExportOptions.for_preset("tiny"), frames, lowest=16, where="the tiny model")
     out: dict[str, str] = {}
     run_export("tiny", workdir, "fp32,fp16,bf16", 10, "", 0, False, progress_factory)
     out["onnx"] = str(Path(workdir) / "onnx")

@@ -25,6 +25,9 @@ TARGET_DB_FS = -25.0
 EPS = 1e-6
 # Below this RMS (about -120 dBFS) a clip is treated as silence: normalising it would blow noise up 10^5x.
 SILENCE_RMS = 1e-6
+# Voice prompts are a few seconds (the presets export at most 64 frames, 8.5 s); a longer file is a mistake
+# and is refused before it is read into memory.
+MAX_VOICE_SECONDS = 600
 
 # Windowed-sinc resampler (the usual "kaiser_best" settings): 64 zero crossings each side, Kaiser beta
 # 14.77 (~ -140 dB side lobes), pass band up to 94.76% of the lower Nyquist frequency.
@@ -44,7 +47,13 @@ def read_voice(path: str | Path, sample_rate: int = SAMPLE_RATE, resample: bool 
 
     p = require_file(path, "voice file", "an audio file (wav, flac, ogg, mp3)")
     try:
+        info = sf.info(str(p))
+        if info.samplerate > 0 and info.frames > MAX_VOICE_SECONDS * info.samplerate:
+            raise InputError(f"voice file {p} is {info.frames / info.samplerate:.0f} s long: give a clip of a "
+                             f"few seconds (at most {MAX_VOICE_SECONDS} s are read)")
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError/RuntimeError/TypeError
         raise InputError(f"cannot read voice file {p}: not a readable audio file (wav, flac, ogg, mp3) "
                          f"({exc})") from None
@@ -143,24 +152,89 @@ def prepare_voice(wav: np.ndarray, hop: int = HOP) -> tuple[np.ndarray, int]:
     return padded, n
 
 
-def write_wav(path: str | Path, audio, sample_rate: int = SAMPLE_RATE) -> Path:
-    """Write mono audio as a 32-bit float WAV (lossless), creating parent directories. Accepts a numpy
-    array or torch tensor of any shape with one non-singleton axis. Returns the path written."""
-    import soundfile as sf
-
+def _mono_float32(audio) -> np.ndarray:
     if hasattr(audio, "detach"):  # torch tensor
         audio = audio.detach().float().cpu().numpy()
     a = np.asarray(audio, dtype=np.float32)
     a = a.reshape(-1) if a.size == max(a.shape, default=0) else a
     if a.ndim != 1:
         raise InputError(f"write_wav expects mono audio, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        log.warning("audio written to %s contains NaN/inf samples", path)
+    bad = int(a.size - np.isfinite(a).sum())
+    if bad:
+        raise InputError(f"the audio has {bad} NaN/infinite sample(s) and was not written: a --cfg far from "
+                         "1-3 or a damaged work dir can cause this")
+    return a
+
+
+def write_wav(path: str | Path, audio, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write mono audio as a 32-bit float WAV (lossless), atomically (`fsio`), creating parent directories.
+    Accepts a numpy array or torch tensor of any shape with one non-singleton axis; refuses NaN/inf samples.
+    Returns the path written; a disk error (full, read-only) is a one-line `WorkdirError`."""
+    import io
+
+    import soundfile as sf
+
+    from vvtrt.fsio import atomic_write_bytes
+
+    a = _mono_float32(audio)
     p = Path(os.fsdecode(path)).expanduser()
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(p), a, int(sample_rate), subtype="FLOAT", format="WAV")
-    except Exception as exc:  # noqa: BLE001 - OSError, LibsndfileError, ...
-        raise InputError(f"cannot write audio to {p}: {exc}; choose a writable output path") from None
+    buf = io.BytesIO()
+    sf.write(buf, a, int(sample_rate), subtype="FLOAT", format="WAV")
+    atomic_write_bytes(p, buf.getbuffer())
     log.info("wrote %s (%.2f s at %d Hz)", p, a.size / sample_rate, sample_rate)
     return p
+
+
+def _sound_error(path: Path, exc: Exception):
+    """soundfile's error as a one-line typed error; libsndfile reports a full disk as "System error", so
+    the free space of the target's file system decides whether to say so."""
+    from vvtrt.errors import WorkdirError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    try:
+        st = os.statvfs(path.parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:
+        return WorkdirError(f"no space left on the device writing {path} ({free} bytes free): free some disk "
+                            "space or choose another path")
+    return InputError(f"cannot write audio to {path} ({text}); choose a writable output path")
+
+
+class WavStreamWriter:
+    """Append mono chunks to a float WAV as they arrive (the file is valid after every chunk). Refuses
+    NaN/inf chunks; `abort` removes the partial file."""
+
+    def __init__(self, path, sample_rate: int = SAMPLE_RATE):
+        import soundfile as sf
+
+        self.path = Path(os.fsdecode(path)).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = sf.SoundFile(str(self.path), "w", samplerate=sample_rate, channels=1, subtype="FLOAT",
+                                  format="WAV")
+        except Exception as exc:  # noqa: BLE001 - OSError, LibsndfileError
+            raise _sound_error(self.path, exc) from None
+
+    def write(self, chunk) -> None:
+        try:
+            self.f.write(_mono_float32(chunk))
+            self.f.flush()
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _sound_error(self.path, exc) from None
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except Exception as exc:  # noqa: BLE001
+            raise _sound_error(self.path, exc) from None
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        except Exception:  # noqa: BLE001 - the file goes anyway
+            pass
+        self.path.unlink(missing_ok=True)

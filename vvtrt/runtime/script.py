@@ -26,6 +26,7 @@ from vvtrt.errors import InputError, require_file
 log = logging.getLogger(__name__)
 
 MAX_SPEAKERS = 4
+MAX_SCRIPT_BYTES = 1 << 20  # far above any prompt the exported models take; stops /dev/zero and the like
 DEFAULT_SPEAKER = 0
 # "Speaker <id>:" at the start of a line; <id> is validated separately so that "Speaker X:" is an error
 # rather than silently being read as text. "Speakers of ...:" or "Speaker one two:" do not match.
@@ -130,9 +131,13 @@ def read_script_file(path: str | Path) -> str:
     :class:`InputError` for a missing, unreadable or non-UTF-8 file."""
     p = require_file(path, "script file", "a text file")
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read(MAX_SCRIPT_BYTES + 1)
     except OSError as exc:
         raise InputError(f"cannot read script file {p}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise InputError(f"script file {p} is larger than {MAX_SCRIPT_BYTES // 1024} KiB: a script is a few "
+                         "pages of dialogue (the exported prompt holds at most a few thousand tokens)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
