@@ -129,8 +129,9 @@ x7() {  # export every 7B bf16 graph, K=10 and K=5 (CPU-bound: run it beside a G
   $VV export --model 7b -w "$RUN/wd7" --dtype bf16 && link_bf16 "$RUN/wd7" "$RUN/wd7k5" &&
   $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5
 }
+x15() { $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16; }  # every 1.5B bf16 graph (for lmshare, b15ort without b15par)
 x15k5() { $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5; }
-STAGE_NAMES=" env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort lmshare b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15k5 "
+STAGE_NAMES=" env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort lmshare b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
