@@ -170,10 +170,15 @@ def parity(workdir, backend, device, dtypes, frames, no_e2e, json_path):
     from vvtrt.pipeline import run_parity_cli
 
     report, paths = run_parity_cli(workdir, backend, device, dtypes, frames, not no_e2e, json_path, _progress)
-    click.echo(f"parity {'PASSED' if report['passed'] else 'FAILED'}: report {paths['md']}")
+    t = report["counts"]["total"]
+    click.echo(f"parity {'PASSED' if report['passed'] else 'FAILED'}: {t['passed']} passed, {t['failed']} failed, "
+               f"{t['skipped']} not run, {t['informational']} informational; report {paths['md']}")
     if not report["passed"]:
-        for f in report["failures"][:20]:
+        shown = report["failures"][:20]
+        for f in shown:
             click.echo(f"  FAIL {f}", err=True)
+        if len(report["failures"]) > len(shown):
+            click.echo(f"  ... and {len(report['failures']) - len(shown)} more: see {paths['md']}", err=True)
         sys.exit(1)
 
 

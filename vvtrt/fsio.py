@@ -31,6 +31,8 @@ from vvtrt.errors import WorkdirError
 log = logging.getLogger(__name__)
 TMP_SUFFIX = ".tmp"
 LOCK_NAME = ".vvtrt.lock"
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, a finished file gets the usual 0666 & ~umask
 
 
 def _disk_error(path: Path, exc: OSError) -> WorkdirError:
@@ -78,6 +80,7 @@ def atomic_path(path: str | os.PathLike, mkdir: bool = True) -> Iterator[Path]:
             raise WorkdirError(f"nothing was written for {path}")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
         _fsync_dir(parent)
     except OSError as exc:
