@@ -16,7 +16,8 @@ from vvtrt.cli import cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
-OLD_REPORT = ROOT / "benchmarks" / "results" / "h100" / "bench_1.5b_k10" / "bench_1.5b_bf16_k10.json"
+# a committed report from before end-to-end TTFA and per-process memory (39a7b86)
+OLD_REPORT = ROOT / "benchmarks" / "results" / "h100" / "bench_1.5b_k5" / "bench_1.5b_bf16_k5.json"
 COMPONENTS = {"lm_decode", "token_embed", "diffusion_sampler", "acoustic_decoder_step", "semantic_encoder_step",
               "connectors"}
 

@@ -181,11 +181,11 @@ def test_what_the_engine_code_assigns_or_passes_by_keyword_is_settable_or_accept
 def rtx_engine(tiny_workdir, tmp_path_factory):
     if not HAS_RTX:
         pytest.skip("TensorRT-RTX is not installed")
-    from test_engines import _copy_workdir
+    from workdir_copy import copy_workdir
 
     from vvtrt.engines import build_engines, manifest as mf
 
-    wd = _copy_workdir(tiny_workdir, tmp_path_factory.mktemp("wd_surface") / "wd")
+    wd = copy_workdir(tiny_workdir, tmp_path_factory.mktemp("wd_surface") / "wd")
     res = build_engines(wd, "tensorrt-rtx", components="connectors", precisions="fp32")
     folder = wd.engines_dir / res[0]["key"]
     entry = mf.read_manifest(folder, strict=True)["engines"]["connectors.fp32"]
