@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vvtrt.reports.environment import collect_environment  # noqa: E402
+
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -61,7 +63,8 @@ def measure(root: Path, dtype: str, device: str | None) -> dict:
             "device": device or "cpu", "tensors": len(plan.entries), "weight_bytes": weight_bytes,
             "rss_before_bytes": base, "peak_rss_bytes": peak, "peak_over_weights": round(peak / weight_bytes, 4),
             "load_growth_over_weights": round((peak - base) / weight_bytes, 4), "validate_s": round(t_plan, 3),
-            "load_s": round(t_load, 3), "host": platform.node(), "torch": torch.__version__}
+            "load_s": round(t_load, 3), "host": platform.node(), "torch": torch.__version__,
+            "environment": collect_environment()}
 
 
 def make_random(out: Path, preset: str, layers: int | None, filters: int | None, store: str) -> None:

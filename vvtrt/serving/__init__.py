@@ -1,0 +1,1 @@
+"""The serving engine: many independent requests on one GPU, batched frame by frame (see `api`)."""
