@@ -57,6 +57,33 @@ def test_lm_prefill_and_decode_match_qwen2(tiny_model, tiny_info, fast):
     assert error_stats(nk[:, 0, :, 0], ref_k).rel_l2 < 1e-6
 
 
+def test_lm_decode_chunk_of_new_tokens_matches_qwen2(tiny_model, tiny_info):
+    """T > 1 new tokens per row (the prefill's chunks) after a cache of another length per row, with garbage
+    beyond each row's cache_len: causal among the new tokens, positions from cache_len, K/V of every token."""
+    lm = tiny_model.model.language_model
+    e = torch.randn(1, 14, tiny_info.hidden, generator=torch.Generator().manual_seed(5)) * 0.5
+    past, new = 9, 5
+    cache = DynamicCache(config=tiny_model.config.text_config)
+    with torch.no_grad():
+        lm(inputs_embeds=e[:, :past], past_key_values=cache, use_cache=True)
+        ref = lm(inputs_embeds=e[:, past:], past_key_values=cache, use_cache=True).last_hidden_state
+        alone = lm(inputs_embeds=e[:, past:]).last_hidden_state  # the same chunk with no context
+    s = 24
+    pk = torch.randn(tiny_info.layers, 2, tiny_info.kv_heads, s, tiny_info.head_dim)
+    pv = torch.randn_like(pk)
+    pk[:, 0, :, :past] = torch.stack([layer.keys[0, :, :past] for layer in cache.layers])
+    pv[:, 0, :, :past] = torch.stack([layer.values[0, :, :past] for layer in cache.layers])
+    dec = LMDecode(tiny_model, tiny_info)
+    with torch.no_grad():
+        h, logits, nk, nv = dec(e[:, past:].expand(2, new, -1), pk, pv, torch.tensor([past, 0]))
+    assert h.shape == (2, 1, tiny_info.hidden) and nk.shape[3] == new and logits.shape == (2, 4)
+    assert error_stats(h[:1], ref[:, -1:]).rel_l2 < 1e-6
+    assert error_stats(h[1:], alone[:, -1:]).rel_l2 < 1e-6
+    ref_k = torch.stack([layer.keys[0, :, past:] for layer in cache.layers])
+    ref_v = torch.stack([layer.values[0, :, past:] for layer in cache.layers])
+    assert error_stats(nk[:, 0], ref_k).rel_l2 < 1e-6 and error_stats(nv[:, 0], ref_v).rel_l2 < 1e-6
+
+
 @pytest.mark.parametrize("steps", [5, 10, 20])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sampler_matches_transformers(tiny_model, steps, dtype):

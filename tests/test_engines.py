@@ -284,6 +284,21 @@ def test_manifest_describes_every_engine(built):
 
 @pytest.mark.trt
 @needs_rtx
+def test_llm_is_one_engine_with_decode_and_prefill_profiles(built):
+    """One engine per dtype serves decode and prefill (one copy of the weights): it built with every profile."""
+    wd = built["wd"]
+    m, opts, h = _manifest(wd), wd.options(), wd.info().hidden
+    assert not [k for k in m["engines"] if k.startswith("lm_") and not k.startswith("lm_decode.")]
+    for p in Precision:
+        e = m["engines"][f"lm_decode.{p.value}"]
+        assert len(e["profiles"]) == len(e["profile_shapes"]) == len(opts.kv_buckets) + 1
+        for s, shapes in zip(opts.kv_buckets, e["profile_shapes"]):
+            assert shapes["embeds"] == [[1, 1, h], [2, 1, h], [opts.max_batch, 1, h]] and shapes["past_k"][2][3] == s
+        assert e["profile_shapes"][-1]["embeds"] == [[1, 1, h], [1, opts.prefill_chunk, h], [1, opts.prefill_chunk, h]]
+
+
+@pytest.mark.trt
+@needs_rtx
 def test_second_build_skips_and_force_rebuilds(built):
     from vvtrt.engines import build_engines
 

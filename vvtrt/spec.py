@@ -55,6 +55,7 @@ class ComponentSpec:
     - `export_dims`: axis sizes used when tracing; `parity_grid`: different sizes that prove the axes.
     - `tolerance`: relative-L2 bound per precision, for every output unless `output_tolerance` says more.
     - `state`: (input, output) pairs that carry streaming state from one call to the next.
+    - `default_dims`: the size of an axis when a caller leaves it out (lm_decode's `seq` is 1: a decode step).
     """
 
     name: str
@@ -70,6 +71,7 @@ class ComponentSpec:
     output_tolerance: Mapping[str, Mapping[Precision, float]] = field(default_factory=dict)
     state: tuple[tuple[str, str], ...] = ()
     tolerance_notes: str = ""
+    default_dims: Mapping[str, int] = field(default_factory=dict)  # sizes of axes a caller may leave out
 
     @property
     def axis_names(self) -> tuple[str, ...]:

@@ -2,12 +2,12 @@
 # The H100 session: every GPU measurement and check, in order, logging to $RUN (kept while the machine
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
-#   STAGES="env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort lmshare b15tune b15ortk5 b7ort b7ortk5 prof tf32" bash benchmarks/device/gpu_all.sh
+#   STAGES="env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32" bash benchmarks/device/gpu_all.sh
 # "b15par+x7" runs two stages at once (x7, x15k5: exports only, CPU-bound).
 # DTYPES="bf16" limits b15par's export and parity to bf16; b15par fails when any parity run fails. The
 # device's copy of .git can be stale: launch with VVTRT_GIT_COMMIT=<the commit you pushed> so reports
 # record the code that ran.
-# b15ort, lmshare and b15tune need the workdir b15par exports (lmshare: the bf16 lm_prefill/lm_decode graphs).
+# b15ort and b15tune need the workdir b15par (or x15) exports.
 # Every bench stage (b15*, b7*) runs each variant and baseline in its own process and records, per variant:
 # time to first audio end to end (the packaged dialogue + voice clips in, cold first request and warm),
 # warm prefill-to-first-chunk of that prompt and of a 512-token synthetic prompt (--prompt-tokens, the
@@ -96,9 +96,6 @@ b15ortk5() {  # ONNX Runtime CUDA at K=5 (exports every bf16 component unless b1
   $VV bench -w "$RUN/wd15k5" --backend onnxruntime,onnxruntime-graph --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k5_onnxruntime"
 }
-lmshare() {  # ORT prefill/decode LLM weight sharing: memory with and without shared initializers (1.5B bf16)
-  python3 benchmarks/lm_weight_sharing.py "$RUN/wd15" "$RUN/results/lm_weight_sharing_1.5b.json" --device cuda --dtype bf16
-}
 b15tune() {  # torch.compile max-autotune (autotuned GEMMs for the M=2 shapes): a longer compile
   $VV bench -w "$RUN/wd15" --backend torch-max-autotune --device cuda --frames 60 --prompt-tokens 512 --repeats 3 \
       --out "$RUN/results/bench_1.5b_k10_autotune"
@@ -129,9 +126,33 @@ x7() {  # export every 7B bf16 graph, K=10 and K=5 (CPU-bound: run it beside a G
   $VV export --model 7b -w "$RUN/wd7" --dtype bf16 && link_bf16 "$RUN/wd7" "$RUN/wd7k5" &&
   $VV export --model 7b -w "$RUN/wd7k5" --dtype bf16 --steps 5
 }
-x15() { $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16; }  # every 1.5B bf16 graph (for lmshare, b15ort without b15par)
+x15() { $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16; }  # every 1.5B bf16 graph (for b15ort without b15par)
 x15k5() { $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5; }
-STAGE_NAMES=" env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort lmshare b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+long15() {  # long-form (issue 11): decode cost against context (1k..64k), TTFA of a 32k prompt, then one
+  # forced 40,500-frame (90 min) synthesis after a 20,000-token prompt; torch-compile + frame graphs
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
+  python3 benchmarks/longform.py "$RUN/wd15" "$RUN/results/longform_1.5b" --device cuda --phases contexts,ttfa &&
+  python3 benchmarks/longform.py "$RUN/wd15" "$RUN/results/longform_1.5b_90min" --device cuda --phases long \
+      --long-frames 40500 --long-prompt 20000
+}
+rt() {  # Realtime-0.5B (issue 14): TTFA, frame step, capacity by batch, memory (random weights, bf16, K=5)
+  python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_0.5b"
+}
+http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machine, rising concurrency
+  local port=8123 pid n
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  $VV serve -w "$RUN/wd15" --device cuda --max-streams ${HTTP_SLOTS:-512} --max-queue 1024 --port $port \
+      > "$RUN/results/http15_server.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 900); do curl -sf "http://127.0.0.1:$port/ready" > /dev/null && break; sleep 1; done
+  for n in ${HTTP_CONC:-32 128 256 320 400}; do
+    $VV loadtest --url "http://127.0.0.1:$port" --concurrency $n --duration 40 --frames 150 \
+        --out "$RUN/results/loadtest_1.5b_c$n" || break
+    curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/loadtest_1.5b_c${n}_metrics.txt"
+  done
+  kill -TERM $pid; wait $pid; echo "serve exit code $?"
+}
+STAGE_NAMES=" long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

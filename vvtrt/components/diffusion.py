@@ -80,7 +80,8 @@ def _f32(x: float) -> torch.Tensor:
 
 
 class DiffusionSampler(nn.Module):
-    """`cond_pos [B, H]`, `cond_neg [B, H]`, `noise [B, 64]`, `cfg_scale [1]` (fp32) -> `latent [B, 1, 64]`.
+    """`cond_pos [B, H]`, `cond_neg [B, H]`, `noise [B, 64]`, `cfg_scale [B]` (fp32,
+    one guidance scale per row: each stream of a batch keeps its own) -> `latent [B, 1, 64]`.
 
     Each of the K steps runs the head once on the `2B` rows `[x; x]` with conditions `[pos; neg]`, mixes
     `v = v_neg + s (v_pos - v_neg)` and applies the DPM-Solver++ 2M update.
@@ -137,7 +138,7 @@ class DiffusionSampler(nn.Module):
             v = self._velocity(torch.cat([x, x], dim=0), k, mods, final)
             v_pos, v_neg = v[:b], v[b:]
             # transformers: uncond + guidance_scale * (cond - uncond) with a Python float -> fp32 opmath
-            v = v_neg + (cfg_scale * (v_pos - v_neg).float()).to(dtype)
+            v = v_neg + (cfg_scale.view(-1, 1) * (v_pos - v_neg).float()).to(dtype)
             x0 = _f32(c.alpha) * x - _f32(c.sigma) * v  # model dtype, as diffusers' convert_model_output
             x32 = x.float()
             if c.order == 1:

@@ -1,6 +1,9 @@
-"""The Qwen2 LLM as two explicit-KV components: `LMPrefill` (prompt -> KV entries) and `LMDecode` (one
-token for a batch of rows against a static, preallocated cache). Built from the transformers layers'
-own submodules so numerics match `Qwen2Model` while the cache is a plain tensor.
+"""The Qwen2 LLM as one explicit-KV component, `LMDecode`: T new tokens for a batch of rows against a static,
+preallocated cache. Decode is T = 1 for every row of the batch; the prompt prefill is the same component run
+on chunks of the prompt (batch 1, T up to the export's chunk size), each chunk writing its K/V into the cache
+the next chunk attends to (`vvtrt.runtime.prefill`). One graph, so one copy of the LLM weights on every backend.
+Built from the transformers layers' own submodules so numerics match `Qwen2Model` while the cache is a plain
+tensor. `LMPrefill` (a whole prompt at once) is kept as a torch-only reference for tests; it is not exported.
 
 KV layout everywhere: ``[layers, batch, kv_heads, length, head_dim]`` in the model dtype.
 """
@@ -13,6 +16,8 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from vvtrt.components.fused_linear import FusedLinear, swiglu
 from vvtrt.components.info import ModelInfo
+
+KV_BLOCK = 128  # FlexAttention's KV block: the decode kernel reads the cache in blocks of this many slots
 
 
 class _LMCore(nn.Module):
@@ -48,15 +53,17 @@ class _LMCore(nn.Module):
         b, _, t, _ = out.shape
         return layer.self_attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
-    def _attend_one(self, layer, q, k, v, mask):
-        """Decode (one query per row) without expanding K/V for GQA: the G query heads that share a KV
-        head become G query positions of that head, so K/V are read once, never repeated."""
-        b, hq, _, d = q.shape
-        qg = q.reshape(b, hq // self.groups, self.groups, d)  # head h = kv_head * G + g
-        # ONNX's Attention op wants the mask's query axis spelled out (no broadcast): [B, 1, G, S]
-        mask = mask.expand(-1, -1, self.groups, -1)
-        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)  # [B, Hkv, G, D]
-        return layer.self_attn.o_proj(out.reshape(b, 1, hq * d))
+    def _attend_rows(self, layer, q, k, v, mask):
+        """GQA without expanding K/V: the G query heads that share a KV head, times the T new tokens, become
+        G*T query rows of that head (row g*T + t), so K/V are read once, never repeated. `mask [B, 1, T, S]`."""
+        b, hq, t, d = q.shape
+        g = self.groups
+        qg = q.reshape(b, hq // g, g * t, d)  # head h = kv_head * G + g
+        # ONNX's Attention op wants the mask's query axis spelled out (no broadcast): [B, 1, G*T, S]
+        mask = mask.unsqueeze(2).expand(-1, -1, g, -1, -1).reshape(b, 1, g * t, mask.shape[-1])
+        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)  # [B, Hkv, G*T, D]
+        out = out.reshape(b, hq, t, d).transpose(1, 2)
+        return layer.self_attn.o_proj(out.reshape(b, t, hq * d))
 
     def _mlp(self, i, layer, x):
         return x + swiglu(layer.mlp, self.gate_up[i], layer.post_attention_layernorm(x))
@@ -67,8 +74,8 @@ class _LMCore(nn.Module):
 
 
 class LMPrefill(_LMCore):
-    """`embeds [B, T, H]` -> `hidden [B, 1, H]` (post-norm, last position), `logits [B, 4]` fp32,
-    `k, v [L, B, Hkv, T, D]` (the entries to write into cache slots 0..T-1)."""
+    """Reference only (tests): `embeds [B, T, H]` -> `hidden [B, 1, H]` (post-norm, last position), `logits
+    [B, 4]` fp32, `k, v [L, B, Hkv, T, D]`, the whole prompt in one causal pass."""
 
     def forward(self, embeds):
         b, t, _ = embeds.shape
@@ -87,66 +94,97 @@ class LMPrefill(_LMCore):
 
 
 class LMDecode(_LMCore):
-    """One step for a batch of rows (positive and negative CFG rows of each stream are rows of one batch).
+    """T new tokens for a batch of rows (decode: T = 1, the positive and negative CFG rows of each stream are
+    rows of one batch; prefill: one row, a chunk of the prompt).
 
-    Inputs: `embeds [B, 1, H]`, `past_k/past_v [L, B, Hkv, S, D]` (a static cache of length bucket S),
-    `cache_len [B]` int64 (valid entries per row; also the row's position id).
-    Outputs: `hidden [B, 1, H]`, `logits [B, 4]` fp32, `new_k/new_v [L, B, Hkv, 1, D]` to be written at
-    slot `cache_len` by the caller (keeps the graph free of in-place scatters).
+    Inputs: `embeds [B, T, H]`, `past_k/past_v [L, B, Hkv, S, D]` (a static cache of length S),
+    `cache_len [B]` int64 (valid cache entries per row; the new tokens' positions are cache_len + 0..T-1).
+    Outputs: `hidden [B, 1, H]` (post-norm, last new token), `logits [B, 4]` fp32 (of that token),
+    `new_k/new_v [L, B, Hkv, T, D]` to be written at slots cache_len.. by the caller (keeps the graph free of
+    in-place scatters). Each new token attends to its row's cache slots < cache_len and, causally, to the new
+    tokens up to itself.
 
-    `fast = True` (set by the torch runner when it compiles for CUDA; never exported) attends with
-    FlexAttention's split-KV decoding kernel instead of SDPA over `cat(cache, new)`: one query row per KV
-    head leaves SDPA's kernels with a handful of thread blocks walking the whole bucket (measured on the
-    H100: 26 us a layer, 0.77 ms of a 1.5B frame). The cache part and the new token are merged exactly
-    by their log-sum-exps, so nothing is copied and the cache is read once.
+    `fast = True` (set by the torch runner when it compiles for CUDA; never exported) runs decode steps (T = 1)
+    with FlexAttention's split-KV decoding kernel instead of SDPA over `cat(cache, new)`, with a block-sparse
+    mask built on the device from cache_len (`_block_mask`): only the KV blocks below each row's cache_len are
+    read, so a frame costs what the actual context costs, not the bucket. The cache part and the new token are
+    merged exactly by their log-sum-exps, so nothing is copied. Chunks (T > 1) always take the SDPA path.
     """
 
     fast = False
 
     def forward(self, embeds, past_k, past_v, cache_len):
+        b, t, _ = embeds.shape
         s = past_k.shape[3]
-        pos = cache_len.unsqueeze(1)  # [B, 1]
+        fast = self.fast and t == 1
+        pos = cache_len.unsqueeze(1) + torch.arange(t, device=embeds.device).unsqueeze(0)  # [B, T]
         cos, sin = self.rotary(embeds, pos)
-        mask = None if self.fast else self._mask(s, cache_len)
+        mask = None if fast else self._mask(s, t, cache_len)
+        blocks = self._block_mask(s, cache_len) if fast else None
         x = embeds
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
-            if self.fast:
-                x = x + self._attend_split(layer, q, past_k[i], past_v[i], k, v, cache_len)
+            if fast:
+                x = x + self._attend_split(layer, q, past_k[i], past_v[i], k, v, blocks)
             else:
                 kk = torch.cat([past_k[i], k], dim=2)
                 vv = torch.cat([past_v[i], v], dim=2)
-                x = x + self._attend_one(layer, q, kk, vv, mask)
+                x = x + self._attend_rows(layer, q, kk, vv, mask)
             x = self._mlp(i, layer, x)
             ks.append(k)
             vs.append(v)
-        h = self.norm(x)
+        h = self.norm(x[:, -1:])  # per-position RMSNorm: the last position's norm alone is the same
         return h, self._logits4(h[:, 0]), torch.stack(ks), torch.stack(vs)
 
     @staticmethod
-    def _mask(s: int, cache_len):
-        """`[B, 1, 1, S+1]` bool: each row's valid cache slots, then the new token itself."""
-        slots = torch.arange(s, device=cache_len.device).unsqueeze(0) < cache_len.unsqueeze(1)  # [B, S]
-        return torch.cat([slots, torch.ones_like(slots[:, :1])], dim=1)[:, None, None, :]
+    def _mask(s: int, t: int, cache_len):
+        """`[B, 1, T, S+T]` bool: each row's valid cache slots, then the new tokens, causally."""
+        dev = cache_len.device
+        slots = torch.arange(s, device=dev).unsqueeze(0) < cache_len.unsqueeze(1)  # [B, S]
+        new = torch.arange(t, device=dev)
+        causal = new.unsqueeze(1) >= new.unsqueeze(0)  # [T, T]
+        b = cache_len.shape[0]
+        return torch.cat([slots[:, None, :].expand(b, t, s), causal[None].expand(b, t, t)], dim=2)[:, None]
 
-    def _attend_split(self, layer, q, past_k, past_v, k, v, cache_len):
-        """softmax over [cache slots < cache_len ; new token] as FlexAttention over the cache, merged in
-        fp32 with the new token's own score through the log-sum-exps."""
+    @staticmethod
+    def _block_mask(s: int, cache_len):
+        """FlexAttention `BlockMask` over a cache of `s` slots for one query per row: the blocks wholly below
+        cache_len are full (no mask evaluated), the one it ends in is partial (masked per slot), the rest are
+        never listed and never read. Its tensors are computed here, on the device, from cache_len: no host
+        sync, so a CUDA graph replays it for any cache_len."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        b, n = cache_len.shape[0], -(-s // KV_BLOCK)
+        full = (cache_len // KV_BLOCK).to(torch.int32)  # [B]
+        part = (cache_len % KV_BLOCK != 0).to(torch.int32)
+        order = torch.arange(n, device=cache_len.device, dtype=torch.int32)
+        full_idx = order.expand(b, n)
+        part_idx = (full.unsqueeze(1) + order).clamp(max=n - 1)  # the partial block first
+
+        def valid(bi, h, q_idx, kv_idx):
+            return kv_idx < cache_len[bi]
+
+        shape = (b, 1, 1)
+        return BlockMask.from_kv_blocks(part.view(shape), part_idx.reshape(b, 1, 1, n).contiguous(),
+                                        full.view(shape), full_idx.reshape(b, 1, 1, n).contiguous(),
+                                        BLOCK_SIZE=KV_BLOCK, mask_mod=valid, seq_lengths=(1, s),
+                                        compute_q_blocks=False)
+
+    def _attend_split(self, layer, q, past_k, past_v, k, v, blocks):
+        """softmax over [cache slots < cache_len ; new token] as FlexAttention over the listed cache blocks,
+        merged in fp32 with the new token's own score through the log-sum-exps."""
         from torch.nn.attention import flex_attention as fa
-
-        def valid(score, b, h, q_idx, kv_idx):
-            return torch.where(kv_idx < cache_len[b], score, -float("inf"))
 
         b, hq, _, d = q.shape
         if hasattr(fa, "AuxRequest"):  # torch >= 2.9
-            out, aux = fa.flex_attention(q, past_k, past_v, score_mod=valid, scale=self.scale, enable_gqa=True,
+            out, aux = fa.flex_attention(q, past_k, past_v, block_mask=blocks, scale=self.scale, enable_gqa=True,
                                          return_aux=fa.AuxRequest(lse=True))
             lse = aux.lse
         else:
-            out, lse = fa.flex_attention(q, past_k, past_v, score_mod=valid, scale=self.scale, enable_gqa=True,
+            out, lse = fa.flex_attention(q, past_k, past_v, block_mask=blocks, scale=self.scale, enable_gqa=True,
                                          return_lse=True)
-        # out [B, Hq, 1, D]; lse [B, Hq, 1] fp32
+        # out [B, Hq, 1, D]; lse [B, Hq, 1] fp32 (-inf for a row with an empty cache)
         k_self = k.repeat_interleave(self.groups, dim=1).float()  # [B, Hq, 1, D]: 1 token, tiny
         v_self = v.repeat_interleave(self.groups, dim=1).float()
         s_self = (q.float() * k_self).sum(-1) * self.scale  # [B, Hq, 1]

@@ -21,9 +21,10 @@ class ExportOptions:
     steps: int = 10  # K of the unrolled DPM-Solver++ sampler
     max_batch: int = 8  # LLM decode rows (2 per stream: positive and negative)
     kv_buckets: tuple[int, ...] = (512, 1024, 2048)  # static KV cache lengths, one engine profile each
-    max_prompt: int = 1024  # longest prefill
+    max_prompt: int = 1024  # longest prompt (prefilled in chunks)
     max_voice_frames: int = 64  # longest voice prompt, in 3200-sample frames
     max_voices: int = 4
+    prefill_chunk: int = 1024  # prompt tokens per lm_decode call of the prefill (its engine profile's T range)
 
     def __post_init__(self):
         if not diffusion.MIN_STEPS <= self.steps <= diffusion.MAX_STEPS:
@@ -33,24 +34,81 @@ class ExportOptions:
             raise InputError(f"max_batch must be an even number >= 2, got {self.max_batch}")
         if not self.kv_buckets or any(b < 8 for b in self.kv_buckets) or list(self.kv_buckets) != sorted(
                 self.kv_buckets):
-            raise InputError(f"kv_buckets must be ascending lengths >= 8, got {self.kv_buckets}")
+            raise InputError(f"--kv-buckets must be ascending lengths >= 8, got {','.join(map(str, self.kv_buckets))}")
+        if len(set(self.kv_buckets)) != len(self.kv_buckets) or len(self.kv_buckets) > MAX_KV_BUCKETS:
+            raise InputError(f"--kv-buckets must be at most {MAX_KV_BUCKETS} distinct lengths (one engine profile "
+                             f"each), got {','.join(map(str, self.kv_buckets))}")
+        if not 1 <= self.max_prompt < self.kv_buckets[-1]:
+            raise InputError(f"--max-prompt must be between 1 and {self.kv_buckets[-1] - 1} (below the largest KV "
+                             f"bucket, which also holds the generated frames), got {self.max_prompt}")
+        if not 8 <= self.prefill_chunk <= MAX_PREFILL_CHUNK:
+            raise InputError(f"the prefill chunk must be between 8 and {MAX_PREFILL_CHUNK} tokens, "
+                             f"got {self.prefill_chunk}")
 
     @classmethod
-    def for_preset(cls, preset: str | None, steps: int = 10) -> "ExportOptions":
+    def for_preset(cls, preset: str | None, steps: int = 10, context: int | None = None,
+                   max_prompt: int | None = None, kv_buckets: tuple[int, ...] | None = None) -> "ExportOptions":
+        """The defaults for a model: `tiny` keeps small test sizes; any other model gets KV buckets up to its
+        `context` (`long_context_defaults`; 1.5B: 1024 ... 65536, 7B: 1024 ... 32768). `max_prompt` /
+        `kv_buckets` (the export's --max-prompt / --kv-buckets) override them; a bucket above `context` is
+        refused."""
         if preset == "tiny":
-            return cls(steps=steps, kv_buckets=(256, 1024), max_prompt=512, max_voice_frames=16)
-        return cls(steps=steps)
+            base = cls(steps=steps, kv_buckets=(256, 1024), max_prompt=512, max_voice_frames=16, prefill_chunk=128)
+        else:
+            buckets, prompt = long_context_defaults(context)
+            base = cls(steps=steps, kv_buckets=buckets, max_prompt=prompt)
+        buckets = tuple(kv_buckets) if kv_buckets else base.kv_buckets
+        if context is not None and buckets[-1] > context:
+            raise InputError(f"--kv-buckets go up to {buckets[-1]} tokens but the model's context is {context}: "
+                             f"use buckets up to {context}")
+        prompt = max_prompt if max_prompt is not None else min(base.max_prompt, buckets[-1] - 1)
+        return dataclasses.replace(base, kv_buckets=buckets, max_prompt=prompt)
 
     def to_json(self) -> dict:
         return {"steps": self.steps, "max_batch": self.max_batch, "kv_buckets": list(self.kv_buckets),
                 "max_prompt": self.max_prompt, "max_voice_frames": self.max_voice_frames,
-                "max_voices": self.max_voices}
+                "max_voices": self.max_voices, "prefill_chunk": self.prefill_chunk}
 
     @classmethod
     def from_json(cls, d: dict) -> "ExportOptions":
         return cls(steps=d["steps"], max_batch=d["max_batch"], kv_buckets=tuple(d["kv_buckets"]),
                    max_prompt=d["max_prompt"], max_voice_frames=d["max_voice_frames"],
-                   max_voices=d.get("max_voices", 4))
+                   max_voices=d.get("max_voices", 4), prefill_chunk=d.get("prefill_chunk", 1024))
+
+
+MAX_KV_BUCKETS = 12
+MAX_PREFILL_CHUNK = 4096
+SMALLEST_LONG_BUCKET = 1024
+
+
+def long_context_defaults(context: int | None) -> tuple[tuple[int, ...], int]:
+    """(KV buckets, max prompt) for a model of `context` positions: powers of two from 1024 up to the context
+    (and the context itself if it is not one), so a stream pays for at most twice the cache it needs (ONNX
+    Runtime and TensorRT attend over the whole bucket; each bucket is one TensorRT profile); the prompt may
+    fill all but the last 1024 positions, which are left for the generated frames. No context (unknown): the
+    short defaults of `ExportOptions()`."""
+    if not context or context < 2 * SMALLEST_LONG_BUCKET:
+        return ExportOptions.kv_buckets, ExportOptions.max_prompt
+    buckets = []
+    b = SMALLEST_LONG_BUCKET
+    while b < context:
+        buckets.append(b)
+        b *= 2
+    buckets.append(context)
+    return tuple(buckets), context - SMALLEST_LONG_BUCKET
+
+
+def parse_kv_buckets(text: str | None) -> tuple[int, ...] | None:
+    """`--kv-buckets "1024,4096,16384"` -> (1024, 4096, 16384); None/empty -> None (the model's defaults)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        out = tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"--kv-buckets must be comma-separated token counts, e.g. 1024,4096,16384; got {text!r}") \
+            from None
+    ExportOptions(kv_buckets=out, max_prompt=1)  # validates the list itself
+    return out
 
 
 def _randn(shape, precision, gen, std=1.0):
@@ -63,13 +121,14 @@ def _r(lo, opt, hi):
 
 # bf16 bounds on rel-L2 vs the fp32 reference, set from PyTorch's *own* bf16 error on the same inputs
 # (benchmarks/precision_floor.py, 1.5B preset, results in benchmarks/results/cpu/precision_floor_1.5b_bf16.json):
-# lm_prefill 0.031, lm_decode 0.035, diffusion_sampler 0.038, diffusion_head 0.073 (bf16 rounds the
+# lm_prefill 0.031 (a whole prompt: what lm_decode's prefill-chunk rows now compute), lm_decode 0.035,
+# diffusion_sampler 0.038, diffusion_head 0.073 (bf16 rounds the
 # timestep before its sinusoid: 999 -> 1000). ONNX Runtime CUDA bf16 measured 0.032 / 0.037 / 0.040 / 0.075
 # on the H200 (benchmarks/results/h200/parity_1.5b_ort_cuda). Bound = ~1.25x PyTorch's own bf16 error.
 # acoustic_decoder_step: PyTorch's own bf16 error is 0.0126 (tiny) / 0.0146 (1.5B) and ORT CUDA 0.0145, but
 # ONNX's reference evaluator (the CPU substitute for bf16) rounds every op to bf16 with no fp32
 # accumulation and measured 0.021-0.022 on tiny over 16 streamed frames: bound 3e-2.
-BF16_TOL = {"lm_prefill": 4e-2, "lm_decode": 4.5e-2, "diffusion_sampler": 5e-2, "diffusion_head": 9.5e-2,
+BF16_TOL = {"lm_decode": 4.5e-2, "diffusion_sampler": 5e-2, "diffusion_head": 9.5e-2,
             "acoustic_decoder_step": 3e-2}
 BF16_NOTE = ("bf16 bound ~1.25x PyTorch's own bf16-vs-fp32 error on the 1.5B preset "
              "(benchmarks/results/cpu/precision_floor_1.5b_bf16.json)")
@@ -83,34 +142,31 @@ def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[
     batch = _r(1, 2, opts.max_batch)
     specs: list[ComponentSpec] = []
 
-    def prefill_sample(d, p, g):
-        return {"embeds": _randn((d["batch"], d["seq"], H), p, g, 0.5)}
-
-    specs.append(ComponentSpec(
-        "lm_prefill", "prompt embeddings -> last hidden state, control-token logits and the prompt's K/V",
-        (T("embeds", ("batch", "seq", H)),),
-        (T("hidden", ("batch", 1, H)), T("logits", ("batch", 4), "float32"),
-         T("k", (L, "batch", KV, "seq", D)), T("v", (L, "batch", KV, "seq", D))),
-        lambda m, k: lm.LMPrefill(m, ModelInfo.from_model(m)), prefill_sample,
-        ({"batch": _r(1, 1, 2), "seq": _r(1, min(256, opts.max_prompt), opts.max_prompt)},),
-        {"batch": 2, "seq": 24}, ({"batch": 1, "seq": 7}, {"batch": 1, "seq": 41}),
-    ))
-
     def decode_sample(d, p, g):
-        b, s = d["batch"], d["kv_len"]
-        return {"embeds": _randn((b, 1, H), p, g, 0.5), "past_k": _randn((L, b, KV, s, D), p, g),
+        b, s, t = d["batch"], d["kv_len"], d.get("seq", 1)
+        return {"embeds": _randn((b, t, H), p, g, 0.5), "past_k": _randn((L, b, KV, s, D), p, g),
                 "past_v": _randn((L, b, KV, s, D), p, g),
                 "cache_len": torch.randint(0, s + 1, (b,), generator=g, dtype=torch.int64)}
 
+    # decode: T = 1, one profile per KV bucket; prefill: one row, a chunk of T <= prefill_chunk tokens after a
+    # cache of the prompt so far (`vvtrt.runtime.prefill`: 1 slot for the first chunk, then multiples of the chunk)
+    chunk = min(opts.prefill_chunk, opts.max_prompt)
+    past_max = max(1, (opts.max_prompt - 1) // chunk * chunk)
+    prefill_profile = {"batch": _r(1, 1, 1), "seq": _r(1, chunk, chunk), "kv_len": _r(1, min(chunk, past_max), past_max)}
+    b0 = opts.kv_buckets[0]
     specs.append(ComponentSpec(
-        "lm_decode", "one LLM step for a batch of rows against a static KV cache of a length bucket",
-        (T("embeds", ("batch", 1, H)), T("past_k", kv_shape), T("past_v", kv_shape),
+        "lm_decode", "T new LLM tokens for a batch of rows against a static KV cache (decode steps: T = 1 against "
+                     "a length bucket; the prompt prefill: chunks of the prompt against the cache so far)",
+        (T("embeds", ("batch", "seq", H)), T("past_k", kv_shape), T("past_v", kv_shape),
          T("cache_len", ("batch",), "int64")),
         (T("hidden", ("batch", 1, H)), T("logits", ("batch", 4), "float32"),
-         T("new_k", (L, "batch", KV, 1, D)), T("new_v", (L, "batch", KV, 1, D))),
+         T("new_k", (L, "batch", KV, "seq", D)), T("new_v", (L, "batch", KV, "seq", D))),
         lambda m, k: lm.LMDecode(m, ModelInfo.from_model(m)), decode_sample,
-        tuple({"batch": batch, "kv_len": _r(s, s, s)} for s in opts.kv_buckets),
-        {"batch": 2, "kv_len": 32}, ({"batch": 2, "kv_len": 17}, {"batch": 6, "kv_len": 64}),
+        (*({"batch": batch, "seq": _r(1, 1, 1), "kv_len": _r(s, s, s)} for s in opts.kv_buckets), prefill_profile),
+        {"batch": 2, "seq": 3, "kv_len": 32},
+        ({"batch": 1, "seq": min(41, chunk), "kv_len": min(23, past_max)}, {"batch": 1, "seq": min(7, chunk), "kv_len": 1},
+         {"batch": 2, "seq": 1, "kv_len": b0}, {"batch": min(6, opts.max_batch), "seq": 1, "kv_len": b0}),
+        default_dims={"seq": 1},
     ))
 
     specs.append(ComponentSpec(
@@ -124,12 +180,12 @@ def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[
     def sampler_sample(d, p, g):
         b = d["batch"]
         return {"cond_pos": _randn((b, H), p, g), "cond_neg": _randn((b, H), p, g),
-                "noise": torch.randn((b, Z), generator=g), "cfg_scale": torch.tensor([1.3])}
+                "noise": torch.randn((b, Z), generator=g), "cfg_scale": torch.full((b,), 1.3)}
 
     specs.append(ComponentSpec(
         "diffusion_sampler", f"the whole {opts.steps}-step DPM-Solver++ 2M loop with CFG on the head",
         (T("cond_pos", ("batch", H)), T("cond_neg", ("batch", H)), T("noise", ("batch", Z), "float32"),
-         T("cfg_scale", (1,), "float32")),
+         T("cfg_scale", ("batch",), "float32")),
         (T("latent", ("batch", 1, Z)),),
         lambda m, k: diffusion.DiffusionSampler(m, k), sampler_sample,
         ({"batch": _r(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
@@ -209,7 +265,7 @@ def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[
     return out
 
 
-COMPONENTS = ("lm_prefill", "lm_decode", "token_embed", "diffusion_sampler", "diffusion_head",
+COMPONENTS = ("lm_decode", "token_embed", "diffusion_sampler", "diffusion_head",
               "acoustic_decoder_step", "semantic_encoder_step", "acoustic_encoder", "connectors")
 
 

@@ -14,13 +14,13 @@ or edited manifest (`manifest.read_manifest` drops what it cannot trust), is reb
 cache are written atomically (`vvtrt.fsio`), engine first: a build killed at any point leaves nothing that a
 later run takes as current. A directory (or file) where the build must write is refused before building.
 
-One copy of the LLM weights: lm_prefill and lm_decode are two engines with their own weights (issue 10: a 7B
-engine pair is about 31 GB). TensorRT shares weights only within one engine; the documented route to one copy is one network that
-serves both steps through two optimization profiles (prefill: seq in [1, max_prompt] with no past; decode: one
-token against a KV bucket), which needs an exported graph with that union signature (not exported today).
-Weight-stripped or refittable engines (`STRIP_PLAN`, refit) shrink the files, not the copies on the GPU, and
-TensorRT-RTX's `IWeightsManager.restore_from_vmm_allocation` maps memory laid out exactly as one engine's own
-weights, which two different engines do not share. None of this is verified on a GPU here.
+One copy of the LLM weights: the LLM is one exported graph, lm_decode (T new tokens against a KV cache), that
+serves the decode steps and the prompt prefill, so it is one engine with several optimization profiles (TensorRT
+shares weights only within one engine): one per KV bucket for decode steps (batch 1..max_batch, T = 1, the
+bucket's length) and one for prefill chunks (batch 1, T 1..prefill_chunk, the cache so far 1..max_prompt); the
+runner picks the profile by shape (`vvtrt.runtime.trt_runner.select_profile`). The profiles are in the engine
+(`ICudaEngine.num_optimization_profiles`, checked at load) and in its manifest entry. Execution is not verified
+on a GPU here.
 """
 from __future__ import annotations
 

@@ -182,12 +182,20 @@ class TrtModule:
         (`RuntimeCacheFile`: compiled kernels persist across processes), and its own CUDA-graph capture
         (`CudaGraphStrategy`) off, since vvtrt captures whole frames itself. The config is returned so it stays
         alive as long as the context. Full TensorRT compiles nothing at run time: a plain context.
+
+        Both: device memory `ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE` ("reallocate for a profile when
+        it's selected"): a context gets the activation memory of the one profile the runner selects right after
+        creating it (`set_optimization_profile_async`, never inside a capture), not the largest profile's
+        (`STATIC`, the default). lm_decode's engine has decode profiles and a prefill-chunk profile whose
+        activations are far larger; every decode context would otherwise hold the prefill's.
         """
+        strategy = self.trt.ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE
         if not self.is_rtx:
-            return engine.create_execution_context(), None
+            return engine.create_execution_context(strategy), None
         rt_config = engine.create_runtime_config()
         if rt_config is None:
             return None, None
+        rt_config.set_execution_context_allocation_strategy(strategy)
         rt_config.dynamic_shapes_kernel_specialization_strategy = \
             self.trt.DynamicShapesKernelSpecializationStrategy.EAGER
         rt_config.cuda_graph_strategy = self.trt.CudaGraphStrategy.DISABLED

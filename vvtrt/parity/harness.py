@@ -195,7 +195,7 @@ def _unmatched_requests(wd: Workdir, opts: ParityOptions) -> list[str]:
 def run_parity(wd: Workdir, opts: ParityOptions, progress=None) -> dict:
     """The full parity report body (see `vvtrt.reports.schema` for the format). It passes only if every
     requested check ran and passed; informational rows neither pass nor fail."""
-    from vvtrt.model.presets import load_model
+    from vvtrt.model.resolve import load_model
     from vvtrt.parity.e2e import e2e_rows
     from vvtrt.reports.schema import parity_counts
     from vvtrt.runtime.backends import ModelCache

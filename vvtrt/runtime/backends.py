@@ -14,9 +14,10 @@ from vvtrt.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
-LM_COMPONENTS = ("lm_prefill", "lm_decode")  # the two LLM graphs, which hold the same weights
-# The components the synthesis loop calls (diffusion_head is for debugging/parity only).
-LOOP_COMPONENTS = ("lm_prefill", "lm_decode", "token_embed", "diffusion_sampler", "acoustic_decoder_step",
+# The components the synthesis loop calls (diffusion_head is for debugging/parity only). The LLM is one
+# component, lm_decode, which also runs the prompt prefill in chunks (`vvtrt.runtime.prefill`): one graph, one
+# engine, one copy of its weights on every backend.
+LOOP_COMPONENTS = ("lm_decode", "token_embed", "diffusion_sampler", "acoustic_decoder_step",
                    "semantic_encoder_step", "acoustic_encoder", "connectors")
 
 
@@ -50,7 +51,7 @@ class ModelCache:
     def get(self, precision: Precision, device):
         key = (precision, str(device))
         if key not in self._models:
-            from vvtrt.model.presets import load_model
+            from vvtrt.model.resolve import load_model
 
             log.info("loading the PyTorch model (%s, %s)", precision.value, device)
             init = device if self.init_on_device else None
@@ -61,44 +62,25 @@ class ModelCache:
         return self._models[key]
 
 
-def shared_lm_weights(wd: Workdir, backend_of: Mapping[str, str], precision: Precision, device):
-    """One copy of the LLM weights for lm_prefill and lm_decode, whatever runs them:
-
-    - torch: both runners wrap the one model `ModelCache` holds (shared already);
-    - onnxruntime: a `SharedInitializers` both sessions take their common weights from (returned here);
-    - tensorrt: two engines, two copies (see `vvtrt.engines.builder` for what one copy would need).
-
-    Returns the `SharedInitializers` when both LLM graphs run on onnxruntime, else None.
-    """
-    if [backend_of.get(c) for c in LM_COMPONENTS] != ["onnxruntime"] * len(LM_COMPONENTS):
-        return None
-    from vvtrt.runtime.ort_weights import SharedInitializers
-
-    return SharedInitializers([wd.onnx_path(c, precision) for c in LM_COMPONENTS], device)
-
-
 def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallback: Mapping[str, str] = None,
                  components=LOOP_COMPONENTS, models: ModelCache | None = None, ort_cuda_graph: bool = False,
-                 trt_flavor: str = "auto", compile: bool | str = False, share_lm_weights: bool = True) -> dict:
-    """One activated runner per component. `fallback` overrides the backend per component. With
-    `share_lm_weights` (the default) lm_prefill and lm_decode hold one copy of the LLM weights between them
-    (`shared_lm_weights`)."""
+                 trt_flavor: str = "auto", compile: bool | str = False) -> dict:
+    """One activated runner per component. `fallback` overrides the backend per component."""
     check_backend(backend)
     fallback = dict(fallback or {})
     specs = build_specs(wd.info(), wd.options())
     steps = wd.options().steps
     models = models or ModelCache(wd)
     device = torch.device(device)
-    backend_of = {c: fallback.get(c, backend) for c in components}
-    shared = shared_lm_weights(wd, backend_of, precision, device) if share_lm_weights else None
     runners = {}
     for comp in components:
         which = fallback.get(comp, backend)
         spec = specs[comp]
         if which == "torch":
-            # prefill and the voice encoder see a new length per prompt: keep them eager
+            # the voice encoder sees a new length per prompt: keep it eager (the prefill runs lm_decode's
+            # module eagerly, see vvtrt.runtime.prefill)
             r = TorchRunner(spec, precision, device, models.get(precision, device), steps,
-                            compile=compile if comp not in ("lm_prefill", "acoustic_encoder") else False)
+                            compile=compile if comp != "acoustic_encoder" else False)
         elif which == "onnxruntime":
             path = wd.onnx_path(comp, precision)
             if not path.is_file():
@@ -106,10 +88,10 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
                                    f"{precision.value}` first")
             from vvtrt.runtime.ort_runner import OrtRunner
 
-            # ORT CUDA graphs need fixed shapes: only the per-frame components use them
+            # ORT CUDA graphs need fixed shapes: only the per-frame components use them (lm_decode's graph
+            # slots are per shape, so the prefill's chunk shapes would each capture one: see ort_runner)
             r = OrtRunner(spec, precision, device, path,
-                          cuda_graph=ort_cuda_graph and comp not in ("lm_prefill", "acoustic_encoder", "token_embed"),
-                          shared=shared if comp in LM_COMPONENTS else None)
+                          cuda_graph=ort_cuda_graph and comp not in ("acoustic_encoder", "token_embed"))
         else:
             from vvtrt.runtime.trt_runner import TrtRunner
 

@@ -38,11 +38,13 @@ tensor I/O only, fixed shapes per graph id, IOBinding required, replay from the 
 graph lives in the EP's per-thread context), and the capture stream must not be the legacy default stream.
 The first `infer` of a slot does ORT's warm-up run(s) (counted per graph id) and the capture inside one
 `Run` call; later calls replay. Each slot holds its buffers and graph until `deactivate()`, so keep the set
-of shapes small (one per bucket).
+of shapes small (one per bucket): only shapes whose axes have the spec's `default_dims` sizes get a slot
+(lm_decode: decode steps, `seq` = 1); others (the prefill's prompt chunks, a new shape each) run un-graphed on
+the same session with the run option `gpu_graph_id` = -1, ORT's "skip CUDA graph for this run" annotation
+(`kCudaGraphAnnotationSkip` in onnxruntime/core/providers/cuda/cuda_graph.h).
 
-Weights: with `shared` (a `vvtrt.runtime.ort_weights.SharedInitializers`; `load_runners` makes one for
-lm_prefill + lm_decode), the session takes the weights it has in common with other graphs from that one copy
-(`SessionOptions.add_initializer`) instead of loading its own.
+Weights: the LLM is one graph (lm_decode serves the prompt prefill too), so one session holds the one copy of
+its weights; no graph shares weights with another.
 """
 from __future__ import annotations
 
@@ -62,7 +64,6 @@ log = logging.getLogger(__name__)
 # torch dtype -> ONNX TensorProto element type (integers, so bf16 needs no numpy dtype)
 ONNX_ELEM = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16, torch.int64: 7, torch.int32: 6,
              torch.bool: 9, torch.uint8: 2, torch.int8: 3}
-DISABLE_PREPACKING = "session.disable_prepacking"  # ORT session config key (onnxruntime_session_options_config_keys.h)
 INSTALL_HINT = "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime package)"
 
 
@@ -101,7 +102,7 @@ class OrtRunner(RunnerBase):
 
     def __init__(self, spec: ComponentSpec, precision: Precision, device, onnx_path,
                  cuda_graph: bool = False, provider_options: Mapping[str, object] | None = None,
-                 optimized_model_path=None, shared=None, session_config: Mapping[str, str] | None = None):
+                 optimized_model_path=None, session_config: Mapping[str, str] | None = None):
         super().__init__(spec, Precision.parse(precision), device)
         if self.device.type not in ("cpu", "cuda"):
             raise InputError(f"onnxruntime runner: device {self.device} is not supported (use cpu or cuda)")
@@ -111,11 +112,11 @@ class OrtRunner(RunnerBase):
         self.cuda_graph = bool(cuda_graph)
         self.provider_options = {k: str(v) for k, v in (provider_options or {}).items()}
         self.optimized_model_path = optimized_model_path  # debugging only: where ORT writes its optimized graph
-        self.shared = shared  # `SharedInitializers` this graph takes its common weights from (ort_weights)
         self.session_config = dict(session_config or {})  # extra `SessionOptions.add_session_config_entry` pairs
         self.session = None
         self._stream: torch.cuda.Stream | None = None
         self._run_options = None
+        self._ungraphed_options = None  # run options of an un-graphed run on a CUDA-graph session
         self._inputs: list[str] = []
         self._slots: dict[tuple, dict] = {}
 
@@ -142,7 +143,6 @@ class OrtRunner(RunnerBase):
         so.log_severity_level = 2  # warning
         if self.optimized_model_path:
             so.optimized_model_filepath = str(self.optimized_model_path)
-        self._share_weights(so)
         for key, value in self.session_config.items():
             so.add_session_config_entry(key, str(value))
         run_options = ort.RunOptions()
@@ -165,18 +165,13 @@ class OrtRunner(RunnerBase):
                                           f"the CUDA execution provider failed to load; {INSTALL_HINT}")
         self._check_io(session)
         self.session, self._run_options = session, run_options
+        if self.cuda_graph:
+            self._ungraphed_options = ort.RunOptions()
+            self._ungraphed_options.log_severity_level = 2
+            self._ungraphed_options.add_run_config_entry("gpu_graph_id", "-1")
         log.info("onnxruntime session %s on %s (%s%s)", self.onnx_path.name, self.device,
                  ",".join(session.get_providers()), ", cuda graph" if self.cuda_graph else "")
         super().activate()
-
-    def _share_weights(self, so) -> None:
-        """Hand the session the weights it shares with other sessions (one copy; see `ort_weights`)."""
-        if self.shared is None:
-            return
-        for name, value in self.shared.initializers_for(self.onnx_path).items():
-            so.add_initializer(name, value)
-        if self.device.type == "cpu":  # per-session packed copies would defeat the sharing
-            so.add_session_config_entry(DISABLE_PREPACKING, "1")
 
     def _cuda_options(self, ort) -> dict[str, str]:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -222,10 +217,10 @@ class OrtRunner(RunnerBase):
         """
         if self._stream is not None:
             self._stream.synchronize()
-        if self.session is not None and self.device.type == "cuda":  # shared weights must outlive the session
-            _RETIRED_CUDA_SESSIONS.append((self.session, self._slots.copy(), self.shared))
+        if self.session is not None and self.device.type == "cuda":
+            _RETIRED_CUDA_SESSIONS.append((self.session, self._slots.copy()))
         self._slots.clear()
-        self.session, self._run_options, self._stream = None, None, None
+        self.session, self._run_options, self._ungraphed_options, self._stream = None, None, None, None
         super().deactivate()
 
     # -- inference --------------------------------------------------------------------------------
@@ -239,9 +234,14 @@ class OrtRunner(RunnerBase):
         if out is not None:
             self._check_out(out, dims)
         self.activate()
-        if self.cuda_graph:
+        if self.cuda_graph and self.graphed(dims):
             return self._infer_graph(feed, out, dims)
         return self._infer_direct(feed, out, dims)
+
+    def graphed(self, dims: Mapping[str, int]) -> bool:
+        """Whether a call of these axis sizes replays a CUDA graph (cuda_graph=True and the spec's default
+        sizes; see the module docstring)."""
+        return all(dims.get(a, n) == n for a, n in self.spec.default_dims.items())
 
     def _check_out(self, out: Mapping[str, torch.Tensor], dims: Mapping[str, int]) -> None:
         for t in self.spec.outputs:
@@ -281,7 +281,7 @@ class OrtRunner(RunnerBase):
                 x.record_stream(self._stream)  # keep the caching allocator from reusing them too early
         binding = self.session.io_binding()
         self._bind(binding, inputs, targets)
-        self._run(binding, self._run_options)
+        self._run(binding, self._ungraphed_options or self._run_options)
         for n, y in targets.items():
             if y.data_ptr() != results[n].data_ptr():
                 results[n].copy_(y)

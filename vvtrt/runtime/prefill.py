@@ -1,11 +1,21 @@
-"""The prompt prefill, graph-captured per padded length.
+"""The prompt prefill: the prompt in chunks through `lm_decode`, the LLM's one graph (one copy of its weights).
 
-Eager, the 1.5B prefill is ~1100 small kernel launches: on a slow host CPU that is ~35 ms of Python and
-launch overhead before the first frame, against a few ms of GPU work. Where the backend can be captured
-(torch, tensorrt on CUDA), the prompt body is right-padded to a multiple of `quantum` tokens and each
-padded length gets one CUDA graph, replayed for every later prompt of that length. Right padding is exact:
-attention is causal, so the real positions never attend to the pads, and only the first T K/V entries are
-kept.
+Chunk i (`chunk` tokens, the last one shorter) runs as one `lm_decode` call of batch 1 with `cache_len = i *
+chunk` against a cache holding the K/V of every earlier chunk (the first chunk against one empty slot), and its
+new K/V are appended to that cache. This is exactly the causal prefill of the whole prompt: each token attends
+to the tokens before it, in earlier chunks through the cache, in its own chunk causally (tests compare it with
+the unchunked reference and transformers).
+
+Eager, the first chunk of the 1.5B is ~1100 small kernel launches: on a slow host CPU that is ~35 ms of Python
+and launch overhead before the first frame, against a few ms of GPU work. Where the backend can be captured
+(torch, tensorrt on CUDA), the first chunk is right-padded to a multiple of `quantum` tokens and each padded
+length gets one CUDA graph, replayed for every later prompt of that length. Right padding is exact: attention
+is causal, so the real positions never attend to the pads, and only the real K/V entries are kept. Later chunks
+(prompts longer than one chunk) run eagerly: each is a full chunk attending to at least a chunk of cache, work
+that hides its launch overhead, and their shapes (the cache so far) change from chunk to chunk.
+
+On torch the module runs eagerly (not the runner's compiled call: `torch.compile(dynamic=False)` would compile
+each chunk shape anew).
 """
 from __future__ import annotations
 
@@ -15,66 +25,127 @@ import time
 
 import torch
 
+from vvtrt.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
 class Prefill:
     """`prefill(body [1, T, H]) -> (k, v)`, each `[L, 1, Hkv, T, D]` (views; copy before the next call)."""
 
-    def __init__(self, runner, max_len: int, graphs: bool, quantum: int = 64):
+    def __init__(self, runner, max_len: int, graphs: bool, chunk: int | None = None, quantum: int = 64):
         self.runner = runner
         self.max_len = max_len
-        self.quantum = quantum
+        self.chunk = min(chunk or max_len, max_len)
+        self.quantum = min(quantum, self.chunk)
         self.graphs_enabled = graphs and runner.device.type == "cuda"
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, dict]] = {}
-        # One memory pool for every padded length (one per graph would hold up to max_len/quantum sets of
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
+        # One memory pool for every padded length (one per graph would hold up to chunk/quantum sets of
         # activations). Safe because graphs never run concurrently and a call's outputs are consumed
         # (copied) before the next call, whichever length replays next.
         self._pool = None
         self.capture_error: str | None = None
         self.capture_seconds = 0.0
+        spec = runner.spec
+        self._names = [t.name for t in spec.outputs]
+        self._torch_module = runner.module if runner.backend == "torch" else None
 
     def padded_length(self, t: int) -> int:
-        return min(self.max_len, max(self.quantum, math.ceil(t / self.quantum) * self.quantum))
+        return min(self.chunk, max(self.quantum, math.ceil(t / self.quantum) * self.quantum))
 
     def __call__(self, body: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = body.shape[1]
-        if not self.graphs_enabled or self.capture_error is not None or t > self.max_len:
-            out = self.runner.infer({"embeds": body.contiguous()})
-            return out["k"], out["v"]
+        if not 1 <= t <= self.max_len:
+            raise InputError(f"a prompt of {t} tokens cannot be prefilled: the exported limit is {self.max_len} "
+                             "(re-export with a larger --max-prompt)")
+        k, v = self._first(body[:, :self.chunk])
+        if t <= self.chunk:
+            return k, v
+        shape = list(k.shape)
+        shape[3] = t
+        k_all, v_all = k.new_empty(shape), v.new_empty(shape)
+        k_all[:, :, :, :k.shape[3]].copy_(k)
+        v_all[:, :, :, :v.shape[3]].copy_(v)
+        for o in range(self.chunk, t, self.chunk):
+            out = self._infer(body[:, o:o + self.chunk], k_all[:, :, :, :o], v_all[:, :, :, :o], o)
+            n = out["new_k"].shape[3]
+            k_all[:, :, :, o:o + n].copy_(out["new_k"])
+            v_all[:, :, :, o:o + n].copy_(out["new_v"])
+        return k_all, v_all
+
+    def _feed(self, body, past_k, past_v, start: int) -> dict:
+        feed = {"embeds": body, "past_k": past_k, "past_v": past_v,
+                "cache_len": torch.full((body.shape[0],), start, dtype=torch.int64, device=body.device)}
+        if self._torch_module is None:  # ONNX Runtime and TensorRT read dense buffers
+            feed = {n: x.contiguous() for n, x in feed.items()}
+        return feed
+
+    def _run(self, feed: dict) -> dict:
+        if self._torch_module is None:
+            return self.runner.infer(feed)
+        self.runner.check_feed(feed)
+        with torch.inference_mode():
+            res = self._torch_module(*(feed[t.name] for t in self.runner.spec.inputs))
+        return dict(zip(self._names, res))
+
+    def _infer(self, body, past_k, past_v, start: int) -> dict:
+        return self._run(self._feed(body, past_k, past_v, start))
+
+    def _empty_past(self, body: torch.Tensor) -> torch.Tensor:
+        """One cache slot (masked out by cache_len 0): the past of the first chunk."""
+        spec = self.runner.spec.input("past_k")
+        shape = spec.resolve({"batch": 1, "kv_len": 1})
+        return torch.zeros(shape, dtype=body.dtype, device=body.device)
+
+    def _first(self, body: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first chunk (cache_len 0), graph-captured per padded length where the backend allows."""
+        t = body.shape[1]
+        if not self.graphs_enabled or self.capture_error is not None:
+            past = self._empty_past(body)
+            out = self._infer(body, past, past, 0)
+            return out["new_k"], out["new_v"]
         p = self.padded_length(t)
         if p not in self._graphs:
             self._capture(p, body)
             if self.capture_error is not None:
-                return self(body)
-        graph, buf, out = self._graphs[p]
-        buf[:, :t].copy_(body)
-        buf[:, t:].zero_()
+                return self._first(body)
+        graph, feed, out = self._graphs[p]
+        feed["embeds"][:, :t].copy_(body)
+        feed["embeds"][:, t:].zero_()
         graph.replay()
-        return out["k"][:, :, :, :t], out["v"][:, :, :, :t]
+        return out["new_k"][:, :, :, :t], out["new_v"][:, :, :, :t]
 
     def _capture(self, p: int, body: torch.Tensor) -> None:
-        """Warm up, then capture, the padded length `p`. The warm-up runs the very shapes and buffer about to be
+        """Warm up, then capture, the padded length `p`. The warm-up runs the very shapes and buffers about to be
         captured on the same runner just before the capture: torch's rule (warm up on a side stream) and
         TensorRT's (enqueue once after a shape change before capturing; `TrtRunner` then dedicates the warmed-up
         execution context to this length, see `vvtrt.runtime.trt_runner`)."""
         t0 = time.perf_counter()
         buf = torch.zeros(1, p, body.shape[-1], dtype=body.dtype, device=body.device)
+        past = self._empty_past(body)
+        feed = self._feed(buf, past, past, 0)
         side = torch.cuda.Stream(body.device)
         side.wait_stream(torch.cuda.current_stream(body.device))
         with torch.cuda.stream(side):
-            self.runner.infer({"embeds": buf})  # warm-up on a side stream, as torch requires
+            self._run(feed)  # warm-up on a side stream, as torch requires
         torch.cuda.current_stream(body.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         try:
             with torch.cuda.graph(graph, pool=self._pool):
-                out = self.runner.infer({"embeds": buf})
+                out = self._run(feed)
         except Exception as exc:  # noqa: BLE001 - a backend that cannot be captured runs eagerly
             self.capture_error = f"{type(exc).__name__}: {exc}"
             log.warning("prefill CUDA graph capture failed, running eagerly: %s", self.capture_error)
             torch.cuda.synchronize(body.device)
             return
-        self._graphs[p] = (graph, buf, out)
+        self._graphs[p] = (graph, feed, out)
         self.capture_seconds += time.perf_counter() - t0
+
+
+def make_prefill(runners: dict, options, graphs: bool) -> Prefill:
+    """The prompt prefill for a loaded set of runners: `prefill(body [1, T, H]) -> (k, v)`, each
+    `[L, 1, Hkv, T, D]`, run in chunks of `options.prefill_chunk` tokens through `runners["lm_decode"]` (the
+    same graph, engine and weights as the decode steps). The one place that decides how a prefill runs."""
+    return Prefill(runners["lm_decode"], options.max_prompt, graphs, chunk=options.prefill_chunk)

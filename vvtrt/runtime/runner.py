@@ -81,6 +81,7 @@ class RunnerBase:
         return dims
 
     def alloc_outputs(self, dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        dims = {**self.spec.default_dims, **dims}
         return {t.name: torch.empty(t.resolve(dims), dtype=t.torch_dtype(self.precision), device=self.device)
                 for t in self.spec.outputs}
 

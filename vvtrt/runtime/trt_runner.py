@@ -6,8 +6,9 @@ Lifecycle, after NVIDIA's demo/Diffusion engine wrapper:
   file and checks those bytes against their recorded size and sha256 (`read_engine`), the header against
   TensorRT-RTX's `get_engine_validity`, then deserializes it and checks its I/O names, dtypes and profile count
   against the spec. Every mismatch is an `EngineMismatchError` naming the rebuild command.
-- `infer(feed, out=None)` picks the optimization profile that admits the feed's axis sizes (`select_profile`),
-  sets input shapes and the addresses of the torch tensors on an execution context (see below) and enqueues
+- `infer(feed, out=None)` picks the optimization profile that admits the feed's axis sizes (`select_profile`:
+  the first in spec order; lm_decode's engine has one profile per KV bucket for decode steps, T = 1, and one
+  last profile for the prefill's prompt chunks, batch 1 and T up to the chunk size), sets input shapes and the addresses of the torch tensors on an execution context (see below) and enqueues
   `execute_async_v3`. It does not synchronise. With `out` given it allocates nothing.
 - `deactivate()` synchronises the device, saves the TensorRT-RTX runtime cache, then frees contexts, engine and
   runtime in that order.
@@ -25,7 +26,9 @@ CUDA graphs are the caller's (`torch.cuda.graph`); the runner keeps NVIDIA's rul
   which is what a replay does, may still use it); a later eager call of other shapes gets a fresh context.
   `prepare(shapes)` creates dedicated contexts up front instead (then warm up and capture on them). No context
   is ever created inside a capture, and capturing shapes that were not run eagerly just before is refused.
-  Each context holds its own activation memory (TensorRT's default static allocation), so capture few shapes.
+  Each context holds its own activation memory, sized for its own profile (`ON_PROFILE_CHANGE` allocation, set
+  in `TrtModule.create_context`: the default static allocation would give every context the largest profile's
+  memory, i.e. the prefill chunk's), so capture few shapes.
 - Never the legacy default stream: work goes on the caller's current stream, unless that is a default stream
   (torch's default stream is CUDA's legacy stream, handle 0), in which case the runner enqueues on its own
   stream, ordered after the caller's work with an event and the caller ordered after it in turn (`wait_stream`;
@@ -271,6 +274,7 @@ class TrtRunner(RunnerBase):
                 self.pool.prepare(profile=idx)
             return
         for dims in shapes:
+            dims = {**self.spec.default_dims, **dims}  # the axis sizes `infer` will see for these shapes
             self.pool.prepare(key=shape_key(select_profile(self.spec, dims), dims))
 
     def _new_context(self, idx: int) -> _Context:
