@@ -119,6 +119,17 @@ def write_sharded(root: Path, tensors: dict, config: dict, shards: int = 2) -> P
     return root
 
 
+def write_tiny_original(root: Path, tiny_model) -> Path:
+    """The tiny preset's weights as a checkpoint in Microsoft's original layout (2 shards + index), its
+    names checked to be exactly the documented name patterns."""
+    state = {k: v for k, v in tiny_model.state_dict().items() if k != "lm_head.weight"}  # tied: not stored
+    original = {to_original(k): v for k, v in state.items()}
+    assert len(original) == len(state)
+    documented = {pattern_of(k) for k in documented_keys() if k != "lm_head.weight"}
+    assert {pattern_of(k) for k in original} == documented  # the fixture speaks the documented layout
+    return write_sharded(root, original, original_config())
+
+
 def save_tokenizer(path: Path, extra_words: int = 0) -> Path:
     """A small real transformers tokenizer directory (the tests need its files, not Qwen's vocabulary)."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -23,19 +23,15 @@ from vvtrt.errors import InputError, ModelError
 
 # tests/checkpoint_fixtures.py (pytest puts this folder on sys.path)
 from checkpoint_fixtures import (CONFIG_1P5B, CONFIG_7B, copy_dir, documented_keys, edit_shard, header_only_1p5b,
-                                 original_config, pattern_of, save_tokenizer, to_original, write_sharded)
+                                 original_config, save_tokenizer, write_tiny_original)
+from cli_helpers import one_clear_line, run
 
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory, tiny_model):
     """(original-layout dir, transformers-layout dir, tokenizer dir) holding the tiny preset's weights."""
     root = tmp_path_factory.mktemp("ckpt")
-    state = {k: v for k, v in tiny_model.state_dict().items() if k != "lm_head.weight"}  # tied: not stored
-    original = {to_original(k): v for k, v in state.items()}
-    assert len(original) == len(state)
-    documented = {pattern_of(k) for k in documented_keys() if k != "lm_head.weight"}
-    assert {pattern_of(k) for k in original} == documented  # the fixture speaks the documented layout
-    orig = write_sharded(root / "original", original, original_config())
+    orig = write_tiny_original(root / "original", tiny_model)
     hf = root / "hf"
     tiny_model.save_pretrained(hf)
     return orig, hf, save_tokenizer(root / "tok")
@@ -110,7 +106,7 @@ def test_tiny_original_loads_like_the_transformers_layout(tiny_pair, tiny_model)
 
 
 def test_load_at_target_dtype(tiny_pair, tiny_model):
-    from vvtrt.model.presets import ModelSource, load_model
+    from vvtrt.model.resolve import ModelSource, load_model
 
     orig, _, _ = tiny_pair
     model = load_model(ModelSource(path=str(orig)), dtype=torch.bfloat16)
@@ -144,7 +140,7 @@ def test_convert_writes_the_transformers_layout(tiny_pair, tmp_path, tiny_model)
     from vvtrt.model.convert import convert
 
     orig, _, tok = tiny_pair
-    out = convert(orig, tmp_path / "hf", tokenizer_dir=tok)
+    out = convert(orig, tmp_path / "hf", tokenizer_dir=tok).out
     assert (out / "tokenizer.json").is_file() and (out / "model.safetensors.index.json").is_file()
     model, info = VibeVoiceForConditionalGeneration.from_pretrained(out, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
@@ -155,23 +151,27 @@ def test_convert_writes_the_transformers_layout(tiny_pair, tmp_path, tiny_model)
 
 
 def test_original_checkpoint_exports_passes_parity_and_synthesises(tiny_pair, tmp_path):
-    """Through today's pipeline API: export (two small components, to stay fast), ONNX Runtime parity
-    against the PyTorch model loaded from the original layout, and a torch-backend synthesis."""
-    import shutil
-
+    """Through the pipeline API: export (two small components, to stay fast; the tokenizer given with
+    --tokenizer), ONNX Runtime parity against the PyTorch model loaded from the original layout, and a
+    torch-backend synthesis."""
     import soundfile as sf
 
     from vvtrt.pipeline import run_export, run_parity_cli, run_synth
 
     orig, _, tok = tiny_pair
     root = copy_dir(orig, tmp_path / "VibeVoice-tiny")
-    for f in tok.iterdir():  # the pipeline has no --tokenizer yet: the files sit beside the weights
-        shutil.copy(f, root / f.name)
     wd = tmp_path / "wd"
-    rows = run_export(str(root), wd, "fp32", 10, "connectors,token_embed", 0, False, None)
+    with pytest.raises(ModelError, match="ships no tokenizer"):  # refused before any weight is read
+        run_export(str(root), wd, "fp32", 10, "connectors,token_embed", 0, False, None)
+    rows = run_export(str(root), wd, "fp32", 10, "connectors,token_embed", 0, False, None, tokenizer=str(tok))
     assert len(rows) == 2
-    report, _ = run_parity_cli(wd, "onnxruntime", "cpu", "fp32", 16, False, None, None)
+    report, paths = run_parity_cli(wd, "onnxruntime", "cpu", "fp32", 16, False, None, None)
     assert report["passed"] and len(report["rows"]) == 4, report["failures"]
+    from vvtrt.runtime.prompt import PORT_DEPARTURES  # the report says where vvtrt follows the original
+
+    assert report["departures"] == list(PORT_DEPARTURES)
+    md = Path(paths["md"]).read_text()
+    assert "## Departures from transformers' port" in md and all(d in md for d in PORT_DEPARTURES)
     res = run_synth(wd, "torch", (), "cpu", "fp32", "Speaker 0: hi", None, (), str(tmp_path / "o.wav"), 3, None,
                     1.3, 0, False, False)
     audio, sr = sf.read(tmp_path / "o.wav")
@@ -208,6 +208,10 @@ def test_broken_original_checkpoint_names_the_tensor(tiny_pair, tmp_path, case, 
     for needle in needles:
         assert needle in str(err.value)
     assert "Nothing was loaded" in str(err.value)
+    # the verbs: exit 2 with one line naming the tensor, no graph written
+    line = one_clear_line(run("export", "--model", root, "-w", tmp_path / "wd", "--tokenizer", tok, "--dtype", "fp32"))
+    assert all(needle in line for needle in needles), line
+    assert not (tmp_path / "wd" / "onnx").exists() and not (tmp_path / "wd" / "workdir.json").exists()
 
 
 def test_unknown_and_unsupported_layouts(tmp_path):

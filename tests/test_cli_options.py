@@ -28,14 +28,14 @@ def no_work(monkeypatch):
     """Fail the test if a verb gets past its checks: every stage's first real step raises."""
     import vvtrt.bench.run
     import vvtrt.engines
-    import vvtrt.model.presets
+    import vvtrt.model.resolve
     import vvtrt.parity.harness
     import vvtrt.runtime.synthesizer
 
     def started(*a, **k):
         pytest.fail("work started before the options were refused")
 
-    monkeypatch.setattr(vvtrt.model.presets, "load_model", started)
+    monkeypatch.setattr(vvtrt.model.resolve, "resolve", started)  # the one front door for models
     monkeypatch.setattr(vvtrt.runtime.synthesizer.Synthesizer, "from_workdir", started)
     monkeypatch.setattr(vvtrt.parity.harness, "run_parity", started)
     monkeypatch.setattr(vvtrt.bench.run, "run_bench", started)

@@ -18,7 +18,7 @@ import torch
 
 from vvtrt.components.info import ModelInfo
 from vvtrt.errors import InputError, ModelError, WorkdirError
-from vvtrt.model.presets import ModelSource
+from vvtrt.model.resolve import ModelSource
 from vvtrt.model.text_tokenizer import ByteTokenizer, HFTextTokenizer, TextTokenizer, load_text_tokenizer
 from vvtrt.runtime.audio_io import WavStreamWriter, prepare_voice, read_voice, resample_audio, write_wav
 from vvtrt.runtime.prompt import build_prompt, check_context, render_prompt_text
@@ -227,7 +227,8 @@ def test_build_prompt_matches_transformers_processor(stand_ins, kind, text, leng
         if voices and t.speaker not in seen:
             content.append({"type": "audio", "audio": voices[script.speakers.index(t.speaker)]})
         seen.add(t.speaker)
-        conv.append({"role": str(t.speaker), "content": content})
+        # transformers renders the role verbatim; vvtrt renumbers as Microsoft's original (first appearance)
+        conv.append({"role": str(script.speakers.index(t.speaker)), "content": content})
     ref = processor.apply_chat_template(conv, tokenize=True, return_dict=True, return_tensors="pt")
 
     frames = [math.ceil(n / 3200) for n in lengths] if lengths else None
@@ -249,12 +250,12 @@ def test_build_prompt_matches_transformers_processor(stand_ins, kind, text, leng
 
 def test_build_prompt_text_layout():
     """Hand-written expectation of the rendered template (every line starts with a space, the voice
-    section uses the script's speaker numbers in first-appearance order)."""
+    section is numbered by voice index and the turns renumbered in first-appearance order)."""
     script = parse_script("Speaker 2: Hi.\nSpeaker 1: Yo?")
     text = render_prompt_text(script, [2, 1], bos="<b>", pad="<p>", eos="<e>")
     assert text == (" Transform the text provided by various speakers into speech output, utilizing the distinct"
-                    " voice of each respective speaker.\n Voice input:\n Speaker 2:<b><p><p><e>\n"
-                    " Speaker 1:<b><p><e>\n Text input:\n Speaker 2: Hi.\n Speaker 1: Yo?\n Speech output:\n<b>")
+                    " voice of each respective speaker.\n Voice input:\n Speaker 0:<b><p><p><e>\n"
+                    " Speaker 1:<b><p><e>\n Text input:\n Speaker 0: Hi.\n Speaker 1: Yo?\n Speech output:\n<b>")
     prompt = build_prompt(script, ByteTokenizer(), make_info(), [2, 1])
     assert prompt.ids[-1] == BOS and prompt.voice_slots[0][1] == 2
 

@@ -31,41 +31,51 @@ def lock_wait_s() -> float:
 
 
 def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int = 10, components="", seed: int = 0,
-               force: bool = False, progress_factory=None, tokenizer=None) -> list[dict]:
-    """Resolve the model, write the work dir's metadata and export every (component, dtype), holding the
-    work-dir lock; graphs already there that the new settings make stale are re-exported too."""
-    from vvtrt.components.info import ModelInfo
+               force: bool = False, progress_factory=None, tokenizer=None, max_prompt: int | None = None,
+               kv_buckets: tuple[int, ...] | None = None) -> list[dict]:
+    """Resolve the model (one pass through `vvtrt.model.resolve`: source, tokenizer, validated weights,
+    `ModelInfo`), write the work dir's metadata and export every (component, dtype), holding the work-dir
+    lock; graphs already there that the new settings make stale are re-exported too."""
     from vvtrt.components.specs import ExportOptions, build_specs, check_components
     from vvtrt.export.onnx_export import clear_strays, export_all, sweep_export_temporaries
-    from vvtrt.model.presets import load_model, resolve_model
+    from vvtrt.model.resolve import parse_source, resolve
 
     precisions = parse_precisions(dtypes)
     names = check_components(components)
-    source = resolve_model(model_spec, check_seed(seed), tokenizer)
-    options = ExportOptions.for_preset(source.preset, steps=steps)
+    source = parse_source(model_spec, check_seed(seed), tokenizer)  # quick checks, before the work dir
+    options = ExportOptions.for_preset(source.preset, steps=steps, max_prompt=max_prompt if kv_buckets else None,
+                                       kv_buckets=kv_buckets)  # what can be refused before the model loads
     wd = Workdir.create(workdir)
     with WorkdirLock(wd.root, "export", wait_s=lock_wait_s()):
         sweep_export_temporaries(wd)
         clear_strays(wd, force)  # before the model loads: a refusal is immediate
-        base = load_model(source)
-        info = ModelInfo.from_model(base)
-        wd.write_meta(source, options, info)
-        specs = {n: s for n, s in build_specs(info, options).items() if n in names}
-
-        def factory(p: Precision):
-            nonlocal base
-            if base is not None and p is Precision.FP32:
-                return base
-            model = base if base is not None else load_model(source)
-            base = None  # cast in place: one copy of the weights in memory at a time
-            return model.to(p.torch_dtype)
-
+        resolved = resolve(source)
+        # long-context sizes follow the model's context (ExportOptions.for_preset); --max-prompt/--kv-buckets
+        options = ExportOptions.for_preset(source.preset, steps, resolved.info.context, max_prompt, kv_buckets)
+        wd.write_meta(resolved.source, options, resolved.info)
+        specs = {n: s for n, s in build_specs(resolved.info, options).items() if n in names}
         tick = progress_factory(len(precisions) * len(specs), "export") if progress_factory else None
         try:
-            return export_all(wd, factory, specs, precisions, options.steps, force, tick)
+            return export_all(wd, _models_by_precision(resolved), specs, precisions, options.steps, force, tick)
         finally:
             if tick:
                 tick.close()
+
+
+def _models_by_precision(resolved):
+    """`factory(precision) -> model` for the export: the resolved fp32 model first, then cast in place,
+    so one copy of the weights is in memory at a time (reloaded from the resolved source if needed)."""
+    base = resolved.model
+
+    def factory(p: Precision):
+        nonlocal base
+        if base is not None and p is Precision.FP32:
+            return base
+        model = base if base is not None else resolved.load()
+        base = None
+        return model.to(p.torch_dtype)
+
+    return factory
 
 
 def run_build(workdir, flavor="auto", components="", dtypes="", target_sm=None, force=False,
@@ -97,6 +107,7 @@ def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", fram
     from vvtrt.parity.harness import ParityOptions, run_parity
     from vvtrt.reports import to_jsonable, write_report
     from vvtrt.reports.environment import collect_environment
+    from vvtrt.runtime.prompt import PORT_DEPARTURES
 
     json_out = check_output_file(json_path, "--json file") if json_path else None
     wd = Workdir.open(workdir)
@@ -120,7 +131,8 @@ def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", fram
                          "dtypes": sorted({r["precision"] for r in body["rows"]}), "steps": meta["options"]["steps"],
                          "cfg_scale": opts.cfg_scale, "backends": [backend], "device": dev,
                          "frames": frames, "environment": collect_environment()},
-              **body}
+              # where vvtrt follows Microsoft's original rather than transformers' port, and why
+              "departures": list(PORT_DEPARTURES), **body}
     paths = write_report(report, wd.reports_dir, f"parity_{backend}_{dev.replace(':', '')}")
     if json_out:
         atomic_write_json(json_out, to_jsonable(report))

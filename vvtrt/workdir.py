@@ -28,7 +28,7 @@ from vvtrt.components.info import ModelInfo
 from vvtrt.components.specs import COMPONENTS, ExportOptions, build_specs
 from vvtrt.errors import VvtrtError, WorkdirError
 from vvtrt.fsio import LOCK_NAME, atomic_write_json, is_temporary
-from vvtrt.model.presets import ModelSource
+from vvtrt.model.resolve import ModelSource
 from vvtrt.precision import Precision
 
 RECORD_FORMAT = 2  # 2: the record lists every file of the graph with its size and sha256
@@ -151,10 +151,15 @@ class Workdir:
 
     def export_command(self, component: str | None = None, precision: Precision | None = None) -> str:
         """The `vvtrt export` command line that re-exports (component, precision) with this dir's settings."""
-        source, options, _ = _parse_meta(self.meta())
+        source, options, info = _parse_meta(self.meta())
         cmd = f"vvtrt export -w {self.root} --model {source.label}"
         if options.steps != ExportOptions().steps:
             cmd += f" --steps {options.steps}"
+        default = ExportOptions.for_preset(source.preset, options.steps, info.context)
+        if options.max_prompt != default.max_prompt:
+            cmd += f" --max-prompt {options.max_prompt}"
+        if options.kv_buckets != default.kv_buckets:
+            cmd += f" --kv-buckets {','.join(map(str, options.kv_buckets))}"
         if source.seed:
             cmd += f" --seed {source.seed}"
         if source.tokenizer:

@@ -1,11 +1,17 @@
-"""`convert(src, out)`: a validated checkpoint written in transformers' layout (what `vibevoice/VibeVoice-1.5B-hf`
-holds), one output shard per input shard so that at most one shard's tensors are in memory; tensors keep
-their stored dtype. Every file is written atomically; the result is validated before returning.
+"""`convert(src, out)` (`vvtrt convert DIR OUT`): a validated checkpoint written in transformers' layout (what
+`vibevoice/VibeVoice-1.5B-hf` holds), one output shard per input shard so that at most one shard's tensors
+are in memory; tensors keep their stored dtype.
+
+Every file is written atomically, weights first and config.json last, so an interrupted conversion leaves
+a directory without config.json (refused as "not a checkpoint"), never a checkpoint with some tensors
+missing. The result is validated before returning. A non-empty OUT is refused unless `force`; then its
+config.json goes first and weight files the new checkpoint does not use are removed at the end.
 """
 from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from vvtrt.errors import InputError
@@ -17,15 +23,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
                    "special_tokens_map.json", "added_tokens.json", "generation_config.json")
 
 
-def convert(src_dir, out_dir, tokenizer_dir=None) -> Path:
+@dataclass(frozen=True)
+class Conversion:
+    """What `convert` wrote."""
+
+    out: Path
+    layout: str          # the source's layout
+    tensors: int
+    files: int           # weight files written
+    tokenizer: bool      # whether tokenizer files were copied
+
+
+def convert(src_dir, out_dir, tokenizer_dir=None, force: bool = False) -> Conversion:
     """Write `src_dir` (any layout vvtrt loads, validated first) to `out_dir` in transformers' layout,
-    with the tokenizer files of `tokenizer_dir` (or of `src_dir`) beside it. Returns `out_dir`."""
+    with the tokenizer files of `tokenizer_dir` (or of `src_dir`) beside it."""
     from vvtrt.model.checkpoint import plan_checkpoint
 
-    plan = plan_checkpoint(Path(src_dir))
-    out = Path(out_dir)
-    if out.resolve() == plan.root.resolve():
-        raise InputError(f"convert would overwrite {out}: choose another output directory")
+    plan = plan_checkpoint(Path(src_dir).expanduser())
+    out = Path(out_dir).expanduser()
+    tok_src = _tokenizer_source(tokenizer_dir, plan.root)
+    _prepare_out(out, plan.root, force)
     shards = sorted({e.file for e in plan.entries.values()})
     names = [SINGLE_NAME] if len(shards) == 1 else \
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
@@ -39,14 +56,52 @@ def convert(src_dir, out_dir, tokenizer_dir=None) -> Path:
             del tensors
     if len(names) > 1:
         atomic_write_json(out / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    copied = _copy_tokenizer(tok_src, out) if tok_src else False
+    _remove_stale(out, set(names) | ({INDEX_NAME} if len(names) > 1 else set()))
     config = plan.config
     config.architectures = ["VibeVoiceForConditionalGeneration"]
-    atomic_write_text(out / "config.json", config.to_json_string())
-    _copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else plan.root, out)
+    atomic_write_text(out / "config.json", config.to_json_string())  # last: the directory is a checkpoint now
     plan_checkpoint(out)  # what we wrote must load
     log.info("converted %s (%s layout) to %s: %d tensors in %d file(s)", plan.root, plan.layout.name, out,
              len(weight_map), len(names))
-    return out
+    return Conversion(out, plan.layout.name, len(weight_map), len(names), copied)
+
+
+def _tokenizer_source(tokenizer_dir, root: Path) -> Path | None:
+    """Where the tokenizer files come from: `tokenizer_dir` (which must hold some), else the checkpoint's
+    own (None when it has none, as Microsoft's original layout)."""
+    if tokenizer_dir is None:
+        return root if any((root / n).is_file() for n in TOKENIZER_FILES) else None
+    tok = Path(tokenizer_dir).expanduser()
+    if not tok.is_dir() or not any((tok / n).is_file() for n in TOKENIZER_FILES):
+        raise InputError(f"--tokenizer {tok} is not a directory with tokenizer files "
+                         f"({', '.join(TOKENIZER_FILES[:4])}): pass the directory of a downloaded Qwen2.5 tokenizer")
+    return tok
+
+
+def _prepare_out(out: Path, src: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} is a file: name a new or empty directory")
+    if out.resolve() == src.resolve():
+        raise InputError(f"convert would overwrite {out}: choose another output directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"output directory {out} is not empty: choose a new or empty directory, or pass "
+                             "--force to replace the checkpoint files in it")
+        (out / "config.json").unlink(missing_ok=True)  # until the end, OUT is no checkpoint
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
+
+
+def _remove_stale(out: Path, written: set[str]) -> None:
+    """Weight files and an index left from an earlier checkpoint in OUT (`--force`) would be read with
+    the new one: remove them."""
+    for p in [*out.glob("*.safetensors"), out / INDEX_NAME]:
+        if p.is_file() and p.name not in written:
+            log.info("removing %s (not part of the converted checkpoint)", p)
+            p.unlink()
 
 
 def _write_shard(path: Path, tensors: dict) -> None:
@@ -56,8 +111,11 @@ def _write_shard(path: Path, tensors: dict) -> None:
         save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata={"format": "pt"})
 
 
-def _copy_tokenizer(src: Path, out: Path) -> None:
+def _copy_tokenizer(src: Path, out: Path) -> bool:
+    copied = False
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             with atomic_path(out / name) as tmp:
                 shutil.copyfile(src / name, tmp)
+            copied = True
+    return copied

@@ -1,11 +1,12 @@
-"""Model presets (`tiny`, `1.5b`, `7b`) built as transformers `VibeVoiceForConditionalGeneration` with a
-seeded, non-degenerate random init, and loading of local checkpoint directories in any layout
-`vvtrt.model.layouts` knows (never the network; validated before anything is allocated)."""
+"""Model presets (`tiny`, `1.5b`, `7b`): their numbers, their transformers config, and the model built from
+them as transformers `VibeVoiceForConditionalGeneration` with a seeded, non-degenerate random init.
+
+Verbs never come here directly: a model source (preset or checkpoint directory) is resolved by
+`vvtrt.model.resolve`, the one front door for models."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from vvtrt.errors import InputError
 
@@ -68,64 +69,6 @@ def preset_config(p: PresetSpec):
                            diffusion_head_config=head, **dict(p.token_ids))
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from: a preset name or a local checkpoint directory, the init seed, and the
-    tokenizer directory given for checkpoints that ship none (`--tokenizer DIR`)."""
-
-    preset: str | None = None
-    path: str | None = None
-    seed: int = 0
-    tokenizer: str | None = None
-
-    @property
-    def label(self) -> str:
-        return self.preset if self.preset else str(self.path)
-
-    def identity(self) -> dict:
-        """What the weights (and so every exported graph) depend on: the tokenizer is not part of it."""
-        return {"preset": self.preset, "path": self.path, "seed": self.seed}
-
-    def to_json(self) -> dict:
-        """The work dir's record of the source; `tokenizer` only when one was given, so records written
-        before it existed stay equal."""
-        return {**self.identity(), **({"tokenizer": self.tokenizer} if self.tokenizer else {})}
-
-
-def resolve_model(spec: str, seed: int = 0, tokenizer: str | None = None) -> ModelSource:
-    """`tiny`/`1.5b`/`7b` or a path to a VibeVoice checkpoint directory (original or transformers layout),
-    plus an optional tokenizer directory. Quick checks only (config, layout, weight files present; no
-    torch): `load_model` validates every tensor before allocating. Raises a typed error otherwise."""
-    tok = None
-    if tokenizer is not None:
-        tok = Path(tokenizer).expanduser()
-        if not tok.is_dir():
-            raise InputError(f"tokenizer directory {tok} does not exist or is not a directory: pass the "
-                             "directory of a Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, ...)")
-        tok = str(tok.resolve())
-    key = spec.strip().lower()
-    if key in PRESETS:
-        return ModelSource(preset=key, seed=seed, tokenizer=tok)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise InputError(
-            f"unknown model {spec!r}: use a preset ({', '.join(PRESETS)}) or a local checkpoint directory"
-        )
-    _check_checkpoint_dir(path)
-    return ModelSource(path=str(path.resolve()), seed=seed, tokenizer=tok)
-
-
-def _check_checkpoint_dir(path: Path) -> dict:
-    """config.json readable, a VibeVoice model_type, weight files present, a layout vvtrt loads."""
-    from vvtrt.model.layouts import detect_layout, read_config
-    from vvtrt.model.safetensors_io import weight_files
-
-    cfg = read_config(path)
-    weight_files(path)
-    detect_layout(cfg, path).check_supported(path)
-    return cfg
-
-
 def build_model(preset: str, seed: int = 0, dtype=None, device=None):
     """A random-weight preset model: seeded, non-degenerate, eval mode, with real latent scale/bias."""
     import torch
@@ -172,14 +115,3 @@ def _make_non_degenerate(model, p: PresetSpec) -> None:
                 param.fill_(RANDOM_LAYER_SCALE)
         model.model.latent_scaling_factor.fill_(p.latent_scale)
         model.model.latent_bias_factor.fill_(p.latent_bias)
-
-
-def load_model(source: ModelSource, dtype=None, device=None):
-    """Build a preset, or load a local checkpoint directory at `dtype` (default float32) on `device`:
-    validated from its config and safetensors headers first, then read tensor by tensor straight into
-    place (see `vvtrt.model.checkpoint`)."""
-    if source.preset:
-        return build_model(source.preset, source.seed, dtype=dtype, device=device)
-    from vvtrt.model.checkpoint import load_checkpoint, plan_checkpoint
-
-    return load_checkpoint(plan_checkpoint(Path(source.path)), dtype=dtype, device=device)

@@ -1,23 +1,83 @@
 """One front door for models: a preset name or a checkpoint directory resolved in one pass to its layout,
-validated config, model (at its precision and device), `ModelInfo` and text tokenizer.
+validated config, model (at its precision and device), `ModelInfo` and text tokenizer. Every verb goes
+through here: `export` resolves the `--model` it is given, and the verbs that read a work dir (parity,
+synth, bench, serving) load the model recorded there with `load_model`.
 
     r = resolve("/data/VibeVoice-1.5B", dtype=torch.bfloat16, device="cuda", tokenizer_dir="/data/Qwen2.5-1.5B")
     r.layout, r.info.hidden, r.model, r.tokenizer.encode(" Speaker 0: Hi\\n")
 
-Order: the quick checks of the source (config, layout, weight files; no torch), the tokenizer (so a
-missing one is said before any weights are touched), the full key/shape validation from the safetensors
-headers on the meta device, and only then the load.
+Order: the quick checks of the source (`parse_source`: config, layout, weight files; no torch), the
+tokenizer (so a missing one is said before any weights are touched), the full key/shape validation from
+the safetensors headers on the meta device, and only then the load.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from vvtrt.errors import ModelError
-from vvtrt.model.presets import ModelSource, resolve_model
+from vvtrt.errors import InputError, ModelError
+from vvtrt.model.presets import PRESETS
 
 log = logging.getLogger(__name__)
 PRESET_LAYOUT = "preset"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: a preset name or a local checkpoint directory, the init seed, and the
+    tokenizer directory given for checkpoints that ship none (`--tokenizer DIR`)."""
+
+    preset: str | None = None
+    path: str | None = None
+    seed: int = 0
+    tokenizer: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.preset if self.preset else str(self.path)
+
+    def identity(self) -> dict:
+        """What the weights (and so every exported graph) depend on: the tokenizer is not part of it."""
+        return {"preset": self.preset, "path": self.path, "seed": self.seed}
+
+    def to_json(self) -> dict:
+        """The work dir's record of the source; `tokenizer` only when one was given, so records written
+        before it existed stay equal."""
+        return {**self.identity(), **({"tokenizer": self.tokenizer} if self.tokenizer else {})}
+
+
+def parse_source(spec: str, seed: int = 0, tokenizer: str | None = None) -> ModelSource:
+    """`tiny`/`1.5b`/`7b` or a path to a VibeVoice checkpoint directory (original or transformers layout),
+    plus an optional tokenizer directory. Quick checks only (config, layout, weight files present; no
+    torch): `resolve` validates every tensor before allocating. Raises a typed error otherwise."""
+    tok = None
+    if tokenizer is not None:
+        tok = Path(tokenizer).expanduser()
+        if not tok.is_dir():
+            raise InputError(f"tokenizer directory {tok} does not exist or is not a directory: pass the "
+                             "directory of a Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, ...)")
+        tok = str(tok.resolve())
+    key = spec.strip().lower()
+    if key in PRESETS:
+        return ModelSource(preset=key, seed=seed, tokenizer=tok)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise InputError(
+            f"unknown model {spec!r}: use a preset ({', '.join(PRESETS)}) or a local checkpoint directory"
+        )
+    _check_checkpoint_dir(path)
+    return ModelSource(path=str(path.resolve()), seed=seed, tokenizer=tok)
+
+
+def _check_checkpoint_dir(path: Path) -> None:
+    """config.json readable, a VibeVoice model_type, weight files present, a layout vvtrt loads."""
+    from vvtrt.model.layouts import detect_layout, read_config
+    from vvtrt.model.safetensors_io import weight_files
+
+    cfg = read_config(path)
+    weight_files(path)
+    detect_layout(cfg, path).check_supported(path)
 
 
 @dataclass(frozen=True)
@@ -29,21 +89,32 @@ class ResolvedModel:
     config: object           # transformers `VibeVoiceConfig`
     model: object | None     # the loaded module (None when resolved with load=False)
     info: object             # `vvtrt.components.info.ModelInfo`
-    tokenizer: object        # `vvtrt.model.text_tokenizer.TextTokenizer`
+    tokenizer: object | None  # `vvtrt.model.text_tokenizer.TextTokenizer` (None: resolved without one)
+    plan: object | None = field(default=None, repr=False)  # `CheckpointPlan` of a checkpoint directory
+
+    def load(self, dtype=None, device=None):
+        """Another copy of the model at `dtype` on `device`, from the already validated source (the same
+        seeded init for a preset, the same checked tensors for a checkpoint)."""
+        from vvtrt.model.checkpoint import load_checkpoint
+        from vvtrt.model.presets import build_model
+
+        if self.plan is None:
+            return build_model(self.source.preset, self.source.seed, dtype=dtype, device=device)
+        return load_checkpoint(self.plan, dtype=dtype, device=device)
 
 
-def resolve(source, seed: int = 0, dtype=None, device=None, tokenizer_dir=None, load: bool = True) -> ResolvedModel:
+def resolve(source, seed: int = 0, dtype=None, device=None, tokenizer_dir=None, load: bool = True,
+            tokenizer: bool = True) -> ResolvedModel:
     """Resolve `source` (a preset name, a checkpoint directory, or a `ModelSource` read back from a work
     dir) with typed errors only. `load=False` validates everything but allocates no weights (the info
-    then comes from the meta-device model)."""
+    then comes from the meta-device model); `tokenizer=False` leaves the tokenizer out (verbs that load
+    the model of a work dir, whose tokenizer was checked when it was exported)."""
     from vvtrt.components.info import ModelInfo
     from vvtrt.model.text_tokenizer import load_text_tokenizer
 
-    if isinstance(source, ModelSource):
-        src = source
-    else:
-        src = resolve_model(str(source), seed, tokenizer_dir)
-    tokenizer = load_text_tokenizer(src)
+    src = source if isinstance(source, ModelSource) else parse_source(str(source), seed, tokenizer_dir)
+    text_tokenizer = load_text_tokenizer(src) if tokenizer else None
+    plan = None
     if src.preset:
         layout, (config, model, shape_model) = PRESET_LAYOUT, _preset(src, dtype, device, load)
     else:
@@ -54,15 +125,22 @@ def resolve(source, seed: int = 0, dtype=None, device=None, tokenizer_dir=None, 
         model = load_checkpoint(plan, dtype=dtype, device=device) if load else None
         shape_model = model if model is not None else meta_model(plan.layout, plan.config)
     info = ModelInfo.from_model(shape_model)
-    _check_vocabulary(src, tokenizer, info.vocab)
+    if text_tokenizer is not None:
+        _check_vocabulary(src, text_tokenizer, info.vocab)
     log.info("resolved %s: %s layout, hidden %d, %d layers", src.label, layout, info.hidden, info.layers)
-    return ResolvedModel(src, layout, config, model, info, tokenizer)
+    return ResolvedModel(src, layout, config, model, info, text_tokenizer, plan)
+
+
+def load_model(source: ModelSource, dtype=None, device=None):
+    """The model of `source` (a preset built, a checkpoint directory validated then read straight into
+    place) at `dtype` (default float32) on `device` (default CPU), in eval mode without gradients."""
+    return resolve(source, dtype=dtype, device=device, tokenizer=False).model
 
 
 def _preset(src: ModelSource, dtype, device, load: bool):
     from vvtrt.model.checkpoint import meta_model
     from vvtrt.model.layouts import TRANSFORMERS
-    from vvtrt.model.presets import PRESETS, build_model, preset_config
+    from vvtrt.model.presets import build_model, preset_config
 
     if load:
         model = build_model(src.preset, src.seed, dtype=dtype, device=device)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from vvtrt.errors import ModelError
-from vvtrt.model.presets import ModelSource
+from vvtrt.model.resolve import ModelSource
 
 log = logging.getLogger(__name__)
 

@@ -194,7 +194,7 @@ class _References:
 
     def get(self, precision: Precision, ids) -> dict:
         if precision not in self.runs:
-            from vvtrt.model.presets import load_model
+            from vvtrt.model.resolve import load_model
             from vvtrt.parity.reference_generate import reference_run
 
             model = load_model(self.wd.source()).to(device=self.device, dtype=precision.torch_dtype)

@@ -121,6 +121,8 @@ def render_parity(report: dict, images) -> str:
     rows = report["rows"]
     out = _header(report, "vvtrt parity report") + _parity_summary(report)
     out += _parity_components(rows) + _parity_streaming(report["streaming"]) + _parity_e2e(report["e2e"])
+    if report.get("departures"):  # where vvtrt follows Microsoft's original, not transformers' port, and why
+        out += ["## Departures from transformers' port", ""] + [f"- {d}" for d in report["departures"]] + [""]
     if report["failures"]:
         out += ["## Failures", ""] + [f"- {f}" for f in report["failures"]] + [""]
     out += _images(images)

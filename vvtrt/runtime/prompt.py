@@ -1,20 +1,26 @@
-"""The VibeVoice prompt: token ids built exactly as transformers' `VibeVoiceProcessor` builds them from
-its chat template (shared doc §2), for a parsed :class:`~vvtrt.runtime.script.Script`.
+"""The VibeVoice prompt: token ids built as Microsoft's original `VibeVoiceProcessor` builds them (the
+processor the released weights were trained and demoed with; shared docs checkpoints.md §4), for a parsed
+:class:`~vvtrt.runtime.script.Script`.
 
 Rendered as text, with `[bos]`/`[pad]`/`[eos]` for `audio_bos`/`audio_token`/`audio_eos`::
 
      Transform the text provided by various speakers into speech output, utilizing the distinct voice of each respective speaker.\\n
      Voice input:\\n                                   (only when voices are given)
-     Speaker 1:[bos][pad]*n1[eos]\\n                    (one per speaker, first-appearance order)
+     Speaker 0:[bos][pad]*n0[eos]\\n                    (one per voice, numbered by voice index)
      Text input:\\n
-     Speaker 1: Hello there.\\n                         (one per turn)
+     Speaker 0: Hello there.\\n                         (one per turn)
      Speech output:\\n[bos]
 
-Every line starts with a space. Speaker numbers are the script's own, in both sections (the template
-renders the message role verbatim). The processor tokenizes the whole rendered string; its tokenizer
-splits at the special tokens and encodes each text chunk between them separately, so we encode exactly
-those chunks (never smaller pieces: BPE merges across "?\\n" etc. would differ) and insert the special
-tokens by id.
+Every line starts with a space. Speakers are numbered 0, 1, ... in order of first appearance, whatever
+numbers the script uses, and voice `i` belongs to the `i`-th speaker to appear: a script written 1-based
+("Speaker 1:", "Speaker 2:", as Microsoft's demos are) speaks as ` Speaker 0:` and ` Speaker 1:`, as the
+original processor renders it. Each voice has exactly `ceil(samples / 3200)` `audio_token`s, its own
+length. See :data:`PORT_DEPARTURES` for where this departs from transformers' port and from the letter
+of the original processor.
+
+The text between special tokens is encoded chunk by chunk without special tokens; the chunks end at the
+same pre-tokenizer boundaries (a newline, then a space-led word) as the original's separately encoded
+pieces, so the ids are the same (never smaller pieces: BPE merges across "?\\n" etc. would differ).
 """
 from __future__ import annotations
 
@@ -39,7 +45,8 @@ class Prompt:
     """Prompt token ids and where the voice latents go.
 
     `voice_slots[i] = (start, n)`: speaker `speakers[i]`'s voice occupies `ids[start:start+n]` (all
-    `audio_token`), right after its `audio_bos`. `speakers` is the script's first-appearance order.
+    `audio_token`), right after its `audio_bos`. `speakers` is the script's first-appearance order, with
+    the numbers the script uses (in the prompt, `speakers[i]` is ` Speaker {i}:`).
     """
 
     ids: tuple[int, ...]
@@ -52,6 +59,28 @@ class Prompt:
     @property
     def num_voice_tokens(self) -> int:
         return sum(n for _, n in self.voice_slots)
+
+
+# Where the prompt departs from transformers' port (and from the letter of Microsoft's processor), and why;
+# parity reports carry these lines (`vvtrt parity`, report key "departures").
+PORT_DEPARTURES = (
+    "speaker numbering: speakers are renumbered 0, 1, ... in order of first appearance and the voice section "
+    "is numbered by voice index, as Microsoft's original processor and demo do for their 1-based scripts "
+    "(\"Speaker 1:\" is rendered \" Speaker 0:\"); transformers' port renders the script's numbers verbatim, which "
+    "is other prompt text than the released weights were trained and demoed with. For gapped or out-of-order "
+    "numbering (\"Speaker 1\" and \"Speaker 3\"; \"Speaker 2\" first) the original only subtracts 1 when no "
+    "speaker is 0, so its turns then carry numbers its voice section does not use; vvtrt keeps every turn "
+    "on its own voice's number instead",
+    "length cap: without --frames/--max-frames generation stops after 2 x the prompt length in frames "
+    "(the original's max_length_times=2), within the largest KV bucket; transformers' port stops only at "
+    "generate's max_length / max_new_tokens",
+)
+
+
+def prompt_speaker_numbers(script: Script) -> dict[int, int]:
+    """The number each of the script's speakers has in the prompt: its index in order of first appearance
+    (which is also the index of its voice)."""
+    return {speaker: index for index, speaker in enumerate(script.speakers)}
 
 
 def frames_for_samples(n_samples: int, hop: int = 3200) -> int:
@@ -74,15 +103,16 @@ def _segments(script: Script, voice_frames: list[int] | None):
     yield SYSTEM_PROMPT
     if voice_frames is not None:
         yield VOICE_HEADER
-        for speaker, n in zip(script.speakers, voice_frames):
-            yield f" Speaker {speaker}:"
+        for index, n in enumerate(voice_frames):
+            yield f" Speaker {index}:"
             yield (-1, 1)
             yield (-2, n)
             yield (-3, 1)
             yield "\n"
     yield TEXT_HEADER
+    number = prompt_speaker_numbers(script)
     for turn in script.turns:
-        yield f" Speaker {turn.speaker}: {turn.text}\n"
+        yield f" Speaker {number[turn.speaker]}: {turn.text}\n"
     yield OUTPUT_HEADER
     yield (-1, 1)
 

@@ -6,8 +6,11 @@ Format (the one VibeVoice's demos and transformers' examples use)::
     Speaker 2: Hi! How are you?
     a line without a prefix continues the previous turn
 
-* `N` is a non-negative integer, 0- or 1-based as the user likes; it is kept as written, because
-  transformers' chat template renders the role verbatim (`" Speaker 1: ..."`).
+* `N` is a non-negative integer, 0- or 1-based (or gapped) as the user likes. The script keeps the numbers
+  as written (messages name them); the prompt renumbers the speakers 0, 1, ... in order of first
+  appearance, as Microsoft's original processor does with its 1-based demo scripts (`"Speaker 1: Hi"` is
+  spoken as `" Speaker 0: Hi"`; see `vvtrt.runtime.prompt`). Voice `i` belongs to the `i`-th speaker to
+  appear.
 * Blank lines are ignored. A line without a `Speaker N:` prefix is joined to the previous turn with one
   space (the prompt puts each turn on one line).
 * Text with no `Speaker N:` prefix anywhere is one turn of :data:`DEFAULT_SPEAKER` (what `--text` gives).
@@ -43,8 +46,8 @@ class Turn:
 
 @dataclass(frozen=True)
 class Script:
-    """A parsed script. `speakers` lists the speaker numbers in order of first appearance: voice `i` of
-    a run belongs to `speakers[i]`."""
+    """A parsed script. `speakers` lists the speaker numbers (as written) in order of first appearance:
+    voice `i` of a run belongs to `speakers[i]`, which the prompt calls ` Speaker {i}:`."""
 
     turns: tuple[Turn, ...]
     speakers: tuple[int, ...]
