@@ -72,7 +72,7 @@ def test_scripted_decisions_replay_bit_identically(tiny_workdir, precision):
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_cuda_backends_match_generate(tiny_workdir, backend):
-    from vvtrt.model.presets import load_model
+    from vvtrt.model.resolve import load_model
 
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend=backend, device="cuda", precision="fp32",
                                      cuda_graph=backend == "torch")
@@ -122,7 +122,7 @@ def test_compiled_flex_decode_matches_sdpa(tiny_workdir):
     the new token) against the SDPA path, bf16, with an empty-cache row and a full one."""
     from vvtrt.components.info import ModelInfo
     from vvtrt.components.lm import LMDecode
-    from vvtrt.model.presets import load_model
+    from vvtrt.model.resolve import load_model
 
     model = load_model(tiny_workdir.source()).to("cuda", torch.bfloat16)
     info = ModelInfo.from_model(model)
@@ -145,7 +145,7 @@ def test_compiled_matmul_convs_match_cudnn(tiny_workdir):
     """The streaming steps as the compiled CUDA runner runs them (dense convolutions as GEMMs) against the
     eager cuDNN convolutions, bf16, over 8 consecutive frames."""
     from vvtrt.components.conv_stream import AcousticDecoderStep, SemanticEncoderStep
-    from vvtrt.model.presets import load_model
+    from vvtrt.model.resolve import load_model
 
     model = load_model(tiny_workdir.source()).to("cuda", torch.bfloat16)
     ref_dec, ref_sem = AcousticDecoderStep(model), SemanticEncoderStep(model)

@@ -16,7 +16,8 @@ from vvtrt.components.info import ModelInfo
 from vvtrt.components.specs import COMPONENTS, ExportOptions, build_specs
 from vvtrt.errors import BackendUnavailableError, InputError, WorkdirError
 from vvtrt.export.onnx_export import export_all
-from vvtrt.model.presets import ModelSource, build_model
+from vvtrt.model.presets import build_model
+from vvtrt.model.resolve import ModelSource
 from vvtrt.parity.compare import error_stats
 from vvtrt.parity.reference_eval import ReferenceEvalError, numpy_to_torch, run_onnx_reference, torch_to_numpy
 from vvtrt.precision import Precision

@@ -41,7 +41,7 @@ class KeepsNegativeContextOnSpeechStart(FrameLoop):
 @pytest.fixture(scope="module")
 def scripted(tiny_workdir):
     """The fp32 reference over the script, with the original's reset on speech_end and without it."""
-    from vvtrt.model.presets import load_model
+    from vvtrt.model.resolve import load_model
 
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cpu", precision="fp32")
     ids, _ = synth.prompt_embeds(PROMPT)

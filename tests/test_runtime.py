@@ -16,7 +16,7 @@ FRAMES = 16
 
 @pytest.fixture(scope="module")
 def reference(tiny_workdir):
-    from vvtrt.model.presets import load_model
+    from vvtrt.model.resolve import load_model
 
     synth = Synthesizer.from_workdir(tiny_workdir.root, backend="torch", device="cpu", precision="fp32")
     ids, _ = synth.prompt_embeds("Speaker 1: Hello from the tiny model.")

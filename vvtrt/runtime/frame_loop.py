@@ -1,23 +1,26 @@
-"""The per-frame step of the 1.5B/7B loop on the device, with static buffers, no host sync, and optional
-CUDA-graph capture of the whole step.
+"""The per-frame step of the 1.5B/7B loop for a batch of independent streams ("slots"), with static buffers
+and optional CUDA-graph capture of the whole step, one graph per (batch bucket, KV bucket).
 
-Rows of the LLM batch are `[positive streams..., negative streams...]`; both rows of a stream get the
-same input embedding (the negative branch sees every diffusion step's input, shared doc §3). One step:
+Slot s owns LLM rows 2s (positive) and 2s + 1 (negative): `[pos0, neg0, pos1, neg1, ...]`, so batch
+bucket b is the first 2b rows, a contiguous prefix of every buffer. Both rows of a slot get the same input
+embedding (the negative branch sees every diffusion step's input, shared doc §3). One step on bucket b:
 
-1. `lm_decode` on all rows -> hidden, control logits, new K/V (written at each row's length).
-2. token = argmax of the positive row's 4 control logits, or forced: `speech_diffusion` on every step
-   (`force`, the `frames=N` mode), or the step's entry of a decision script (`script[step]`, parity's
-   scripted decisions; -1 = not scripted), picked on the device by a step counter: no host sync.
+1. `lm_decode` on the 2b rows (against the first `kv_len` slots of the cache) -> hidden, control logits,
+   new K/V (written at each row's length).
+2. token = argmax of the slot's positive row's 4 control logits, unless the host decided it for this step
+   (`decide[s] >= 0`: a forced frame budget, a decision script, or a parked slot).
 3. Positive rows always commit their K/V; negative rows only on `speech_diffusion`; `speech_start`
    empties the negative context (transformers masks it to the new token only: the same by RoPE's
    relative positions).
-4. Speculatively: sampler(h+, h-, noise) -> latent -> decoder step -> semantic step -> connectors. The
-   conv states advance only on `speech_diffusion` and are zeroed on `speech_end` (as the original).
+4. Speculatively: sampler(h+, h-, noise, cfg per slot) -> latent -> decoder step -> semantic step ->
+   connectors. The conv states advance only on `speech_diffusion` and are zeroed on `speech_end`.
 5. Next input = connectors output on diffusion, else `token_embed(token)`.
 
-Teacher forcing (parity only, `teacher=True`): the decoder, semantic encoder and connectors get the
-reference latent of the frame instead of the sampler's, so each frame's error is measured one frame at a
-time on the reference trajectory (no chaotic feedback); `latent` still holds the sampler's own output.
+Every per-slot input (decision, noise, teacher latent) is written by the host before the step into a
+static buffer (`vvtrt.runtime.slots` drives it), so slots are independent: a slot's numbers depend only on
+its own rows. Teacher forcing (parity only): the decoder, semantic encoder and connectors of a slot with
+`use_teacher` get the host's reference latent instead of the sampler's; `latent` still holds the
+sampler's own output.
 """
 from __future__ import annotations
 
@@ -31,51 +34,96 @@ from vvtrt.runtime.kv_cache import StaticKVCache
 
 log = logging.getLogger(__name__)
 
+_VIEWED = ("embeds", "dec_state", "sem_state", "noise", "cfg", "decide", "teacher", "use_teacher",
+           "token", "audio", "latent")
+_ROWS2 = ("embeds",)  # two rows per slot
+
 
 class FrameLoop:
-    """Owns every per-frame buffer for `streams` streams and runs/captures one step."""
+    """Owns every per-frame buffer for `streams` slots and runs/captures one step on the first slots.
+
+    `batch_buckets` (slot counts, ascending, the last = `streams`) and `kv_buckets` (cache lengths, the last
+    = `kv_len`) are the shapes a step may run with; `select(b, s)` picks one. Attributes named in
+    `_VIEWED` (and `kv`, `n`, the `o_*` outputs) are views of the selected bucket; `*_all` the full buffers.
+    """
 
     def __init__(self, runners: dict, info: ModelInfo, streams: int, kv_len: int, dtype, device,
-                 cfg_scale: float, noise: torch.Tensor, teacher: bool = False):
+                 teacher: bool = False, batch_buckets=None, kv_buckets=None):
         self.r = runners
         self.info = info
-        self.n = streams
-        self.device = torch.device(device)
-        dev, n, rows = self.device, streams, 2 * streams
-        self.kv = StaticKVCache(info, rows, kv_len, dtype, dev)
+        self.slots = streams
+        self.kv_len = kv_len
+        self.device = dev = torch.device(device)
+        self.batch_buckets = tuple(sorted({b for b in (batch_buckets or ()) if b < streams} | {streams}))
+        self.kv_buckets = tuple(sorted({s for s in (kv_buckets or ()) if s < kv_len} | {kv_len}))
+        n, z, h = streams, info.latent_dim, info.hidden
+        self.cache = StaticKVCache(info, 2 * n, kv_len, dtype, dev)
         self.control_ids = torch.tensor(info.control_token_ids, device=dev)
         self.diff_idx = info.control_index("speech_diffusion")
         self.start_idx = info.control_index("speech_start")
         self.end_idx = info.control_index("speech_end")
-        # noise[f, s, :] for frame f, stream s (pregenerated; picked on the device by the frame counter)
-        self.noise_all = noise.to(dev, torch.float32)
-        # teacher_all[f, s, 0, :]: the reference latent of frame f (teacher forcing only)
-        self.teacher_all = (torch.zeros(noise.shape[0], n, 1, info.latent_dim, dtype=dtype, device=dev)
-                            if teacher else None)
-        self.frame_ctr = torch.zeros(1, dtype=torch.int64, device=dev)
-        self.force = torch.zeros(n, dtype=torch.bool, device=dev)
-        # script[t]: the control index forced at LLM step t (every stream), -1 where the loop decides itself
-        self.script = torch.full((kv_len,), -1, dtype=torch.int64, device=dev)
-        self.step_ctr = torch.zeros(1, dtype=torch.int64, device=dev)
-        self.cfg = torch.tensor([cfg_scale], dtype=torch.float32, device=dev)
-        z, h = info.latent_dim, info.hidden
-        self.embeds = torch.zeros(rows, 1, h, dtype=dtype, device=dev)
-        self.dec_state = torch.zeros(n, info.decoder_state, dtype=dtype, device=dev)
-        self.sem_state = torch.zeros(n, info.semantic_state, dtype=dtype, device=dev)
-        self.noise = torch.zeros(n, z, dtype=torch.float32, device=dev)
-        alloc = lambda name, dims: self.r[name].alloc_outputs(dims)  # noqa: E731
-        self.o_dec = alloc("lm_decode", {"batch": rows, "kv_len": kv_len})
-        self.o_smp = alloc("diffusion_sampler", {"batch": n})
-        self.o_ad = alloc("acoustic_decoder_step", {"batch": n})
-        self.o_se = alloc("semantic_encoder_step", {"batch": n})
-        self.o_cn = alloc("connectors", {"batch": n})
-        self.o_te = alloc("token_embed", {"batch": n})
-        self.token = torch.zeros(n, dtype=torch.int64, device=dev)  # control index chosen this step
-        self.audio = torch.zeros(n, 1, info.hop, dtype=dtype, device=dev)
-        self.latent = torch.zeros(n, 1, z, dtype=dtype, device=dev)
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.all = {
+            "embeds": torch.zeros(2 * n, 1, h, dtype=dtype, device=dev),
+            "dec_state": torch.zeros(n, info.decoder_state, dtype=dtype, device=dev),
+            "sem_state": torch.zeros(n, info.semantic_state, dtype=dtype, device=dev),
+            "noise": torch.zeros(n, z, dtype=torch.float32, device=dev),  # host-fed, per step
+            "cfg": torch.full((n,), 1.3, dtype=torch.float32, device=dev),  # host-fed, per request
+            "decide": torch.full((n,), -1, dtype=torch.int64, device=dev),  # host-fed: -1 = the model's own
+            "teacher": torch.zeros(n, 1, z, dtype=dtype, device=dev) if teacher else None,
+            "use_teacher": torch.zeros(n, 1, 1, dtype=torch.bool, device=dev) if teacher else None,
+            "token": torch.zeros(n, dtype=torch.int64, device=dev),  # control index chosen this step
+            "audio": torch.zeros(n, 1, info.hop, dtype=dtype, device=dev),
+            "latent": torch.zeros(n, 1, z, dtype=dtype, device=dev),
+        }
+        self.teacher_forcing = teacher
+        self._outs: dict[int, dict] = {}
+        self._views: dict[tuple[int, int], StaticKVCache] = {}
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._pool = None
         self.capture_seconds = 0.0
         self.capture_error: str | None = None
+        self.select(streams, kv_len)
+
+    # -- buckets ----------------------------------------------------------------------------------
+    def bucket_for(self, slots_needed: int, kv_needed: int) -> tuple[int, int]:
+        """The smallest (batch, KV) bucket holding `slots_needed` slots and `kv_needed` cache slots."""
+        b = next(x for x in self.batch_buckets if x >= slots_needed)
+        s = next((x for x in self.kv_buckets if x >= kv_needed), self.kv_len)
+        return b, s
+
+    def select(self, b: int, s: int) -> None:
+        """Point the step's views at the first `b` slots and `s` cache slots."""
+        self.key = (b, s)
+        self.n = b
+        if (b, s) not in self._views:
+            self._views[(b, s)] = self.cache.view(2 * b, s)
+        self.kv = self._views[(b, s)]
+        for name in _VIEWED:
+            full = self.all[name]
+            setattr(self, name, None if full is None else full[:2 * b if name in _ROWS2 else b])
+        if b not in self._outs:
+            alloc = lambda name, dims: self.r[name].alloc_outputs(dims)  # noqa: E731
+            self._outs[b] = {"dec": alloc("lm_decode", {"batch": 2 * b, "kv_len": s}),
+                             "smp": alloc("diffusion_sampler", {"batch": b}),
+                             "ad": alloc("acoustic_decoder_step", {"batch": b}),
+                             "se": alloc("semantic_encoder_step", {"batch": b}),
+                             "cn": alloc("connectors", {"batch": b}), "te": alloc("token_embed", {"batch": b})}
+        o = self._outs[b]
+        self.o_dec, self.o_smp, self.o_ad, self.o_se, self.o_cn, self.o_te = (
+            o["dec"], o["smp"], o["ad"], o["se"], o["cn"], o["te"])
+
+    # -- slots ------------------------------------------------------------------------------------
+    def reset_slot(self, s: int, k, v, last: torch.Tensor, cfg_scale: float) -> None:
+        """Arm slot `s` for a new request: a clean cache with the prompt body's K/V (`k, v [L,1,Hkv,T,D]`,
+        or None for an empty body) in the positive row, zero conv states, `last` (the prompt's final
+        speech_start embedding `[1, 1, H]`) as both rows' next input, and its guidance scale."""
+        self.cache.clear_rows(2 * s, 2)
+        if k is not None and k.shape[3] > 0:
+            self.cache.write_prefix(2 * s, k, v)
+        self.all["embeds"][2 * s:2 * s + 2].copy_(last.reshape(1, 1, -1).expand(2, 1, last.shape[-1]))
+        self.all["dec_state"][s].zero_()
+        self.all["sem_state"][s].zero_()
+        self.all["cfg"][s] = float(cfg_scale)
 
     # -- the step ---------------------------------------------------------------------------------
     def _step(self) -> None:
@@ -83,20 +131,16 @@ class FrameLoop:
         self.r["lm_decode"].infer({"embeds": self.embeds, "past_k": kv.k, "past_v": kv.v,
                                    "cache_len": kv.lengths}, self.o_dec)
         hidden, logits = self.o_dec["hidden"], self.o_dec["logits"]
-        tok = torch.where(self.force, torch.full_like(self.token, self.diff_idx), logits[:n].argmax(dim=-1))
-        scripted = self.script.index_select(0, self.step_ctr.clamp(max=self.script.shape[0] - 1))
-        tok = torch.where(scripted >= 0, scripted, tok)
-        self.step_ctr.add_(1)
+        tok = torch.where(self.decide >= 0, self.decide, logits[0::2].argmax(dim=-1))
         self.token.copy_(tok)
         is_diff = tok == self.diff_idx
         self._commit_kv(tok, is_diff)
-        frame = self.frame_ctr.clamp(max=self.noise_all.shape[0] - 1)
-        self.noise.copy_(self.noise_all.index_select(0, frame)[0])
-        self.r["diffusion_sampler"].infer({"cond_pos": hidden[:n, 0], "cond_neg": hidden[n:, 0],
+        self.r["diffusion_sampler"].infer({"cond_pos": hidden[0::2, 0].contiguous(),
+                                           "cond_neg": hidden[1::2, 0].contiguous(),
                                            "noise": self.noise, "cfg_scale": self.cfg}, self.o_smp)
         latent = self.o_smp["latent"]
-        if self.teacher_all is not None:
-            latent = self.teacher_all.index_select(0, frame)[0]
+        if self.teacher is not None:
+            latent = torch.where(self.use_teacher, self.teacher, latent)
         self.r["acoustic_decoder_step"].infer({"latent": latent, "state": self.dec_state}, self.o_ad)
         audio = self.o_ad["audio"]
         self.r["semantic_encoder_step"].infer({"audio": audio, "state": self.sem_state}, self.o_se)
@@ -104,19 +148,18 @@ class FrameLoop:
         self.r["token_embed"].infer({"token": self.control_ids[tok]}, self.o_te)
         self._advance_states(tok, is_diff)
         e = torch.where(is_diff.view(n, 1, 1), self.o_cn["embeds"], self.o_te["embeds"])
-        self.embeds.copy_(torch.cat([e, e], dim=0))
+        self.embeds.copy_(e.repeat_interleave(2, dim=0))  # [pos0, neg0, pos1, neg1, ...]
         self.audio.copy_(audio)
         self.latent.copy_(self.o_smp["latent"])
-        self.frame_ctr.add_(is_diff.any().to(torch.int64))
 
     def _commit_kv(self, tok: torch.Tensor, is_diff: torch.Tensor) -> None:
         """Positive rows always keep the step's K/V; negative rows only on speech_diffusion, and
         speech_start empties their context (the next negative step attends to itself only)."""
-        n, kv = self.n, self.kv
+        kv = self.kv
         kv.write_step(self.o_dec["new_k"], self.o_dec["new_v"])
-        neg_len = torch.where(tok == self.start_idx, torch.zeros_like(kv.lengths[n:]),
-                              kv.lengths[n:] + is_diff.to(torch.int64))
-        kv.lengths.copy_(torch.cat([kv.lengths[:n] + 1, neg_len]))
+        lens = kv.lengths.view(self.n, 2)
+        neg = torch.where(tok == self.start_idx, torch.zeros_like(lens[:, 1]), lens[:, 1] + is_diff.to(torch.int64))
+        kv.lengths.copy_(torch.stack([lens[:, 0] + 1, neg], dim=1).view(-1))
 
     def _advance_states(self, tok: torch.Tensor, is_diff: torch.Tensor) -> None:
         """The conv states advance on speech_diffusion and are zeroed on speech_end (as the original)."""
@@ -127,11 +170,12 @@ class FrameLoop:
         self.sem_state.copy_(torch.where(reset, zero, torch.where(keep, self.o_se["state_out"], self.sem_state)))
 
     def component_calls(self) -> list[tuple[str, dict, dict]]:
-        """(component, feed, out) of one step on the static buffers, for per-component timing."""
-        n, kv, o = self.n, self.kv, self.o_dec
+        """(component, feed, out) of one step on the selected bucket's buffers, for per-component timing."""
+        kv, o = self.kv, self.o_dec
         return [
             ("lm_decode", {"embeds": self.embeds, "past_k": kv.k, "past_v": kv.v, "cache_len": kv.lengths}, o),
-            ("diffusion_sampler", {"cond_pos": o["hidden"][:n, 0], "cond_neg": o["hidden"][n:, 0],
+            ("diffusion_sampler", {"cond_pos": o["hidden"][0::2, 0].contiguous(),
+                                   "cond_neg": o["hidden"][1::2, 0].contiguous(),
                                    "noise": self.noise, "cfg_scale": self.cfg}, self.o_smp),
             ("acoustic_decoder_step", {"latent": self.o_smp["latent"], "state": self.dec_state}, self.o_ad),
             ("semantic_encoder_step", {"audio": self.o_ad["audio"], "state": self.sem_state}, self.o_se),
@@ -139,44 +183,61 @@ class FrameLoop:
             ("token_embed", {"token": self.control_ids[self.token]}, self.o_te),
         ]
 
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        """The selected bucket's captured graph (None: it runs eagerly)."""
+        return self.graphs.get(self.key)
+
     def step(self) -> None:
-        if self.graph is not None:
-            self.graph.replay()
+        graph = self.graphs.get(self.key)
+        if graph is not None:
+            graph.replay()
         else:
             self._step()
 
-    # -- CUDA graph -------------------------------------------------------------------------------
-    def capture(self) -> None:
-        """Capture one whole step as a CUDA graph. Buffers are saved/restored around the warm-up runs."""
-        if self.device.type != "cuda":
+    # -- CUDA graphs ------------------------------------------------------------------------------
+    def capture(self, snapshot: bool = True) -> None:
+        """Capture one whole step of the selected bucket as a CUDA graph, into the loop's one memory pool.
+        With `snapshot`, the selected bucket's buffers are saved/restored around the warm-up runs (the
+        serving engine captures before any request, then resets every slot, and skips the copy)."""
+        if self.device.type != "cuda" or self.capture_error is not None or self.key in self.graphs:
             return
         t0 = time.perf_counter()
-        saved = self._snapshot()
+        saved = self._snapshot() if snapshot else None
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up on a side stream, as torch requires before capture
                 self._step()
         torch.cuda.current_stream(self.device).wait_stream(side)
-        self._restore(saved)
+        if saved is not None:
+            self._restore(saved)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, pool=self._pool):
                 self._step()
         except Exception as exc:  # noqa: BLE001 - a backend that cannot be captured runs eagerly
             self.capture_error = f"{type(exc).__name__}: {exc}"
             log.warning("whole-frame CUDA graph capture failed, running eagerly: %s", self.capture_error)
-            torch.cuda.synchronize(self.device)
-            self._restore(saved)
-            return
-        self._restore(saved)
-        self.graph = graph
         torch.cuda.synchronize(self.device)
-        self.capture_seconds = time.perf_counter() - t0
+        if saved is not None:
+            self._restore(saved)
+        if self.capture_error is None:
+            self.graphs[self.key] = graph
+        self.capture_seconds += time.perf_counter() - t0
+
+    def capture_all(self) -> None:
+        """Capture every (batch, KV) bucket, largest first so the smaller graphs reuse its pool memory."""
+        for b in reversed(self.batch_buckets):
+            for s in reversed(self.kv_buckets):
+                self.select(b, s)
+                self.capture(snapshot=False)
 
     def _buffers(self) -> list[torch.Tensor]:
-        return [self.kv.k, self.kv.v, self.kv.lengths, self.embeds, self.dec_state, self.sem_state,
-                self.frame_ctr, self.step_ctr, self.token, self.audio, self.latent]
+        return [self.kv.k, self.kv.v, self.kv.lengths, self.embeds, self.dec_state, self.sem_state, self.token,
+                self.audio, self.latent]
 
     def _snapshot(self) -> list[torch.Tensor]:
         return [b.clone() for b in self._buffers()]

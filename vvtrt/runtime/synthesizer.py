@@ -4,6 +4,9 @@
                                      fallback={"lm_decode": "torch"})
     result = synth.synthesize("Speaker 1: Hello there.", voices=["alice.wav"])
     for chunk in synth.stream(script, voices): ...
+
+One request (or `streams` lockstep copies of one) at a time, on the same batched frame step and slot
+driver as the serving engine (`vvtrt.runtime.slots`, `vvtrt.serving.engine`): one loop, not two.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from vvtrt.precision import Precision
 from vvtrt.runtime.backends import ModelCache, load_runners
 from vvtrt.runtime.frame_loop import FrameLoop
 from vvtrt.runtime.kv_cache import pick_bucket
-from vvtrt.runtime.prefill import Prefill
+from vvtrt.runtime.prefill import make_prefill
+from vvtrt.runtime.slots import SlotRun, SlotStepper
 from vvtrt.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,15 @@ class SynthesisResult:
         return self.total_s / self.audio_seconds if self.audio_seconds else float("inf")
 
 
+@dataclass(frozen=True)
+class PromptPlan:
+    """A prompt before any device work: its ids, where each voice goes, and each voice as a padded clip
+    (float32 numpy, for the acoustic encoder) or already-encoded embeddings (a tensor `[frames, H]`)."""
+    ids: tuple[int, ...]
+    voice_slots: tuple[tuple[int, int], ...]
+    voices: tuple
+
+
 class Synthesizer:
     """Runs the whole VibeVoice 1.5B/7B loop on any mix of backends."""
 
@@ -71,11 +84,11 @@ class Synthesizer:
             cuda_graph = all(r.backend in ("torch", "tensorrt") for r in runners.values())
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self.tokenizer = load_text_tokenizer(wd.source())
-        self._loops: dict[tuple[int, bool], FrameLoop] = {}
+        self._loops: dict[tuple[int, bool, int], FrameLoop] = {}
         # the prefill follows the frame graph unless told otherwise (tests compare eager and graphed frames
         # on the same prefill)
         prefill_graph = self.cuda_graph if prefill_graph is None else bool(prefill_graph)
-        self.prefill = Prefill(runners["lm_prefill"], self.options.max_prompt, prefill_graph)
+        self.prefill = make_prefill(runners, self.options, prefill_graph)
         self.capture_seconds = 0.0
 
     @classmethod
@@ -92,27 +105,33 @@ class Synthesizer:
         return cls(wd, runners, precision, device, cuda_graph, prefill_graph)
 
     # -- prompt and voices ------------------------------------------------------------------------
-    def _voice_embeds(self, voices, seed: int) -> list[torch.Tensor]:
+    def _voice_clip(self, v):
+        """A voice as the encoder takes it (padded float32 clip), or its embeddings if already encoded."""
         from vvtrt.runtime.audio_io import prepare_voice, read_voice
 
-        out = []
-        gen = torch.Generator().manual_seed(seed + 7919)
-        for v in voices:
+        if hasattr(v, "embeds") and hasattr(v, "sha256"):  # serving.api.VoiceEmbedding: encoded already
+            frames = v.embeds.shape[0]
+        else:
             wav = read_voice(v) if isinstance(v, (str, bytes)) or hasattr(v, "__fspath__") else np.asarray(v)
-            padded, _ = prepare_voice(wav)
-            frames = len(padded) // self.info.hop
-            if frames > self.options.max_voice_frames:
-                raise InputError(f"voice prompt of {frames * self.info.hop / SAMPLE_RATE:.1f} s is longer than "
-                                 f"the exported limit of {self.options.max_voice_frames * self.info.hop / SAMPLE_RATE:.1f} s;"
-                                 " trim it or re-export with a larger max_voice_frames")
-            feed = {"wav": torch.from_numpy(padded).view(1, 1, -1).to(self.device, self.precision.torch_dtype),
-                    "noise_std": (torch.randn(1, generator=gen) * self.info.vae_std).to(self.device),
-                    "noise": torch.randn(1, frames, self.info.latent_dim, generator=gen).to(self.device)}
-            out.append(self.runners["acoustic_encoder"].infer(feed)["embeds"][0])
-        return out
+            v, _ = prepare_voice(wav)
+            frames = len(v) // self.info.hop
+        if frames > self.options.max_voice_frames:
+            raise InputError(f"voice prompt of {frames * self.info.hop / SAMPLE_RATE:.1f} s is longer than "
+                             f"the exported limit of {self.options.max_voice_frames * self.info.hop / SAMPLE_RATE:.1f} s;"
+                             " trim it or re-export with a larger max_voice_frames")
+        return v, frames
 
-    def prompt_embeds(self, script, voices=None, seed: int = 0):
-        """(prompt ids, embeds [1, L0, H]) with voice embeddings scattered into their slots."""
+    def encode_voice(self, padded: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+        """One padded clip through the acoustic encoder -> embeddings `[frames, H]` (a device call)."""
+        frames = len(padded) // self.info.hop
+        feed = {"wav": torch.from_numpy(padded).view(1, 1, -1).to(self.device, self.precision.torch_dtype),
+                "noise_std": (torch.randn(1, generator=gen) * self.info.vae_std).to(self.device),
+                "noise": torch.randn(1, frames, self.info.latent_dim, generator=gen).to(self.device)}
+        return self.runners["acoustic_encoder"].infer(feed)["embeds"][0]
+
+    def plan_prompt(self, script, voices=None) -> PromptPlan:
+        """Parse the script, read and check the voices, build the prompt ids: host work only, every bad
+        input an `InputError` (a server calls this in the request's thread, before queueing)."""
         from vvtrt.runtime.prompt import build_prompt
         from vvtrt.runtime.script import Script, parse_script
 
@@ -121,25 +140,44 @@ class Synthesizer:
         if voices and len(voices) != len(script.speakers):
             raise InputError(f"the script has {len(script.speakers)} speaker(s) but {len(voices)} voice(s) "
                              "were given: pass one --voice per speaker, in order of first appearance")
-        venc = self._voice_embeds(voices, seed) if voices else []
-        prompt = build_prompt(script, self.tokenizer, self.info, [v.shape[0] for v in venc] or None)
+        clips = [self._voice_clip(v) for v in voices]
+        prompt = build_prompt(script, self.tokenizer, self.info, [f for _, f in clips] or None)
         if len(prompt.ids) > self.options.max_prompt:
             raise InputError(f"script too long: {len(prompt.ids)} prompt tokens exceed the exported limit of "
                              f"{self.options.max_prompt}; shorten it or re-export with a larger max_prompt")
-        ids = torch.tensor(prompt.ids, dtype=torch.int64, device=self.device)
+        return PromptPlan(tuple(prompt.ids), tuple(prompt.voice_slots), tuple(c for c, _ in clips))
+
+    def embed_prompt(self, plan: PromptPlan, seed: int = 0) -> torch.Tensor:
+        """The prompt's embeddings `[1, L0, H]`, voices encoded (noise from `seed + 7919`) and scattered."""
+        gen = torch.Generator().manual_seed(seed + 7919)
+        venc = [v.embeds if hasattr(v, "embeds") else self.encode_voice(v, gen) for v in plan.voices]
+        ids = torch.tensor(plan.ids, dtype=torch.int64, device=self.device)
         emb = self.runners["token_embed"].infer({"token": ids})["embeds"][:, 0].unsqueeze(0).clone()
-        for (start, count), v in zip(prompt.voice_slots, venc):
+        for (start, count), v in zip(plan.voice_slots, venc):
             emb[0, start:start + count] = v[:count].to(emb.dtype)
-        return prompt.ids, emb
+        return emb
+
+    def prompt_embeds(self, script, voices=None, seed: int = 0):
+        """(prompt ids, embeds [1, L0, H]) with voice embeddings scattered into their slots."""
+        plan = self.plan_prompt(script, voices)
+        return plan.ids, self.embed_prompt(plan, seed)
 
     # -- the loop ---------------------------------------------------------------------------------
     def _loop(self, kv_len: int, teacher: bool = False, streams: int = 1) -> FrameLoop:
         key = (kv_len, teacher, streams)
         if key not in self._loops:
-            noise = torch.zeros(kv_len, streams, self.info.latent_dim)
             self._loops[key] = self.loop_class(self.runners, self.info, streams, kv_len, self.precision.torch_dtype,
-                                         self.device, 1.3, noise, teacher=teacher)
+                                               self.device, teacher=teacher)
         return self._loops[key]
+
+    def frame_limit(self, n_prompt: int, frames, max_frames, script=None) -> int:
+        """Frames a run may make: the forced count, `max_frames`, the script's, or the original's cap."""
+        if script is not None:
+            limit = script.count(self.info.control_index("speech_diffusion"))  # the script's diffusion frames
+        else:  # Microsoft's original: at most 2 x the prompt length (max_length_times=2), within the KV buckets
+            cap = min(2 * n_prompt, self.options.kv_buckets[-1] - n_prompt - 1)
+            limit = frames if frames is not None else (max_frames or max(1, cap))
+        return limit
 
     def stream(self, script, voices=None, *, frames: int | None = None, max_frames: int | None = None,
                cfg_scale: float = 1.3, seed: int = 0, result: SynthesisResult | None = None,
@@ -167,31 +205,31 @@ class Synthesizer:
 
         `decisions` (parity: control-token names, one per LLM step, e.g. 5 x "speech_diffusion",
         "speech_end", "speech_start", 9 x "speech_diffusion", "eos") forces each step's decision from a
-        script on the device (no host sync; CUDA-graph capture keeps working). The run stops at the script's
-        eos (its last entry, if any) or where the script ends.
+        script (fed to the step by the host; CUDA-graph capture keeps working). The run stops at the
+        script's eos (its last entry, if any) or where the script ends.
 
-        `streams=N` (with `frames`) runs N concurrent streams of this prompt as rows of one batched frame
-        step, stream s with the noise of seed `seed + s`; each chunk is then `[N, 3200]`. This is what a
-        server batching N requests does per frame; the concurrency benchmark uses it."""
+        `streams=N` (with `frames`) runs N concurrent streams of this prompt in N slots of one batched
+        frame step, stream s with the noise of seed `seed + s`; each chunk is then `[N, 3200]`. The
+        concurrency benchmark uses it; the serving engine runs independent requests the same way."""
         script = self._check_generate(ids, frames, streams, teacher_latents, decisions)
         t_start = t_start or time.perf_counter()
         n_prompt = len(ids)
-        if script is not None:
-            limit = script.count(self.info.control_index("speech_diffusion"))  # the script's diffusion frames
-        else:  # the original caps generation at the prompt length (<= 2x prompt in total)
-            limit = frames if frames is not None else (max_frames or n_prompt)
+        limit = self.frame_limit(n_prompt, frames, max_frames, script)
         kv_len = pick_bucket(self.options.kv_buckets, n_prompt + (len(script) if script else limit) + 1)
         loop = self._loop(kv_len, teacher=teacher_latents is not None, streams=streams)
-        if teacher_latents is not None:
-            self._set_teacher(loop, teacher_latents, limit)
-        self._reset(loop, emb, cfg_scale, seed, forced=frames is not None, n_noise=limit, script=script)
+        if teacher_latents is not None and len(teacher_latents) < limit:
+            raise InputError(f"teacher forcing needs {limit} reference latents, got {len(teacher_latents)}")
         res = result if result is not None else SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0, 0)
         res.forced, res.prompt_tokens, res.streams = frames is not None, n_prompt, streams
-        chunks: list[np.ndarray] = []
         max_steps = len(script) if script is not None else kv_len - n_prompt - 1
+        stepper = SlotStepper(loop, self.prefill)
+        runs = [SlotRun(n_prompt, limit, max_steps, seed + s, cfg_scale, forced=frames is not None, script=script,
+                        teacher=list(teacher_latents[:limit]) if teacher_latents is not None else None,
+                        keep_latents=keep_latents) for s in range(streams)]
+        self._start(stepper, runs, emb)
+        chunks: list[np.ndarray] = []
         res.stop_reason = "length limit"
-        for chunk in self._run(loop, res, max_steps, limit, script is not None, frames is not None, keep_latents,
-                               t_start):
+        for chunk in self._run(stepper, res, keep_latents, t_start):
             chunks.append(chunk)
             yield chunk
         res.frames = len(chunks)
@@ -199,38 +237,42 @@ class Synthesizer:
         res.audio = np.concatenate(chunks, axis=-1) if chunks else empty
         res.total_s = time.perf_counter() - t_start
 
-    def _run(self, loop: FrameLoop, res: SynthesisResult, max_steps: int, limit: int, scripted: bool,
-             forced: bool, keep_latents: bool, t_start: float) -> Iterator[np.ndarray]:
-        """Step the loop, yielding each diffusion frame's chunk; sets `res.stop_reason`."""
-        names = self.info.control_token_names
-        produced = steps = 0
-        while steps < max_steps:
+    def _start(self, stepper: SlotStepper, runs: list[SlotRun], emb: torch.Tensor) -> None:
+        """Prefill once, arm one slot per run, capture the frame graph on first use."""
+        loop = stepper.loop
+        body = emb[:, :-1]
+        seconds = self.prefill.capture_seconds
+        kv = self.prefill(body) if body.shape[1] > 0 else (None, None)
+        self.capture_seconds += self.prefill.capture_seconds - seconds
+        for s, run in enumerate(runs):  # the same prompt for every stream: one prefill, written to each slot
+            stepper.join(s, run, emb, kv=kv)
+        if self.cuda_graph and loop.graph is None and loop.capture_error is None:
+            loop.select(loop.slots, loop.kv_len)
+            loop.capture()
+            self.capture_seconds += loop.capture_seconds
+            loop.capture_seconds = 0.0
+
+    @staticmethod
+    def _run(stepper: SlotStepper, res: SynthesisResult, keep_latents: bool, t_start: float) -> Iterator[np.ndarray]:
+        """Step the slots, yielding each diffusion frame's chunk (stream 0's, or all streams' stacked);
+        sets `res.stop_reason`."""
+        lockstep = len(stepper.runs) > 1
+        while stepper.runs:
             t0 = time.perf_counter()
-            loop.step()
-            tok = names[int(loop.token[0])]  # the one host sync per frame: hand out the audio
-            steps += 1
-            res.tokens.append(tok)
-            if tok == "speech_diffusion":
-                rows = 0 if loop.n == 1 else slice(None)  # a chunk is [3200], or [N, 3200] for N streams
-                chunk = loop.audio[rows, 0].float().cpu().numpy().copy()  # the buffer is reused
-                if keep_latents:
-                    res.latents.append(loop.latent[rows, 0].float().cpu().numpy().copy())
-                produced += 1
-                res.frame_s.append(time.perf_counter() - t0)
-                if produced == 1:
-                    res.ttfa_s = time.perf_counter() - t_start
-                yield chunk
-                if produced >= limit and not scripted:
-                    res.stop_reason = "frame budget" if forced else "max frames"
-                    return
-            elif tok == "eos":
-                res.stop_reason = "eos"
-                return
-            if not scripted and steps >= limit * 4 + 16 and produced == 0:
-                res.stop_reason = "no speech (random weights never choose to speak: pass --frames N)"
-                return
-        if scripted:
-            res.stop_reason = "end of decision script"
+            events = stepper.step()
+            first = events[0]
+            res.tokens.append(first.token)
+            if first.stop_reason:
+                res.stop_reason = first.stop_reason
+            if first.audio is None:
+                continue
+            chunk = np.stack([e.audio for e in events]) if lockstep else first.audio
+            if keep_latents:
+                res.latents.append(np.stack([e.latent for e in events]) if lockstep else first.latent)
+            res.frame_s.append(time.perf_counter() - t0)
+            if len(res.frame_s) == 1:
+                res.ttfa_s = time.perf_counter() - t_start
+            yield chunk
 
     def _check_generate(self, ids, frames, streams, teacher_latents, decisions) -> list[int] | None:
         """Refuse contradictory options; return the decision script as control indices (None: no script)."""
@@ -255,49 +297,8 @@ class Synthesizer:
             raise InputError("eos ends the run: it can only be the last decision of a script")
         return [names.index(t) for t in decisions]
 
-    @staticmethod
-    def _set_teacher(loop: FrameLoop, teacher_latents, limit: int) -> None:
-        if len(teacher_latents) < limit:
-            raise InputError(f"teacher forcing needs {limit} reference latents, got {len(teacher_latents)}")
-        ref = torch.stack([torch.as_tensor(np.asarray(t)).reshape(1, -1) for t in teacher_latents[:limit]])
-        loop.teacher_all.zero_()
-        loop.teacher_all[:limit, 0].copy_(ref.to(loop.teacher_all.device, loop.teacher_all.dtype))
-
     def synthesize(self, script, voices=None, **kw) -> SynthesisResult:
         res = SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0.0, 0.0)
         for _ in self.stream(script, voices, result=res, **kw):
             pass
         return res
-
-    def _reset(self, loop: FrameLoop, emb: torch.Tensor, cfg_scale: float, seed: int, forced: bool,
-               n_noise: int, script: list[int] | None = None) -> None:
-        """Prefill the prompt (all but its final speech_start) and arm the loop for a new utterance."""
-        loop.kv.reset()
-        loop.dec_state.zero_()
-        loop.sem_state.zero_()
-        loop.frame_ctr.zero_()
-        loop.step_ctr.zero_()
-        loop.cfg.fill_(cfg_scale)
-        loop.force.fill_(forced)
-        loop.script.fill_(-1)
-        if script:
-            loop.script[:len(script)].copy_(torch.tensor(script, dtype=torch.int64))
-        # transformers draws randn(2, 64) on the CPU per diffusion frame and uses row 0; stream s: seed + s
-        n_noise = min(n_noise, loop.noise_all.shape[0])
-        loop.noise_all.zero_()
-        for s in range(loop.n):
-            gen = torch.Generator().manual_seed(seed + s)
-            noise = torch.cat([torch.randn(2, self.info.latent_dim, generator=gen)[:1] for _ in range(n_noise)])
-            loop.noise_all[:n_noise, s].copy_(noise.to(loop.noise_all.device))
-        body = emb[:, :-1]
-        if body.shape[1] > 0:
-            seconds = self.prefill.capture_seconds
-            k, v = self.prefill(body)
-            for s in range(loop.n):  # the same prompt for every stream: one prefill, written to each row
-                loop.kv.write_prefix(s, k, v)
-            self.capture_seconds += self.prefill.capture_seconds - seconds
-        last = emb[:, -1:].expand(2 * loop.n, 1, emb.shape[-1])  # speech_start for every row
-        loop.embeds.copy_(last)
-        if self.cuda_graph and loop.graph is None and loop.capture_error is None:
-            loop.capture()
-            self.capture_seconds += loop.capture_seconds

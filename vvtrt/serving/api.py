@@ -66,6 +66,9 @@ class SpeechRequest:
     max_frames: int | None = None
     frames: int | None = None
     request_id: str | None = None  # assigned by the engine when None
+    # parity/testing: the control token of each LLM step ("speech_diffusion", "speech_end", ...), as
+    # `Synthesizer.generate(decisions=...)`; excludes `frames`
+    decisions: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,109 @@
+"""The serving engine's settings and its memory plan: how many streams (slots) the KV pool holds."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from vvtrt.errors import InputError
+from vvtrt.runtime.kv_cache import kv_bytes_per_row
+from vvtrt.serving.api import CapacityError
+
+log = logging.getLogger(__name__)
+GIB = 1 << 30
+FRAME_COMPONENTS = ("lm_decode", "diffusion_sampler", "acoustic_decoder_step", "semantic_encoder_step",
+                    "connectors", "token_embed")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """`max_streams`: slots (concurrent requests) at most; fewer if the KV pool does not fit.
+    `max_context`: KV slots per stream (prompt + generated steps); None = the largest exported KV bucket.
+    `batch_buckets` / `kv_buckets`: the (slots, KV length) shapes a step may run with, each a CUDA graph;
+    None = powers of two up to `max_streams` and the export's KV buckets where every per-frame component
+    runs on torch (other backends: the full pool only); `()` = the full pool only.
+    `prefill_budget_tokens`: prompt tokens prefilled between two frame steps (at least one request), so
+    running streams keep real time while long prompts arrive.
+    `buffer_chunks`: per-request output buffer (chunks of 133 ms); a reader further behind is cancelled.
+    `memory_headroom_gib` (CUDA): memory left free after the KV pool, for graphs, activations and the
+    prefill. `max_pool_gib` (CPU, or a CUDA cap): the KV pool's size limit."""
+
+    max_streams: int = 64
+    max_queue: int = 256
+    max_context: int | None = None
+    batch_buckets: tuple[int, ...] | None = None
+    kv_buckets: tuple[int, ...] | None = None
+    prefill_budget_tokens: int = 2048
+    buffer_chunks: int = 256
+    memory_headroom_gib: float = 4.0
+    max_pool_gib: float | None = None
+    cuda_graph: bool | str = "auto"
+
+    def __post_init__(self):
+        for name in ("max_streams", "max_queue", "prefill_budget_tokens", "buffer_chunks"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_context is not None and self.max_context < 8:
+            raise InputError(f"max_context must be >= 8 KV slots, got {self.max_context}")
+        if self.memory_headroom_gib < 0 or (self.max_pool_gib is not None and self.max_pool_gib <= 0):
+            raise InputError("memory_headroom_gib must be >= 0 and max_pool_gib > 0")
+        for name in ("batch_buckets", "kv_buckets"):
+            vals = getattr(self, name)
+            if vals is not None and any(int(v) < 1 for v in vals):
+                raise InputError(f"{name} must be positive sizes, got {vals}")
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    slots: int
+    kv_len: int
+    batch_buckets: tuple[int, ...]
+    kv_buckets: tuple[int, ...]
+    pool_bytes: int
+    budget_bytes: int
+
+
+def plan_pool(cfg: EngineConfig, info, options, runners: dict, device, itemsize: int) -> PoolPlan:
+    """Size the KV pool from free GPU memory minus the headroom (CUDA) or `max_pool_gib` (CPU, default
+    2 GiB); raise `CapacityError` if not even one stream fits."""
+    device = torch.device(device)
+    kv_len = cfg.max_context or options.kv_buckets[-1]
+    per_slot = 2 * kv_bytes_per_row(info, kv_len, itemsize)  # positive and negative rows
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free - int(cfg.memory_headroom_gib * GIB)
+        if cfg.max_pool_gib is not None:
+            budget = min(budget, int(cfg.max_pool_gib * GIB))
+    else:
+        budget = int((cfg.max_pool_gib or 2.0) * GIB)
+    fit = max(0, budget) // per_slot
+    if fit < 1:
+        raise CapacityError(f"one stream's KV cache ({per_slot / GIB:.2f} GiB for {kv_len} tokens) does not fit "
+                            f"the {max(budget, 0) / GIB:.2f} GiB left for the pool: lower max_context or the "
+                            "memory headroom, or free GPU memory")
+    slots = min(cfg.max_streams, fit)
+    backends = {runners[c].backend for c in FRAME_COMPONENTS}
+    if "tensorrt" in backends:  # engines are built for at most max_batch LLM rows
+        slots = min(slots, options.max_batch // 2)
+    if slots < cfg.max_streams:
+        log.warning("serving %d streams, not the %d asked for: the KV pool is limited by %s", slots,
+                    cfg.max_streams, "memory" if fit < cfg.max_streams else "the engines' max batch")
+    buckets = _buckets(cfg, slots, kv_len, options, backends == {"torch"})
+    return PoolPlan(slots, kv_len, buckets[0], buckets[1], slots * per_slot, budget)
+
+
+def _buckets(cfg: EngineConfig, slots: int, kv_len: int, options, torch_only: bool):
+    if cfg.batch_buckets is not None:
+        batch = tuple(b for b in cfg.batch_buckets if b < slots) + (slots,)
+    elif torch_only:
+        batch = tuple(1 << i for i in range(slots.bit_length()) if (1 << i) < slots) + (slots,)
+    else:
+        batch = (slots,)
+    if cfg.kv_buckets is not None:
+        kv = tuple(s for s in cfg.kv_buckets if s < kv_len) + (kv_len,)
+    elif torch_only:
+        kv = tuple(s for s in options.kv_buckets if s < kv_len) + (kv_len,)
+    else:
+        kv = (kv_len,)
+    return tuple(sorted(set(batch))), tuple(sorted(set(kv)))
