@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[cpu,dev,tensorrt-rtx]"
+	$(BIN)/python -m pip install -q -e ".[cpu,dev,tensorrt-rtx,serve]"
 	touch $@
 
 install: $(BIN)/.installed

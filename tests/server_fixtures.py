@@ -1,0 +1,112 @@
+"""A real `vvtrt serve` (uvicorn on a free localhost port, the real serving engine on the tiny model on the
+CPU) as a subprocess for the server and browser tests."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+READY_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_voice_clip(path: Path, seconds: float = 1.0, seed: int = 0) -> Path:
+    """A speech-like test clip (modulated noise, not silence) at 24 kHz."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(24000 * seconds)) / 24000
+    wav = 0.3 * rng.standard_normal(t.size) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.2 * np.sin(2 * np.pi * 180 * t)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), wav.astype(np.float32), 24000)
+    return path
+
+
+@dataclass
+class ServerProc:
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+    api_key: str | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def start_server(workdir, tmp: Path, *args, env=None) -> ServerProc:
+    """`python -m vvtrt serve -w WORKDIR --port FREE --device cpu ARGS...`, waited until /ready is 200."""
+    port = free_port()
+    log_path = tmp / f"serve-{port}.log"
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
+    if "VVTRT_API_KEY" not in (env or {}):
+        full_env.pop("VVTRT_API_KEY", None)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "vvtrt", "serve", "-w", str(workdir), "--port", str(port),
+                                 "--device", "cpu", *[str(a) for a in args]], env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    srv = ServerProc(proc, f"http://127.0.0.1:{port}", log_path, (env or {}).get("VVTRT_API_KEY"))
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vvtrt serve exited with {proc.returncode}:\n{srv.log()[-4000:]}")
+        try:
+            if httpx.get(srv.url + "/ready", timeout=2).status_code == 200:
+                return srv
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    srv.stop()
+    raise RuntimeError(f"vvtrt serve not ready after {READY_TIMEOUT_S} s:\n{srv.log()[-4000:]}")
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll `predicate()` until it returns a truthy value (returned) or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one Prometheus sample in an exposition `text` (0.0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, val = line.rpartition(" ")
+        if key == (f"{name}{{{want}}}" if want else name):
+            return float(val)
+    return 0.0

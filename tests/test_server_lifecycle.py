@@ -1,0 +1,106 @@
+"""`vvtrt serve` around the requests: API-key auth, refusals at start-up (exit 2, one line), the load test
+client, and SIGTERM draining (exit 0) — a real server on the tiny model (CPU)."""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from cli_helpers import one_clear_line, run
+from server_fixtures import free_port, start_server
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_workdir, tmp_path_factory):
+    srv = start_server(tiny_workdir.root, tmp_path_factory.mktemp("serve_auth"), "--max-streams", 2,
+                       "--grace", 30, env={"VVTRT_API_KEY": KEY})
+    yield srv
+    srv.stop()
+
+
+def test_api_key_is_required_on_the_api_only(server):
+    body = {"input": "Hello.", "frames": 2}
+    r = httpx.post(server.url + "/v1/audio/speech", json=body)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "key" in r.json()["error"]["message"]
+    bad = httpx.post(server.url + "/v1/audio/speech", json=body, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+    ok = httpx.post(server.url + "/v1/audio/speech", json=body, headers=server.headers(), timeout=60)
+    assert ok.status_code == 200 and ok.headers["content-type"] == "audio/wav"
+    assert httpx.get(server.url + "/v1/models").status_code == 401
+    for open_path in ("/health", "/ready", "/metrics", "/", "/dashboard", "/static/app.js", "/config"):
+        assert httpx.get(server.url + open_path).status_code == 200, open_path
+
+
+def test_websocket_auth_by_header_or_query(server):
+    import asyncio
+
+    async def frames(url, headers=None):
+        async with connect(url, additional_headers=headers, max_size=None) as ws:
+            return [m async for m in ws if isinstance(m, bytes)]
+
+    url = f"{server.ws_url}/v1/audio/stream?text=Hello.&frames=2"
+    with pytest.raises(InvalidStatus) as exc:
+        asyncio.run(frames(url))
+    assert exc.value.response.status_code == 403
+    assert len(asyncio.run(frames(url, server.headers()))) == 2
+    assert len(asyncio.run(frames(url + f"&api_key={KEY}"))) == 2
+
+
+def test_loadtest_http_and_ws(server, tmp_path):
+    for extra in ([], ["--ws"]):
+        out = tmp_path / ("ws" if extra else "http")
+        r = run("loadtest", "--url", server.url, "--concurrency", 2, "--duration", 0.5, "--frames", 3,
+                "--api-key", KEY, "--out", out, *extra)
+        assert r.exit_code == 0, r.output
+        rep = json.loads((out / "loadtest.json").read_text())
+        assert rep["ok"] >= 2 and rep["errors"] == {} and rep["frames"] == 3 * rep["ok"]
+        assert rep["ttfa_ms"]["p50"] > 0 and rep["inter_chunk_ms"]["p99"] is not None
+        assert len(rep["rtf"]["per_stream"]) == rep["ok"] and rep["spec"]["api_key"] == "***"
+        assert "TTFA" in (out / "loadtest.md").read_text() and "TTFA" in r.output
+    r = run("loadtest", "--url", server.url, "--concurrency", 1, "--duration", 0.3, "--frames", 2)
+    assert r.exit_code == 0 and "http_401" in r.output  # no key: every request refused, counted by kind
+
+
+def test_serve_refuses_bad_settings_with_one_line(tiny_workdir, tmp_path):
+    assert "work" in one_clear_line(run("serve", "-w", tmp_path / "missing", "--port", free_port())).lower()
+    assert "--voices" in one_clear_line(run("serve", "-w", tiny_workdir.root, "--voices", tmp_path / "none"))
+    assert "--port" in one_clear_line(run("serve", "-w", tiny_workdir.root, "--port", 70000))
+    assert "--url" in one_clear_line(run("loadtest", "--url", "ftp://x", "--duration", 1))
+
+
+def test_sigterm_drains_running_streams_and_exits_0(tiny_workdir, tmp_path):
+    srv = start_server(tiny_workdir.root, tmp_path, "--grace", 30)
+    got = {}
+
+    def stream():
+        with httpx.stream("POST", srv.url + "/v1/audio/speech", timeout=120,
+                          json={"input": "Hello.", "frames": 40, "stream": True, "response_format": "pcm"}) as r:
+            got["status"] = r.status_code
+            got["bytes"] = sum(len(b) for b in r.iter_raw())
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while "status" not in got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        srv.proc.send_signal(signal.SIGTERM)
+        code = srv.proc.wait(90)
+    finally:
+        reader.join(120)
+        srv.stop()
+    log = srv.log()
+    assert code == 0, log[-3000:]
+    assert got["status"] == 200 and got["bytes"] == 40 * 3200 * 2, got  # finished within the grace period
+    assert "Traceback" not in log
+    access = [json.loads(ln) for ln in log.splitlines() if ln.startswith("{")]
+    assert any(a["path"] == "/v1/audio/speech" and a["status"] == 200 and a["bytes"] == 40 * 6400 for a in access)

@@ -1,0 +1,96 @@
+"""Audio encodings the server sends: 16-bit PCM, a streaming WAV header, and whole files via libsndfile.
+
+`pcm` is raw int16 little-endian, 24 kHz mono (OpenAI's `pcm`). A streamed WAV starts with a header whose
+RIFF and data sizes are 0xFFFFFFFF ("unknown length"), which browsers, ffmpeg and soundfile accept.
+mp3 and opus are offered only when the installed libsndfile can write them.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from vvtrt.errors import InputError
+from vvtrt.serving.api import SAMPLE_RATE
+
+OPEN_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Encoding:
+    name: str
+    media_type: str
+    sf_format: str | None      # soundfile (format, subtype); None for raw pcm
+    sf_subtype: str | None
+    streamable: bool
+
+
+ENCODINGS = {
+    "wav": Encoding("wav", "audio/wav", "WAV", "PCM_16", True),
+    "pcm": Encoding("pcm", "audio/pcm", None, None, True),
+    "flac": Encoding("flac", "audio/flac", "FLAC", "PCM_16", False),
+    "mp3": Encoding("mp3", "audio/mpeg", "MP3", "MPEG_LAYER_III", False),
+    "opus": Encoding("opus", "audio/ogg", "OGG", "OPUS", False),
+}
+
+
+def libsndfile_can_write(enc: Encoding) -> bool:
+    import soundfile as sf
+
+    if enc.sf_format is None:
+        return True
+    try:
+        return enc.sf_subtype in sf.available_subtypes(enc.sf_format)
+    except Exception:  # an old soundfile without the format at all
+        return False
+
+
+def supported_formats() -> list[str]:
+    return [n for n, e in ENCODINGS.items() if libsndfile_can_write(e)]
+
+
+def pick_encoding(name: str, stream: bool) -> Encoding:
+    """The encoding for `response_format`, or an InputError saying which formats this server offers."""
+    enc = ENCODINGS.get(str(name).lower())
+    if enc is None:
+        raise InputError(f"response_format {name!r} is not supported: use one of {', '.join(supported_formats())}")
+    if not libsndfile_can_write(enc):
+        import soundfile as sf
+
+        raise InputError(f"response_format {enc.name!r} needs a libsndfile with {enc.sf_format}/{enc.sf_subtype} "
+                         f"support; this server's libsndfile {sf.__libsndfile_version__} lacks it: use "
+                         f"{', '.join(supported_formats())}")
+    if stream and not enc.streamable:
+        raise InputError(f"response_format {enc.name!r} cannot be streamed: use wav or pcm with stream=true, "
+                         "or stream=false")
+    return enc
+
+
+def to_pcm16(audio: np.ndarray) -> bytes:
+    """float32 samples in [-1, 1] as int16 little-endian bytes, quantized as libsndfile writes PCM_16
+    (floor(x * 32768), clipped), so `pcm`, streamed `wav` and whole `wav`/`flac` carry identical samples."""
+    a = np.nan_to_num(np.asarray(audio, dtype=np.float32), nan=0.0)
+    return np.clip(np.floor(a * np.float32(32768.0)), -32768, 32767).astype("<i2").tobytes()
+
+
+def wav_header(data_bytes: int = OPEN_LENGTH, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 44-byte PCM16 mono WAV header; the default leaves the length open for streaming."""
+    riff = OPEN_LENGTH if data_bytes == OPEN_LENGTH else 36 + data_bytes
+    return (b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " +
+            struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16) +
+            b"data" + struct.pack("<I", data_bytes))
+
+
+def encode_file(audio: np.ndarray, enc: Encoding, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """The whole clip in `enc` (non-streaming responses)."""
+    if enc.sf_format is None:
+        return to_pcm16(audio)
+    import soundfile as sf
+
+    # 16-bit formats get the very samples `pcm` sends (libsndfile's own float->int rounding differs by format)
+    data = np.frombuffer(to_pcm16(audio), "<i2") if enc.sf_subtype == "PCM_16" else np.asarray(audio, np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, data, sample_rate, format=enc.sf_format, subtype=enc.sf_subtype)
+    return buf.getvalue()

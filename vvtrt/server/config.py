@@ -1,0 +1,52 @@
+"""The server's settings: one frozen dataclass, checked once when `vvtrt serve` starts."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vvtrt.errors import InputError
+
+API_KEY_ENV = "VVTRT_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    workdir: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    voices_dir: str | None = None
+    max_streams: int = 64
+    max_queue: int = 256
+    api_key: str | None = None
+    backend: str = "torch"
+    device: str | None = None
+    dtype: str | None = None
+    max_input_chars: int = 4096        # OpenAI's own limit for `input`
+    max_body_bytes: int = 64 * 1024
+    queue_timeout_s: float = 30.0      # a request not started by then is refused with 429
+    grace_s: float = 10.0              # SIGTERM: running streams get this long to finish, then are cancelled
+    retry_after_s: int = 2
+    default_max_frames: int | None = None
+
+    def check(self) -> "ServerConfig":
+        """Self, or an InputError naming the option to fix."""
+        if not (0 < self.port < 65536):
+            raise InputError(f"--port {self.port} is not a TCP port (1-65535)")
+        for name in ("max_streams", "max_queue", "max_input_chars", "max_body_bytes"):
+            if getattr(self, name) < (0 if name == "max_queue" else 1):
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.queue_timeout_s <= 0 or self.grace_s < 0:
+            raise InputError("--queue-timeout must be > 0 and --grace >= 0 seconds")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InputError(f"the API key is empty: pass --api-key KEY or set {API_KEY_ENV}, or neither")
+        if self.voices_dir is not None and not Path(self.voices_dir).expanduser().is_dir():
+            raise InputError(f"--voices {self.voices_dir} is not a directory of .wav clips")
+        return self
+
+
+def api_key_from_env(cli_value: str | None) -> str | None:
+    """`--api-key` wins; else the environment variable; else no authentication."""
+    if cli_value is not None:
+        return cli_value
+    return os.environ.get(API_KEY_ENV) or None

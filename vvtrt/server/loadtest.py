@@ -1,0 +1,202 @@
+"""`vvtrt loadtest`: N concurrent async clients against a running `vvtrt serve` for S seconds.
+
+Each client sends one streaming request after another (HTTP `stream: true` raw PCM, or WS one-shot) until
+the duration is over, then finishes the one it is on. A frame is one model frame of audio (6400 bytes of
+int16 PCM); its arrival time is when its last byte was read. Per stream: TTFA (request sent -> first whole
+frame), inter-chunk gaps (between frame arrivals; frames read together give 0) and RTF (wall time / audio
+time). Errors are counted by kind (http_429, ws_close_1013, timeout, connect_error...).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlencode
+
+from vvtrt.errors import InputError
+
+FRAME_BYTES = 3200 * 2
+SAMPLE_RATE = 24000
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    url: str
+    concurrency: int = 8
+    duration_s: float = 30.0
+    ws: bool = False
+    text: str = "Speaker 1: Hello there, this is a load test of the speech server."
+    frames: int | None = None
+    max_frames: int | None = None
+    voice: str | None = None
+    api_key: str | None = None
+    timeout_s: float = 120.0
+
+    def check(self) -> "LoadSpec":
+        if not self.url.startswith(("http://", "https://")):
+            raise InputError(f"--url {self.url!r} must start with http:// or https://")
+        return self
+
+
+@dataclass
+class StreamResult:
+    ok: bool = False
+    error: str | None = None
+    ttfa_s: float | None = None
+    gaps_s: list = field(default_factory=list)
+    frames: int = 0
+    wall_s: float = 0.0
+    stop_reason: str = ""
+
+    @property
+    def audio_s(self) -> float:
+        return self.frames * 3200 / SAMPLE_RATE
+
+    @property
+    def rtf(self) -> float | None:
+        return self.wall_s / self.audio_s if self.frames else None
+
+
+class FrameClock:
+    """Turns byte arrivals into per-frame arrival times."""
+
+    def __init__(self, res: StreamResult, t0: float, skip: int = 0):
+        self.res, self.t0, self.bytes, self.skip, self.last = res, t0, 0, skip, None
+
+    def feed(self, n: int) -> None:
+        now = time.perf_counter()
+        before = max(0, self.bytes - self.skip) // FRAME_BYTES
+        self.bytes += n
+        after = max(0, self.bytes - self.skip) // FRAME_BYTES
+        for _ in range(after - before):
+            if self.last is None:
+                self.res.ttfa_s = now - self.t0
+            else:
+                self.res.gaps_s.append(now - self.last)
+            self.last = now
+            self.res.frames += 1
+
+
+def _body(spec: LoadSpec) -> dict:
+    body = {"model": "vvtrt", "input": spec.text, "response_format": "pcm", "stream": True}
+    body.update({k: v for k, v in (("frames", spec.frames), ("max_frames", spec.max_frames),
+                                   ("voice", spec.voice)) if v is not None})
+    return body
+
+
+def _headers(spec: LoadSpec) -> dict:
+    return {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
+
+
+async def http_stream(client, spec: LoadSpec) -> StreamResult:
+    res, t0 = StreamResult(), time.perf_counter()
+    clock = FrameClock(res, t0)
+    async with client.stream("POST", spec.url.rstrip("/") + "/v1/audio/speech", json=_body(spec),
+                             headers=_headers(spec)) as resp:
+        if resp.status_code != 200:
+            await resp.aread()
+            res.error = f"http_{resp.status_code}"
+            return res
+        async for data in resp.aiter_raw():
+            clock.feed(len(data))
+    res.wall_s = time.perf_counter() - t0
+    res.ok = res.frames > 0
+    res.error = None if res.ok else "no_audio"
+    return res
+
+
+def ws_url(spec: LoadSpec) -> str:
+    q = {"text": spec.text, "cfg": 1.5}
+    q.update({k: v for k, v in (("frames", spec.frames), ("max_frames", spec.max_frames), ("voice", spec.voice))
+              if v is not None})
+    base = spec.url.rstrip("/").replace("http", "ws", 1)
+    return f"{base}/v1/audio/stream?{urlencode(q)}"
+
+
+async def ws_stream(spec: LoadSpec) -> StreamResult:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosedError
+
+    res, t0 = StreamResult(), time.perf_counter()
+    clock = FrameClock(res, t0)
+    try:
+        async with connect(ws_url(spec), additional_headers=_headers(spec), max_size=None,
+                           open_timeout=spec.timeout_s) as conn:
+            async for msg in conn:
+                if isinstance(msg, bytes):
+                    clock.feed(len(msg))
+                    continue
+                event = json.loads(msg)
+                if event.get("event") == "backend_stream_complete":
+                    res.stop_reason = event.get("data", {}).get("stop_reason", "")
+                elif event.get("event") in ("backend_busy", "generation_error"):
+                    res.error = event["event"]
+    except ConnectionClosedError as exc:
+        code = exc.rcvd.code if exc.rcvd is not None else "none"
+        res.error = res.error or f"ws_close_{code}"
+    res.wall_s = time.perf_counter() - t0
+    res.ok = res.error is None and res.frames > 0
+    if not res.ok and res.error is None:
+        res.error = "no_audio"
+    return res
+
+
+def _error_kind(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError) or "Timeout" in name:
+        return "timeout"
+    if "Connect" in name or isinstance(exc, ConnectionError):
+        return "connect_error"
+    if "Protocol" in name or "InvalidStatus" in name:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return f"http_{status}" if status else "protocol_error"
+    return name
+
+
+async def _worker(spec: LoadSpec, client, deadline: float, results: list) -> None:
+    while time.perf_counter() < deadline:
+        try:
+            one = ws_stream(spec) if spec.ws else http_stream(client, spec)
+            results.append(await asyncio.wait_for(one, spec.timeout_s))
+        except Exception as exc:
+            results.append(StreamResult(error=_error_kind(exc)))
+            await asyncio.sleep(0.05)  # a refused connection must not spin
+
+
+async def run_load(spec: LoadSpec) -> tuple[list, float]:
+    """Every stream's result and the wall time of the whole test."""
+    import httpx
+
+    spec.check()
+    results: list[StreamResult] = []
+    t0 = time.perf_counter()
+    limits = httpx.Limits(max_connections=spec.concurrency + 4, max_keepalive_connections=spec.concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(spec.timeout_s)) as client:
+        await asyncio.gather(*[_worker(spec, client, t0 + spec.duration_s, results)
+                               for _ in range(spec.concurrency)])
+    return results, time.perf_counter() - t0
+
+
+def run_loadtest_cli(spec: LoadSpec, out_dir=None) -> str:
+    """Run the test, write `loadtest.json` / `loadtest.md` to `out_dir` when given; the Markdown."""
+    from vvtrt.server.loadtest_report import render_markdown, summarize
+
+    results, wall = asyncio.run(run_load(spec))
+    report = summarize(spec, results, wall)
+    md = render_markdown(report)
+    if out_dir is not None:
+        from pathlib import Path
+
+        from vvtrt.fsio import atomic_write_json, atomic_write_text
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(out_dir) / "loadtest.json", report)
+        atomic_write_text(Path(out_dir) / "loadtest.md", md)
+    return md
+
+
+def spec_dict(spec: LoadSpec) -> dict:
+    d = asdict(spec)
+    d["api_key"] = "***" if spec.api_key else None
+    return d

@@ -1,0 +1,72 @@
+"""The load test's summary (JSON-ready dict) and its Markdown."""
+from __future__ import annotations
+
+import collections
+import platform
+import time
+
+import numpy as np
+
+FRAME_S = 3200 / 24000
+
+
+def _pct(values, q) -> float | None:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
+
+
+def _ms(v):
+    return None if v is None else round(v * 1000, 2)
+
+
+def summarize(spec, results: list, wall_s: float) -> dict:
+    from vvtrt.server.loadtest import spec_dict
+
+    ok = [r for r in results if r.ok]
+    ttfa = [r.ttfa_s for r in ok if r.ttfa_s is not None]
+    gaps = [g for r in ok for g in r.gaps_s]
+    rtfs = [r.rtf for r in ok if r.rtf is not None]
+    errors = collections.Counter(r.error for r in results if not r.ok)
+    audio_s = sum(r.audio_s for r in ok)
+    return {
+        "spec": spec_dict(spec), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+        "wall_s": round(wall_s, 3), "requests": len(results), "ok": len(ok), "errors": dict(errors),
+        "ttfa_ms": {"p50": _ms(_pct(ttfa, 50)), "p90": _ms(_pct(ttfa, 90)), "p99": _ms(_pct(ttfa, 99))},
+        "inter_chunk_ms": {"p50": _ms(_pct(gaps, 50)), "p90": _ms(_pct(gaps, 90)), "p99": _ms(_pct(gaps, 99)),
+                           "max": _ms(max(gaps) if gaps else None)},
+        "rtf": {"p50": _pct(rtfs, 50), "p90": _pct(rtfs, 90), "max": max(rtfs) if rtfs else None,
+                "per_stream": [round(x, 4) for x in rtfs]},
+        "frames": sum(r.frames for r in ok), "audio_s": round(audio_s, 3),
+        "audio_s_per_wall_s": round(audio_s / wall_s, 3) if wall_s > 0 else None,
+        "streams_in_real_time": sum(1 for x in rtfs if x < 1.0),
+        "holds_real_time": bool(ok) and not errors and all(x < 1.0 for x in rtfs),
+        "frame_s": FRAME_S,
+    }
+
+
+def _fmt(v, unit="") -> str:
+    if v is None:
+        return "not measured"
+    return f"{v:.3f}{unit}" if isinstance(v, float) else f"{v}{unit}"
+
+
+def render_markdown(rep: dict) -> str:
+    s = rep["spec"]
+    mode = "WebSocket" if s["ws"] else "HTTP streaming"
+    lines = [
+        f"# vvtrt load test: {s['concurrency']} concurrent {mode} clients for {s['duration_s']:g} s",
+        "", f"- server: {s['url']}; text: {len(s['text'])} chars; frames: {s['frames'] or 'model decides'}"
+        f"; max_frames: {s['max_frames'] or 'none'}; host: {rep['host']}; at {rep['when']}",
+        f"- requests: {rep['requests']} ({rep['ok']} ok); audio: {rep['audio_s']} s in {rep['wall_s']} s "
+        f"({rep['audio_s_per_wall_s']} s of audio per second)",
+        f"- holds real time (every stream RTF < 1, no errors): **{'yes' if rep['holds_real_time'] else 'no'}** "
+        f"({rep['streams_in_real_time']}/{rep['ok']} streams under RTF 1)", "",
+        "| metric | p50 | p90 | p99 / max |", "|---|---|---|---|",
+        f"| TTFA (ms) | {_fmt(rep['ttfa_ms']['p50'])} | {_fmt(rep['ttfa_ms']['p90'])} | "
+        f"{_fmt(rep['ttfa_ms']['p99'])} |",
+        f"| inter-chunk (ms; a frame is {rep['frame_s'] * 1000:.1f} ms of audio) | "
+        f"{_fmt(rep['inter_chunk_ms']['p50'])} | {_fmt(rep['inter_chunk_ms']['p90'])} | "
+        f"{_fmt(rep['inter_chunk_ms']['p99'])} / {_fmt(rep['inter_chunk_ms']['max'])} |",
+        f"| per-stream RTF | {_fmt(rep['rtf']['p50'])} | {_fmt(rep['rtf']['p90'])} | {_fmt(rep['rtf']['max'])} |",
+        "", "Errors by kind: " + (", ".join(f"{k}: {v}" for k, v in sorted(rep["errors"].items())) or "none"),
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,108 @@
+"""`vvtrt serve`: build the engine, the app, and run uvicorn until SIGTERM/SIGINT.
+
+On the first SIGTERM the server stops admitting (503), stops listening, lets running streams finish
+within `grace_s` (then cancels them), stops the engine and returns normally (exit code 0).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import socket
+import sys
+
+from vvtrt.errors import InputError, VvtrtError
+from vvtrt.server.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_runtime(config: ServerConfig) -> ServerConfig:
+    """`config` with the device and precision resolved (cuda when available, bf16 on cuda, fp32 on cpu), so
+    the voice cache key and the engine agree; an unknown device/dtype is an InputError."""
+    from vvtrt.option_checks import resolve_device
+    from vvtrt.precision import Precision
+
+    dev = resolve_device(config.device)
+    precision = Precision.parse(config.dtype or ("bf16" if dev.type == "cuda" else "fp32"))
+    return dataclasses.replace(config, device=str(dev), dtype=precision.value)
+
+
+def build_engine(config: ServerConfig):
+    """The serving engine for the work dir (its own errors, e.g. a missing work dir, propagate)."""
+    from vvtrt.serving.engine import Engine
+
+    # the engine's queue holds at least one; the server's own admission enforces --max-queue 0
+    return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
+                               precision=config.dtype, max_streams=config.max_streams,
+                               max_queue=max(1, config.max_queue))
+
+
+def configure_logging() -> None:
+    """JSON access lines on stdout; the server's own messages on stderr at INFO."""
+    access = logging.getLogger("vvtrt.access")
+    if not access.handlers:
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(h)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    for name in ("vvtrt.server", "vvtrt.serving"):
+        if logging.getLogger(name).getEffectiveLevel() > logging.INFO:
+            logging.getLogger(name).setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def check_port_free(host: str, port: int) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(f"--host {host!r} does not resolve ({exc.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port") from None
+
+
+def run_server(config: ServerConfig) -> None:
+    import uvicorn
+
+    from vvtrt.server.app import create_app
+
+    config = resolve_runtime(config.check())
+    configure_logging()
+    check_port_free(config.host, config.port)
+    engine = build_engine(config)
+    fatal: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        fatal.append(exc)
+        server.should_exit = True
+
+    app = create_app(config, engine, on_fatal=on_fatal)
+    life = app.state.lifecycle
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            life.drain()
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises a captured signal after shutting down; a drained SIGTERM is a clean exit (0)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list) and sig == signal.SIGTERM:
+                captured[:] = [s for s in captured if s != signal.SIGTERM]
+
+    uv = uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False,
+                        timeout_graceful_shutdown=config.grace_s + 5, lifespan="on")
+    server = DrainingServer(uv)
+    log.info("serving %s on http://%s:%d (max %d streams, queue %d)", config.workdir, config.host, config.port,
+             config.max_streams, config.max_queue)
+    server.run()
+    life.drain()
+    life.join(config.grace_s + 10)
+    if fatal:
+        exc = fatal[0]
+        raise exc if isinstance(exc, VvtrtError) else VvtrtError(f"the engine failed to start: {exc}")

@@ -1,0 +1,156 @@
+"""What every endpoint shares: turning API fields into a `SpeechRequest`, admission (not ready / draining
+-> 503, over `max_streams + max_queue` or queued past the timeout -> 429), and a stream of chunks that
+records TTFA, inter-chunk gaps and the outcome, and cancels its engine request when the reader goes away.
+
+    stream = await service.open(service.build_request(text, voice="alloy", seed=1))
+    async for chunk in stream:        # Chunk(index, audio float32 [3200], t)
+        ...
+    stream.summary                    # RequestSummary once finished
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from vvtrt.errors import InputError, VvtrtError
+from vvtrt.option_checks import CFG_MAX, SEED_MAX
+from vvtrt.server.config import ServerConfig
+from vvtrt.server.http_errors import classify
+from vvtrt.server.metrics import ServerMetrics, outcome_label
+from vvtrt.server.voices import VoiceLibrary
+from vvtrt.serving.api import Cancelled, EngineBusy, EngineNotReady, SpeechRequest
+
+log = logging.getLogger(__name__)
+_POLL_S = 0.01
+
+
+@dataclass
+class SpeechService:
+    config: ServerConfig
+    engine: object
+    voices: VoiceLibrary
+    metrics: ServerMetrics
+    draining: bool = False
+    in_flight: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and bool(self.engine.ready)
+
+    def build_request(self, text, voice=None, seed=0, cfg_scale=1.3, max_frames=None, frames=None) -> SpeechRequest:
+        """A checked SpeechRequest; an InputError names the field to fix."""
+        from vvtrt.runtime.script import parse_script
+
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("input is empty: give the text to speak")
+        if len(text) > self.config.max_input_chars:
+            raise InputError(f"input is {len(text)} characters; the limit is {self.config.max_input_chars}")
+        script = parse_script(text)
+        _check_number("seed", seed, 0, SEED_MAX, integer=True)
+        _check_number("cfg_scale", cfg_scale, 0.0, CFG_MAX)
+        for name, v in (("max_frames", max_frames), ("frames", frames)):
+            if v is not None:
+                _check_number(name, v, 1, 1 << 20, integer=True)
+        voices = self.voices.resolve(voice, len(script.speakers))
+        max_frames = max_frames if max_frames is not None else self.config.default_max_frames
+        return SpeechRequest(script=text, voices=voices, seed=int(seed), cfg_scale=float(cfg_scale),
+                             max_frames=max_frames, frames=frames)
+
+    async def open(self, request: SpeechRequest) -> "Stream":
+        """Admit and submit `request`, waiting (at most the queue timeout) until the engine starts it."""
+        retry = self.config.retry_after_s
+        if not self.ready:
+            raise EngineNotReady("the server is " + ("shutting down" if self.draining else "not ready yet") +
+                                 f": retry in {retry} s")
+        if self.in_flight >= self.config.max_streams + self.config.max_queue:
+            raise EngineBusy(f"all {self.config.max_streams} streams are busy and the queue of "
+                             f"{self.config.max_queue} is full: retry in {retry} s")
+        self.in_flight += 1
+        try:
+            t0 = time.perf_counter()
+            handle = self.engine.submit(request)
+            await self._wait_started(handle)
+        except BaseException as exc:
+            self.in_flight -= 1
+            self.metrics.observe_done(classify(exc)[2] if isinstance(exc, Exception) else "cancelled")
+            raise
+        return Stream(self, handle, t0)
+
+    async def _wait_started(self, handle) -> None:
+        deadline = time.monotonic() + self.config.queue_timeout_s
+        try:
+            while not handle.done() and not handle.summary().started_t:
+                if time.monotonic() > deadline:
+                    handle.cancel()
+                    raise EngineBusy(f"the request waited {self.config.queue_timeout_s:g} s in the queue without "
+                                     f"a free stream: retry in {self.config.retry_after_s} s")
+                await asyncio.sleep(_POLL_S)
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
+
+
+class Stream:
+    """The chunks of one admitted request. Leaving the iteration early (a disconnect, an error) cancels the
+    engine request, so its slot is free for the next frame."""
+
+    def __init__(self, service: SpeechService, handle, t0: float):
+        self.service, self.handle, self.t0 = service, handle, t0
+        self.summary = None
+        self.error: BaseException | None = None
+        self._closed = False
+
+    @property
+    def request_id(self) -> str:
+        return self.handle.request_id
+
+    async def __aiter__(self):
+        metrics, last = self.service.metrics, None
+        try:
+            async for chunk in self.handle:
+                if last is None:
+                    metrics.observe_ttfa(time.perf_counter() - self.t0)
+                else:
+                    metrics.observe_gap(chunk.t - last)
+                last = chunk.t
+                yield chunk
+        except VvtrtError as exc:  # Cancelled, SlowReader, a failed frame step: the stream ends here
+            self.error = exc
+            if not isinstance(exc, Cancelled):
+                log.warning("request %s ended: %s", self.request_id, exc)
+        except BaseException as exc:  # the reader went away (task cancelled, generator closed)
+            self.error = exc
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Cancel the request if it still runs, and record its outcome (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.service.in_flight -= 1
+        if not self.handle.done():
+            self.handle.cancel()
+        try:
+            self.summary = self.handle.summary()
+        except Exception as exc:  # a summary must never turn a finished stream into an error
+            log.debug("no summary for %s: %s", self.request_id, exc)
+            self.service.metrics.observe_done("error")
+            return
+        reason = self.summary.stop_reason or ("cancelled" if self.error else "unknown")
+        rtf = self.summary.rtf if self.summary.frames else None
+        self.service.metrics.observe_done(outcome_label(reason), rtf)
+
+    def stop_reason(self) -> str:
+        return (self.summary.stop_reason if self.summary else "") or ("cancelled" if self.error else "")
+
+
+def _check_number(name: str, value, lo, hi, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or (not integer and not math.isfinite(value)) or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise InputError(f"{name} must be {kind} from {lo} to {hi}, got {value!r}")
