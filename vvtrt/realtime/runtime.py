@@ -1,0 +1,246 @@
+"""`RealtimeRunner`: the Python API of the Realtime runtime.
+
+    rt = RealtimeRunner.from_preset("tiny-realtime")            # or "realtime-0.5b", or a checkpoint dir
+    for chunk in rt.stream("Hello there.", voice, seed=0):      # float32 [3200] chunks, 24 kHz
+        ...
+    async for chunk in rt.astream(llm_pieces(), voice): ...     # text may arrive while speech is produced
+    for ev in rt.stream_many(requests): ...                     # many streams in one batched loop
+
+Components run through torch runners (`vvtrt.runtime.runner.TorchRunner`, optionally `torch.compile`d)
+of the Realtime component specs; the windowed loop is `RealtimeLoop` (CUDA graphs on a GPU) driven by
+`RealtimeStepper`. Loops are kept per (streams, K, solver, capacity) and reused; a loop serves one call
+at a time.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vvtrt.errors import InputError
+from vvtrt.precision import Precision
+from vvtrt.realtime.reference import LoopOptions, NoiseSource
+from vvtrt.realtime.stepper import RealtimeStepper, StreamEvent
+from vvtrt.realtime.streams import StreamRequest
+from vvtrt.realtime.voices import VoicePreset, read_voice
+from vvtrt.realtime.window_loop import RealtimeLoop
+
+log = logging.getLogger(__name__)
+SAMPLER_SPEC = {"dpmsolver++": "rt_sampler", "sde-dpmsolver++": "rt_sampler_sde"}
+LOOP_PARTS = ("rt_text_window", "rt_tts_decode", "rt_decoder_step", "rt_connector")
+
+
+def load_realtime(source, device="cpu", dtype="fp32", seed: int = 0, tokenizer=None):
+    """`(model, tokenizer)` of a preset name (random weights, initialised on the CPU in fp32 so they equal
+    the reference's, then moved) or an original Realtime checkpoint directory (its tokenizer: the
+    directory given as `tokenizer`, else the checkpoint's own files)."""
+    from vvtrt.model.resolve import ModelSource
+    from vvtrt.model.text_tokenizer import ByteTokenizer, load_text_tokenizer
+    from vvtrt.realtime.presets import build_realtime_model, is_realtime_preset
+
+    prec = Precision.parse(dtype) if not isinstance(dtype, torch.dtype) else _precision_of(dtype)
+    if is_realtime_preset(str(source)):
+        model = build_realtime_model(str(source), seed=seed).to(device=device, dtype=prec.torch_dtype)
+        if tokenizer:
+            return model, load_text_tokenizer(ModelSource(preset=str(source), tokenizer=tokenizer))
+        return model, ByteTokenizer()
+    from vvtrt.realtime.checkpoint import load_realtime_checkpoint
+
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise InputError(f"unknown Realtime model {source!r}: use a preset (realtime-0.5b, tiny-realtime) or an "
+                         "original VibeVoice-Realtime checkpoint directory")
+    model = load_realtime_checkpoint(path, dtype=prec.torch_dtype, device=device).eval().requires_grad_(False)
+    return model, load_text_tokenizer(ModelSource(path=str(path), tokenizer=tokenizer))
+
+
+def _precision_of(dtype: torch.dtype) -> Precision:
+    for p in Precision:
+        if p.torch_dtype == dtype:
+            return p
+    raise InputError(f"unsupported dtype {dtype}: use fp32, fp16 or bf16")
+
+
+def torch_runners(model, steps: int, solver: str, compile: bool | str = False) -> dict:
+    """Activated torch runners of the loop's components for K = `steps` and `solver`."""
+    from vvtrt.realtime.specs import RealtimeExportOptions, build_realtime_specs
+    from vvtrt.runtime.runner import TorchRunner
+
+    specs = build_realtime_specs(model.rt_config, RealtimeExportOptions.for_config(model.rt_config, steps))
+    prec = _precision_of(model.dtype)
+    out = {}
+    for name in (*LOOP_PARTS, SAMPLER_SPEC[solver]):
+        out[name] = TorchRunner(specs[name], prec, model.device, model, steps, compile=compile)
+        out[name].activate()
+    return out
+
+
+class RealtimeRunner:
+    """Streams of one Realtime model on one device (see module doc)."""
+
+    def __init__(self, model, tokenizer, capacity: int | None = None, graphs: bool = True,
+                 compile: bool | str = False, batch_buckets=None, kv_buckets=None):
+        self.model, self.tok = model, tokenizer
+        self.cfg = model.rt_config
+        self.capacity = min(capacity or self.cfg.context, self.cfg.context)
+        self.graphs, self.compile = graphs, compile
+        self.batch_buckets, self.kv_buckets = batch_buckets, kv_buckets
+        self._runners: dict = {}
+        self._free: dict = {}
+        self._lock = threading.Lock()
+        self.last_stop_reason = ""
+
+    @classmethod
+    def from_preset(cls, source, device="cpu", dtype="fp32", seed: int = 0, tokenizer=None, **kw) -> "RealtimeRunner":
+        """A runner of a preset (random weights from `seed`) or an original checkpoint directory."""
+        model, tok = load_realtime(source, device, dtype, seed, tokenizer)
+        return cls(model, tok, **kw)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # -- loops ----------------------------------------------------------------------------------------
+    def runners(self, steps: int, solver: str) -> dict:
+        key = (steps, solver)
+        with self._lock:
+            if key not in self._runners:
+                self._runners[key] = torch_runners(self.model, steps, solver, self.compile)
+            return self._runners[key]
+
+    def checkout(self, streams: int, steps: int = 5, solver: str = "dpmsolver++",
+                 capacity: int | None = None) -> RealtimeStepper:
+        """A stepper over a loop of `streams` slots for K = `steps` and `solver` with `capacity` cache
+        positions per row (default: the runner's), a kept one if free."""
+        LoopOptions(steps=steps, algorithm=solver)  # validates the solver
+        cap = min(capacity or self.capacity, self.cfg.context)
+        key = (streams, steps, solver, cap)
+        with self._lock:
+            free = self._free.get(key)
+            if free:
+                return free.pop()
+        loop = RealtimeLoop(self.runners(steps, solver), self.cfg, streams, cap, self.model.dtype,
+                            self.device, steps, self.batch_buckets, self.kv_buckets, self.graphs)
+        return RealtimeStepper(loop, self.tok)
+
+    def checkin(self, stepper: RealtimeStepper, keep: bool = True) -> None:
+        """Give a stepper back (its streams are cancelled): kept for reuse, or dropped (`keep=False`)."""
+        for run in [*stepper.runs.values(), *stepper.pending]:
+            stepper.cancel(run)
+        if not keep:
+            return
+        loop = stepper.loop
+        key = (loop.streams, loop.steps, "sde-dpmsolver++" if loop.stochastic else "dpmsolver++", loop.capacity)
+        with self._lock:
+            self._free.setdefault(key, []).append(stepper)
+
+    def drop_kept(self) -> None:
+        """Forget every kept loop (their buffers and graphs are freed once unreferenced)."""
+        with self._lock:
+            self._free.clear()
+
+    def voice(self, voice) -> VoicePreset:
+        """A `VoicePreset`, or the path of a voice file written by `vvtrt voices`."""
+        if isinstance(voice, VoicePreset):
+            return voice
+        if isinstance(voice, (str, Path)):
+            return read_voice(voice, self.cfg)
+        raise InputError(f"voice must be a VoicePreset or a voice file path, got {type(voice).__name__}")
+
+    def request(self, text, voice, seed: int = 0, cfg_scale: float = 1.5, steps: int = 5,
+                solver: str = "dpmsolver++", max_frames: int | None = None, force_eos_frame: int | None = None,
+                noise: NoiseSource | None = None, tag=None) -> StreamRequest:
+        opts = LoopOptions(cfg_scale=cfg_scale, steps=steps, algorithm=solver, max_frames=max_frames,
+                           force_eos_frame=force_eos_frame)
+        return StreamRequest(text, self.voice(voice), int(seed), opts, noise, tag)
+
+    # -- one stream -----------------------------------------------------------------------------------
+    def stream(self, text, voice, seed: int = 0, cfg_scale: float = 1.5, steps: int = 5,
+               solver: str = "dpmsolver++", **kw) -> Iterator[np.ndarray]:
+        """Audio chunks (float32 [hop]) of one stream as they are made. `text`: a string, or an iterator
+        or async iterator of pieces (speech starts once the first 5 tokens are in). Other keywords:
+        `max_frames`, `force_eos_frame`, `noise` (see `request`). `self.last_stop_reason` says why it ended."""
+        req = self.request(text, voice, seed, cfg_scale, steps, solver, **kw)
+        stepper = self.checkout(1, steps, solver)
+        try:
+            stepper.open(req)
+            while stepper.busy:
+                for ev in _tick_or_wait(stepper):
+                    yield from _chunk_or_end(self, ev)
+        finally:
+            self.checkin(stepper)
+
+    async def astream(self, text, voice, seed: int = 0, cfg_scale: float = 1.5, steps: int = 5,
+                      solver: str = "dpmsolver++", **kw) -> AsyncIterator[np.ndarray]:
+        """`stream` for asyncio: an async iterator of pieces is read on the running loop, the device work
+        runs in a worker thread."""
+        req = self.request(text, voice, seed, cfg_scale, steps, solver, **kw)
+        stepper = await asyncio.to_thread(self.checkout, 1, steps, solver)
+        try:
+            stepper.open(req, asyncio.get_running_loop())
+            while stepper.busy:
+                events = await asyncio.to_thread(_tick_or_wait, stepper)
+                for ev in events:
+                    for chunk in _chunk_or_end(self, ev):
+                        yield chunk
+        finally:
+            self.checkin(stepper)
+
+    # -- many streams ---------------------------------------------------------------------------------
+    def stream_many(self, requests: Iterable[StreamRequest], max_streams: int | None = None) -> Iterator[StreamEvent]:
+        """Events of many streams run together (at most `max_streams` at once; the rest wait for a slot).
+        They must share K, solver and cfg_scale."""
+        reqs = list(requests)
+        if not reqs:
+            return
+        o = reqs[0].options
+        if any((r.options.steps, r.options.algorithm, r.options.cfg_scale) != (o.steps, o.algorithm, o.cfg_scale)
+               for r in reqs):
+            raise InputError("streams run together must share steps, solver and cfg_scale")
+        stepper = self.checkout(min(len(reqs), max_streams or len(reqs)), o.steps, o.algorithm)
+        try:
+            for r in reqs:
+                stepper.open(r)
+            while stepper.busy:
+                yield from _tick_or_wait(stepper)
+        finally:
+            self.checkin(stepper)
+
+    def synthesize_many(self, requests: Iterable[StreamRequest], max_streams: int | None = None) -> list[dict]:
+        """Run streams to their end: per request `{"audio": float32 [n * hop], "stop_reason", "frames",
+        "error"}` in the order given."""
+        reqs = list(requests)
+        chunks: dict[int, list] = {i: [] for i in range(len(reqs))}
+        ends: dict[int, StreamEvent] = {}
+        index = {id(r): i for i, r in enumerate(reqs)}
+        for ev in self.stream_many(reqs, max_streams):
+            i = index[id(ev.run.request)]
+            if ev.audio is not None:
+                chunks[i].append(ev.audio)
+            if ev.stop_reason:
+                ends[i] = ev
+        hop = self.cfg.hop
+        return [{"audio": np.concatenate(chunks[i]) if chunks[i] else np.zeros(0, np.float32),
+                 "frames": len(chunks[i]), "stop_reason": ends[i].stop_reason if i in ends else "",
+                 "error": ends[i].error if i in ends else None, "hop": hop} for i in range(len(reqs))]
+
+
+def _tick_or_wait(stepper: RealtimeStepper) -> list[StreamEvent]:
+    events = stepper.tick()
+    if not stepper.last_active and not events and stepper.busy:
+        stepper.wait()
+    return events
+
+
+def _chunk_or_end(runner: RealtimeRunner, ev: StreamEvent):
+    if ev.error is not None:
+        raise ev.error
+    if ev.audio is not None:
+        yield ev.audio
+    if ev.stop_reason:
+        runner.last_stop_reason = ev.stop_reason
