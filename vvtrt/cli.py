@@ -118,7 +118,7 @@ def cli(verbose: int):
 
 
 @cli.command()
-@click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b) or a local HF checkpoint dir.")
+@click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b) or a checkpoint dir (Microsoft's or transformers' layout).")
 @workdir_opt
 @click.option("--dtype", "dtypes", default="fp32,fp16,bf16", show_default=True, help="Comma-separated precisions.")
 @click.option("--steps", default=10, show_default=True, type=int, help="Diffusion steps K of the sampler (1-50).")
@@ -126,15 +126,38 @@ def cli(verbose: int):
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Init seed of random presets.")
 @click.option("--tokenizer", default=None, type=click.Path(file_okay=False),
               help="Tokenizer directory, for checkpoints that ship none.")
+@click.option("--max-prompt", default=None, type=click.IntRange(min=1),
+              help="Longest prompt in tokens (default: the model's context less 1024; tiny: 512).")
+@click.option("--kv-buckets", default=None, help="KV cache lengths, ascending, e.g. 1024,8192,65536 (default: "
+              "powers of two from 1024 up to the model's context; each is one TensorRT profile).")
 @click.option("--force", is_flag=True, help="Re-export even when up to date; remove stray files from onnx/.")
 @_friendly
-def export(model_spec, workdir, dtypes, steps, components, seed, tokenizer, force):
+def export(model_spec, workdir, dtypes, steps, components, seed, tokenizer, max_prompt, kv_buckets, force):
     """Export every component to ONNX with explicit state (graphs the new settings make stale, too)."""
+    from vvtrt.components.specs import parse_kv_buckets
     from vvtrt.pipeline import run_export
 
-    recs = run_export(model_spec, workdir, dtypes, steps, components, seed, force, _progress, tokenizer)
+    recs = run_export(model_spec, workdir, dtypes, steps, components, seed, force, _progress, tokenizer,
+                      max_prompt, parse_kv_buckets(kv_buckets))
     done = sum(not r.get("skipped") for r in recs)
     click.echo(f"exported {done} graph(s), {len(recs) - done} up to date, in {workdir}/onnx")
+
+
+@cli.command("convert")
+@click.argument("src", metavar="DIR", type=click.Path(file_okay=False))
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False))
+@click.option("--tokenizer", default=None, type=click.Path(file_okay=False),
+              help="Tokenizer directory to copy into OUT (Microsoft's original checkpoints ship none).")
+@click.option("--force", is_flag=True, help="Write into a non-empty OUT, replacing the checkpoint files there.")
+@_friendly
+def convert_cmd(src, out, tokenizer, force):
+    """Write a checkpoint directory (Microsoft's original layout) in transformers' layout."""
+    from vvtrt.model.convert import convert
+
+    done = convert(src, out, tokenizer, force)
+    tok = "with" if done.tokenizer else "without (pass --tokenizer DIR to export it)"
+    click.echo(f"converted {src} ({done.layout} layout) to {done.out}: {done.tensors} tensors in {done.files} "
+               f"file(s), {tok} a tokenizer")
 
 
 @cli.command()
@@ -243,6 +266,39 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
     click.echo(f"bench report: {paths['md']}")
 
 
+@cli.command("bench-serving")
+@workdir_opt
+@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "torch-compile",
+                                                                                  "onnxruntime", "tensorrt"]))
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
+@click.option("--mode", default="concurrency", show_default=True, type=click.Choice(["concurrency", "rate"]),
+              help="Hold LEVEL requests in flight, or Poisson arrivals at LEVEL requests/s.")
+@click.option("--levels", default="1,4,16,64", show_default=True, help="Comma-separated load levels.")
+@click.option("--requests", default=32, show_default=True, type=COUNT, help="Requests per level.")
+@click.option("--frames", default=64, show_default=True, type=COUNT, help="Frames per request (forced).")
+@click.option("--prompt-words", default="8,64,256", show_default=True, help="Script lengths, cycled.")
+@click.option("--max-streams", default=64, show_default=True, type=COUNT, help="Engine slots at most.")
+@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG)
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
+@_friendly
+def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frames, prompt_words, max_streams,
+                  cfg_scale, out_dir):
+    """Open-loop load on the serving engine: TTFA, inter-chunk gaps and RTF vs load."""
+    from vvtrt.bench.serving import ServingLoad, run_serving_bench
+    from vvtrt.errors import InputError
+
+    try:
+        lv = tuple(float(x) for x in levels.split(",") if x.strip())
+        words = tuple(int(x) for x in prompt_words.split(",") if x.strip())
+    except ValueError:
+        raise InputError("--levels and --prompt-words are comma-separated numbers") from None
+    load = ServingLoad(mode, lv, requests, frames, words, cfg_scale)
+    paths = run_serving_bench(workdir, backend.replace("-compile", ""), device, dtype, load, out_dir,
+                              compile=backend.endswith("-compile"), max_streams=max_streams)
+    click.echo(f"serving bench report: {paths['json']}")
+
+
 @cli.command()
 @click.argument("json_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False))
@@ -272,6 +328,67 @@ def demo(workdir, frames):
     click.echo("demo outputs:")
     for k, v in outputs.items():
         click.echo(f"  {k}: {v}")
+
+
+
+@cli.command()
+@workdir_opt
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--voices", "voices_dir", default=None, type=click.Path(file_okay=False),
+              help="Directory of .wav voice clips (encoded once, cached as safetensors).")
+@click.option("--max-streams", default=64, show_default=True, type=COUNT, help="Concurrent streams (engine slots).")
+@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=0),
+              help="Requests waiting for a slot; beyond it 429.")
+@click.option("--queue-timeout", default=30.0, show_default=True, type=_FiniteFloat(0.01, 3600.0),
+              help="Seconds a request may wait for a slot before 429.")
+@click.option("--grace", "grace_s", default=10.0, show_default=True, type=_FiniteFloat(0.0, 3600.0),
+              help="On SIGTERM, seconds running streams get to finish before they are cancelled.")
+@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set VVTRT_API_KEY).")
+@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "onnxruntime", "tensorrt"]))
+@click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda when available).")
+@click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
+@click.option("--max-input-chars", default=4096, show_default=True, type=COUNT, help="Longest `input` text.")
+@_friendly
+def serve(workdir, host, port, voices_dir, max_streams, max_queue, queue_timeout, grace_s, api_key, backend, device,
+          dtype, max_input_chars):
+    """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
+    from vvtrt.server.config import ServerConfig, api_key_from_env
+    from vvtrt.server.serve import run_server
+
+    run_server(ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
+                            max_queue=max_queue, api_key=api_key_from_env(api_key), backend=backend, device=device,
+                            dtype=dtype, max_input_chars=max_input_chars, queue_timeout_s=queue_timeout,
+                            grace_s=grace_s))
+
+
+@cli.command()
+@click.option("--url", required=True, help="Server base URL, e.g. http://127.0.0.1:8000")
+@click.option("--concurrency", default=8, show_default=True, type=COUNT, help="Concurrent client streams.")
+@click.option("--duration", default=30.0, show_default=True, type=_FiniteFloat(0.1, 86400.0), help="Seconds.")
+@click.option("--ws", "use_ws", is_flag=True, help="Use WS /v1/audio/stream instead of streaming HTTP.")
+@click.option("--text", default="Speaker 1: Hello there, this is a load test of the speech server.",
+              show_default=True, help="Text of every request.")
+@click.option("--frames", default=None, type=COUNT, help="Forced frames per request (random-weight models).")
+@click.option("--max-frames", default=None, type=COUNT, help="Frame cap per request.")
+@click.option("--voice", default=None, help="Voice name.")
+@click.option("--api-key", default=None, help="Bearer key (or VVTRT_API_KEY).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write JSON + Markdown here.")
+@_friendly
+def loadtest(url, concurrency, duration, use_ws, text, frames, max_frames, voice, api_key, out_dir):
+    """Load a running server: TTFA and inter-chunk percentiles, per-stream RTF, errors by kind."""
+    from vvtrt.server.config import api_key_from_env
+    from vvtrt.server.loadtest import LoadSpec, run_loadtest_cli
+
+    spec = LoadSpec(url=url, concurrency=concurrency, duration_s=duration, ws=use_ws, text=text, frames=frames,
+                    max_frames=max_frames, voice=voice, api_key=api_key_from_env(api_key))
+    md = run_loadtest_cli(spec, out_dir)
+    click.echo(md)
+
+
+from vvtrt.realtime.cli_voices import voices as _voices  # noqa: E402 - Realtime voice presets (light import)
+
+cli.add_command(_voices)
 
 
 def main():
