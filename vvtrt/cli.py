@@ -279,11 +279,14 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
 @click.option("--frames", default=64, show_default=True, type=COUNT, help="Frames per request (forced).")
 @click.option("--prompt-words", default="8,64,256", show_default=True, help="Script lengths, cycled.")
 @click.option("--max-streams", default=64, show_default=True, type=COUNT, help="Engine slots at most.")
+@click.option("--max-context", default=None, type=click.IntRange(min=8),
+              help="KV slots per stream (prompt + generated steps); default: the largest exported KV bucket. "
+                   "Smaller contexts fit more streams in the KV pool.")
 @click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG)
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @_friendly
 def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frames, prompt_words, max_streams,
-                  cfg_scale, out_dir):
+                  max_context, cfg_scale, out_dir):
     """Open-loop load on the serving engine: TTFA, inter-chunk gaps and RTF vs load."""
     from vvtrt.bench.serving import ServingLoad, run_serving_bench
     from vvtrt.errors import InputError
@@ -295,7 +298,8 @@ def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frame
         raise InputError("--levels and --prompt-words are comma-separated numbers") from None
     load = ServingLoad(mode, lv, requests, frames, words, cfg_scale)
     paths = run_serving_bench(workdir, backend.replace("-compile", ""), device, dtype, load, out_dir,
-                              compile=backend.endswith("-compile"), max_streams=max_streams)
+                              compile=backend.endswith("-compile"), max_streams=max_streams,
+                              max_context=max_context)
     click.echo(f"serving bench report: {paths['json']}")
 
 
@@ -338,6 +342,9 @@ def demo(workdir, frames):
 @click.option("--voices", "voices_dir", default=None, type=click.Path(file_okay=False),
               help="Directory of .wav voice clips (encoded once, cached as safetensors).")
 @click.option("--max-streams", default=64, show_default=True, type=COUNT, help="Concurrent streams (engine slots).")
+@click.option("--max-context", default=None, type=click.IntRange(min=8),
+              help="KV slots per stream (prompt + generated steps); default: the largest exported KV bucket. "
+                   "Smaller contexts fit more streams in the KV pool.")
 @click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=0),
               help="Requests waiting for a slot; beyond it 429.")
 @click.option("--queue-timeout", default=30.0, show_default=True, type=_FiniteFloat(0.01, 3600.0),
@@ -350,14 +357,14 @@ def demo(workdir, frames):
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--max-input-chars", default=4096, show_default=True, type=COUNT, help="Longest `input` text.")
 @_friendly
-def serve(workdir, host, port, voices_dir, max_streams, max_queue, queue_timeout, grace_s, api_key, backend, device,
+def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key, backend, device,
           dtype, max_input_chars):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     from vvtrt.server.config import ServerConfig, api_key_from_env
     from vvtrt.server.serve import run_server
 
     run_server(ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
-                            max_queue=max_queue, api_key=api_key_from_env(api_key), backend=backend, device=device,
+                            max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key), backend=backend, device=device,
                             dtype=dtype, max_input_chars=max_input_chars, queue_timeout_s=queue_timeout,
                             grace_s=grace_s))
 

@@ -30,11 +30,12 @@ env_check() {
   python3 -c "import torch, transformers, onnxruntime as ort, diffusers, soundfile; print(torch.__version__, transformers.__version__, ort.__version__, diffusers.__version__, soundfile.__version__, ort.get_available_providers())"
 }
 gputests() {  # test_gpu.py one process per test (a native crash cannot take the others with it), sharing one
-  # exported tiny workdir; then the ORT CUDA runner tests in one process
+  # exported tiny workdir; then the ORT CUDA runner, long-form, serving-bound and Realtime GPU tests, a process each file
+  export VVTRT_SERVING_BOUND_OUT="$RUN/results/serving_bf16_bound.json"
   local ids rc=0 i=0
   export VVTRT_TINY_WORKDIR="$RUN/wd_tiny_tests"
   ids=$(python3 -m pytest -q --collect-only -m gpu tests/test_gpu.py -p no:cacheprovider | grep "::")
-  for t in $ids tests/test_ort_runner.py; do i=$((i + 1))
+  for t in $ids tests/test_ort_runner.py tests/test_longform_gpu.py tests/test_serving_gpu.py tests/test_realtime_runtime.py; do i=$((i + 1))
     python3 -X faulthandler -m pytest -q -rA -m gpu "$t" --junitxml="$RUN/results/gputests_$i.xml" -p no:cacheprovider || { rc=1; echo "FAILED: $t"; }
   done
   return $rc
@@ -141,7 +142,7 @@ rt() {  # Realtime-0.5B (issue 14): TTFA, frame step, capacity by batch, memory 
 http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machine, rising concurrency
   local port=8123 pid n
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
-  $VV serve -w "$RUN/wd15" --device cuda --max-streams ${HTTP_SLOTS:-512} --max-queue 1024 --port $port \
+  $VV serve -w "$RUN/wd15" --device cuda --max-streams ${HTTP_SLOTS:-512} --max-context 1024 --max-queue 1024 --port $port \
       > "$RUN/results/http15_server.log" 2>&1 &
   pid=$!
   for _ in $(seq 900); do curl -sf "http://127.0.0.1:$port/ready" > /dev/null && break; sleep 1; done
@@ -152,7 +153,17 @@ http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machin
   done
   kill -TERM $pid; wait $pid; echo "serve exit code $?"
 }
-STAGE_NAMES=" long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+srv15() {  # serving engine (issue 12): held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
+  $VV bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${SRV_LEVELS:-1,16,64,256,400,512} \
+      --requests 32 --frames 64 --max-streams 512 --max-context 1024 --out "$RUN/results/serving_1.5b"
+}
+srv7() {  # the same for 7B
+  $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
+  $VV bench-serving -w "$RUN/wd7" --device cuda --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
+      --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
+}
+STAGE_NAMES=" srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

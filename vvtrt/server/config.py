@@ -17,6 +17,7 @@ class ServerConfig:
     port: int = 8000
     voices_dir: str | None = None
     max_streams: int = 64
+    max_context: int | None = None  # KV slots per stream (None: the largest exported bucket)
     max_queue: int = 256
     api_key: str | None = None
     backend: str = "torch"

@@ -35,6 +35,7 @@ def build_engine(config: ServerConfig):
     # the engine's queue holds at least one; the server's own admission enforces --max-queue 0
     return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
                                precision=config.dtype, max_streams=config.max_streams,
+                               max_context=config.max_context,
                                max_queue=max(1, config.max_queue))
 
 
