@@ -146,7 +146,7 @@ http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machin
       > "$RUN/results/http15_server.log" 2>&1 &
   pid=$!
   for _ in $(seq 900); do curl -sf "http://127.0.0.1:$port/ready" > /dev/null && break; sleep 1; done
-  for n in ${HTTP_CONC:-32 128 256 320 400}; do
+  for n in ${HTTP_CONC:-16 64 128}; do
     $VV loadtest --url "http://127.0.0.1:$port" --concurrency $n --duration 40 --frames 150 \
         --out "$RUN/results/loadtest_1.5b_c$n" || break
     curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/loadtest_1.5b_c${n}_metrics.txt"
@@ -155,8 +155,8 @@ http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machin
 }
 srv15() {  # serving engine (issue 12): held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
-  $VV bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${SRV_LEVELS:-1,16,64,256,400,512} \
-      --requests 32 --frames 64 --max-streams 512 --max-context 1024 --out "$RUN/results/serving_1.5b"
+  $VV bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${SRV_LEVELS:-1,16,32,64,96,128,192} --prompt-words 8,48,160 \
+      --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_1.5b"
 }
 srv7() {  # the same for 7B
   $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
