@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[2] / "shared" / "docs"
-KEYS_REALTIME = DOCS / "checkpoint_keys" / "vibevoice-realtime-0.5b-original.txt"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-GRACE = FIXTURES / "en-Grace_woman.pt"
+# Copies of the shared docs' checkpoint_keys/vibevoice-realtime-0.5b-original.txt and the shared fixture
+# en-Grace_woman.pt (one of Microsoft's released voice presets, MIT), so a clean clone's CI has them.
+DATA = Path(__file__).resolve().parent / "data"
+KEYS_REALTIME = DATA / "vibevoice-realtime-0.5b-original-keys.txt"
+GRACE = DATA / "en-Grace_woman.pt"
 ENCODER = "model.acoustic_tokenizer.encoder."
 
 
