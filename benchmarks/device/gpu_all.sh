@@ -142,12 +142,12 @@ rt() {  # Realtime-0.5B (issue 14): TTFA, frame step, capacity by batch, memory 
 http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machine, rising concurrency
   local port=8123 pid n
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
-  $VV serve -w "$RUN/wd15" --device cuda --max-streams ${HTTP_SLOTS:-512} --max-context 1024 --max-queue 1024 --port $port \
+  $VV serve -w "$RUN/wd15" --device cuda --max-streams ${HTTP_SLOTS:-128} --max-context 1024 --max-queue 1024 --port $port \
       > "$RUN/results/http15_server.log" 2>&1 &
   pid=$!
   for _ in $(seq 900); do curl -sf "http://127.0.0.1:$port/ready" > /dev/null && break; sleep 1; done
-  for n in ${HTTP_CONC:-16 64 128}; do
-    $VV loadtest --url "http://127.0.0.1:$port" --concurrency $n --duration 40 --frames 150 \
+  for n in ${HTTP_CONC:-16 64}; do
+    $VV loadtest --url "http://127.0.0.1:$port" --concurrency $n --duration 30 --frames 100 \
         --out "$RUN/results/loadtest_1.5b_c$n" || break
     curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/loadtest_1.5b_c${n}_metrics.txt"
   done
