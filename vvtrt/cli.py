@@ -5,33 +5,17 @@ Every expected failure is a `VvtrtError`: one line on stderr and exit code 2, ne
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
 
 import click
 
-from vvtrt.errors import VvtrtError
+from vvtrt.cli_errors import one_line_errors
 from vvtrt.option_checks import CFG_MAX, REPEATS_MAX, SEED_MAX
 
 
-def _friendly(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except VvtrtError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except OSError as exc:  # the environment's (a full disk, a vanished file), never a traceback
-            where = f" ({exc.filename})" if exc.filename else ""
-            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-    return wrapper
+_friendly = one_line_errors
 
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2 (8.1 prints the help itself)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from vvtrt.cli_errors import one_line_errors as _friendly
+
 MODEL_HELP = "Realtime model the voice is for: a preset (realtime-0.5b, tiny-realtime) or an original checkpoint dir."
 
 
@@ -24,27 +26,6 @@ def resolve_realtime_config(spec: str):
     from vvtrt.realtime.config import config_from_original
 
     return config_from_original(read_config(path), name=path.name)
-
-
-def _friendly(fn):
-    """Typed errors as one line on stderr and exit 2 (as every `vvtrt` verb; kept here so this module does
-    not import `vvtrt.cli`, which imports it)."""
-    import functools
-    import sys
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from vvtrt.errors import VvtrtError
-
-        try:
-            return fn(*args, **kwargs)
-        except VvtrtError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except OSError as exc:
-            click.echo(f"error: {exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}", err=True)
-            sys.exit(2)
-    return wrapper
 
 
 @click.group("voices")

@@ -1,0 +1,29 @@
+"""How every `vvtrt` command reports failure: typed errors and the environment's OS errors as one line on
+stderr with exit code 2, an interrupt as exit 130; never a traceback. Shared by `vvtrt.cli` and the
+command groups it registers (which must not import `vvtrt.cli` itself)."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from vvtrt.errors import VvtrtError
+
+
+def one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VvtrtError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:  # the environment's (a full disk, a vanished file), never a traceback
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+    return wrapper
