@@ -4,7 +4,6 @@ numbers change only by batch-size-dependent GEMM rounding: measured here and bou
 is printed and, with VVTRT_SERVING_BOUND_OUT=FILE, written as JSON)."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -62,8 +61,11 @@ def test_bucketed_interleaving_bound_bf16(synth):
           f"max rel-L2 {max(errs):.3g}, {exact}/{len(errs)} bit-exact")
     out = os.environ.get("VVTRT_SERVING_BOUND_OUT")
     if out:
-        with open(out, "w") as f:
-            json.dump({"rel_l2": errs, "bit_exact": exact, "device": torch.cuda.get_device_name(),
-                       "batch_buckets": plan.batch_buckets, "kv_buckets": plan.kv_buckets}, f, indent=1)
+        from vvtrt.fsio import atomic_write_json
+        from vvtrt.reports.environment import collect_environment
+
+        atomic_write_json(out, {"rel_l2": errs, "bit_exact": exact, "device": torch.cuda.get_device_name(),
+                                "batch_buckets": plan.batch_buckets, "kv_buckets": plan.kv_buckets,
+                                "environment": collect_environment()})  # commit and device of the run
     assert all(a.shape == b.shape for a, b in zip(mixed, solo))
     assert max(errs) < BF16_BOUND
