@@ -29,6 +29,9 @@ env_check() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   python3 -c "import torch, transformers, onnxruntime as ort, diffusers, soundfile; print(torch.__version__, transformers.__version__, ort.__version__, diffusers.__version__, soundfile.__version__, ort.get_available_providers())"
 }
+ortfix() {  # the ORT CUDA runner GPU tests alone (the graph-replay test changed after its last GPU run)
+  python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_ort_runner.py --junitxml="$RUN/results/ortfix.xml" -p no:cacheprovider
+}
 gputests() {  # test_gpu.py one process per test (a native crash cannot take the others with it), sharing one
   # exported tiny workdir; then the ORT CUDA runner, long-form, serving-bound and Realtime GPU tests, a process each file
   export VVTRT_SERVING_BOUND_OUT="$RUN/results/serving_bf16_bound.json"
@@ -150,7 +153,11 @@ http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machin
     $VV loadtest --url "http://127.0.0.1:$port" --concurrency $n --duration 30 --frames 100 \
         --out "$RUN/results/loadtest_1.5b_c$n" || break
     curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/loadtest_1.5b_c${n}_metrics.txt"
+    # what the live dashboard polls, for benchmarks/dashboard_replay.py (no browser on this machine)
+    curl -s "http://127.0.0.1:$port/dashboard/data?seconds=600" > "$RUN/results/dashboard_1.5b_c${n}.json"
   done
+  $VV loadtest --url "http://127.0.0.1:$port" --ws --concurrency 16 --duration 20 --frames 100 \
+      --out "$RUN/results/loadtest_1.5b_ws_c16"
   kill -TERM $pid; wait $pid; echo "serve exit code $?"
 }
 srv15() {  # serving engine (issue 12): held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
@@ -163,7 +170,7 @@ srv7() {  # the same for 7B
   $VV bench-serving -w "$RUN/wd7" --device cuda --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
       --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
 }
-STAGE_NAMES=" srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" ortfix srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
