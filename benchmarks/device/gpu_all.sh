@@ -166,13 +166,13 @@ dcost() {  # where long-context decode time goes: lm_decode by KV bucket and val
 }
 srv15() {  # serving engine (issue 12): held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
-  $VV bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${SRV_LEVELS:-1,16,32,64,96,128,192} --prompt-words 8,48,160 \
+  $VV bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${SRV_LEVELS:-1,16,32,64,96,128,192} --prompt-words ${SRV_WORDS:-8,48,96} \
       --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_1.5b"
 }
 srv7() {  # the same for 7B
   $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
   $VV bench-serving -w "$RUN/wd7" --device cuda --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
-      --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
+      --prompt-words ${SRV_WORDS:-8,48,96} --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
 }
 STAGE_NAMES=" ortfix dcost srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
