@@ -7,7 +7,7 @@ split-KV over listed blocks) and eagerly (SDPA over the whole bucket). Then the 
 layer's shapes: FlexAttention with vvtrt's block mask vs SDPA over exactly the valid slice (the bandwidth
 floor a decode kernel can reach) vs SDPA over the bucket with a mask.
 
-    python benchmarks/decode_cost.py WORKDIR OUT.json [--buckets 1024,65536] [--iters 50]
+    python benchmarks/decode_cost.py WORKDIR OUT.json [--buckets 1024,65536] [--iters 50] [--no-lm]
 """
 from __future__ import annotations
 
@@ -77,10 +77,11 @@ def lm_step_rows(wd, buckets, iters):
 def attention_rows(info, buckets, iters):
     from torch.nn.attention import flex_attention as fa
 
-    from vvtrt.components.lm import LMDecode
+    from vvtrt.components.lm import LMDecode, gqa_decode_attention
 
     hq, hkv, d = info.q_heads, info.kv_heads, info.head_dim
     flex = torch.compile(fa.flex_attention, dynamic=False)
+    gemm = torch.compile(gqa_decode_attention, dynamic=False)
     rows = []
     for s in buckets:
         for length in sorted({s - 1, min(1000, s - 1)}):
@@ -91,7 +92,10 @@ def attention_rows(info, buckets, iters):
             blocks = LMDecode._block_mask(s, cache_len)
             mask = (torch.arange(s, device="cuda") < length).view(1, 1, 1, s).expand(2, 1, 1, s)
             kr, vr = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
+            valid = torch.arange(s, device="cuda").view(1, 1, 1, s) < cache_len.view(2, 1, 1, 1)
+            k1, v1 = k[:, :, :1].clone(), v[:, :, :1].clone()
             cases = {
+                "gemm fold (compiled)": lambda: gemm(q, k, v, k1, v1, valid, d ** -0.5, hq // hkv),
                 "flex block-sparse": lambda: flex(q, k, v, block_mask=blocks, enable_gqa=True),
                 "sdpa valid slice": lambda: torch.nn.functional.scaled_dot_product_attention(
                     q, kr[:, :, :length], vr[:, :, :length]),
@@ -111,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--buckets", type=_ints, default=[1024, 65536])
     ap.add_argument("--attn-buckets", type=_ints, default=[1024, 8192, 32768, 65536])
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--no-lm", action="store_true", help="attention kernels only (skip the lm_decode steps)")
     args = ap.parse_args(argv)
     from vvtrt.fsio import atomic_write_json
     from vvtrt.reports.environment import collect_environment
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
               "model": {"hidden": info.hidden, "layers": info.layers, "q_heads": info.q_heads,
                         "kv_heads": info.kv_heads, "head_dim": info.head_dim},
               "attention": attention_rows(info, args.attn_buckets, args.iters),
-              "lm_decode": lm_step_rows(wd, args.buckets, args.iters)}
+              "lm_decode": [] if args.no_lm else lm_step_rows(wd, args.buckets, args.iters)}
     atomic_write_json(Path(args.out), result)
     print(json.dumps(result["lm_decode"], indent=1))
     return 0

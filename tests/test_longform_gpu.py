@@ -1,6 +1,7 @@
-"""Long-form decode on CUDA (marked gpu): the compiled FlexAttention decode path with its block-sparse mask
-(`LMDecode._block_mask`) against the SDPA path, reading no KV block beyond a row's cache_len, and replayed
-from one CUDA graph for other cache lengths (its BlockMask is computed on the device from cache_len)."""
+"""Long-form decode on CUDA (marked gpu): both compiled decode kernels (`vvtrt.components.lm.decode_kernel`:
+"gemm", GQA-folded matmuls over the bucket, and "flex", FlexAttention over a block-sparse mask built from
+cache_len) against the SDPA path, masking every slot past a row's cache_len (flex: not even reading those
+blocks), and replayed from one CUDA graph for other cache lengths."""
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,14 @@ S = 4096
 LENS = [0, 1, 127, 128, 129, 1000, 4095, 4096]
 
 
-@pytest.fixture(scope="module")
-def modules():
+@pytest.fixture(scope="module", params=["gemm", "flex"])
+def modules(request):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VVTRT_DECODE_KERNEL", request.param)  # read when torch.compile traces (first call)
+        yield _modules()
+
+
+def _modules():
     from vvtrt.components.info import ModelInfo
     from vvtrt.components.lm import LMDecode
     from vvtrt.model.presets import build_model
@@ -37,23 +44,24 @@ def _inputs(info, lens, seed=0):
     return emb, pk, pv, torch.tensor(lens, device="cuda")
 
 
-def _poison_unread_blocks(pk, pv, lens, block):
-    """NaN in every KV block wholly past a row's cache_len (beyond the block it ends in): a kernel that read
-    them would turn its output NaN (0 * NaN), whatever its mask."""
+def _poison_unread_blocks(pk, pv, lens, block, kernel):
+    """flex: NaN in every KV block wholly past a row's cache_len (beyond the block it ends in): a kernel that
+    read them would turn its output NaN (0 * NaN), whatever its mask. gemm reads the whole bucket: huge finite
+    values in every slot past cache_len, which change the output unless they are masked."""
     pk, pv = pk.clone(), pv.clone()
     for row, n in enumerate(lens):
-        start = -(-n // block) * block
-        pk[:, row, :, start:] = float("nan")
-        pv[:, row, :, start:] = float("nan")
+        start = -(-n // block) * block if kernel == "flex" else n
+        pk[:, row, :, start:] = float("nan") if kernel == "flex" else 3e4
+        pv[:, row, :, start:] = float("nan") if kernel == "flex" else -3e4
     return pk, pv
 
 
-def test_block_sparse_flex_decode_matches_sdpa_and_skips_blocks(modules):
-    from vvtrt.components.lm import KV_BLOCK
+def test_decode_kernel_matches_sdpa_and_masks_past_cache_len(modules):
+    from vvtrt.components.lm import KV_BLOCK, decode_kernel
 
     info, sdpa, flex = modules
     emb, pk, pv, lens = _inputs(info, LENS)
-    bad_k, bad_v = _poison_unread_blocks(pk, pv, LENS, KV_BLOCK)
+    bad_k, bad_v = _poison_unread_blocks(pk, pv, LENS, KV_BLOCK, decode_kernel())
     with torch.inference_mode():
         ref = sdpa(emb, pk, pv, lens)
         got = flex(emb, bad_k, bad_v, lens)

@@ -133,7 +133,7 @@ def test_fallback_parsing():
             parse_fallback([bad])
 
 
-def test_fast_path_compile_failure_falls_back(tiny_workdir, tiny_model, caplog):
+def test_fast_path_compile_failure_falls_back(tiny_workdir, tiny_model, caplog, monkeypatch):
     """When the compiled fast path cannot be built (here: the CPU's inductor has no FlexAttention with
     log-sum-exp), the runner logs it and compiles the exported path's ops instead: same numbers, no error."""
     import copy
@@ -148,6 +148,7 @@ def test_fast_path_compile_failure_falls_back(tiny_workdir, tiny_model, caplog):
     plain = TorchRunner(spec, Precision.FP32, "cpu", model)
     fast = TorchRunner(spec, Precision.FP32, "cpu", model, compile=True)
     fast.fast_pending = fast.module.fast = True  # as on CUDA
+    monkeypatch.setenv("VVTRT_DECODE_KERNEL", "flex")  # FlexAttention does not compile on the CPU: a failure
     feed = spec.sample({"batch": 2, "kv_len": 64}, Precision.FP32, torch.Generator().manual_seed(0))
     feed["cache_len"] = torch.tensor([5, 0])
     with caplog.at_level(logging.WARNING):

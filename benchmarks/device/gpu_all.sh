@@ -162,7 +162,11 @@ http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machin
 }
 dcost() {  # where long-context decode time goes: lm_decode by KV bucket and valid length, attention kernels
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
-  python3 benchmarks/decode_cost.py "$RUN/wd15" "$RUN/results/decode_cost_1.5b.json"
+  python3 benchmarks/decode_cost.py "$RUN/wd15" "$RUN/results/decode_cost_1.5b.json" ${DCOST_ARGS:-}
+}
+ctx15() {  # long-form decode cost against context only (the contexts phase of long15), default decode kernel
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
+  python3 benchmarks/longform.py "$RUN/wd15" "$RUN/results/longform_1.5b_contexts" --device cuda --phases contexts
 }
 srv15() {  # serving engine (issue 12): held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
@@ -174,7 +178,7 @@ srv7() {  # the same for 7B
   $VV bench-serving -w "$RUN/wd7" --device cuda --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
       --prompt-words ${SRV_WORDS:-8,48,96} --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
 }
-STAGE_NAMES=" ortfix dcost srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" ortfix dcost ctx15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

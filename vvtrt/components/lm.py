@@ -9,6 +9,8 @@ KV layout everywhere: ``[layers, batch, kv_heads, length, head_dim]`` in the mod
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,36 @@ from vvtrt.components.fused_linear import FusedLinear, swiglu
 from vvtrt.components.info import ModelInfo
 
 KV_BLOCK = 128  # FlexAttention's KV block: the decode kernel reads the cache in blocks of this many slots
+DECODE_KERNELS = ("gemm", "flex")
+
+
+def decode_kernel() -> str:
+    """The attention of compiled CUDA decode steps (`LMDecode.fast`): "gemm" (GQA-folded batched matmuls over
+    the bucket) or "flex" (FlexAttention split-KV over the listed blocks). On an H100 (session 7,
+    benchmarks/decode_cost.py) flex took 1.31 ms per layer at a 64k context against 0.28 ms for SDPA over the
+    whole bucket; VVTRT_DECODE_KERNEL picks one for comparisons."""
+    name = os.environ.get("VVTRT_DECODE_KERNEL", "gemm")
+    if name not in DECODE_KERNELS:
+        raise ValueError(f"VVTRT_DECODE_KERNEL must be one of {', '.join(DECODE_KERNELS)}, got {name!r}")
+    return name
+
+
+def gqa_decode_attention(q, past_k, past_v, k, v, valid, scale: float, groups: int):
+    """One decode token per row: softmax over [cache slots where `valid` ; the new token], GQA folded into the
+    rows of two batched matmuls (the G query heads of a KV head are G rows against that head's cache: K and V
+    read once, never concatenated or repeated); scores, softmax and the merge with the new token in fp32.
+    q [B, Hq, 1, D], past_k/v [B, Hkv, S, D], k/v [B, Hkv, 1, D], valid [B, 1, 1, S] bool -> [B, 1, Hq*D].
+    Reads the whole bucket: the frame loop's KV buckets (powers of 2) keep that within 2x the context."""
+    b, hq, _, d = q.shape
+    qg = q.reshape(b, hq // groups, groups, d)  # head h = kv_head * G + g, as repeat_interleave lays them out
+    scores = torch.matmul(qg, past_k.transpose(-1, -2)).float() * scale  # [B, Hkv, G, S]
+    scores = scores.masked_fill(~valid, float("-inf"))
+    s_self = (qg.float() * k.float()).sum(-1, keepdim=True) * scale  # [B, Hkv, G, 1]
+    m = torch.maximum(scores.amax(-1, keepdim=True), s_self)  # finite: the new token is always there
+    e_past, e_self = torch.exp(scores - m), torch.exp(s_self - m)
+    denom = e_past.sum(-1, keepdim=True) + e_self
+    out = (torch.matmul(e_past.to(q.dtype), past_v).float() + e_self * v.float()) / denom  # [B, Hkv, G, D]
+    return out.to(q.dtype).reshape(b, 1, hq * d)
 
 
 class _LMCore(nn.Module):
@@ -116,16 +148,19 @@ class LMDecode(_LMCore):
     def forward(self, embeds, past_k, past_v, cache_len):
         b, t, _ = embeds.shape
         s = past_k.shape[3]
-        fast = self.fast and t == 1
+        fast = decode_kernel() if self.fast and t == 1 else ""
         pos = cache_len.unsqueeze(1) + torch.arange(t, device=embeds.device).unsqueeze(0)  # [B, T]
         cos, sin = self.rotary(embeds, pos)
         mask = None if fast else self._mask(s, t, cache_len)
-        blocks = self._block_mask(s, cache_len) if fast else None
+        blocks = self._block_mask(s, cache_len) if fast == "flex" else None
+        valid = (torch.arange(s, device=embeds.device) < cache_len.view(b, 1, 1, 1)) if fast == "gemm" else None
         x = embeds
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
-            if fast:
+            if fast == "gemm":
+                x = x + self._attend_gemm(layer, q, past_k[i], past_v[i], k, v, valid)
+            elif fast:
                 x = x + self._attend_split(layer, q, past_k[i], past_v[i], k, v, blocks)
             else:
                 kk = torch.cat([past_k[i], k], dim=2)
@@ -170,6 +205,9 @@ class LMDecode(_LMCore):
                                         full.view(shape), full_idx.reshape(b, 1, 1, n).contiguous(),
                                         BLOCK_SIZE=KV_BLOCK, mask_mod=valid, seq_lengths=(1, s),
                                         compute_q_blocks=False)
+
+    def _attend_gemm(self, layer, q, past_k, past_v, k, v, valid):
+        return layer.self_attn.o_proj(gqa_decode_attention(q, past_k, past_v, k, v, valid, self.scale, self.groups))
 
     def _attend_split(self, layer, q, past_k, past_v, k, v, blocks):
         """softmax over [cache slots < cache_len ; new token] as FlexAttention over the listed cache blocks,
