@@ -51,7 +51,11 @@ def test_parity_passes_on_the_grid(report):
 def test_end_to_end_matches_generate(report):
     e2e = {r["name"]: r for r in report["e2e"]}
     modes = ("free-running", "teacher-forced", "scripted-teacher-forced")
+    modes += ("voice-prompt",)  # a 26,400-sample voice clip, encoded at its own length as the original does
     assert set(e2e) == {f"{m}-{p}" for m in modes for p in ("fp32", "fp16", "bf16")} | {"scripted-free-running-fp32"}
+    for p in ("fp32", "fp16", "bf16"):
+        voice = e2e[f"voice-prompt-{p}"]
+        assert voice["passed"] and voice["gated"] and len(voice["frames"]) == 9, voice["notes"]
     fp32 = e2e["free-running-fp32"]
     assert fp32["passed"] and fp32["gated"] and len(fp32["frames"]) == 16
     assert max(f["latent_rel_l2"] for f in fp32["frames"]) < 1e-4 and fp32["snr_db"] > 60

@@ -1,5 +1,5 @@
 """Streaming acoustic decoder / semantic encoder steps with the convolution state as one flat tensor,
-and the non-streaming voice-prompt encoder.
+and the non-streaming voice-prompt encoder (each clip at its own length, as Microsoft's original).
 
 transformers keeps a lazily created dict of per-layer caches and updates them in place; here each causal
 conv gets ``cat(state, x)`` and returns the last ``left_pad`` input samples as its new state (shared doc
@@ -158,10 +158,30 @@ class SemanticEncoderStep(nn.Module):
         return h.permute(0, 2, 1), new_state
 
 
+def encode_at_own_length(encoder, wav):
+    """The acoustic encoder on `wav [S, 1, N]` for any N >= 1, as Microsoft's original encodes a voice clip:
+    every causal conv pads its own input (zeros), and a strided conv's input is also right-padded up to a
+    multiple of its stride (the original `SConv1d`'s "extra padding"), so the output has ceil(N / hop)
+    frames. transformers' port pads on the left only and would drop a partial last frame (floor).
+
+    A stride-s conv here has kernel 2s and left pad s: with s - 1 zeros on the right it outputs
+    ceil(L / s) frames, and its last output reads inputs only up to ceil(L / s) * s - 1, exactly the
+    original's padded length, so the static pad matches the original's data-dependent one. For N a
+    multiple of the hop the extra zeros are never read: the result equals transformers' encoder.
+    Returns the latents `[S, ceil(N / hop), D]`."""
+    x = wav
+    for op in _ops(encoder):
+        if isinstance(op, CausalConv1d) and op.conv.stride[0] > 1:
+            x = nn.functional.pad(x, (0, op.conv.stride[0] - 1))
+        x = op(x)
+    return x.permute(0, 2, 1)
+
+
 class AcousticEncoder(nn.Module):
-    """Voice prompts, non-streaming: `wav [S, 1, N]` (N a multiple of 3200), `noise_std [S]`
-    (= vae_std * randn(S)), `noise [S, N/3200, 64]` -> `latents [S, T, 64]` (LLM latent space) and
-    `embeds [S, T, H]` (what transformers scatters into the voice placeholder slots)."""
+    """Voice prompts, non-streaming: `wav [S, 1, N]` (any N >= 1: each clip at its own length, as Microsoft's
+    original encodes it; see `encode_at_own_length`), `noise_std [S]` (= vae_std * randn(S)),
+    `noise [S, ceil(N/3200), 64]` -> `latents [S, T, 64]` (LLM latent space) and `embeds [S, T, H]` (what
+    goes into the voice placeholder slots)."""
 
     def __init__(self, model):
         super().__init__()
@@ -171,7 +191,7 @@ class AcousticEncoder(nn.Module):
         self.bias = model.model.latent_bias_factor
 
     def forward(self, wav, noise_std, noise):
-        z = self.encoder(wav).latents
+        z = encode_at_own_length(self.encoder, wav)
         z = z + noise_std.to(z.dtype)[:, None, None] * noise.to(z.dtype)  # as transformers: in z's dtype
         z = (z + self.bias) * self.scale
         return z, self.projector(z)

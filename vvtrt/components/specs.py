@@ -231,8 +231,12 @@ def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[
     ))
 
     def enc_sample(d, p, g):
-        s, f = d["voices"], d["frames"]
-        return {"wav": _randn((s, 1, f * HOP), p, g, 0.1),
+        # A clip of any length (not a multiple of the hop) has ceil(samples / HOP) frames, as the original
+        s, n = d["voices"], d.get("samples", d["frames"] * HOP)
+        f = -(-n // HOP)
+        if f != d["frames"]:
+            raise ValueError(f"acoustic_encoder dims {dict(d)}: frames must be ceil(samples / {HOP}) = {f}")
+        return {"wav": _randn((s, 1, n), p, g, 0.1),
                 "noise_std": (torch.randn((s,), generator=g) * info.vae_std),
                 "noise": torch.randn((s, f, Z), generator=g)}
 
@@ -243,10 +247,12 @@ def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[
          T("noise", ("voices", "frames", Z), "float32")),
         (T("latents", ("voices", "frames", Z)), T("embeds", ("voices", "frames", H))),
         lambda m, k: conv_stream.AcousticEncoder(m), enc_sample,
+        # Any sample count: each clip is encoded at its own length (conv_stream.encode_at_own_length).
         ({"voices": _r(1, 1, opts.max_voices), "frames": _r(1, min(8, mf), mf),
-          "samples": _r(HOP, HOP * min(8, mf), HOP * mf)},),
-        {"voices": 2, "frames": 3, "samples": 3 * HOP},
-        ({"voices": 1, "frames": 2, "samples": 2 * HOP}, {"voices": 2, "frames": 5, "samples": 5 * HOP}),
+          "samples": _r(1, HOP * min(8, mf), HOP * mf)},),
+        {"voices": 2, "frames": 3, "samples": 3 * HOP - 1000},
+        ({"voices": 1, "frames": 2, "samples": 2 * HOP}, {"voices": 2, "frames": 5, "samples": 5 * HOP - 1234},
+         {"voices": 1, "frames": 1, "samples": 777}),
     ))
 
     specs.append(ComponentSpec(

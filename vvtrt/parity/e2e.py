@@ -5,7 +5,9 @@ and eos (`DECISION_SCRIPT`).
 
 Rows per precision p: `free-running-p` (against `generate` in p), `teacher-forced-p` (against the fp32
 `generate`, each frame continuing from the reference latent), `scripted-teacher-forced-p` (the same over the
-decision script), and for fp32 `scripted-free-running-fp32`."""
+decision script), for fp32 `scripted-free-running-fp32`, and `voice-prompt-p`: a voice clip whose length is
+not a multiple of the hop through the runtime's acoustic encoder, against transformers' `get_audio_features`
+in fp32 encoding it at its own length as Microsoft's original does (`reference_voice_embeds`), same noise."""
 from __future__ import annotations
 
 import logging
@@ -62,6 +64,43 @@ SCRIPT_NOTE = ("decision script {script} forced in vvtrt and in transformers gen
                "its acoustic and semantic conv caches on speech_end as Microsoft's original generate does "
                "(the transformers port never resets them; the original wins, shared docs vibevoice.md §3), "
                "so the first chunk after speech_end checks vvtrt's reset")
+
+
+# Voice prompt: 8.25 frames, not a multiple of the hop, so the last voice latent shows how the clip was
+# padded. fp32 is gated at the acoustic_encoder component tolerance; a reduced precision also feeds the
+# clip itself in that precision, so its bound is the larger of the component tolerance and 1.25x
+# transformers' own error in that precision on the same clip (tiny, CPU: bf16 0.027, fp16 0.003).
+VOICE_SAMPLES = 26400
+VOICE_OWN_ERROR_FACTOR = 1.25
+VOICE_NOTE = ("a {n}-sample voice clip ({f} frames) through the acoustic encoder vs transformers' "
+              "get_audio_features in fp32, encoded at its own length as Microsoft's original encodes it "
+              "(each causal conv pads its own input; the port would zero-pad the clip to a multiple of 3200 "
+              "first), same noise; transformers' own error in this precision {own:.2g}; bound {tol:.2g} "
+              "for every frame")
+
+
+def voice_clip(n: int = VOICE_SAMPLES) -> np.ndarray:
+    """A deterministic, normalised voice clip of `n` samples (a voiced tone with noise)."""
+    from vvtrt.runtime.audio_io import normalize_voice
+
+    t = np.arange(n) / 24000.0
+    wav = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    wav += 0.02 * np.random.default_rng(11).standard_normal(n)
+    return normalize_voice(wav.astype(np.float32))
+
+
+def voice_prompt_row(ours: torch.Tensor, ref: torch.Tensor, backend: str, precision: Precision,
+                     tol: float, own: float) -> dict:
+    """The voice embeddings `[frames, H]` of the runtime against the fp32 reference, frame by frame
+    (`own`: the reference's own error in this precision, reported)."""
+    stats = [error_stats(a, b) for a, b in zip(ours.float().cpu(), ref)]
+    frames = [{"frame": i, "latent_rel_l2": st.rel_l2, "latent_max_abs": st.max_abs} for i, st in enumerate(stats)]
+    ok = ours.shape == ref.shape and max(fr["latent_rel_l2"] for fr in frames) <= tol
+    note = VOICE_NOTE.format(n=VOICE_SAMPLES, f=ref.shape[0], tol=tol, own=own)
+    if ours.shape != ref.shape:
+        note += f"; FAILED: {tuple(ours.shape)} embeddings, the reference has {tuple(ref.shape)}"
+    return {"name": f"voice-prompt-{precision.value}", "backend": backend, "precision": precision.value,
+            "frames": frames, "snr_db": None, "passed": bool(ok), "gated": True, "notes": note}
 
 
 def sensitivity_eps(precision: Precision) -> float:
@@ -202,6 +241,10 @@ class _References:
                           self.opts.seed)
             twin, eps, n = precision in self.requested, sensitivity_eps(precision), self.opts.e2e_frames
             runs = {"forced": run(frames=n), "forced_twin": run(frames=n, perturb=eps) if twin else None}
+            from vvtrt.parity.reference_generate import reference_voice_embeds
+
+            voice_gen = torch.Generator().manual_seed(self.opts.seed + 7919)  # as Synthesizer.embed_prompt
+            runs["voice"] = reference_voice_embeds(model, voice_clip(), voice_gen)
             if precision is Precision.FP32:
                 runs["scripted"] = run(decisions=list(DECISION_SCRIPT))
                 runs["scripted_twin"] = run(decisions=list(DECISION_SCRIPT), perturb=eps) if twin else None
@@ -213,7 +256,7 @@ class _References:
 def row_names(precision: Precision) -> list[str]:
     p = precision.value
     names = [f"free-running-{p}", f"teacher-forced-{p}", f"scripted-teacher-forced-{p}"]
-    return names + ["scripted-free-running-fp32"] * (precision is Precision.FP32)
+    return names + ["scripted-free-running-fp32"] * (precision is Precision.FP32) + [f"voice-prompt-{p}"]
 
 
 def _precision_rows(synth, backend: str, precision: Precision, refs: _References, opts, hop: int):
@@ -249,6 +292,13 @@ def _precision_rows(synth, backend: str, precision: Precision, refs: _References
         yield compare("scripted-free-running-fp32", ours=ours(decisions=DECISION_SCRIPT), ref=ref32["scripted"],
                       n_frames=n_script, bounds=free_bounds, twin=ref32["scripted_twin"], twin_eps=eps,
                       script=DECISION_SCRIPT, notes=f"vs transformers generate in fp32, {script_note}")
+    from vvtrt.components.specs import build_specs
+
+    tol = build_specs(synth.info, synth.options)["acoustic_encoder"].tol("embeds", precision)
+    own = max(error_stats(a.float(), b).rel_l2 for a, b in zip(ref["voice"], ref32["voice"]))
+    mine = synth.encode_voice(voice_clip(), torch.Generator().manual_seed(opts.seed + 7919))
+    yield voice_prompt_row(mine, ref32["voice"], backend, precision, tol if precision is Precision.FP32
+                           else max(tol, VOICE_OWN_ERROR_FACTOR * own), own)
 
 
 def e2e_rows(wd: Workdir, opts, models, progress=None) -> list[dict]:

@@ -11,7 +11,12 @@ follows it, so on a forced speech_end this reference zeroes both of the port's p
 before they are next used (`original_resets=False` runs the port as it is). speech_start needs nothing:
 for one stream the port does what the original does (the negative branch's mask keeps only the upcoming
 position, and its next pass sees the positive step's input embedding). The model's code path is otherwise
-untouched."""
+untouched.
+
+A second emulation, for voice prompts: the original encodes a voice clip at its own length, each causal
+conv padding its own input (a strided conv's input also right-padded to a multiple of its stride), while
+the port's encoder pads on the left only and expects clips zero-padded to a multiple of 3200
+(`original_voice_padding`, `reference_voice_embeds`; shared docs checkpoints.md §4.2)."""
 from __future__ import annotations
 
 import types
@@ -153,3 +158,59 @@ def reference_generate(model, ids: list[int], frames: int, steps: int, cfg_scale
     """`frames` forced speech_diffusion frames of `model.generate`: (per-frame latents [64], audio [N])."""
     run = reference_run(model, ids, steps, cfg_scale, seed, frames=frames, device=device, perturb=perturb)
     return run.latents, run.audio
+
+
+def _original_extra_padding(length: int, kernel: int, stride: int, left: int) -> int:
+    """The zeros the original's causal conv adds on the right so that its last window is complete: the
+    smallest padding giving ceil((length - kernel + left) / stride) + 1 full windows."""
+    import math
+
+    windows = math.ceil((length - kernel + left) / stride) + 1
+    return (windows - 1) * stride + kernel - left - length
+
+
+@contextmanager
+def original_voice_padding(model):
+    """While active, each strided conv of the port's acoustic encoder right-pads its input as the
+    original's does, so `audio_tower.encode` takes a clip of any length and gives ceil(N / 3200) frames."""
+    from transformers.models.vibevoice_acoustic_tokenizer.modeling_vibevoice_acoustic_tokenizer import (
+        VibeVoiceAcousticTokenizerCausalConv1d as CausalConv1d,
+    )
+
+    def pad_right(module, args, kwargs):
+        x = args[0]
+        (k,), (st,) = module.conv.kernel_size, module.conv.stride
+        extra = _original_extra_padding(x.shape[-1], k, st, module.left_pad)
+        return (torch.nn.functional.pad(x, (0, extra)), *args[1:]), kwargs
+
+    hooks = [m.register_forward_pre_hook(pad_right, with_kwargs=True)
+             for m in model.model.audio_tower.encoder.modules() if isinstance(m, CausalConv1d)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def reference_voice_embeds(model, clip, gen: torch.Generator) -> torch.Tensor:
+    """A normalised voice clip (at its own length) through transformers' `get_audio_features`, encoded as
+    the original encodes it (`original_voice_padding`), its σ-VAE noise drawn from `gen` in the order
+    vvtrt draws it (scale `randn(1)`, then `randn(1, frames, 64)`). Returns the embeddings `[frames, H]`."""
+    real_randn, real_like = torch.randn, torch.randn_like
+    p = next(model.parameters())
+    wav = torch.as_tensor(clip, dtype=torch.float32).reshape(1, 1, -1).to(p.device, p.dtype)
+
+    def randn(*size, **kw):
+        shape = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+        return real_randn(tuple(shape), generator=gen).to(kw.get("device") or "cpu", kw.get("dtype") or torch.float32)
+
+    def randn_like(x, **kw):
+        return real_randn(tuple(x.shape), generator=gen).to(x.device, x.dtype)
+
+    torch.randn, torch.randn_like = randn, randn_like
+    try:
+        with torch.inference_mode(), original_voice_padding(model):
+            out = model.model.get_audio_features(wav, torch.ones(wav.shape[::2], dtype=torch.bool, device=p.device))
+    finally:
+        torch.randn, torch.randn_like = real_randn, real_like
+    return out.pooler_output.float().cpu()

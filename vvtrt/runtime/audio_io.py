@@ -1,9 +1,13 @@
 """Audio in and out: reading voice clips (mono, 24 kHz, resampled if needed), the processor's voice
 normalisation, and writing lossless float WAVs.
 
-`prepare_voice` reproduces transformers' `VibeVoiceAcousticTokenizerFeatureExtractor` (with the same
-float32 torch ops, so results are bit-identical): scale to -25 dBFS RMS, divide by (peak + 1e-6) if the
-peak then exceeds 1, right-pad with zeros to a multiple of the hop (3200).
+`normalize_voice` is what every vvtrt backend encodes: the clip at its own length, scaled as Microsoft's
+original processor and transformers' `VibeVoiceAcousticTokenizerFeatureExtractor` both scale it (the
+extractor's float32 torch ops, so results are bit-identical to it): -25 dBFS RMS, then divided by
+(peak + 1e-6) if the peak exceeds 1. The original encodes that clip as it is (each causal conv pads its own
+input, `vvtrt.components.conv_stream.encode_at_own_length`); `prepare_voice` adds what transformers'
+extractor also does, a right-pad with zeros to a multiple of the hop (3200), for driving transformers'
+model (baselines, tests): that padding changes the last voice latent (shared docs checkpoints.md §4.2).
 """
 from __future__ import annotations
 
@@ -121,9 +125,9 @@ def _resample_polyphase(x: np.ndarray, up: int, down: int, cutoff: float, half: 
     return y.T.reshape(-1)[:n_out].numpy().astype(np.float32)
 
 
-def prepare_voice(wav: np.ndarray, hop: int = HOP) -> tuple[np.ndarray, int]:
-    """Normalise a mono 24 kHz clip exactly like transformers' feature extractor and right-pad it with
-    zeros to a multiple of `hop`. Returns `(padded float32 [ceil(n/hop)*hop], n_valid_samples)`.
+def normalize_voice(wav: np.ndarray) -> np.ndarray:
+    """A mono 24 kHz clip normalised as the original processor does, at its own length (float32 `[n]`):
+    what the acoustic encoder takes, which gives it `ceil(n / 3200)` latent frames.
 
     Raises :class:`InputError` for an empty, silent or non-finite clip."""
     import torch
@@ -133,8 +137,7 @@ def prepare_voice(wav: np.ndarray, hop: int = HOP) -> tuple[np.ndarray, int]:
         x = np.squeeze(x)
         if x.ndim != 1:
             raise InputError(f"a voice clip must be mono (1-D), got shape {tuple(np.shape(wav))}")
-    n = int(x.size)
-    if n == 0:
+    if x.size == 0:
         raise InputError("the voice clip is empty: give a recording of a few seconds of speech")
     if not np.isfinite(x).all():
         raise InputError("the voice clip contains NaN or infinite samples: re-export the recording")
@@ -147,8 +150,17 @@ def prepare_voice(wav: np.ndarray, hop: int = HOP) -> tuple[np.ndarray, int]:
     peak = torch.max(torch.abs(t))
     if peak > 1.0:
         t = t / (peak + EPS)
+    return t.numpy()
+
+
+def prepare_voice(wav: np.ndarray, hop: int = HOP) -> tuple[np.ndarray, int]:
+    """`normalize_voice`, then right-padded with zeros to a multiple of `hop`, exactly as transformers'
+    feature extractor prepares it (for transformers' model; vvtrt encodes the unpadded clip).
+    Returns `(padded float32 [ceil(n/hop)*hop], n_valid_samples)`."""
+    clip = normalize_voice(wav)
+    n = int(clip.size)
     padded = np.zeros(math.ceil(n / hop) * hop, dtype=np.float32)
-    padded[:n] = t.numpy()
+    padded[:n] = clip
     return padded, n
 
 

@@ -15,8 +15,9 @@ Every line starts with a space. Speakers are numbered 0, 1, ... in order of firs
 numbers the script uses, and voice `i` belongs to the `i`-th speaker to appear: a script written 1-based
 ("Speaker 1:", "Speaker 2:", as Microsoft's demos are) speaks as ` Speaker 0:` and ` Speaker 1:`, as the
 original processor renders it. Each voice has exactly `ceil(samples / 3200)` `audio_token`s, its own
-length. See :data:`PORT_DEPARTURES` for where this departs from transformers' port and from the letter
-of the original processor.
+length, and is encoded at that length (`vvtrt.components.conv_stream.encode_at_own_length`). See
+:data:`PORT_DEPARTURES` for where this departs from transformers' port and from the letter of the original
+processor.
 
 The text between special tokens is encoded chunk by chunk without special tokens; the chunks end at the
 same pre-tokenizer boundaries (a newline, then a space-led word) as the original's separately encoded
@@ -71,6 +72,13 @@ PORT_DEPARTURES = (
     "numbering (\"Speaker 1\" and \"Speaker 3\"; \"Speaker 2\" first) the original only subtracts 1 when no "
     "speaker is 0, so its turns then carry numbers its voice section does not use; vvtrt keeps every turn "
     "on its own voice's number instead",
+    "voice clips at their own length: each voice clip is encoded as it is, every causal conv padding its own "
+    "input (a strided conv's input right-padded to a multiple of its stride), as Microsoft's original encodes "
+    "it; transformers' feature extractor first zero-pads the clip to a multiple of 3200 samples, which changes "
+    "the last voice latent of a clip whose length is not such a multiple (rel-L2 0.23 on a 26,400-sample clip). "
+    "Both give ceil(samples / 3200) voice frames. The original also pads the shorter clips of a multi-voice "
+    "request to the longest one's length (its batch), which touches only their last latent; vvtrt encodes each "
+    "clip alone, so a voice's embedding does not depend on the voices it is used with",
     "length cap: without --frames/--max-frames generation stops after 2 x the prompt length in frames "
     "(the original's max_length_times=2), within the largest KV bucket; transformers' port stops only at "
     "generate's max_length / max_new_tokens",
@@ -85,7 +93,8 @@ def prompt_speaker_numbers(script: Script) -> dict[int, int]:
 
 def frames_for_samples(n_samples: int, hop: int = 3200) -> int:
     """Number of latent frames (= `audio_token` placeholders) for a clip of `n_samples` valid samples:
-    `ceil(n_samples / hop)`, as the processor counts them from its padding mask."""
+    `ceil(n_samples / hop)`, as the original processor counts them and as many latents as the acoustic
+    encoder gives for a clip of that length."""
     return math.ceil(n_samples / hop)
 
 

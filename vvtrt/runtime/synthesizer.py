@@ -106,25 +106,31 @@ class Synthesizer:
 
     # -- prompt and voices ------------------------------------------------------------------------
     def _voice_clip(self, v):
-        """A voice as the encoder takes it (padded float32 clip), or its embeddings if already encoded."""
-        from vvtrt.runtime.audio_io import prepare_voice, read_voice
+        """A voice as the encoder takes it (the normalised clip at its own length, float32), or its
+        embeddings if already encoded; and its number of latent frames, `ceil(samples / hop)`."""
+        from vvtrt.runtime.audio_io import normalize_voice, read_voice
+        from vvtrt.runtime.prompt import frames_for_samples
 
         if hasattr(v, "embeds") and hasattr(v, "sha256"):  # serving.api.VoiceEmbedding: encoded already
             frames = v.embeds.shape[0]
         else:
             wav = read_voice(v) if isinstance(v, (str, bytes)) or hasattr(v, "__fspath__") else np.asarray(v)
-            v, _ = prepare_voice(wav)
-            frames = len(v) // self.info.hop
+            v = normalize_voice(wav)
+            frames = frames_for_samples(len(v), self.info.hop)
         if frames > self.options.max_voice_frames:
             raise InputError(f"voice prompt of {frames * self.info.hop / SAMPLE_RATE:.1f} s is longer than "
                              f"the exported limit of {self.options.max_voice_frames * self.info.hop / SAMPLE_RATE:.1f} s;"
                              " trim it or re-export with a larger max_voice_frames")
         return v, frames
 
-    def encode_voice(self, padded: np.ndarray, gen: torch.Generator) -> torch.Tensor:
-        """One padded clip through the acoustic encoder -> embeddings `[frames, H]` (a device call)."""
-        frames = len(padded) // self.info.hop
-        feed = {"wav": torch.from_numpy(padded).view(1, 1, -1).to(self.device, self.precision.torch_dtype),
+    def encode_voice(self, clip: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+        """One normalised clip, at its own length (any sample count, as Microsoft's original encodes it),
+        through the acoustic encoder -> embeddings `[ceil(samples / hop), H]` (a device call)."""
+        from vvtrt.runtime.prompt import frames_for_samples
+
+        frames = frames_for_samples(len(clip), self.info.hop)
+        feed = {"wav": torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)).view(1, 1, -1)
+                .to(self.device, self.precision.torch_dtype),
                 "noise_std": (torch.randn(1, generator=gen) * self.info.vae_std).to(self.device),
                 "noise": torch.randn(1, frames, self.info.latent_dim, generator=gen).to(self.device)}
         return self.runners["acoustic_encoder"].infer(feed)["embeds"][0]
