@@ -102,10 +102,10 @@ def cli(verbose: int):
 
 
 @cli.command()
-@click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b) or a checkpoint dir (Microsoft's or transformers' layout).")
+@click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b, tiny-realtime, realtime-0.5b) or a checkpoint dir (Microsoft's or transformers' layout, or Microsoft's Realtime one).")
 @workdir_opt
 @click.option("--dtype", "dtypes", default="fp32,fp16,bf16", show_default=True, help="Comma-separated precisions.")
-@click.option("--steps", default=10, show_default=True, type=int, help="Diffusion steps K of the sampler (1-50).")
+@click.option("--steps", default=None, type=int, help="Diffusion steps K of the sampler (1-50; default 10, Realtime 5).")
 @click.option("--components", default="", help="Comma-separated subset (default: all).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Init seed of random presets.")
 @click.option("--tokenizer", default=None, type=click.Path(file_okay=False),
@@ -197,13 +197,14 @@ def parity(workdir, backend, device, dtypes, frames, no_e2e, json_path):
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--text", default=None, help="Text to speak (Speaker 1).")
 @click.option("--script", "script_file", default=None, type=click.Path(dir_okay=False), help="Script file.")
-@click.option("--voice", "voices", multiple=True, type=click.Path(dir_okay=False), help="Voice wav per speaker.")
+@click.option("--voice", "voices", multiple=True, type=click.Path(dir_okay=False),
+              help="Voice wav per speaker (Realtime work dirs: one voice preset .safetensors).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .wav (24 kHz mono).")
 @click.option("--frames", default=None, type=COUNT,
               help="Force N speech frames (random-weight models never speak); at most the largest exported KV "
                    "bucket minus 2 (1022 for tiny, 2046 for 1.5b/7b).")
 @click.option("--max-frames", default=None, type=COUNT, help="Stop after this many frames (same limit).")
-@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG, help="Diffusion CFG scale (0-20).")
+@click.option("--cfg", "cfg_scale", default=None, type=CFG, help="Diffusion CFG scale (0-20; default 1.3, Realtime 1.5).")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--stream", is_flag=True, help="Write audio chunk by chunk as frames are produced.")
 @click.option("--no-cuda-graph", is_flag=True, help="Run the frame step eagerly.")
@@ -316,7 +317,6 @@ def demo(workdir, frames):
     click.echo("demo outputs:")
     for k, v in outputs.items():
         click.echo(f"  {k}: {v}")
-
 
 
 @cli.command()

@@ -1,7 +1,10 @@
 """The stages behind the CLI verbs, as a Python API: each takes plain arguments, validates them into
-typed errors, and leaves its files in the work directory."""
+typed errors, and leaves its files in the work directory. Each verb also takes the Realtime model: export
+dispatches on the model (a Realtime preset or original checkpoint, `vvtrt.realtime.verbs`), the others on
+the work dir's kind (`Workdir.kind`)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import datetime, timezone
@@ -30,16 +33,33 @@ def lock_wait_s() -> float:
     return value
 
 
-def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int = 10, components="", seed: int = 0,
-               force: bool = False, progress_factory=None, tokenizer=None, max_prompt: int | None = None,
+def is_realtime_workdir(workdir) -> bool:
+    """Whether `workdir`'s workdir.json names the Realtime kind (a quick look; verbs still `Workdir.open`)."""
+    from vvtrt.realtime.workdir_meta import KIND, meta_kind
+
+    try:
+        return meta_kind(json.loads((Path(workdir).expanduser() / "workdir.json").read_text(encoding="utf-8"))) == KIND
+    except (OSError, ValueError):
+        return False
+
+
+def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int | None = None, components="",
+               seed: int = 0, force: bool = False, progress_factory=None, tokenizer=None, max_prompt: int | None = None,
                kv_buckets: tuple[int, ...] | None = None) -> list[dict]:
     """Resolve the model (one pass through `vvtrt.model.resolve`: source, tokenizer, validated weights,
     `ModelInfo`), write the work dir's metadata and export every (component, dtype), holding the work-dir
-    lock; graphs already there that the new settings make stale are re-exported too."""
+    lock; graphs already there that the new settings make stale are re-exported too. `steps`: the
+    sampler's K (default 10; Realtime models 5)."""
     from vvtrt.components.specs import ExportOptions, build_specs, check_components
     from vvtrt.export.onnx_export import clear_strays, export_all, sweep_export_temporaries
-    from vvtrt.model.resolve import parse_source, resolve
+    from vvtrt.model.resolve import model_kind, parse_source, resolve
 
+    if model_kind(model_spec) == "realtime":
+        from vvtrt.realtime.verbs import run_realtime_export
+
+        return run_realtime_export(model_spec, workdir, dtypes, steps, components, seed, force, progress_factory,
+                                   tokenizer, max_prompt, kv_buckets)
+    steps = 10 if steps is None else steps
     precisions = parse_precisions(dtypes)
     names = check_components(components)
     source = parse_source(model_spec, check_seed(seed), tokenizer)  # quick checks, before the work dir
@@ -81,12 +101,12 @@ def _models_by_precision(resolved):
 def run_build(workdir, flavor="auto", components="", dtypes="", target_sm=None, force=False,
               progress_factory=None) -> list[dict]:
     """Build engines for the current exports, holding the work-dir lock for the whole stage."""
-    from vvtrt.components.specs import check_components
     from vvtrt.engines import build_engines
+    from vvtrt.engines.builder import check_workdir_components
     from vvtrt.engines.trt_api import parse_sm
 
     wd = Workdir.open(workdir)
-    comps = check_components(components) if components else None
+    comps = check_workdir_components(wd, components) if components else None
     precs = parse_precisions(dtypes) if dtypes else None
     if target_sm is not None and str(target_sm).lower() != "current":
         parse_sm(target_sm)
@@ -112,13 +132,19 @@ def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", fram
     json_out = check_output_file(json_path, "--json file") if json_path else None
     wd = Workdir.open(workdir)
     dev = str(resolve_device(device))
-    check_frames(wd.options(), frames, lowest=16, where=str(wd.root))
+    realtime = wd.kind == "realtime"
+    if realtime:
+        from vvtrt.parity.realtime import check_parity_frames
+
+        check_parity_frames(wd, frames)
+    else:
+        check_frames(wd.options(), frames, lowest=16, where=str(wd.root))
     precs = parse_precisions(dtypes) if dtypes else None
     check_precisions_exported(wd, precs or ())
     wd.verify(precisions=precs)
     opts = ParityOptions(backend=backend, device=dev, precisions=precs, stream_frames=frames,
-                         e2e_frames=frames, e2e=e2e)
-    n = len(wd.exported()) * 2 + 3
+                         e2e_frames=frames, e2e=e2e, cfg_scale=1.5 if realtime else 1.3)
+    n = len(wd.exported()) * (1 if realtime else 2) + 3
     tick = progress_factory(n, "parity") if progress_factory else None
     try:
         body = run_parity(wd, opts, tick)
@@ -128,11 +154,12 @@ def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", fram
     meta = wd.meta()
     report = {"kind": "parity", "version": 1, "created": datetime.now(timezone.utc).isoformat(),
               "config": {"preset": meta["model"]["preset"] or meta["model"]["path"], "model": meta["model"],
+                         "model_kind": wd.kind,
                          "dtypes": sorted({r["precision"] for r in body["rows"]}), "steps": meta["options"]["steps"],
                          "cfg_scale": opts.cfg_scale, "backends": [backend], "device": dev,
                          "frames": frames, "environment": collect_environment()},
               # where vvtrt follows Microsoft's original rather than transformers' port, and why
-              "departures": list(PORT_DEPARTURES), **body}
+              "departures": [] if realtime else list(PORT_DEPARTURES), **body}
     paths = write_report(report, wd.reports_dir, f"parity_{backend}_{dev.replace(':', '')}")
     if json_out:
         atomic_write_json(json_out, to_jsonable(report))
@@ -140,13 +167,25 @@ def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", fram
 
 
 def run_synth(workdir, backend="torch", fallback=(), device=None, dtype=None, text=None, script_file=None,
-              voices=(), output="out.wav", frames=None, max_frames=None, cfg_scale=1.3, seed=0, stream=False,
+              voices=(), output="out.wav", frames=None, max_frames=None, cfg_scale=None, seed=0, stream=False,
               cuda_graph="auto"):
+    """Speech from a work dir into a wav. `cfg_scale`: default 1.3 (long-form), 1.5 (Realtime). On a
+    Realtime work dir `voices` is at most one voice preset (.safetensors; none: a synthetic voice for
+    random-weight presets) and `frames` forces the end of speech after that many frames."""
     from vvtrt.runtime.audio_io import prepare_voice, read_voice
     from vvtrt.runtime.backends import parse_fallback
     from vvtrt.runtime.script import parse_script, read_script_file
     from vvtrt.runtime.synthesizer import Synthesizer, SynthesisResult
 
+    if is_realtime_workdir(workdir):
+        from vvtrt.realtime.verbs import realtime_synth
+
+        output = check_output_file(output, "output file", ".wav")
+        chunks, res = realtime_synth(workdir, backend, fallback, device, dtype, text, script_file, voices, frames,
+                                     max_frames, cfg_scale, seed, cuda_graph)
+        _write_audio(chunks, res, output, stream, frames or max_frames)
+        return res
+    cfg_scale = 1.3 if cfg_scale is None else cfg_scale
     if (text is None) == (script_file is None):
         raise InputError("give exactly one of --text TEXT or --script FILE")
     script = parse_script(text if text is not None else read_script_file(script_file))
@@ -204,6 +243,10 @@ def _write_audio(chunks, res, output, stream: bool, total) -> None:
 def check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens, streams, out_dir) -> str:
     """The bench's work-dir-dependent limits, before any model loads; returns the device to use."""
     wd = Workdir.open(workdir)
+    if wd.kind == "realtime":
+        raise InputError(f"`vvtrt bench` measures long-form work dirs and {wd.root} is a Realtime one: run "
+                         "`python benchmarks/realtime_bench.py --preset tiny-realtime|realtime-0.5b` (time to first "
+                         "audio, step times, streams per batch)")
     dev = resolve_device(device)
     precision = Precision.parse(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
     if any(not b.strip().startswith("torch") for b in str(backends).split(",") if b.strip()):

@@ -13,12 +13,13 @@ that is missing or has another size than its record. `onnx_path` also checks eve
 against the sha256 in its record before handing the path out (once per process and file state), and
 `verify` does so up front for the graphs a verb will read, so a graph changed since its export is never
 used as current.
+
+A Realtime work dir (workdir.json `"kind": "realtime"`, `vvtrt.realtime.workdir_meta`) is the same folder
+with the Realtime components: `kind` says which, `specs()` gives that kind's component specs.
 """
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -30,13 +31,14 @@ from vvtrt.errors import VvtrtError, WorkdirError
 from vvtrt.fsio import LOCK_NAME, atomic_write_json, is_temporary
 from vvtrt.model.resolve import ModelSource
 from vvtrt.precision import Precision
+from vvtrt.realtime import workdir_meta as rt_meta
+from vvtrt.workdir_files import files_changed, lock_holder, sha256_file, sizes_changed  # noqa: F401 - re-exported
 
 RECORD_FORMAT = 2  # 2: the record lists every file of the graph with its size and sha256
 RECORD_KEYS = {"component": str, "precision": str, "record_format": int, "key": str, "onnx_sha256": str,
                "files": dict, "spec": dict, "model": dict}
 _KINDS = {".onnx": "graph", ".onnx.data": "data", ".json": "record"}
 _OWN_ENTRIES = ("workdir.json", "onnx", "engines", "reports", LOCK_NAME)
-_VERIFIED: dict[tuple, str] = {}  # (path, stat) -> sha256 already checked in this process
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,14 @@ class OnnxScan:
     misplaced_dirs: tuple  # directories where a graph, data file or record belongs (or unknown ones)
 
 
-def parse_graph_file_name(name: str) -> tuple[str, Precision, str] | None:
-    """`lm_decode.fp16.onnx` -> ("lm_decode", FP16, "graph"); None for a name no export writes."""
+def parse_graph_file_name(name: str, components=COMPONENTS + rt_meta.COMPONENTS) -> tuple[str, Precision, str] | None:
+    """`lm_decode.fp16.onnx` -> ("lm_decode", FP16, "graph"); None for a name no export of `components`
+    writes."""
     for suffix, kind in _KINDS.items():
         if name.endswith(suffix):
             stem = name[: -len(suffix)]
             comp, _, dtype = stem.rpartition(".")
-            if comp in COMPONENTS and dtype in {p.value for p in Precision}:
+            if comp in components and dtype in {p.value for p in Precision}:
                 return comp, Precision(dtype), kind
     return None
 
@@ -121,8 +124,13 @@ class Workdir:
     def meta_path(self) -> Path:
         return self.root / "workdir.json"
 
-    def write_meta(self, source: ModelSource, options: ExportOptions, info: ModelInfo) -> None:
-        meta = {"model": source.to_json(), "options": options.to_json(), "info": dataclasses.asdict(info)}
+    def write_meta(self, source: ModelSource, options, info) -> None:
+        """workdir.json of a long-form model (`ExportOptions`, `ModelInfo`) or a Realtime one
+        (`RealtimeExportOptions`, `RealtimeConfig`)."""
+        if isinstance(options, ExportOptions):
+            meta = {"model": source.to_json(), "options": options.to_json(), "info": dataclasses.asdict(info)}
+        else:
+            meta = rt_meta.realtime_meta(source, options, info)
         atomic_write_json(self.meta_path, meta)
 
     def meta(self) -> dict:
@@ -140,18 +148,46 @@ class Workdir:
             raise WorkdirError(f"{p} is corrupt ({type(exc).__name__}: {_first_line(exc)}): {redo}") from None
         return meta
 
+    @property
+    def kind(self) -> str:
+        """"longform" (VibeVoice 1.5B / 7B) or "realtime" (VibeVoice-Realtime), from workdir.json."""
+        return rt_meta.meta_kind(self.meta())
+
     def source(self) -> ModelSource:
         return _parse_meta(self.meta())[0]
 
-    def options(self) -> ExportOptions:
+    def options(self):
+        """`ExportOptions`, or `RealtimeExportOptions` for a Realtime work dir."""
         return _parse_meta(self.meta())[1]
 
-    def info(self) -> ModelInfo:
+    def info(self):
+        """`ModelInfo`, or `RealtimeConfig` for a Realtime work dir."""
         return _parse_meta(self.meta())[2]
+
+    def specs(self) -> dict:
+        """The component specs of this work dir's kind and settings, by name."""
+        meta = self.meta()
+        _, options, info = _parse_meta(meta)
+        if rt_meta.meta_kind(meta) == rt_meta.KIND:
+            from vvtrt.realtime.specs import build_realtime_specs
+
+            return build_realtime_specs(info, options)
+        return build_specs(info, options)
+
+    def component_names(self) -> tuple[str, ...]:
+        """The components this kind of work dir exports (before workdir.json exists: every kind's)."""
+        try:
+            kind = self.kind
+        except WorkdirError:
+            return COMPONENTS + rt_meta.COMPONENTS
+        return rt_meta.COMPONENTS if kind == rt_meta.KIND else COMPONENTS
 
     def export_command(self, component: str | None = None, precision: Precision | None = None) -> str:
         """The `vvtrt export` command line that re-exports (component, precision) with this dir's settings."""
-        source, options, info = _parse_meta(self.meta())
+        meta = self.meta()
+        source, options, info = _parse_meta(meta)
+        if rt_meta.meta_kind(meta) == rt_meta.KIND:
+            return rt_meta.export_command(self.root, source, options, info, component, precision)
         cmd = f"vvtrt export -w {self.root} --model {source.label}"
         if options.steps != ExportOptions().steps:
             cmd += f" --steps {options.steps}"
@@ -193,8 +229,9 @@ class Workdir:
                                f"`vvtrt export -w {self.root} --model MODEL`")
         groups: dict[tuple, dict] = {}
         strays, dirs = [], []
+        names = self.component_names()
         for p in sorted(folder.iterdir()):
-            parsed = parse_graph_file_name(p.name)
+            parsed = parse_graph_file_name(p.name, names)
             if is_temporary(p):
                 continue
             if p.is_dir():
@@ -208,8 +245,8 @@ class Workdir:
     def scan(self) -> OnnxScan:
         """`list_onnx`, each (component, precision) judged against workdir.json (sizes, not hashes)."""
         groups, strays, dirs = self.list_onnx()
-        source, options, info = _parse_meta(self.meta())
-        specs = build_specs(info, options)
+        source = self.source()
+        specs = self.specs()
         entries = {}
         for (comp, prec), files in groups.items():
             record, problem = _judge(comp, prec, files, specs[comp].to_json(), source.identity())
@@ -283,10 +320,14 @@ class Workdir:
         return d
 
 
-def _parse_meta(meta) -> tuple[ModelSource, ExportOptions, ModelInfo]:
-    """The typed contents of workdir.json; TypeError/KeyError/ValueError/InputError when malformed."""
+def _parse_meta(meta) -> tuple:
+    """The typed contents of workdir.json, `(ModelSource, ExportOptions, ModelInfo)` or for a Realtime work
+    dir `(ModelSource, RealtimeExportOptions, RealtimeConfig)`; TypeError/KeyError/ValueError/InputError
+    when malformed."""
     if not isinstance(meta, dict):
         raise TypeError("not a JSON object")
+    if rt_meta.meta_kind(meta) == rt_meta.KIND:
+        return rt_meta.parse_realtime_meta(meta)
     source = ModelSource(**meta["model"])
     if not (isinstance(source.preset, str) or isinstance(source.path, str)) or not isinstance(source.seed, int):
         raise ValueError("model needs a preset or a path, and an integer seed")
@@ -341,58 +382,4 @@ def _judge(comp: str, precision: Precision, files: dict, spec_json: dict, model:
     for kind, path in files.items():
         if kind != "record" and path.name not in listed:
             return None, f"{path.name} is not part of its export record"
-    return record, _sizes_changed(files["record"].parent, record)
-
-
-def _sizes_changed(folder: Path, record: dict) -> str | None:
-    for fname, want in sorted(record["files"].items()):
-        p = folder / fname
-        if not isinstance(want, dict) or not isinstance(want.get("bytes"), int):
-            return "its export record is not a vvtrt export record of this version"
-        if not p.is_file():
-            return f"{fname} is missing"
-        size = p.stat().st_size
-        if size != want["bytes"]:
-            return f"{fname} has {size} bytes, its export record says {want['bytes']} (truncated or changed)"
-    return None
-
-
-def files_changed(folder: Path, record: dict) -> str | None:
-    """None when every file `record` lists is in `folder` with its recorded size and sha256, else what
-    differs. Hashes are remembered per (path, size, mtime, ctime, inode) for the life of the process."""
-    problem = _sizes_changed(folder, record)
-    if problem:
-        return problem
-    for fname, want in sorted(record["files"].items()):
-        p = folder / fname
-        st = p.stat()
-        key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-        if key not in _VERIFIED:
-            _VERIFIED[key] = sha256_file(p)
-        if _VERIFIED[key] != want.get("sha256"):
-            return f"{fname} does not match the sha256 in its export record (changed or damaged since export)"
-    return None
-
-
-def lock_holder(root: Path) -> str | None:
-    """Who holds the work-dir lock (`fsio.WorkdirLock`) right now, or None; takes nothing."""
-    try:
-        fd = os.open(Path(root) / LOCK_NAME, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    except BlockingIOError:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-    finally:
-        os.close(fd)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return record, sizes_changed(files["record"].parent, record)

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
-from vvtrt.components.specs import COMPONENTS, build_specs, check_components
+from vvtrt.components.specs import check_components
 from vvtrt.engines import manifest as mf
 from vvtrt.engines.trt_api import TrtModule, load_trt, parse_sm, sm_tag
 from vvtrt.errors import BackendUnavailableError, BuildError, InputError, WorkdirError
@@ -320,6 +320,15 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
             "engine_bytes": view.nbytes, "peak_rss_mb": round(rss, 1)}
 
 
+def check_workdir_components(wd: Workdir, components) -> tuple[str, ...]:
+    """A user's component list checked against the components of `wd`'s kind (long-form or Realtime)."""
+    if wd.kind == "realtime":
+        from vvtrt.realtime.workdir_meta import check_realtime_components
+
+        return check_realtime_components(components)
+    return check_components(components)
+
+
 def build_engines(wd: Workdir, flavor: str = "auto", components=None, precisions=None, force: bool = False,
                   target_sm=None, progress: Callable[[str], None] | None = None,
                   workspace_bytes: int | None = None, decomposable_attention: bool = True) -> list[dict]:
@@ -330,7 +339,7 @@ def build_engines(wd: Workdir, flavor: str = "auto", components=None, precisions
     """
     tm = load_trt(flavor)
     target = resolve_target(tm, target_sm)
-    comps = check_components(components) if components else None
+    comps = check_workdir_components(wd, components) if components else None
     precs = parse_precisions(precisions) if precisions else None
     exported = wd.exported()
     todo = [(c, p) for c, p in exported if (comps is None or c in comps) and (precs is None or p in precs)]
@@ -342,9 +351,9 @@ def build_engines(wd: Workdir, flavor: str = "auto", components=None, precisions
         raise WorkdirError(f"not exported: {', '.join(missing)}; run `vvtrt export -w {wd.root}` first")
     if not todo:
         raise WorkdirError(f"nothing to build in {wd.root}: run `vvtrt export -w {wd.root}` first")
-    order = {c: i for i, c in enumerate(COMPONENTS)}
+    specs = wd.specs()
+    order = {c: i for i, c in enumerate(specs)}
     todo.sort(key=lambda cp: (order.get(cp[0], 99), list(Precision).index(cp[1])))
-    specs = build_specs(wd.info(), wd.options())
     cache = TimingCache(tm, wd.engines_dir / "timing.cache")
     log.info("building %d engine(s) with %s %s for target %s", len(todo), tm.flavor, tm.version, target.target)
     results, failures = [], []

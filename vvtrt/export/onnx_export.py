@@ -40,23 +40,31 @@ EXTERNAL_DATA_BYTES = 1 << 30  # weights above 1 GiB go to an external .data fil
 EXPORT_FORMAT = 3  # bump when wrappers change in a way that invalidates old exports
 
 
-@functools.lru_cache(maxsize=1)
-def wrapper_code_hash() -> str:
-    """sha256 over the traced wrapper code (vvtrt/components/*.py): editing a wrapper re-exports."""
-    from vvtrt import components
+# the Realtime modules that its graphs trace (besides vvtrt/components/*.py, which they reuse)
+REALTIME_TRACED = ("config.py", "model.py", "sampler.py", "specs.py", "steps.py")
+
+
+@functools.lru_cache(maxsize=2)
+def wrapper_code_hash(kind: str = "longform") -> str:
+    """sha256 over the traced wrapper code (vvtrt/components/*.py, and for Realtime graphs the Realtime
+    modules they trace): editing a wrapper re-exports."""
+    from vvtrt import components, realtime
 
     h = hashlib.sha256()
-    for f in sorted(Path(components.__file__).parent.glob("*.py")):
+    files = sorted(Path(components.__file__).parent.glob("*.py"))
+    if kind == "realtime":
+        files += [Path(realtime.__file__).parent / name for name in REALTIME_TRACED]
+    for f in files:
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 
 
-def export_key(spec: ComponentSpec, precision: Precision, source: dict) -> str:
+def export_key(spec: ComponentSpec, precision: Precision, source: dict, kind: str = "longform") -> str:
     """What an export depends on. The spec's JSON carries every shape and profile derived from the export
     options (and the sampler's step count), so changing --steps re-exports the sampler alone; the wrapper
     code hash re-exports everything after a change to the traced code."""
     blob = json.dumps({"spec": spec.to_json(), "precision": precision.value, "source": source,
-                       "format": EXPORT_FORMAT, "torch": torch.__version__, "code": wrapper_code_hash()},
+                       "format": EXPORT_FORMAT, "torch": torch.__version__, "code": wrapper_code_hash(kind)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -168,17 +176,15 @@ def export_all(wd: Workdir, model_factory, specs: dict[str, ComponentSpec], prec
     sha256. `model_factory(precision)` returns the model cast to that precision (called once per precision,
     fp32 first). The caller holds the work-dir lock.
     """
-    from vvtrt.components.specs import build_specs
-
-    identity = wd.source().identity()
+    identity, kind = wd.source().identity(), wd.kind
     sweep_export_temporaries(wd)
     clear_strays(wd, force)
     scan = wd.scan()
-    catalog = build_specs(wd.info(), wd.options())
+    catalog = wd.specs()
     wanted = [(spec.name, p) for p in precisions for spec in specs.values()]
     todo, records = [], []
     for comp, p in wanted + sorted(set(scan.entries) - set(wanted), key=lambda cp: (cp[1].value, cp[0])):
-        key = export_key(catalog[comp], p, identity)
+        key = export_key(catalog[comp], p, identity, kind)
         entry = scan.entries.get((comp, p))
         why = _stale_reason(wd, entry, key)
         if why is None and not (force and (comp, p) in wanted):

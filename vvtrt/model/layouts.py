@@ -4,8 +4,9 @@ its config.json (both VibeVoice 1.5B formats say `model_type: "vibevoice"`, so n
 Each `Layout` knows how to turn its config.json into transformers' `VibeVoiceConfig` and its tensor names
 into transformers' names. Adding a layout (the original Realtime one, say) is one more entry in
 `LAYOUTS`: its signature keys, a config mapping, a key mapping and, for another architecture, its own
-`new_model`. A layout that is recognised but not implemented yet carries `unsupported`, so its users get
-a sentence instead of a wrong guess.
+`new_model` and `family` (the original Realtime layout: family "realtime", loaded by
+`vvtrt.realtime.checkpoint`, exported into Realtime work dirs). A layout that is recognised but not
+implemented yet carries `unsupported`, so its users get a sentence instead of a wrong guess.
 """
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def _original_config(raw: dict):
     return VibeVoiceConfig(**original_layout.transformers_config_dict(raw))
 
 
+def _realtime_config(raw: dict):
+    from vvtrt.realtime.config import config_from_original
+
+    return config_from_original(raw)
+
+
+def _realtime_model(cfg):
+    from vvtrt.realtime.model import RealtimeModel
+
+    return RealtimeModel(cfg)
+
+
 def _vibevoice_model(config):
     from transformers import VibeVoiceForConditionalGeneration
 
@@ -61,6 +74,7 @@ class Layout:
     map_key: Callable[[str], str] = _identity            # stored tensor name -> model state-dict name
     new_model: Callable[[object], object] = _vibevoice_model  # config -> module (built on the current device)
     unsupported: str = ""                     # non-empty: recognised, not loadable yet (the reason)
+    family: str = "longform"                  # "longform" (1.5B / 7B) or "realtime" (the streaming model)
     hint: str = field(default="", compare=False)
 
     def check_supported(self, where: Path) -> None:
@@ -84,12 +98,13 @@ ORIGINAL = Layout("original", frozenset(original_layout.SUB_CONFIGS), ships_toke
                   hint="Microsoft's release: microsoft/VibeVoice-1.5B, microsoft/VibeVoice-Large")
 TRANSFORMERS = Layout("transformers", frozenset({"text_config", "audio_config"}), ships_tokenizer=True,
                       to_config=_transformers_config, hint="transformers' port: vibevoice/VibeVoice-1.5B-hf")
-# The original Realtime layout (microsoft/VibeVoice-Realtime-0.5B): recognised here so that it is named,
-# loaded by its own issue (replace this entry with a loadable Layout).
+# The original Realtime layout (microsoft/VibeVoice-Realtime-0.5B): its config becomes a `RealtimeConfig`
+# and its model a `RealtimeModel` (validated and loaded by vvtrt.realtime.checkpoint, not the long-form
+# loader: `vvtrt.model.resolve` sends it there by its family).
 REALTIME_ORIGINAL = Layout(
     "original Realtime", frozenset({"decoder_config", "acoustic_tokenizer_config", "diffusion_head_config",
                                     "tts_backbone_num_hidden_layers"}), ships_tokenizer=False,
-    unsupported="the streaming Realtime model is not supported by this version of vvtrt",
+    to_config=_realtime_config, map_key=original_layout.map_key, new_model=_realtime_model, family="realtime",
     hint="microsoft/VibeVoice-Realtime-0.5B")
 LAYOUTS: tuple[Layout, ...] = (ORIGINAL, TRANSFORMERS, REALTIME_ORIGINAL)
 

@@ -70,6 +70,23 @@ def parse_source(spec: str, seed: int = 0, tokenizer: str | None = None) -> Mode
     return ModelSource(path=str(path.resolve()), seed=seed, tokenizer=tok)
 
 
+def model_kind(spec: str) -> str:
+    """"realtime" for a Realtime preset name or a directory holding an original Realtime checkpoint,
+    else "longform" (whatever else is wrong with `spec` is said by the verb that resolves it)."""
+    from vvtrt.model.layouts import detect_layout, read_config
+    from vvtrt.realtime.presets import is_realtime_preset
+
+    if is_realtime_preset(str(spec)):
+        return "realtime"
+    path = Path(str(spec)).expanduser()
+    if not (path / "config.json").is_file():
+        return "longform"
+    try:
+        return detect_layout(read_config(path), path).family
+    except ModelError:
+        return "longform"
+
+
 def _check_checkpoint_dir(path: Path) -> None:
     """config.json readable, a VibeVoice model_type, weight files present, a layout vvtrt loads."""
     from vvtrt.model.layouts import detect_layout, read_config
@@ -113,6 +130,10 @@ def resolve(source, seed: int = 0, dtype=None, device=None, tokenizer_dir=None, 
     from vvtrt.model.text_tokenizer import load_text_tokenizer
 
     src = source if isinstance(source, ModelSource) else parse_source(str(source), seed, tokenizer_dir)
+    if src.path and model_kind(src.path) == "realtime":
+        raise ModelError(f"{src.path} holds a checkpoint in the original Realtime layout: the streaming Realtime model "
+                         "is not a long-form model; export it with `vvtrt export --model DIR` (a Realtime work dir) "
+                         "or load it with vvtrt.realtime.runtime.load_realtime")
     text_tokenizer = load_text_tokenizer(src) if tokenizer else None
     plan = None
     if src.preset:

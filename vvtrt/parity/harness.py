@@ -1,6 +1,8 @@
 """`vvtrt parity`: every exported component and dtype against the fp32 PyTorch reference on a grid of
 shapes different from the export shapes; the state-carrying steps against transformers' own streaming
-caches over many frames; and the whole loop against transformers `generate` (`vvtrt.parity.e2e`).
+caches over many frames; and the whole loop against transformers `generate` (`vvtrt.parity.e2e`). A Realtime
+work dir has the component rows and its own end-to-end rows (`vvtrt.parity.realtime`: the windowed loop on
+the backend's runners against our PyTorch reference loop).
 
 Every requested check either runs or is a failure: a component, streaming step or end-to-end run that
 cannot run here (backend or device unavailable, a missing or broken ONNX / engine file) is recorded as
@@ -13,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from vvtrt.components.specs import build_specs
 from vvtrt.errors import VvtrtError
 from vvtrt.parity.compare import error_stats
 from vvtrt.parity.streaming import streaming_rows
@@ -131,7 +132,7 @@ def run_each(wd: Workdir, opts: ParityOptions, progress, label: str, check, skip
 def component_rows(wd: Workdir, model32, opts: ParityOptions, models, progress=None) -> list[dict]:
     """Each exported (component, precision) vs the fp32 torch wrapper on the spec's parity grid. One that
     cannot run here (backend, device, missing or broken file) is a skipped row naming why: a failure."""
-    specs = build_specs(wd.info(), wd.options())
+    specs = wd.specs()
     device = torch.device(opts.device)
     ref_model = model32.to(device)
 
@@ -201,11 +202,19 @@ def run_parity(wd: Workdir, opts: ParityOptions, progress=None) -> dict:
     from vvtrt.runtime.backends import ModelCache
 
     with _strict_fp32():
-        model32 = load_model(wd.source())
         models = ModelCache(wd)
-        rows = component_rows(wd, model32, opts, models, progress)
-        stream = streaming_rows(wd, model32, opts, models, progress)
-        e2e = e2e_rows(wd, opts, models, progress) if opts.e2e else []
+        if wd.kind == "realtime":
+            from vvtrt.parity.realtime import realtime_e2e_rows
+            from vvtrt.realtime.backends import load_realtime_model
+
+            model32 = load_realtime_model(wd.source())
+            rows, stream = component_rows(wd, model32, opts, models, progress), []
+            e2e = realtime_e2e_rows(wd, model32, opts, models, progress) if opts.e2e else []
+        else:
+            model32 = load_model(wd.source())
+            rows = component_rows(wd, model32, opts, models, progress)
+            stream = streaming_rows(wd, model32, opts, models, progress)
+            e2e = e2e_rows(wd, opts, models, progress) if opts.e2e else []
     body = {"rows": rows, "streaming": stream, "e2e": e2e}
     counts = parity_counts(body)
     failures = _unmatched_requests(wd, opts) + _failures(rows, stream, e2e)

@@ -20,30 +20,16 @@ from pathlib import Path
 from vvtrt.errors import ModelError
 from vvtrt.model import original_layout
 from vvtrt.model.checkpoint import CheckpointPlan, _expected, _match, load_checkpoint, meta_model
-from vvtrt.model.layouts import Layout, read_config
+from vvtrt.model.layouts import REALTIME_ORIGINAL, read_config
 from vvtrt.model.safetensors_io import scan_checkpoint, weight_files
-from vvtrt.realtime.config import RealtimeConfig, config_from_original
+from vvtrt.realtime.config import RealtimeConfig
 
 log = logging.getLogger(__name__)
 UNUSED_EMBED = "model.tts_language_model.embed_tokens.weight"
 ENCODER_PREFIX = "model.acoustic_tokenizer.encoder."
 
 
-def _new_realtime_model(cfg: RealtimeConfig):
-    from vvtrt.realtime.model import RealtimeModel
-
-    return RealtimeModel(cfg)
-
-
-def _to_config(raw: dict) -> RealtimeConfig:
-    return config_from_original(raw)
-
-
-REALTIME_LAYOUT = Layout(
-    "original Realtime", frozenset({"decoder_config", "acoustic_tokenizer_config", "diffusion_head_config",
-                                    "tts_backbone_num_hidden_layers"}), ships_tokenizer=False,
-    to_config=_to_config, map_key=original_layout.map_key, new_model=_new_realtime_model,
-    hint="microsoft/VibeVoice-Realtime-0.5B")
+REALTIME_LAYOUT = REALTIME_ORIGINAL  # config -> RealtimeConfig, model -> RealtimeModel (vvtrt.model.layouts)
 
 
 def plan_realtime_checkpoint(root) -> CheckpointPlan:

@@ -1,13 +1,15 @@
 """`RealtimeRunner`: the Python API of the Realtime runtime.
 
     rt = RealtimeRunner.from_preset("tiny-realtime")            # or "realtime-0.5b", or a checkpoint dir
+    rt = RealtimeRunner.from_workdir("W", "onnxruntime", "cpu", "fp32")   # a Realtime work dir's graphs
     for chunk in rt.stream("Hello there.", voice, seed=0):      # float32 [3200] chunks, 24 kHz
         ...
     async for chunk in rt.astream(llm_pieces(), voice): ...     # text may arrive while speech is produced
     for ev in rt.stream_many(requests): ...                     # many streams in one batched loop
 
 Components run through torch runners (`vvtrt.runtime.runner.TorchRunner`, optionally `torch.compile`d)
-of the Realtime component specs; the windowed loop is `RealtimeLoop` (CUDA graphs on a GPU) driven by
+of the Realtime component specs, or any backend's runners of a work dir (`from_workdir`,
+`vvtrt.realtime.backends.load_realtime_runners`); the windowed loop is `RealtimeLoop` (CUDA graphs on a GPU) driven by
 `RealtimeStepper`. Loops are kept per (streams, K, solver, capacity) and reused; a loop serves one call
 at a time.
 """
@@ -30,9 +32,9 @@ from vvtrt.realtime.streams import StreamRequest
 from vvtrt.realtime.voices import VoicePreset, read_voice
 from vvtrt.realtime.window_loop import RealtimeLoop
 
+from vvtrt.realtime.backends import LOOP_PARTS, SAMPLER_SPEC  # noqa: F401 - re-exported
+
 log = logging.getLogger(__name__)
-SAMPLER_SPEC = {"dpmsolver++": "rt_sampler", "sde-dpmsolver++": "rt_sampler_sde"}
-LOOP_PARTS = ("rt_text_window", "rt_tts_decode", "rt_decoder_step", "rt_connector")
 
 
 def load_realtime(source, device="cpu", dtype="fp32", seed: int = 0, tokenizer=None):
@@ -84,9 +86,19 @@ class RealtimeRunner:
     """Streams of one Realtime model on one device (see module doc)."""
 
     def __init__(self, model, tokenizer, capacity: int | None = None, graphs: bool = True,
-                 compile: bool | str = False, batch_buckets=None, kv_buckets=None):
+                 compile: bool | str = False, batch_buckets=None, kv_buckets=None, runner_factory=None,
+                 cfg=None, dtype=None, device=None, max_streams: int | None = None):
+        """`model`: the PyTorch `RealtimeModel` whose torch runners run the loop; or None with
+        `runner_factory(steps, solver) -> runners` (keyed like `torch_runners`) and the model's `cfg`,
+        `dtype` and `device`. `max_streams`: the most slots a loop may have (exported batch profiles)."""
         self.model, self.tok = model, tokenizer
-        self.cfg = model.rt_config
+        if model is None and (runner_factory is None or cfg is None or dtype is None or device is None):
+            raise ValueError("RealtimeRunner without a model needs runner_factory, cfg, dtype and device")
+        self.cfg = cfg or model.rt_config
+        self.dtype = dtype or model.dtype
+        self._device = torch.device(device) if device is not None else model.device
+        self.runner_factory = runner_factory
+        self.max_streams = max_streams
         self.capacity = min(capacity or self.cfg.context, self.cfg.context)
         self.graphs, self.compile = graphs, compile
         self.batch_buckets, self.kv_buckets = batch_buckets, kv_buckets
@@ -101,16 +113,53 @@ class RealtimeRunner:
         model, tok = load_realtime(source, device, dtype, seed, tokenizer)
         return cls(model, tok, **kw)
 
+    @classmethod
+    def from_workdir(cls, path, backend: str = "torch", device=None, dtype=None, compile: bool | str = False,
+                     models=None, **kw) -> "RealtimeRunner":
+        """A runner of a Realtime work dir on `backend` (torch, onnxruntime, tensorrt) at `dtype` (default
+        bf16 on CUDA, fp32 on the CPU) on `device` (default CUDA when available): graph backends need
+        current exports of that dtype (a `WorkdirError` / `InputError` says what to run otherwise).
+        Other keywords as for the constructor (graph backends default to the exported KV buckets)."""
+        from vvtrt.option_checks import check_precisions_exported, resolve_device
+        from vvtrt.realtime.backends import load_realtime_runners, realtime_tokenizer, require_realtime
+        from vvtrt.runtime.backends import ModelCache
+        from vvtrt.runtime.runner import check_backend
+        from vvtrt.workdir import Workdir
+
+        check_backend(backend)
+        wd = Workdir.open(path)
+        require_realtime(wd)
+        dev = resolve_device(device)
+        prec = Precision.parse(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
+        opts = wd.options()
+        if backend != "torch":
+            check_precisions_exported(wd, [prec])
+            wd.verify(precisions=[prec])
+            kw.setdefault("kv_buckets", opts.kv_buckets)
+            kw.setdefault("max_streams", opts.max_batch // 2)
+            kw.setdefault("graphs", backend == "tensorrt")  # ONNX Runtime runs are not torch-capturable
+        models = models or ModelCache(wd)
+        model = models.get(prec, dev) if backend == "torch" else None
+
+        def factory(steps: int, solver: str) -> dict:
+            return load_realtime_runners(wd, backend, prec, dev, steps, solver, compile, models)
+
+        rt = cls(model, realtime_tokenizer(wd.source()), compile=compile, runner_factory=factory, cfg=wd.info(),
+                 dtype=prec.torch_dtype, device=dev, **kw)
+        rt.backend, rt.precision, rt.workdir = backend, prec, wd
+        return rt
+
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self._device
 
     # -- loops ----------------------------------------------------------------------------------------
     def runners(self, steps: int, solver: str) -> dict:
         key = (steps, solver)
         with self._lock:
             if key not in self._runners:
-                self._runners[key] = torch_runners(self.model, steps, solver, self.compile)
+                make = self.runner_factory or (lambda k, s: torch_runners(self.model, k, s, self.compile))
+                self._runners[key] = make(steps, solver)
             return self._runners[key]
 
     def checkout(self, streams: int, steps: int = 5, solver: str = "dpmsolver++",
@@ -118,13 +167,16 @@ class RealtimeRunner:
         """A stepper over a loop of `streams` slots for K = `steps` and `solver` with `capacity` cache
         positions per row (default: the runner's), a kept one if free."""
         LoopOptions(steps=steps, algorithm=solver)  # validates the solver
+        if self.max_streams is not None and streams > self.max_streams:
+            raise InputError(f"{streams} streams in one loop, but the exported graphs take at most "
+                             f"{self.max_streams}: re-export with a larger batch or run fewer streams")
         cap = min(capacity or self.capacity, self.cfg.context)
         key = (streams, steps, solver, cap)
         with self._lock:
             free = self._free.get(key)
             if free:
                 return free.pop()
-        loop = RealtimeLoop(self.runners(steps, solver), self.cfg, streams, cap, self.model.dtype,
+        loop = RealtimeLoop(self.runners(steps, solver), self.cfg, streams, cap, self.dtype,
                             self.device, steps, self.batch_buckets, self.kv_buckets, self.graphs)
         return RealtimeStepper(loop, self.tok)
 

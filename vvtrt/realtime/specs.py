@@ -8,11 +8,16 @@ import torch
 
 from vvtrt.components.conv_stream import state_layout
 from vvtrt.errors import InputError
+from vvtrt.precision import Precision
 from vvtrt.realtime import steps
 from vvtrt.realtime.config import TEXT_WINDOW, RealtimeConfig
 from vvtrt.realtime.sampler import RealtimeSampler
 from vvtrt.spec import AxisRange, ComponentSpec, TensorSpec as T
 
+# The long-form decoder's bound (vvtrt.components.specs BF16_TOL), for the same reason: on tiny-realtime's
+# parity grid PyTorch's own bf16 error is 0.0129 but ONNX's reference evaluator (the CPU substitute for
+# bf16, every op rounded to bf16) measured 0.0202 (CPU, session 7).
+DECODER_BF16_NOTE = "bf16: ONNX's reference evaluator rounds every op to bf16 (0.0202 vs PyTorch's 0.0129 on tiny-realtime)"
 COMPONENTS = ("rt_text_window", "rt_tts_decode", "rt_sampler", "rt_sampler_sde", "rt_decoder_step", "rt_connector")
 
 
@@ -23,14 +28,26 @@ class RealtimeExportOptions:
     kv_buckets: tuple[int, ...] = (512, 2048, 8192)  # static cache lengths, one engine profile each
 
     def __post_init__(self):
+        from vvtrt.components.diffusion import MAX_STEPS, MIN_STEPS
+
+        if type(self.steps) is not int or not MIN_STEPS <= self.steps <= MAX_STEPS:
+            raise InputError(f"--steps must be between {MIN_STEPS} and {MAX_STEPS}, got {self.steps}")
         if self.max_batch < 2 or self.max_batch % 2:
             raise InputError(f"max_batch must be an even number >= 2, got {self.max_batch}")
         if not self.kv_buckets or list(self.kv_buckets) != sorted(self.kv_buckets) or self.kv_buckets[0] < 8:
             raise InputError(f"kv_buckets must be ascending lengths >= 8, got {self.kv_buckets}")
 
     @classmethod
-    def for_config(cls, cfg: RealtimeConfig, steps: int = 5) -> "RealtimeExportOptions":
-        buckets = tuple(b for b in (512, 2048, 8192) if b < cfg.context) + (cfg.context,)
+    def for_config(cls, cfg: RealtimeConfig, steps: int = 5, kv_buckets=None) -> "RealtimeExportOptions":
+        """The defaults for `cfg`; `kv_buckets` (--kv-buckets) are checked against its positions, and the
+        largest is always the model's context (the loop runs up to it)."""
+        if kv_buckets:
+            if max(kv_buckets) > cfg.context:
+                raise InputError(f"--kv-buckets must be at most {cfg.context} (the model's positions), got "
+                                 f"{','.join(map(str, kv_buckets))}")
+            buckets = tuple(kv_buckets) + ((cfg.context,) if max(kv_buckets) < cfg.context else ())
+        else:
+            buckets = tuple(b for b in (512, 2048, 8192) if b < cfg.context) + (cfg.context,)
         return cls(steps=steps, kv_buckets=buckets)
 
 
@@ -121,7 +138,7 @@ def build_realtime_specs(cfg: RealtimeConfig, opts: RealtimeExportOptions) -> di
         lambda m, k: steps.RealtimeDecoderStep(m),
         lambda d, p, g: {"latent": _randn((d["batch"], 1, Z), p, g), "state": _randn((d["batch"], nd), p, g, 0.5)},
         ({"batch": r(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
-        state=(("state", "state_out"),),
+        state=(("state", "state_out"),), tolerance={Precision.BF16: 3e-2}, tolerance_notes=DECODER_BF16_NOTE,
     ))
     out.append(ComponentSpec(
         "rt_connector", "diffusion latent -> next TTS input (speech type included)",

@@ -18,7 +18,8 @@ Steps (b = batch bucket, s = KV bucket: the first s cache slots are read):
 
 A step only commits rows the host marked, so a capture's warm-up runs (with nothing marked) leave every
 stream's state as it was; the host marks rows by writing `active`, `win_n`, `win_ids`, `noise` before a
-step and reads `audio_out`/`eos_out` after it (`fetch`: the one host sync of a frame).
+step and reads `audio_out`/`eos_out` after it (`fetch`: the one host sync of a frame); `latent_out`
+keeps the step's latents for parity checks.
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ class RealtimeLoop:
         self.dec_state = z(n, nd, dtype=dt, device=dev)
         self.cfg_scale = torch.full((1,), 1.5, dtype=torch.float32, device=dev)
         self.audio_out = z(n, c.hop, dtype=torch.float32, device=dev)
+        self.latent_out = z(n, c.latent_dim, dtype=torch.float32, device=dev)  # the last step's latents (parity)
         self.eos_out = z(n, dtype=torch.float32, device=dev)
         # host-fed inputs of a step: device buffers and (pinned on CUDA) host staging with numpy views
         shapes = {"active": ((n,), torch.bool), "win_n": ((n,), torch.int64),
@@ -223,6 +225,7 @@ class RealtimeLoop:
         for mine, new in ((self.h_pos[:b], h[0::2]), (self.h_neg[:b], h[1::2])):
             mine.copy_(torch.where(act[:, None], new, mine))
         self.audio_out[:b].copy_(o_dec["audio"][:, 0])
+        self.latent_out[:b].copy_(latent[:, 0])
         self.eos_out[:b].copy_(torch.sigmoid(o_tts["eos_logit"][0::2]))
 
     def _call(self, key) -> None:

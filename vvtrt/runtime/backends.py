@@ -6,7 +6,6 @@ from typing import Mapping
 
 import torch
 
-from vvtrt.components.specs import build_specs
 from vvtrt.errors import InputError, WorkdirError
 from vvtrt.precision import Precision
 from vvtrt.runtime.runner import BACKENDS, TorchRunner, check_backend
@@ -54,9 +53,14 @@ class ModelCache:
             from vvtrt.model.resolve import load_model
 
             log.info("loading the PyTorch model (%s, %s)", precision.value, device)
+            self._models.clear()  # one model in memory at a time
+            if self.wd.kind == "realtime":
+                from vvtrt.realtime.backends import load_realtime_model
+
+                self._models[key] = load_realtime_model(self.wd.source(), precision, device)
+                return self._models[key]
             init = device if self.init_on_device else None
             dtype = precision.torch_dtype if self.init_on_device else torch.float32
-            self._models.clear()  # one model in memory at a time
             self._models[key] = load_model(self.wd.source(), dtype=dtype, device=init).to(
                 device=device, dtype=precision.torch_dtype)
         return self._models[key]
@@ -67,8 +71,11 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
                  trt_flavor: str = "auto", compile: bool | str = False) -> dict:
     """One activated runner per component. `fallback` overrides the backend per component."""
     check_backend(backend)
+    if wd.kind == "realtime":
+        raise WorkdirError(f"{wd.root} is a Realtime work dir: the long-form runtime cannot run it (use `vvtrt synth "
+                           "-w DIR`, `vvtrt.realtime.runtime.RealtimeRunner.from_workdir` or the Realtime server)")
     fallback = dict(fallback or {})
-    specs = build_specs(wd.info(), wd.options())
+    specs = wd.specs()
     steps = wd.options().steps
     models = models or ModelCache(wd)
     device = torch.device(device)
