@@ -82,3 +82,16 @@ def malicious_preset(path: Path, marker: Path) -> Path:
     buf = io.BytesIO()
     pickle.Pickler(buf, protocol=2).dump(payload)
     return torch_zip(path, buf.getvalue())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """tiny-realtime's ops are microseconds: one intra-op thread is several times faster than two on a
+    busy 2-core machine (threads spin-wait for each other); restored afterwards. Use it as
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")` after importing it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

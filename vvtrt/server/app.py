@@ -22,7 +22,7 @@ from vvtrt.server.gpu import GpuMonitor
 from vvtrt.server.metrics import ServerMetrics
 from vvtrt.server.middleware import AccessLog, BearerAuth, BodyLimit
 from vvtrt.server.service import SpeechService
-from vvtrt.server.voices import DEFAULT_VOICE, VoiceLibrary, model_tag
+from vvtrt.server.voices import DEFAULT_VOICE, VoiceLibrary
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -44,9 +44,7 @@ class Lifecycle:
             await asyncio.to_thread(s.engine.start)
             while not s.engine.ready:
                 await asyncio.sleep(0.05)
-            tag = model_tag(s.config.workdir, s.config.backend, s.config.device, s.config.dtype)
-            s.voices = await asyncio.to_thread(VoiceLibrary.load, s.config.voices_dir, s.engine, tag,
-                                               s.config.device)
+            s.voices = await asyncio.to_thread(s.load_voices)
             self.phase = "ready" if self.phase == "starting" else self.phase
             log.info("ready: %s", s.config.workdir)
         except Exception as exc:
@@ -87,8 +85,8 @@ async def _sample_forever(service: SpeechService) -> None:
         await asyncio.sleep(SAMPLE_EVERY_S)
 
 
-def create_app(config: ServerConfig, engine, on_fatal=None) -> FastAPI:
-    service = SpeechService(config, engine, VoiceLibrary(), ServerMetrics(GpuMonitor()))
+def create_app(config: ServerConfig, engine, on_fatal=None, service_cls=SpeechService) -> FastAPI:
+    service = service_cls(config, engine, VoiceLibrary(), ServerMetrics(GpuMonitor()))
     life = Lifecycle(service, on_fatal)
 
     @asynccontextmanager

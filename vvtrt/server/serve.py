@@ -29,9 +29,13 @@ def resolve_runtime(config: ServerConfig) -> ServerConfig:
 
 
 def build_engine(config: ServerConfig):
-    """The serving engine for the work dir (its own errors, e.g. a missing work dir, propagate)."""
+    """The serving engine for the work dir (its own errors, e.g. a missing work dir, propagate): a
+    `RealtimeEngine` for a Realtime work dir, else the long-form `Engine`."""
+    from vvtrt.server.realtime_service import build_realtime_engine, is_realtime_workdir
     from vvtrt.serving.engine import Engine
 
+    if is_realtime_workdir(config.workdir):
+        return build_realtime_engine(config)
     # the engine's queue holds at least one; the server's own admission enforces --max-queue 0
     return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
                                precision=config.dtype, max_streams=config.max_streams,
@@ -73,6 +77,7 @@ def run_server(config: ServerConfig) -> None:
     import uvicorn
 
     from vvtrt.server.app import create_app
+    from vvtrt.server.realtime_service import service_class
 
     config = resolve_runtime(config.check())
     configure_logging()
@@ -84,7 +89,7 @@ def run_server(config: ServerConfig) -> None:
         fatal.append(exc)
         server.should_exit = True
 
-    app = create_app(config, engine, on_fatal=on_fatal)
+    app = create_app(config, engine, on_fatal=on_fatal, service_cls=service_class(engine))
     life = app.state.lifecycle
 
     class DrainingServer(uvicorn.Server):

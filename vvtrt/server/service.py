@@ -20,7 +20,7 @@ from vvtrt.option_checks import CFG_MAX, SEED_MAX
 from vvtrt.server.config import ServerConfig
 from vvtrt.server.http_errors import classify
 from vvtrt.server.metrics import ServerMetrics, outcome_label
-from vvtrt.server.voices import VoiceLibrary
+from vvtrt.server.voices import VoiceLibrary, model_tag
 from vvtrt.serving.api import Cancelled, EngineBusy, EngineNotReady, SpeechRequest
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,18 @@ class SpeechService:
     def ready(self) -> bool:
         return not self.draining and bool(self.engine.ready)
 
-    def build_request(self, text, voice=None, seed=0, cfg_scale=1.3, max_frames=None, frames=None) -> SpeechRequest:
+    def load_voices(self) -> VoiceLibrary:
+        """The voices of `--voices` (start-up, off the event loop)."""
+        c = self.config
+        return VoiceLibrary.load(c.voices_dir, self.engine, model_tag(c.workdir, c.backend, c.device, c.dtype), c.device)
+
+    async def text_mode(self, ws) -> None:
+        """WS /v1/audio/stream without `text`: text in several messages (`vvtrt.server.ws_text`)."""
+        from vvtrt.server.ws_text import text_mode
+
+        await text_mode(ws)
+
+    def build_request(self, text, voice=None, seed=0, cfg_scale=None, max_frames=None, frames=None) -> SpeechRequest:
         """A checked SpeechRequest; an InputError names the field to fix."""
         from vvtrt.runtime.script import parse_script
 
@@ -49,13 +60,9 @@ class SpeechService:
         if len(text) > self.config.max_input_chars:
             raise InputError(f"input is {len(text)} characters; the limit is {self.config.max_input_chars}")
         script = parse_script(text)
-        _check_number("seed", seed, 0, SEED_MAX, integer=True)
-        _check_number("cfg_scale", cfg_scale, 0.0, CFG_MAX)
-        for name, v in (("max_frames", max_frames), ("frames", frames)):
-            if v is not None:
-                _check_number(name, v, 1, 1 << 20, integer=True)
+        cfg_scale = 1.3 if cfg_scale is None else cfg_scale
+        max_frames = check_request_numbers(self.config, seed, cfg_scale, max_frames, frames)
         voices = self.voices.resolve(voice, len(script.speakers))
-        max_frames = max_frames if max_frames is not None else self.config.default_max_frames
         return SpeechRequest(script=text, voices=voices, seed=int(seed), cfg_scale=float(cfg_scale),
                              max_frames=max_frames, frames=frames)
 
@@ -147,6 +154,16 @@ class Stream:
 
     def stop_reason(self) -> str:
         return (self.summary.stop_reason if self.summary else "") or ("cancelled" if self.error else "")
+
+
+def check_request_numbers(config: ServerConfig, seed, cfg_scale, max_frames, frames):
+    """Check the numeric fields of a request; the frame cap to use (`max_frames` or the server's default)."""
+    _check_number("seed", seed, 0, SEED_MAX, integer=True)
+    _check_number("cfg_scale", cfg_scale, 0.0, CFG_MAX)
+    for name, v in (("max_frames", max_frames), ("frames", frames)):
+        if v is not None:
+            _check_number(name, v, 1, 1 << 20, integer=True)
+    return max_frames if max_frames is not None else config.default_max_frames
 
 
 def _check_number(name: str, value, lo, hi, integer: bool = False) -> None:

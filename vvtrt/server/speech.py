@@ -30,7 +30,7 @@ class SpeechBody(BaseModel):
     stream_format: Literal["audio"] = "audio"
     instructions: str | None = None
     seed: int = 0
-    cfg_scale: float = 1.3
+    cfg_scale: float | None = None  # None: the model's default (1.3 long-form, 1.5 Realtime)
     max_frames: int | None = Field(default=None)
     frames: int | None = Field(default=None)
 

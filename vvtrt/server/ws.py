@@ -8,7 +8,7 @@ backend_request_received, backend_first_chunk_sent, model_progress, backend_stre
 generation_error; a full server answers backend_busy and closes with 1013. Bad input: generation_error
 then close code 4400. The client may send `{"type": "stop"}` to cancel.
 
-Text mode (no `text`): see `vvtrt.server.ws_text`.
+Text mode (no `text`): see `vvtrt.server.ws_text` (a Realtime model: `vvtrt.server.realtime_service`).
 """
 from __future__ import annotations
 
@@ -152,11 +152,9 @@ async def one_shot(ws: WebSocket, text: str) -> None:
 @router.websocket("/v1/audio/stream")
 @router.websocket("/stream")
 async def stream(ws: WebSocket) -> None:
-    from vvtrt.server.ws_text import text_mode
-
     await ws.accept()
     text = ws.query_params.get("text")
     if text:
         await one_shot(ws, text)
     else:
-        await text_mode(ws)
+        await ws.app.state.service.text_mode(ws)

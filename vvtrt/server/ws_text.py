@@ -146,9 +146,10 @@ def _parse(text: str) -> tuple[str, str]:
     return "text", text
 
 
-async def text_mode(ws: WebSocket) -> None:
+async def text_mode(ws: WebSocket, session_cls=None) -> None:
+    """Run a text session (`TextSession`, or `session_cls` with its listen / speak_all / cancel_current)."""
     try:
-        session = TextSession(ws, query_options(ws))
+        session = (session_cls or TextSession)(ws, query_options(ws))
     except InputError as exc:
         return await refuse(ws, exc)
     await send_log(ws, "backend_ready", mode="text", end_marker=END_MARKER)

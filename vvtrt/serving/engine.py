@@ -77,14 +77,18 @@ class Engine:
         the frame step and capture its graphs; returns once the engine takes requests."""
         if self._thread is not None:
             raise EngineNotReady("the engine was started already")
-        s = self.synth
-        self.plan = plan_pool(self.config, s.info, s.options, s.runners, s.device, s.precision.torch_dtype.itemsize)
+        self._prepare()
         started = threading.Event()
         self._thread = threading.Thread(target=self._main, args=(started,), name="vvtrt-engine", daemon=True)
         self._thread.start()
         started.wait()
         if self._start_error is not None:
             raise self._start_error
+
+    def _prepare(self) -> None:
+        """Host-side checks before the engine thread starts: size the KV pool."""
+        s = self.synth
+        self.plan = plan_pool(self.config, s.info, s.options, s.runners, s.device, s.precision.torch_dtype.itemsize)
 
     def _build(self) -> None:
         s, p = self.synth, self.plan
@@ -117,10 +121,7 @@ class Engine:
         EngineBusy (queue full) or EngineNotReady. Returns its handle at once."""
         if not self._ready:
             raise EngineNotReady("the serving engine is not running (starting or shutting down)")
-        plan, limit, max_steps, script = self._check(request)
-        rid = request.request_id or f"req-{next(_ids)}"
-        handle = StreamHandle(rid, request, self.config.buffer_chunks, self._cancel)
-        handle.plan, handle.limit, handle.max_steps, handle.script = plan, limit, max_steps, script
+        handle = self._new_handle(request)
         with self._cond:
             if not self._ready:
                 raise EngineNotReady("the serving engine is shutting down")
@@ -128,6 +129,14 @@ class Engine:
                 raise EngineBusy(f"{len(self._waiting)} requests are queued already: retry later")
             self._waiting.append(handle)
             self._cond.notify_all()
+        return handle
+
+    def _new_handle(self, request: SpeechRequest) -> StreamHandle:
+        """The checked request's handle (caller's thread)."""
+        plan, limit, max_steps, script = self._check(request)
+        rid = request.request_id or f"req-{next(_ids)}"
+        handle = StreamHandle(rid, request, self.config.buffer_chunks, self._cancel)
+        handle.plan, handle.limit, handle.max_steps, handle.script = plan, limit, max_steps, script
         return handle
 
     def _check(self, r: SpeechRequest):
@@ -168,12 +177,14 @@ class Engine:
 
     def encode_voice(self, wav: np.ndarray) -> VoiceEmbedding:
         """Encode a 24 kHz mono clip once (noise of seed 0), for reuse across requests."""
-        from vvtrt.runtime.audio_io import prepare_voice
+        from vvtrt.runtime.audio_io import normalize_voice
+        from vvtrt.runtime.prompt import frames_for_samples
 
-        padded, n = prepare_voice(np.asarray(wav, dtype=np.float32))
-        if len(padded) // self.synth.info.hop > self.synth.options.max_voice_frames:
+        clip = normalize_voice(np.asarray(wav, dtype=np.float32))  # encoded at its own length, as the original
+        n = len(clip)
+        if frames_for_samples(n, self.synth.info.hop) > self.synth.options.max_voice_frames:
             raise InputError("the voice clip is longer than the exported max_voice_frames: trim it")
-        embeds = self._call(lambda: self.synth.encode_voice(padded, torch.Generator().manual_seed(7919)).clone())
+        embeds = self._call(lambda: self.synth.encode_voice(clip, torch.Generator().manual_seed(7919)).clone())
         return VoiceEmbedding(embeds, hashlib.sha256(np.ascontiguousarray(wav, np.float32).tobytes()).hexdigest(),
                               n / SAMPLE_RATE)
 
@@ -227,22 +238,33 @@ class Engine:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 fut.set_exception(exc)
         for h in cancels:
-            if h.slot is not None and self.stepper.runs.get(h.slot) is not None \
-                    and self.stepper.runs[h.slot].tag is h:
-                self.stepper.leave(h.slot)
+            self._drop(h)
         self._admit()
         try:
-            events = self.stepper.step()
+            events = self._step()
         except Exception as exc:  # noqa: BLE001 - every running request fails, the engine keeps serving
             log.exception("frame step failed")
-            for slot in list(self.stepper.runs):
-                run = self.stepper.leave(slot)
-                self._end(run.tag, f"error: {type(exc).__name__}", VvtrtError(f"the frame step failed: {exc}"))
+            for h in self._leave_all():
+                self._end(h, f"error: {type(exc).__name__}", VvtrtError(f"the frame step failed: {exc}"))
             return True
         self._deliver(events)
         with self._cond:
             self._cond.notify_all()  # stop() waits for the slots to drain
         return True
+
+    # -- what a stepper of another model overrides (engine thread) ---------------------------------
+    def _step(self):
+        return self.stepper.step()
+
+    def _drop(self, h: StreamHandle) -> None:
+        """Free `h`'s slot if it still holds one."""
+        run = self.stepper.runs.get(h.slot) if h.slot is not None else None
+        if run is not None and run.tag is h:
+            self.stepper.leave(h.slot)
+
+    def _leave_all(self) -> list[StreamHandle]:
+        """Empty every slot; the handles that held them."""
+        return [self.stepper.leave(slot).tag for slot in list(self.stepper.runs)]
 
     def _admit(self) -> None:
         """Move queued requests into free slots (lowest first, so the batch bucket stays small), within
@@ -282,17 +304,21 @@ class Engine:
         now = time.perf_counter()
         for ev in events:
             h: StreamHandle = ev.run.tag
-            if ev.audio is not None:
-                self._frames_total += 1
-                if not h.push(Chunk(ev.run.produced - 1, ev.audio, now)):
-                    if ev.slot in self.stepper.runs:
-                        self.stepper.leave(ev.slot)
-                    self._end(h, "cancelled: slow reader", SlowReader(
-                        f"request {h.request_id}: the reader fell {h.max_buffered} chunks "
-                        f"({h.max_buffered * 3200 / SAMPLE_RATE:.0f} s of audio) behind and was cancelled"))
-                    continue
+            if ev.audio is not None and not self._push(h, Chunk(ev.run.produced - 1, ev.audio, now)):
+                continue
             if ev.stop_reason:
                 self._end(h, ev.stop_reason)
+
+    def _push(self, h: StreamHandle, chunk: Chunk) -> bool:
+        """Hand `chunk` to its reader; a reader too far behind is cancelled (`SlowReader`, slot freed)."""
+        self._frames_total += 1
+        if h.push(chunk):
+            return True
+        self._drop(h)
+        self._end(h, "cancelled: slow reader", SlowReader(
+            f"request {h.request_id}: the reader fell {h.max_buffered} chunks "
+            f"({h.max_buffered * 3200 / SAMPLE_RATE:.0f} s of audio) behind and was cancelled"))
+        return False
 
     def _end(self, h: StreamHandle, reason: str, error: VvtrtError | None = None) -> None:
         if h.finish(reason, error):
@@ -303,10 +329,8 @@ class Engine:
         """Cancel whatever is still queued or running (lock held)."""
         for fn, fut in calls:
             fut.set_exception(EngineNotReady("the serving engine stopped"))
-        for h in list(self._waiting) + [r.tag for r in self.stepper.runs.values()]:
+        for h in list(self._waiting) + self._leave_all():
             if h.finish("cancelled: shutdown", Cancelled(f"request {h.request_id}: the engine shut down")):
                 self._outcomes["cancelled: shutdown"] += 1
         self._waiting.clear()
-        for slot in list(self.stepper.runs):
-            self.stepper.leave(slot)
 

@@ -33,9 +33,10 @@ class StreamHandle:
         self._error: VvtrtError | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         # engine-side bookkeeping (engine thread only)
-        self.plan = None  # PromptPlan until the request joins a slot
+        self.plan = None  # PromptPlan (Realtime: StreamRequest) until the request joins a slot
         self.limit, self.max_steps, self.script = 0, 0, None
         self.slot: int | None = None
+        self.run = None  # Realtime: the stepper's StreamRun once the request is opened
 
     # -- engine side ------------------------------------------------------------------------------
     def push(self, chunk: Chunk) -> bool:

@@ -1,0 +1,287 @@
+"""Realtime serving: `RealtimeEngine` (many requests on one loop, each giving its solo audio; cancellation,
+the bounded queue, slow readers) and `vvtrt serve` on a tiny-realtime work dir (POST speech, the demo's WS
+protocol, the WS text mode feeding one request), on the CPU in fp32."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from urllib.parse import urlencode
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from realtime_fixtures import one_torch_thread  # noqa: F401 - a fixture
+from server_fixtures import start_server, wait_until
+
+TEXTS = ("Hello there, this is a test of streaming speech.", "Short one.", "Another voice speaks here, slowly!",
+         "A fourth request waits for a free slot.")
+FRAME_BYTES = 3200 * 2
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def rt():
+    from vvtrt.realtime.runtime import RealtimeRunner
+
+    # one batch bucket and one KV bucket: a stream runs the same kernels alone and with others, so its
+    # audio is bit-identical (other buckets pick other GEMM kernels: equal to ~1e-5 only)
+    return RealtimeRunner.from_preset("tiny-realtime", batch_buckets=(3,), kv_buckets=(256,), capacity=256)
+
+
+@pytest.fixture(scope="module")
+def voices(rt):
+    from vvtrt.realtime.synthetic import make_voice
+
+    return {f"v{i}": make_voice(rt.model, f"v{i}", lm_len=lm, tts_len=tts, seed=i)
+            for i, (lm, tts) in enumerate([(12, 30), (5, 21), (17, 40)])}
+
+
+def _engine(rt, voices, **config):
+    from vvtrt.realtime.engine import RealtimeEngine, RealtimeEngineConfig
+
+    eng = RealtimeEngine(rt, RealtimeEngineConfig(**{"max_streams": 3, **config}), voices)
+    eng.start()
+    return eng
+
+
+@pytest.fixture(scope="module")
+def engine(rt, voices):
+    eng = _engine(rt, voices)
+    yield eng
+    eng.stop()
+
+
+def _audio(handle) -> np.ndarray:
+    return np.concatenate([c.audio for c in handle])
+
+
+def test_interleaved_requests_equal_their_solo_runs(engine):
+    from vvtrt.realtime.engine import RealtimeSpeechRequest, TextInput
+
+    reqs = [RealtimeSpeechRequest(TEXTS[i], f"v{i % 3}", seed=20 + i, max_frames=14 - i) for i in range(4)]
+    pieces = TextInput()  # the first one's text arrives in pieces while the others speak
+    handles = [engine.submit(RealtimeSpeechRequest(pieces, "v0", seed=20, max_frames=14))]
+    handles += [engine.submit(r) for r in reqs[1:]]  # 3 slots: the fourth waits for one
+    for p in ["Hello th", "ere, this is", " a test of streaming", " speech."]:
+        pieces.push(p)
+        time.sleep(0.02)
+    pieces.close()
+    together = [_audio(h) for h in handles]
+    for i, r in enumerate(reqs):
+        assert handles[i].summary().stop_reason == "max_frames" and len(together[i]) == (14 - i) * 3200
+        solo = _audio(engine.submit(r))
+        assert np.array_equal(together[i], solo), i
+    assert not np.allclose(together[0][:3200], together[1][:3200])
+    stats = engine.stats()
+    assert stats.active == 0 and stats.frames_total >= 2 * sum(14 - i for i in range(4))
+    assert stats.prefill_tokens_total > 0 and stats.requests_by_outcome["max_frames"] >= 8
+
+
+def test_cancel_frees_the_slot_and_the_queue_is_bounded(rt, voices):
+    from vvtrt.realtime.engine import RealtimeSpeechRequest
+    from vvtrt.serving.api import Cancelled, EngineBusy, EngineNotReady
+
+    eng = _engine(rt, voices, max_streams=1, max_queue=1)
+    try:
+        endless = eng.submit(RealtimeSpeechRequest(TEXTS[0], "v0", seed=1))  # random weights: no EOS
+        it = iter(endless)
+        next(it)
+        queued = eng.submit(RealtimeSpeechRequest(TEXTS[1], "v1", seed=2, max_frames=3))
+        with pytest.raises(EngineBusy):
+            eng.submit(RealtimeSpeechRequest(TEXTS[1], "v1", seed=3, max_frames=3))
+        assert eng.stats().queued == 1 and not queued.summary().started_t
+        endless.cancel()
+        with pytest.raises(Cancelled):
+            list(it)
+        assert len(_audio(queued)) == 3 * 3200 and queued.summary().stop_reason == "max_frames"
+        assert endless.summary().stop_reason == "cancelled" and eng.stats().requests_by_outcome.get("cancelled") == 1
+        waiting_cancelled = eng.submit(RealtimeSpeechRequest(TEXTS[1], "v1", seed=4))
+        waiting_cancelled.cancel()  # cancelled anywhere: never runs
+        assert waiting_cancelled.done()
+    finally:
+        eng.stop(grace_s=0)
+    with pytest.raises(EngineNotReady):
+        eng.submit(RealtimeSpeechRequest(TEXTS[1], "v1"))
+
+
+def test_a_slow_reader_is_cancelled_without_stalling_another_stream(rt, voices):
+    from vvtrt.realtime.engine import RealtimeSpeechRequest
+    from vvtrt.serving.api import SlowReader
+
+    eng = _engine(rt, voices, buffer_chunks=4)
+    try:
+        slow = eng.submit(RealtimeSpeechRequest(TEXTS[0], "v0", seed=5, max_frames=30))
+        fast_req = RealtimeSpeechRequest(TEXTS[2], "v2", seed=6, max_frames=20)
+        fast = _audio(eng.submit(fast_req))  # read at once while nobody reads `slow`
+        assert len(fast) == 20 * 3200
+        wait_until(slow.done, 30, "the slow reader's cancellation")
+        got = []
+        with pytest.raises(SlowReader):
+            for chunk in slow:
+                got.append(chunk)
+        assert len(got) == 4 and slow.summary().stop_reason == "cancelled: slow reader"
+        assert np.array_equal(fast, _audio(eng.submit(fast_req)))
+    finally:
+        eng.stop()
+
+
+def test_bad_requests_are_input_errors(engine, rt):
+    from vvtrt.errors import InputError
+    from vvtrt.realtime.engine import RealtimeSpeechRequest
+    from vvtrt.realtime.synthetic import make_voice
+
+    for bad, match in ((RealtimeSpeechRequest("  "), "empty"), (RealtimeSpeechRequest("Hi", "nope"), "unknown voice"),
+                       (RealtimeSpeechRequest("Hi", seed=-1), "seed"), (RealtimeSpeechRequest("Hi", max_frames=0), "max_frames"),
+                       (RealtimeSpeechRequest("Hi", cfg_scale=float("nan")), "cfg"),
+                       (RealtimeSpeechRequest("Hi", make_voice(rt.model, "big", lm_len=8, tts_len=300)), "cache positions")):
+        with pytest.raises(InputError, match=match):
+            engine.submit(bad)
+    with pytest.raises(InputError, match="empty"):  # text that turns out empty fails its own request only
+        list(engine.submit(RealtimeSpeechRequest(iter([" ", "\n"]), max_frames=2)))
+    with pytest.raises(InputError, match="presets"):
+        engine.encode_voice(np.zeros(24000, np.float32))
+
+
+# -- the server ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`vvtrt serve` on a Realtime work dir of tiny-realtime (torch backend: workdir.json is all it reads),
+    no --voices: the synthetic default voice."""
+    from vvtrt.model.resolve import ModelSource
+    from vvtrt.realtime.presets import preset_config
+    from vvtrt.realtime.specs import RealtimeExportOptions
+    from vvtrt.workdir import Workdir
+
+    tmp = tmp_path_factory.mktemp("rt_serve")
+    cfg = preset_config("tiny-realtime")
+    Workdir.create(tmp / "wd").write_meta(ModelSource(preset="tiny-realtime"), RealtimeExportOptions.for_config(cfg), cfg)
+    srv = start_server(tmp / "wd", tmp, "--max-streams", 2, "--max-queue", 2, env={"OMP_NUM_THREADS": "1"})
+    yield srv
+    assert srv.stop() == 0, srv.log()[-3000:]
+
+
+def _post(srv, **body):
+    return httpx.post(srv.url + "/v1/audio/speech", json=body, timeout=120)
+
+
+def _pcm(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<i2")
+
+
+def test_speech_whole_and_streamed(server):
+    import soundfile as sf
+
+    r = _post(server, input=TEXTS[0], max_frames=7, seed=3)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-stop-reason"] == "max_frames" and r.headers["x-frames"] == "7"
+    wav, sr = sf.read(io.BytesIO(r.content), dtype="int16")
+    assert sr == 24000 and wav.shape == (7 * 3200,) and np.abs(wav).max() > 0
+    s = _post(server, input=TEXTS[0], max_frames=7, seed=3, stream=True, response_format="pcm")
+    assert s.status_code == 200 and np.array_equal(_pcm(s.content), wav)
+    other = _post(server, input=TEXTS[0], max_frames=7, seed=4, voice="alloy", response_format="pcm")
+    assert other.status_code == 200 and not np.array_equal(_pcm(other.content), wav)
+
+
+def test_speech_refuses_bad_input(server):
+    for body, word in (({"input": "  "}, "empty"), ({"input": "Hi", "voice": "nobody"}, "unknown voice"),
+                       ({"input": "Hi", "voice": "default,alloy"}, "one voice"), ({"input": "Hi", "seed": -2}, "seed"),
+                       ({"input": "Hi", "max_frames": 0}, "max_frames"), ({"input": "x" * 5000}, "limit")):
+        r = _post(server, **body)
+        assert r.status_code == 400 and word in r.json()["error"]["message"], (body, r.text)
+
+
+def test_probes_voices_models_metrics(server):
+    assert httpx.get(server.url + "/ready").json() == {"ready": True}
+    voices = httpx.get(server.url + "/v1/audio/voices").json()["voices"]
+    assert voices[0]["name"] == "default" and voices[0]["lengths"]["neg_tts_lm"] == 1
+    assert {"name": "alloy", "alias_of": "default"} in voices
+    assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == "vvtrt"
+    assert httpx.get(server.url + "/config").json()["voices"] == ["default"]
+    assert 'vvtrt_requests_total{outcome="max_frames"}' in httpx.get(server.url + "/metrics").text
+
+
+async def _ws(url: str, first=(), after_audio=()):
+    """(binary frames, log events, close code) of one session: `first` sent at once, `after_audio` only
+    once the first binary frame came back."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    got = []
+    async with connect(url, max_size=None) as ws:
+        for m in first:
+            await ws.send(m)
+        if after_audio:
+            while not got or not isinstance(got[-1], bytes):
+                got.append(await ws.recv())
+            for m in after_audio:
+                await ws.send(m)
+        try:
+            async for m in ws:
+                got.append(m)
+        except ConnectionClosed:
+            pass
+        code = ws.close_code
+    return [m for m in got if isinstance(m, bytes)], [json.loads(m) for m in got if isinstance(m, str)], code
+
+
+def _run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def test_ws_one_shot_follows_the_demo_protocol(server):
+    q = urlencode({"text": TEXTS[0], "cfg": 1.5, "steps": 5, "voice": "default", "max_frames": 6, "seed": 3})
+    frames, events, code = _run(_ws(f"{server.ws_url}/stream?{q}"))
+    names = [e["event"] for e in events]
+    assert code == 1000 and len(frames) == 6 and all(len(f) == FRAME_BYTES for f in frames)
+    assert names[0] == "backend_request_received" and names[-1] == "backend_stream_complete"
+    assert "backend_first_chunk_sent" in names and names.count("model_progress") == 6
+    assert events[-1]["data"]["frames"] == 6 and events[-1]["data"]["stop_reason"] == "max_frames"
+    whole = _pcm(_post(server, input=TEXTS[0], max_frames=6, seed=3, response_format="pcm").content)
+    assert np.array_equal(_pcm(b"".join(frames)), whole)
+    frames, events, code = _run(_ws(f"{server.ws_url}/stream?" + urlencode({"text": "Hi", "voice": "nobody"})))
+    assert code == 4400 and frames == [] and events[-1]["event"] == "generation_error"
+
+
+def test_ws_text_mode_speaks_one_request_as_text_arrives(server):
+    url = f"{server.ws_url}/v1/audio/stream?max_frames=20&seed=8"
+    pieces = ["Hello th", "ere, this is", json.dumps({"type": "text", "text": " a test of streaming"}), " speech.",
+              "<|end|>"]
+    # the rest of the text is sent only after the first audio came back: speech starts at the first window
+    frames, events, code = _run(_ws(url, pieces[:2], pieces[2:]))
+    names = [e["event"] for e in events]
+    assert code == 1000 and names[0] == "backend_ready" and names[-1] == "backend_stream_complete"
+    assert names.count("segment_started") == 1 and len(frames) == 20
+    at_once, _, code = _run(_ws(url, [TEXTS[0], json.dumps({"type": "end"})]))
+    assert code == 1000 and b"".join(at_once) == b"".join(frames)
+    one_shot = _pcm(_post(server, input=TEXTS[0], max_frames=20, seed=8, response_format="pcm").content)
+    assert np.array_equal(_pcm(b"".join(frames)), one_shot)
+    frames, events, code = _run(_ws(url, [" ", json.dumps({"type": "end"})]))  # only white space
+    assert code == 4400 and frames == [] and events[-1]["event"] == "generation_error"
+    frames, events, code = _run(_ws(url, ["Hello", json.dumps({"type": "stop"})]))
+    assert code == 1000 and events[-1]["data"]["stop_reason"] == "stop"
+
+
+def test_voice_presets_of_a_folder(rt, voices, tmp_path):
+    from vvtrt.errors import InputError
+    from vvtrt.realtime.voices import save_voice
+    from vvtrt.server.realtime_service import PresetLibrary, load_presets
+
+    for v in voices.values():
+        save_voice(v, tmp_path, dtype=torch.float32)
+    loaded = load_presets(tmp_path, rt)
+    assert sorted(loaded) == ["v0", "v1", "v2"]
+    assert torch.equal(loaded["v1"]["tts_lm"].k, voices["v1"]["tts_lm"].k)
+    lib = PresetLibrary.of(_FakeEngine(loaded))
+    assert lib.resolve(None) == "v0" and lib.resolve("alloy") == "v0" and lib.resolve("ash") == "v1"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no Realtime voice"):
+        load_presets(tmp_path / "empty", rt)
+
+
+class _FakeEngine:
+    def __init__(self, voices):
+        self.voices = voices
