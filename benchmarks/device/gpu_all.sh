@@ -168,6 +168,19 @@ ctx15() {  # long-form decode cost against context only (the contexts phase of l
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/longform.py "$RUN/wd15" "$RUN/results/longform_1.5b_contexts" --device cuda --phases contexts
 }
+rtpar() {  # Realtime-0.5B (issue 14) through the CLI verbs: bf16 export, parity on CUDA (torch, ORT), a synth
+  local rc=0
+  $VV export --model realtime-0.5b -w "$RUN/wdrt" --dtype bf16 || return 1
+  $VV parity -w "$RUN/wdrt" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_rt_torch_cuda_bf16.json" || rc=1
+  $VV parity -w "$RUN/wdrt" --backend onnxruntime --device cuda --dtype bf16 --json "$RUN/results/parity_rt_ort_cuda_bf16.json" || rc=1
+  $VV synth -w "$RUN/wdrt" --backend torch --device cuda --text "Hello from the H100." --frames 30 -o "$RUN/results/rt_torch.wav" || rc=1
+  return $rc
+}
+prof15() {  # where the serving step goes by batch (issue 12), 1.5B bf16 torch, the serving engine's loop
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
+  python3 benchmarks/serving_step_profile.py "$RUN/wd15" "$RUN/results/serving_step_1.5b" --device cuda \
+      --batches ${PROF_BATCHES:-1,64,128,256} --max-context 1024 --repeats 10
+}
 srv15() {  # serving engine (issue 12): held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   $VV bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${SRV_LEVELS:-1,16,32,64,96,128,192} --prompt-words ${SRV_WORDS:-8,48,96} \
@@ -178,7 +191,7 @@ srv7() {  # the same for 7B
   $VV bench-serving -w "$RUN/wd7" --device cuda --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
       --prompt-words ${SRV_WORDS:-8,48,96} --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
 }
-STAGE_NAMES=" ortfix dcost ctx15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
