@@ -40,7 +40,15 @@ def summarize(spec, results: list, wall_s: float) -> dict:
         "streams_in_real_time": sum(1 for x in rtfs if x < 1.0),
         "holds_real_time": bool(ok) and not errors and all(x < 1.0 for x in rtfs),
         "frame_s": FRAME_S,
+        # of the client's machine and checkout (the server's when both run on one machine, as in the device runs)
+        "environment": _environment(),
     }
+
+
+def _environment() -> dict:
+    from vvtrt.reports.environment import collect_environment
+
+    return collect_environment()
 
 
 def _fmt(v, unit="") -> str:
@@ -56,6 +64,8 @@ def render_markdown(rep: dict) -> str:
         f"# vvtrt load test: {s['concurrency']} concurrent {mode} clients for {s['duration_s']:g} s",
         "", f"- server: {s['url']}; text: {len(s['text'])} chars; frames: {s['frames'] or 'model decides'}"
         f"; max_frames: {s['max_frames'] or 'none'}; host: {rep['host']}; at {rep['when']}",
+        f"- client commit {rep.get('environment', {}).get('git_commit') or 'not recorded'}; client GPU "
+        f"{rep.get('environment', {}).get('gpu_name') or 'none'}",
         f"- requests: {rep['requests']} ({rep['ok']} ok); audio: {rep['audio_s']} s in {rep['wall_s']} s "
         f"({rep['audio_s_per_wall_s']} s of audio per second)",
         f"- holds real time (every stream RTF < 1, no errors): **{'yes' if rep['holds_real_time'] else 'no'}** "
