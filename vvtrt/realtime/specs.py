@@ -18,6 +18,12 @@ from vvtrt.spec import AxisRange, ComponentSpec, TensorSpec as T
 # parity grid PyTorch's own bf16 error is 0.0129 but ONNX's reference evaluator (the CPU substitute for
 # bf16, every op rounded to bf16) measured 0.0202 (CPU, session 7).
 DECODER_BF16_NOTE = "bf16: ONNX's reference evaluator rounds every op to bf16 (0.0202 vs PyTorch's 0.0129 on tiny-realtime)"
+# rt_text_window runs 4 + 20 Qwen2 layers: PyTorch's own bf16 error against fp32 on realtime-0.5b's random
+# weights and this parity grid is 0.020-0.029 for `hidden` (CPU, session 7, benchmarks/rt_bf16_error.py ->
+# benchmarks/results/cpu/rt_bf16_error_0.5b.json), above the default 0.02 that no export can beat. Bound: the
+# long-form LLM's (lm_decode, 28 layers), 4.5e-2, >= 1.5x that measured reference error.
+TEXT_WINDOW_BF16_NOTE = ("bf16: the reference's own bf16 error is 0.020-0.029 on realtime-0.5b (CPU, "
+                         "benchmarks/results/cpu/rt_bf16_error_0.5b.json); bound = lm_decode's 4.5e-2")
 COMPONENTS = ("rt_text_window", "rt_tts_decode", "rt_sampler", "rt_sampler_sde", "rt_decoder_step", "rt_connector")
 
 
@@ -93,6 +99,7 @@ def build_realtime_specs(cfg: RealtimeConfig, opts: RealtimeExportOptions) -> di
                "lm_kv": r(8, min(512, s), s), "tts_kv": r(s, s, s)} for s in opts.kv_buckets),
         {"batch": 2, "text": 3, "lm_kv": 16, "tts_kv": 24},
         ({"batch": 1, "text": 5, "lm_kv": 9, "tts_kv": 31}, {"batch": 3, "text": 2, "lm_kv": 20, "tts_kv": 12}),
+        tolerance={Precision.BF16: 4.5e-2}, tolerance_notes=TEXT_WINDOW_BF16_NOTE,
     ))
 
     def decode_sample(d, p, g):
