@@ -32,7 +32,7 @@ from vvtrt.fsio import LOCK_NAME, atomic_write_json, is_temporary
 from vvtrt.model.resolve import ModelSource
 from vvtrt.precision import Precision
 from vvtrt.realtime import workdir_meta as rt_meta
-from vvtrt.workdir_files import files_changed, lock_holder, sha256_file, sizes_changed  # noqa: F401 - re-exported
+from vvtrt.workdir_files import export_command_tail, files_changed, lock_holder, sha256_file, sizes_changed  # noqa: F401 - re-exported
 
 RECORD_FORMAT = 2  # 2: the record lists every file of the graph with its size and sha256
 RECORD_KEYS = {"component": str, "precision": str, "record_format": int, "key": str, "onnx_sha256": str,
@@ -196,15 +196,7 @@ class Workdir:
             cmd += f" --max-prompt {options.max_prompt}"
         if options.kv_buckets != default.kv_buckets:
             cmd += f" --kv-buckets {','.join(map(str, options.kv_buckets))}"
-        if source.seed:
-            cmd += f" --seed {source.seed}"
-        if source.tokenizer:
-            cmd += f" --tokenizer {source.tokenizer}"
-        if component:
-            cmd += f" --components {component}"
-        if precision:
-            cmd += f" --dtype {precision.value}"
-        return cmd
+        return cmd + export_command_tail(source, component, precision)
 
     # -- exported graphs --------------------------------------------------------------------------
     @property

@@ -64,3 +64,17 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def export_command_tail(source, component=None, precision=None) -> str:
+    """The options every re-export line ends with: seed, tokenizer, and the (component, precision) to redo."""
+    cmd = ""
+    if source.seed:
+        cmd += f" --seed {source.seed}"
+    if source.tokenizer:
+        cmd += f" --tokenizer {source.tokenizer}"
+    if component:
+        cmd += f" --components {component}"
+    if precision:
+        cmd += f" --dtype {precision.value}"
+    return cmd

@@ -275,12 +275,12 @@ COMPONENTS = ("lm_decode", "token_embed", "diffusion_sampler", "diffusion_head",
               "acoustic_decoder_step", "semantic_encoder_step", "acoustic_encoder", "connectors")
 
 
-def check_components(names) -> tuple[str, ...]:
-    """Validate a user's component list (comma string or iterable)."""
+def check_components(names, choices: tuple[str, ...] = COMPONENTS, what: str = "component") -> tuple[str, ...]:
+    """Validate a user's component list (comma string or iterable) against `choices`; all of them when empty."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
-    names = tuple(names) or COMPONENTS
-    bad = [n for n in names if n not in COMPONENTS]
+    names = tuple(names) or choices
+    bad = [n for n in names if n not in choices]
     if bad:
-        raise InputError(f"unknown component(s) {', '.join(bad)}: choose from {', '.join(COMPONENTS)}")
+        raise InputError(f"unknown {what}(s) {', '.join(bad)}: choose from {', '.join(choices)}")
     return names

@@ -47,17 +47,22 @@ class ModelSource:
         return {**self.identity(), **({"tokenizer": self.tokenizer} if self.tokenizer else {})}
 
 
+def check_tokenizer_dir(tokenizer) -> str | None:
+    """The absolute path of a `--tokenizer DIR` (None stays None); an `InputError` when it is no directory."""
+    if tokenizer is None:
+        return None
+    tok = Path(tokenizer).expanduser()
+    if not tok.is_dir():
+        raise InputError(f"tokenizer directory {tok} does not exist or is not a directory: pass the "
+                         "directory of a Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, ...)")
+    return str(tok.resolve())
+
+
 def parse_source(spec: str, seed: int = 0, tokenizer: str | None = None) -> ModelSource:
     """`tiny`/`1.5b`/`7b` or a path to a VibeVoice checkpoint directory (original or transformers layout),
     plus an optional tokenizer directory. Quick checks only (config, layout, weight files present; no
     torch): `resolve` validates every tensor before allocating. Raises a typed error otherwise."""
-    tok = None
-    if tokenizer is not None:
-        tok = Path(tokenizer).expanduser()
-        if not tok.is_dir():
-            raise InputError(f"tokenizer directory {tok} does not exist or is not a directory: pass the "
-                             "directory of a Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, ...)")
-        tok = str(tok.resolve())
+    tok = check_tokenizer_dir(tokenizer)
     key = spec.strip().lower()
     if key in PRESETS:
         return ModelSource(preset=key, seed=seed, tokenizer=tok)

@@ -216,6 +216,13 @@ def compare_run(name, backend, precision, ours, ref, n_frames, bounds, notes, ho
     return {**row, "notes": f"{notes}; {gate}"}
 
 
+def e2e_backend(backend: str, device, precision: Precision) -> str:
+    """The backend an end-to-end row runs: ORT's CPU provider has no bf16 kernels, so the torch one there."""
+    if backend == "onnxruntime" and device.type == "cpu" and precision is Precision.BF16:
+        return "torch"
+    return backend
+
+
 def not_run_row(name: str, backend: str, precision: Precision, reason: str) -> dict:
     """A requested end-to-end check that could not run: counted as not run (skipped), which fails the report."""
     return {"name": name, "backend": backend, "precision": precision.value, "frames": [], "snr_db": None,
@@ -313,9 +320,7 @@ def e2e_rows(wd: Workdir, opts, models, progress=None) -> list[dict]:
     for precision in precisions:
         if progress:
             progress(f"e2e {opts.backend} {precision.value}")
-        backend = opts.backend
-        if backend == "onnxruntime" and device.type == "cpu" and precision is Precision.BF16:
-            backend = "torch"  # ORT's CPU provider has no bf16 kernels: run the torch backend instead
+        backend = e2e_backend(opts.backend, device, precision)
         done = len(rows)
         try:
             synth = Synthesizer.from_workdir(wd.root, backend=backend, device=device, precision=precision,

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import torch
 
 from vvtrt.errors import InputError, VvtrtError
-from vvtrt.parity.e2e import E2E_LATENT_TOL, E2E_MIN_SNR_DB, compare_run, not_run_row
+from vvtrt.parity.e2e import E2E_LATENT_TOL, E2E_MIN_SNR_DB, compare_run, e2e_backend, not_run_row
 from vvtrt.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,7 @@ def realtime_e2e_rows(wd, model32, opts, models, progress=None) -> list[dict]:
     for precision in precisions:
         if progress:
             progress(f"e2e {opts.backend} {precision.value}")
-        backend = opts.backend
-        if backend == "onnxruntime" and device.type == "cpu" and precision is Precision.BF16:
-            backend = "torch"  # ORT's CPU provider has no bf16 kernels: run the torch runners instead
+        backend = e2e_backend(opts.backend, device, precision)
         try:
             rows.append(_row(wd, backend, precision, model32, voice, noise, opts, models))
         except VvtrtError as exc:

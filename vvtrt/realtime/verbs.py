@@ -20,16 +20,10 @@ DEFAULT_CFG = 1.5  # Microsoft's demos (realtime.md §3)
 def parse_realtime_source(spec: str, seed: int = 0, tokenizer=None):
     """`(ModelSource, RealtimeConfig)` of a Realtime preset or an original Realtime checkpoint directory,
     the directory validated from its config and tensor headers (nothing is allocated)."""
-    from vvtrt.model.resolve import ModelSource
+    from vvtrt.model.resolve import ModelSource, check_tokenizer_dir
     from vvtrt.realtime.presets import is_realtime_preset, preset_config
 
-    tok = None
-    if tokenizer is not None:
-        tok = Path(tokenizer).expanduser()
-        if not tok.is_dir():
-            raise InputError(f"tokenizer directory {tok} does not exist or is not a directory: pass the "
-                             "directory of a Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, ...)")
-        tok = str(tok.resolve())
+    tok = check_tokenizer_dir(tokenizer)
     if is_realtime_preset(spec):
         key = spec.strip().lower()
         return ModelSource(preset=key, seed=seed, tokenizer=tok), preset_config(key)

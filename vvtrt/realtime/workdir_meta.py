@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vvtrt.errors import InputError
+from vvtrt.workdir_files import export_command_tail
 
 KIND = "realtime"
 LONGFORM = "longform"
@@ -96,23 +96,11 @@ def export_command(root, source, options, cfg, component=None, precision=None) -
         cmd += f" --steps {options.steps}"
     if options.kv_buckets != RealtimeExportOptions.for_config(cfg, options.steps).kv_buckets:
         cmd += f" --kv-buckets {','.join(map(str, options.kv_buckets))}"
-    if source.seed:
-        cmd += f" --seed {source.seed}"
-    if source.tokenizer:
-        cmd += f" --tokenizer {source.tokenizer}"
-    if component:
-        cmd += f" --components {component}"
-    if precision:
-        cmd += f" --dtype {precision.value}"
-    return cmd
+    return cmd + export_command_tail(source, component, precision)
 
 
 def check_realtime_components(names) -> tuple[str, ...]:
     """A user's Realtime component list (comma string or iterable); all of them when empty."""
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    names = tuple(names) or COMPONENTS
-    bad = [n for n in names if n not in COMPONENTS]
-    if bad:
-        raise InputError(f"unknown Realtime component(s) {', '.join(bad)}: choose from {', '.join(COMPONENTS)}")
-    return names
+    from vvtrt.components.specs import check_components
+
+    return check_components(names, COMPONENTS, "Realtime component")
