@@ -45,3 +45,26 @@ def test_unknown_decode_kernel_is_refused(monkeypatch):
     monkeypatch.setenv("VVTRT_DECODE_KERNEL", "nope")
     with pytest.raises(ValueError, match="VVTRT_DECODE_KERNEL"):
         decode_kernel()
+
+
+def test_realtime_tts_decode_fast_path_matches_the_exported_path():
+    """`TtsDecodeStep.fast` (compiled CUDA runs) uses the same gemm attention: equal to the exported SDPA path
+    on rows of different lengths with huge values past each row's cache_len."""
+    from vvtrt.realtime.presets import new_model, preset_config
+    from vvtrt.realtime.steps import TtsDecodeStep
+
+    cfg = preset_config("tiny-realtime")
+    model = new_model(cfg, device="cpu").eval()
+    ref, fast = TtsDecodeStep(model).eval(), TtsDecodeStep(model).eval()
+    fast.fast = True
+    g = torch.Generator().manual_seed(1)
+    s, lens = 48, [0, 1, 20, 47, 48]
+    shape = (cfg.tts_layers, len(lens), cfg.kv_heads, s, cfg.head_dim)
+    pk, pv = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    for row, n in enumerate(lens):
+        pk[:, row, :, n:], pv[:, row, :, n:] = 3e4, -3e4
+    emb = torch.randn(len(lens), 1, cfg.hidden, generator=g) * 0.5
+    with torch.inference_mode():
+        want, got = ref(emb, pk, pv, torch.tensor(lens)), fast(emb, pk, pv, torch.tensor(lens))
+    for name, a, b in zip(("hidden", "eos_logit", "new_k", "new_v"), want, got):
+        assert error_stats(b, a).rel_l2 < 1e-5, name

@@ -4,6 +4,11 @@ entries are outputs (the caller writes them at slot `cache_len`), so graphs hold
 KV layout: `[layers, batch, kv_heads, length, head_dim]` in the model dtype; `cache_len [B]` int64 is each
 row's number of valid entries and so its next position (rows have their own positions: the positive and
 negative TTS rows of one stream, or rows of different streams, share a batch).
+
+`TtsDecodeStep.fast = True` (set by the torch runner when it compiles for CUDA, as for the long-form
+`LMDecode`; never exported) attends with `vvtrt.components.lm.gqa_decode_attention`: K/V read once, never
+concatenated with the new entry nor repeated per query head. The exported path concatenates and repeats the
+whole cache bucket in every layer, which is what grows the speech step with the number of streams.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from vvtrt.components.conv_stream import AcousticDecoderStep
+from vvtrt.components.lm import gqa_decode_attention
 
 
 class _Stack(nn.Module):
@@ -34,11 +40,15 @@ class _Stack(nn.Module):
         causal = torch.ones(t, t, dtype=torch.bool, device=cache_len.device).tril()                 # [T, T]
         return torch.cat([slots[:, None, None, :].expand(b, 1, t, s), causal[None, None].expand(b, 1, t, t)], -1)
 
-    def forward(self, x, past_k, past_v, cache_len):
+    def forward(self, x, past_k, past_v, cache_len, fast: bool = False):
+        """`fast` (decode only, T = 1): the gemm decode attention instead of SDPA over cat(cache, new)."""
         b, t, _ = x.shape
+        s, scale = past_k.shape[3], self.head_dim ** -0.5
         pos = cache_len[:, None] + torch.arange(t, device=x.device)[None, :]                         # [B, T]
         cos, sin = self.rotary(x, pos)
-        mask = self._mask(past_k.shape[3], t, cache_len)
+        fast = fast and t == 1
+        mask = None if fast else self._mask(s, t, cache_len)
+        valid = (torch.arange(s, device=x.device) < cache_len.view(b, 1, 1, 1)) if fast else None
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             att = layer.self_attn
@@ -47,10 +57,14 @@ class _Stack(nn.Module):
             k = att.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
             v = att.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            kk = torch.cat([past_k[i], k], dim=2).repeat_interleave(self.groups, dim=1)
-            vv = torch.cat([past_v[i], v], dim=2).repeat_interleave(self.groups, dim=1)
-            o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=self.head_dim ** -0.5)
-            x = x + att.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+            if fast:
+                o = gqa_decode_attention(q, past_k[i], past_v[i], k, v, valid, scale, self.groups)
+                x = x + att.o_proj(o)
+            else:
+                kk = torch.cat([past_k[i], k], dim=2).repeat_interleave(self.groups, dim=1)
+                vv = torch.cat([past_v[i], v], dim=2).repeat_interleave(self.groups, dim=1)
+                o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=scale)
+                x = x + att.o_proj(o.transpose(1, 2).reshape(b, t, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
             ks.append(k)
             vs.append(v)
@@ -80,7 +94,10 @@ class TtsDecodeStep(nn.Module):
     """One speech position for a batch of rows (positive and negative rows alike): `embeds [B, 1, H]`
     (connector output, type included), `past_k/v`, `cache_len [B]` -> `hidden [B, 1, H]`,
     `eos_logit [B]` fp32 (the EOS head on `hidden`; speech ends when it is > 0, i.e. sigmoid > 0.5;
-    meaningful for positive rows; a logit, not a probability, keeps the decision's margin absolute), `new_k/v`."""
+    meaningful for positive rows; a logit, not a probability, keeps the decision's margin absolute), `new_k/v`.
+    `fast`: see the module doc."""
+
+    fast = False
 
     def __init__(self, model):
         super().__init__()
@@ -88,7 +105,7 @@ class TtsDecodeStep(nn.Module):
         self.eos = model.tts_eos_classifier
 
     def forward(self, embeds, past_k, past_v, cache_len):
-        h, k, v = self.tts(embeds, past_k, past_v, cache_len)
+        h, k, v = self.tts(embeds, past_k, past_v, cache_len, self.fast)
         return h, self.eos(h[:, 0]).float()[:, 0], k, v
 
 
