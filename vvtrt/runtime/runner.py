@@ -86,6 +86,16 @@ class RunnerBase:
                 for t in self.spec.outputs}
 
 
+def keep_every_bucket_compiled(limit: int = 256) -> None:
+    """dynamic=False compiles once per (batch, KV) bucket; dynamo's default recompile limit (8) would run
+    every bucket past the eighth uncompiled. Raise it (never lower it) for this process."""
+    import torch._dynamo
+
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+
+
 class TorchRunner(RunnerBase):
     """The reference modules (the spec's traceable wrapper) run by PyTorch, eagerly or `torch.compile`d."""
 
@@ -108,6 +118,7 @@ class TorchRunner(RunnerBase):
         # Inductor fuses the many small elementwise ops (RMSNorm upcasts, RoPE, adaLN modulation,
         # CFG/solver arithmetic) that otherwise dominate a CUDA-graphed frame; shapes are static.
         # A string picks the torch.compile mode (e.g. "max-autotune-no-cudagraphs": autotuned GEMMs).
+        keep_every_bucket_compiled()
         return torch.compile(self.module, dynamic=False, mode=self.mode)
 
     def _run(self, args):

@@ -56,12 +56,6 @@ class Engine:
         from vvtrt.runtime.synthesizer import Synthesizer
 
         cfg = EngineConfig(**config)
-        if compile:  # dynamic=False compiles once per (batch, KV) bucket: let every bucket keep its code
-            import torch._dynamo
-
-            for name in ("cache_size_limit", "recompile_limit"):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
         synth = Synthesizer.from_workdir(path, backend=backend, device=device, precision=precision,
                                          fallback=fallback, models=models, compile=compile,
                                          cuda_graph=cfg.cuda_graph)
