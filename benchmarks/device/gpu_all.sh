@@ -176,6 +176,32 @@ rtpar() {  # Realtime-0.5B (issue 14) through the CLI verbs: bf16 export, parity
   $VV synth -w "$RUN/wdrt" --backend torch --device cuda --text "Hello from the H100." --frames 30 -o "$RUN/results/rt_torch.wav" || rc=1
   return $rc
 }
+rtx() { $VV export --model realtime-0.5b -w "$RUN/wdrt" --dtype bf16; }  # CPU-bound: run it beside gpu8 ("rtx+gpu8")
+gpu8() {  # the GPU tests of the session-7/8 changes, a process per file: gemm decode kernels (long-form, Realtime),
+  # the compiled + graphed Realtime loop, the Realtime runtime, the compiled long-form checks of test_gpu.py
+  local rc=0 i=0 t
+  export VVTRT_TINY_WORKDIR="$RUN/wd_tiny_tests"
+  for t in tests/test_realtime_compiled_gpu.py tests/test_longform_gpu.py tests/test_realtime_runtime.py \
+           "tests/test_gpu.py -k compiled"; do i=$((i + 1))
+    python3 -X faulthandler -m pytest -q -rA -m gpu $t --junitxml="$RUN/results/gpu8_$i.xml" -p no:cacheprovider || { rc=1; echo "FAILED: $t"; }
+  done
+  return $rc
+}
+rtserve() {  # vvtrt serve on the Realtime work dir (bf16, torch, CUDA graphs) + vvtrt loadtest, HTTP and WS
+  local port=8124 pid n
+  $VV serve -w "$RUN/wdrt" --device cuda --max-streams ${RT_SLOTS:-256} --max-context 1024 --max-queue 1024 --port $port \
+      > "$RUN/results/rtserve_server.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/ready" > /dev/null && break; sleep 1; done
+  for n in ${RT_CONC:-1 64 256}; do
+    $VV loadtest --url "http://127.0.0.1:$port" --concurrency $n --duration 20 --frames 40 \
+        --text "Streaming speech starts after the first few words." --out "$RUN/results/rt_loadtest_c$n" || break
+  done
+  $VV loadtest --url "http://127.0.0.1:$port" --ws --concurrency 64 --duration 20 --frames 40 \
+      --text "Streaming speech starts after the first few words." --out "$RUN/results/rt_loadtest_ws_c64"
+  curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/rt_loadtest_metrics.txt"
+  kill -TERM $pid; wait $pid; echo "serve exit code $?"
+}
 prof15() {  # where the serving step goes by batch (issue 12), 1.5B bf16 torch, the serving engine's loop
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/serving_step_profile.py "$RUN/wd15" "$RUN/results/serving_step_1.5b" --device cuda \
@@ -191,7 +217,7 @@ srv7() {  # the same for 7B
   $VV bench-serving -w "$RUN/wd7" --device cuda --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
       --prompt-words ${SRV_WORDS:-8,48,96} --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
 }
-STAGE_NAMES=" ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" rtx gpu8 rtserve ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
