@@ -37,7 +37,7 @@ def test_compiled_tts_decode_fast_path_matches_sdpa():
 
 
 def test_compiled_graphed_loop_matches_the_eager_loop():
-    """fp32 (TF32 off): two streams batched plus a solo run, compiled + CUDA graphs against eager. Bound 1e-3
+    """fp32 (TF32 off): two streams of different cfg_scale batched plus a solo run, compiled + CUDA graphs against eager. Bound 1e-3
     of the peak, as the long-form CUDA backends against generate (tests/test_gpu.py): fused kernels sum in
     another order than eager ones."""
     from vvtrt.realtime.runtime import RealtimeRunner
@@ -48,7 +48,7 @@ def test_compiled_graphed_loop_matches_the_eager_loop():
         rt = RealtimeRunner.from_preset("tiny-realtime", device="cuda", graphs=compiled, compile=compiled,
                                         kv_buckets=(32, 64, 128))
         voice = make_voice(rt.model, "v", lm_len=12, tts_len=30, seed=1)
-        reqs = [rt.request(TEXTS[i], voice, seed=i, max_frames=14) for i in range(2)]
+        reqs = [rt.request(TEXTS[i], voice, seed=i, cfg_scale=(1.5, 2.5)[i], max_frames=14) for i in range(2)]
         runs[compiled] = [r["audio"] for r in rt.synthesize_many(reqs)]
         runs[compiled].append(np.concatenate(list(rt.stream(TEXTS[0], voice, seed=0, max_frames=14))))
         if compiled:

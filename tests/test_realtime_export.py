@@ -83,3 +83,17 @@ def test_export_and_ort_parity(tmp_path, rt_tiny, rt_specs, name):
         for t, r, g in zip(spec.outputs, ref, got):
             assert g.shape == tuple(r.shape), (name, t.name, dims)
             assert _rel_l2(g, r.numpy()) <= spec.tol(t.name, Precision.FP32), (name, t.name, dims)
+
+
+@pytest.mark.parametrize("name", ["rt_sampler", "rt_sampler_sde"])
+def test_sampler_takes_a_guidance_scale_per_row(rt_specs, name):
+    """`cfg_scale` is `[batch]`: the engine profiles give it the batch range, and the parity samples give
+    every row its own scale."""
+    from vvtrt.engines.builder import profile_shapes
+
+    spec = rt_specs[name]
+    (prof,) = spec.profiles
+    b = prof["batch"]
+    assert profile_shapes(spec, prof)["cfg_scale"] == ((b.min,), (b.opt,), (b.max,)) and b.max > 1
+    cfg = spec.sample({"batch": 3}, Precision.FP32, torch.Generator().manual_seed(0))["cfg_scale"]
+    assert cfg.shape == (3,) and cfg.dtype == torch.float32 and len(set(cfg.tolist())) == 3

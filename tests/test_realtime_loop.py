@@ -59,6 +59,29 @@ def test_sampler_matches_the_scheduler(rt_tiny, algorithm, dtype):
     assert (ours[:, 0].float() - ref.float()).abs().max() <= tol * ref.float().abs().max()
 
 
+@pytest.mark.parametrize("algorithm", ["dpmsolver++", "sde-dpmsolver++"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sampler_takes_one_guidance_scale_per_row(rt_tiny, algorithm, dtype):
+    """Each row mixes with its own scale, and a uniform per-row scale gives, bit for bit, what one scale
+    broadcast over the batch gives (the `[1]` input of the reference loop and of earlier exports)."""
+    from vvtrt.realtime.presets import build_realtime_model
+    from vvtrt.realtime.sampler import RealtimeSampler
+
+    model = rt_tiny if dtype == torch.float32 else build_realtime_model("tiny-realtime", dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    c, u = (torch.randn(3, 64, generator=g).to(dtype) for _ in range(2))
+    noise, step_noise = torch.randn(3, 64, generator=g), torch.randn(3, 5, 64, generator=g)
+    sampler = RealtimeSampler(model, 5, algorithm)
+    run = lambda cfg: sampler(c, u, noise, cfg, step_noise if sampler.stochastic else None)  # noqa: E731
+    scales = (1.0, 1.5, 2.75)
+    mixed = run(torch.tensor(scales))
+    for i, scale in enumerate(scales):
+        uniform = run(torch.full((3,), scale))
+        assert torch.equal(uniform, run(torch.tensor([scale])))
+        assert torch.equal(mixed[i], uniform[i])
+    assert not torch.equal(mixed[0], run(torch.full((3,), 1.5))[0])
+
+
 def _run(model, voice, feed, **opts):
     from vvtrt.realtime.reference import LoopOptions, synthesize
 

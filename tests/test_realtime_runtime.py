@@ -90,6 +90,21 @@ def test_batched_streams_equal_their_solo_runs(rt, voices):
     assert not np.allclose(results[0]["audio"][:3200], results[1]["audio"][:3200])
 
 
+def test_streams_with_different_cfg_scales_run_together(rt, voices):
+    """Each slot keeps its own guidance scale: two streams that differ only in cfg_scale run in one batch
+    and each gives its solo run's audio (and the reference loop's)."""
+    scales = (1.5, 2.5)
+    reqs = [rt.request(TEXTS[0], voices[0], seed=4, cfg_scale=c, max_frames=8, tag=c) for c in scales]
+    results = rt.synthesize_many(reqs)
+    for res, c in zip(results, scales):
+        assert res["error"] is None and res["frames"] == 8
+        solo = np.concatenate(list(rt.stream(TEXTS[0], voices[0], seed=4, cfg_scale=c, max_frames=8)))
+        _close(res["audio"], solo)
+        ref, _ = _reference(rt, TEXTS[0], voices[0], seed=4, cfg_scale=c, max_frames=8)
+        _close(res["audio"], ref)
+    assert not np.allclose(results[0]["audio"], results[1]["audio"])
+
+
 def test_text_pieces_from_an_iterator_start_speech_before_the_text_ends(rt, voices):
     first_chunk = threading.Event()
     pulled = []
@@ -173,8 +188,8 @@ def test_bad_requests_are_input_errors(rt, voices):
         list(rt.stream(iter(["  ", "\n"]), voices[0]))
     with pytest.raises(InputError, match="unknown sampler"):
         list(rt.stream("Hi.", voices[0], solver="euler"))
-    with pytest.raises(InputError, match="cfg_scale"):
-        list(rt.stream_many([rt.request("Hi.", voices[0]), rt.request("Ho.", voices[1], cfg_scale=2.0)]))
+    with pytest.raises(InputError, match="share steps and solver"):
+        list(rt.stream_many([rt.request("Hi.", voices[0]), rt.request("Ho.", voices[1], steps=3)]))
     with pytest.raises(InputError, match="voice file not found"):
         rt.request("Hi.", "/nonexistent/voice.safetensors")
     with pytest.raises(InputError, match="text pieces must be strings"):

@@ -81,6 +81,26 @@ def test_interleaved_requests_equal_their_solo_runs(engine):
     assert stats.prefill_tokens_total > 0 and stats.requests_by_outcome["max_frames"] >= 8
 
 
+def test_requests_with_different_cfg_scales_run_together(engine):
+    """A request with another cfg_scale joins the running ones at once (each slot keeps its own scale)
+    and each gives its solo audio: the first one gets no text until the second has started."""
+    from vvtrt.realtime.engine import RealtimeSpeechRequest, TextInput
+
+    pieces = TextInput()
+    first = engine.submit(RealtimeSpeechRequest(pieces, "v0", seed=8, cfg_scale=1.5, max_frames=8))
+    wait_until(lambda: first.summary().started_t > 0, 30, "the first request's start")
+    second_req = RealtimeSpeechRequest(TEXTS[1], "v1", seed=9, cfg_scale=3.0, max_frames=8)
+    second = engine.submit(second_req)
+    wait_until(lambda: second.summary().started_t > 0, 30, "the second request's start beside the first")
+    pieces.push(TEXTS[0])
+    pieces.close()
+    together = [_audio(first), _audio(second)]
+    solos = [_audio(engine.submit(RealtimeSpeechRequest(TEXTS[0], "v0", seed=8, cfg_scale=1.5, max_frames=8))),
+             _audio(engine.submit(second_req))]
+    for got, solo in zip(together, solos):
+        assert len(got) == 8 * 3200 and np.array_equal(got, solo)
+
+
 def test_cancel_frees_the_slot_and_the_queue_is_bounded(rt, voices):
     from vvtrt.realtime.engine import RealtimeSpeechRequest
     from vvtrt.serving.api import Cancelled, EngineBusy, EngineNotReady

@@ -10,8 +10,8 @@
 The long-form `Engine`'s lifecycle, admission queue (`EngineBusy`, `EngineNotReady`), cancellation and
 slow-reader handling, driving a `RealtimeStepper` (one frame per tick for every stream whose text allows
 it) instead of the long-form slot stepper. Each request's audio depends only on its text, voice, seed and
-cfg_scale. Streams of one loop share one cfg_scale: a request with another one waits in the queue until
-the running streams end (first come, first served).
+cfg_scale; requests with different cfg_scale run together (each slot keeps its own guidance scale), and
+queued requests take free slots first come, first served.
 """
 from __future__ import annotations
 
@@ -212,18 +212,13 @@ class RealtimeEngine(Engine):
         return events
 
     def _admit(self) -> None:
-        """Open queued requests in free slots, first come first served; the head of the queue waits while
-        the running streams use another cfg_scale."""
+        """Open queued requests in free slots, first come first served."""
         s = self.stepper
         while len(s.runs) + len(s.pending) < s.loop.streams:
             with self._cond:
                 if not self._waiting:
                     return
-                h = self._waiting[0]
-                cfgs = {r.request.options.cfg_scale for r in (*s.runs.values(), *s.pending)}
-                if cfgs and cfgs != {h.plan.options.cfg_scale}:
-                    return
-                self._waiting.popleft()
+                h = self._waiting.popleft()
             self._join(h)
 
     def _join(self, h: StreamHandle) -> None:

@@ -114,7 +114,7 @@ class RealtimeReference:
     def __init__(self, model, opts: LoopOptions = LoopOptions()):
         self.model, self.opts = model, opts
         self.sampler = RealtimeSampler(model, opts.steps, opts.algorithm).eval()
-        self.cfg = torch.tensor([opts.cfg_scale], dtype=torch.float32, device=model.device)
+        self.cfg = torch.tensor([opts.cfg_scale], dtype=torch.float32, device=model.device)  # one row's scale
         self.stop_reason: str | None = None
 
     @torch.no_grad()

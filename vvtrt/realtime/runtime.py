@@ -246,14 +246,13 @@ class RealtimeRunner:
     # -- many streams ---------------------------------------------------------------------------------
     def stream_many(self, requests: Iterable[StreamRequest], max_streams: int | None = None) -> Iterator[StreamEvent]:
         """Events of many streams run together (at most `max_streams` at once; the rest wait for a slot).
-        They must share K, solver and cfg_scale."""
+        They must share K and solver; each keeps its own cfg_scale."""
         reqs = list(requests)
         if not reqs:
             return
         o = reqs[0].options
-        if any((r.options.steps, r.options.algorithm, r.options.cfg_scale) != (o.steps, o.algorithm, o.cfg_scale)
-               for r in reqs):
-            raise InputError("streams run together must share steps, solver and cfg_scale")
+        if any((r.options.steps, r.options.algorithm) != (o.steps, o.algorithm) for r in reqs):
+            raise InputError("streams run together must share steps and solver")
         stepper = self.checkout(min(len(reqs), max_streams or len(reqs)), o.steps, o.algorithm)
         try:
             for r in reqs:

@@ -81,7 +81,8 @@ def _f32(x: float) -> torch.Tensor:
 
 
 class RealtimeSampler(nn.Module):
-    """`cond_pos [B, H]`, `cond_neg [B, H]`, `noise [B, 64]` fp32, `cfg_scale [1]` fp32 and, for
+    """`cond_pos [B, H]`, `cond_neg [B, H]`, `noise [B, 64]` fp32, `cfg_scale [B]` fp32 (one
+    guidance scale per row: each stream of a batch keeps its own) and, for
     `sde-dpmsolver++` only, `step_noise [B, K, 64]` fp32 -> `latent [B, 1, 64]` (unscaled: the connector
     takes it as is; the decoder divides by the latent scale first)."""
 
@@ -107,7 +108,8 @@ class RealtimeSampler(nn.Module):
         for k, c in enumerate(self.consts):
             v = self.core._velocity(torch.cat([x, x], dim=0), k, mods, final)
             v_pos, v_neg = v[:b], v[b:]
-            v = v_neg + (cfg_scale * (v_pos - v_neg).float()).to(dtype)  # Python-float CFG: fp32 opmath
+            # transformers: uncond + guidance_scale * (cond - uncond) with a Python float -> fp32 opmath
+            v = v_neg + (cfg_scale.view(-1, 1) * (v_pos - v_neg).float()).to(dtype)
             x0 = _f32(c.alpha) * x - _f32(c.sigma) * v                  # model dtype, as diffusers
             x_next = _f32(c.c_x) * x.float() + _f32(c.c_d0) * x0 if self.stochastic else \
                 _f32(c.c_x) * x.float() - _f32(-c.c_d0) * x0

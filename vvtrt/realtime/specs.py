@@ -124,13 +124,14 @@ def build_realtime_specs(cfg: RealtimeConfig, opts: RealtimeExportOptions) -> di
         def sampler_sample(d, p, g, sde=sde):
             b = d["batch"]
             s = {"cond_pos": _randn((b, H), p, g), "cond_neg": _randn((b, H), p, g),
-                 "noise": torch.randn((b, Z), generator=g), "cfg_scale": torch.tensor([1.5])}
+                 "noise": torch.randn((b, Z), generator=g),
+                 "cfg_scale": 1.0 + torch.rand((b,), generator=g)}  # a scale per row: parity checks each row's
             if sde:
                 s["step_noise"] = torch.randn((b, K, Z), generator=g)
             return s
 
         ins = (T("cond_pos", ("batch", H)), T("cond_neg", ("batch", H)), T("noise", ("batch", Z), "float32"),
-               T("cfg_scale", (1,), "float32")) + ((T("step_noise", ("batch", K, Z), "float32"),) if sde else ())
+               T("cfg_scale", ("batch",), "float32")) + ((T("step_noise", ("batch", K, Z), "float32"),) if sde else ())
         out.append(ComponentSpec(
             name, f"the {K}-step {algo} sampler with CFG on the head", ins, (T("latent", ("batch", 1, Z)),),
             lambda m, k, algo=algo: RealtimeSampler(m, k, algo), sampler_sample,

@@ -62,20 +62,16 @@ class RealtimeStepper:
         self.pending: deque[StreamRun] = deque()
         self.wake = threading.Event()
         self._voices: dict[int, tuple] = {}
-        self._cfg_value: float | None = None
         self.last_active = 0  # streams that made a frame in the last tick
 
     # -- streams ----------------------------------------------------------------------------------------
     def check(self, req: StreamRequest) -> None:
-        """Refuse a request this loop cannot run (wrong K / solver / guidance scale, a voice of another
-        model or too long for the cache) with an `InputError`."""
+        """Refuse a request this loop cannot run (wrong K / solver, a voice of another model or too long
+        for the cache) with an `InputError`. Each stream keeps its own guidance scale."""
         opts, loop = req.options, self.loop
         if opts.algorithm != ("sde-dpmsolver++" if loop.stochastic else "dpmsolver++") or opts.steps != loop.steps:
             raise InputError(f"this loop runs {loop.sampler} with K={loop.steps}, not {opts.algorithm} with "
                              f"K={opts.steps}: open a loop for it")
-        cfgs = {r.request.options.cfg_scale for r in (*self.runs.values(), *self.pending)}
-        if cfgs and cfgs != {opts.cfg_scale}:
-            raise InputError(f"streams sharing a batch share one cfg_scale ({cfgs.pop()}), got {opts.cfg_scale}")
         if id(req.voice) not in self._voices:  # voices already on the device were checked then
             check_voice(req.voice, loop.cfg, f"voice {req.voice.name!r}")
         longest = max(req.voice["tts_lm"].length, req.voice["lm"].length)
@@ -130,12 +126,8 @@ class RealtimeStepper:
         while self.pending and free:
             run = self.pending.popleft()
             run.slot = free.pop(0)
-            self.loop.reset_slot(run.slot, self._device_voice(run.request.voice))
+            self.loop.reset_slot(run.slot, self._device_voice(run.request.voice), run.request.options.cfg_scale)
             self.runs[run.slot] = run
-            value = run.request.options.cfg_scale
-            if value != self._cfg_value:
-                self.loop.set_cfg(value)
-                self._cfg_value = value
 
     # -- the tick -----------------------------------------------------------------------------------------
     def tick(self) -> list[StreamEvent]:

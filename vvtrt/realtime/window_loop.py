@@ -2,8 +2,9 @@
 step and the speech step built on the components' runners (`vvtrt.runtime.runner` contract, so ONNX
 Runtime / TensorRT runners can replace the torch ones), and CUDA graphs of both steps per bucket.
 
-Layout. Stream (slot) s owns text-LM row s and TTS rows 2s (positive) and 2s + 1 (negative, the CFG
-branch), so batch bucket b is a prefix of every buffer. Each row keeps its own length (= its next RoPE
+Layout. Stream (slot) s owns text-LM row s, TTS rows 2s (positive) and 2s + 1 (negative, the CFG
+branch) and its guidance scale `cfg_scale[s]` (set by `reset_slot`), so batch bucket b is a prefix of
+every buffer. Each row keeps its own length (= its next RoPE
 position); K/V buffers hold `capacity + TEXT_WINDOW` slots, the extra ones take the never-committed
 entries a step computes for rows it does not advance.
 
@@ -98,7 +99,7 @@ class RealtimeLoop:
         self.h_pos = z(n, c.hidden, dtype=dt, device=dev)
         self.h_neg = z(n, c.hidden, dtype=dt, device=dev)
         self.dec_state = z(n, nd, dtype=dt, device=dev)
-        self.cfg_scale = torch.full((1,), 1.5, dtype=torch.float32, device=dev)
+        self.cfg_scale = torch.full((n,), 1.5, dtype=torch.float32, device=dev)  # each slot's guidance scale
         self.audio_out = z(n, c.hop, dtype=torch.float32, device=dev)
         self.latent_out = z(n, c.latent_dim, dtype=torch.float32, device=dev)  # the last step's latents (parity)
         self.eos_out = z(n, dtype=torch.float32, device=dev)
@@ -117,9 +118,10 @@ class RealtimeLoop:
     def kv_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.lm_k, self.lm_v, self.tts_k, self.tts_v))
 
-    def reset_slot(self, s: int, voice) -> None:
-        """Arm slot `s` with a voice (a `VoicePreset` already on this device and dtype): its prefilled
-        caches in the slot's rows, their lengths, the conditions, a zero decoder state."""
+    def reset_slot(self, s: int, voice, cfg_scale: float = 1.5) -> None:
+        """Arm slot `s` with a voice (a `VoicePreset` already on this device and dtype) and its stream's
+        guidance scale: the voice's prefilled caches in the slot's rows, their lengths, the conditions, a
+        zero decoder state."""
         lm, pos, neg = voice["lm"], voice["tts_lm"], voice["neg_tts_lm"]
         for cache_k, cache_v, row, br in ((self.lm_k, self.lm_v, s, lm), (self.tts_k, self.tts_v, 2 * s, pos),
                                           (self.tts_k, self.tts_v, 2 * s + 1, neg)):
@@ -131,9 +133,7 @@ class RealtimeLoop:
         self.h_pos[s].copy_(pos.hidden[-1])
         self.h_neg[s].copy_(neg.hidden[-1])
         self.dec_state[s].zero_()
-
-    def set_cfg(self, value: float) -> None:
-        self.cfg_scale.fill_(float(value))
+        self.cfg_scale[s] = float(cfg_scale)
 
     # -- buckets --------------------------------------------------------------------------------------
     def batch_bucket(self, slots_needed: int) -> int:
@@ -200,7 +200,7 @@ class RealtimeLoop:
     def _speech(self, b: int, s: int) -> None:
         inp = self.inputs
         feed = {"cond_pos": self.h_pos[:b], "cond_neg": self.h_neg[:b], "noise": inp["noise"][:b],
-                "cfg_scale": self.cfg_scale}
+                "cfg_scale": self.cfg_scale[:b]}
         if self.stochastic:
             feed["step_noise"] = inp["step_noise"][:b]
         o_smp = self._out(self.sampler, {"batch": b})
