@@ -52,6 +52,18 @@ def gqa_decode_attention(q, past_k, past_v, k, v, valid, scale: float, groups: i
     return out.to(q.dtype).reshape(b, 1, hq * d)
 
 
+def gqa_rows_attention(q, k, v, mask, scale: float, groups: int):
+    """GQA without expanding K/V: the G query heads that share a KV head, times the T new tokens, become G*T
+    query rows of that head (row g*T + t), so K/V are read once, never repeated. q [B, Hq, T, D], k/v
+    [B, Hkv, S, D], `mask [B, 1, T, S]` bool -> [B, T, Hq*D]. Exportable (ONNX Attention)."""
+    b, hq, t, d = q.shape
+    qg = q.reshape(b, hq // groups, groups * t, d)  # head h = kv_head * G + g
+    # ONNX's Attention op wants the mask's query axis spelled out (no broadcast): [B, 1, G*T, S]
+    mask = mask.unsqueeze(2).expand(-1, -1, groups, -1, -1).reshape(b, 1, groups * t, mask.shape[-1])
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)  # [B, Hkv, G*T, D]
+    return out.reshape(b, hq, t, d).transpose(1, 2).reshape(b, t, hq * d)
+
+
 class _LMCore(nn.Module):
     """Shared pieces: the decoder layers, final norm, rotary embedding and the 4-row control-token head."""
 
@@ -86,16 +98,7 @@ class _LMCore(nn.Module):
         return layer.self_attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
     def _attend_rows(self, layer, q, k, v, mask):
-        """GQA without expanding K/V: the G query heads that share a KV head, times the T new tokens, become
-        G*T query rows of that head (row g*T + t), so K/V are read once, never repeated. `mask [B, 1, T, S]`."""
-        b, hq, t, d = q.shape
-        g = self.groups
-        qg = q.reshape(b, hq // g, g * t, d)  # head h = kv_head * G + g
-        # ONNX's Attention op wants the mask's query axis spelled out (no broadcast): [B, 1, G*T, S]
-        mask = mask.unsqueeze(2).expand(-1, -1, g, -1, -1).reshape(b, 1, g * t, mask.shape[-1])
-        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=self.scale)  # [B, Hkv, G*T, D]
-        out = out.reshape(b, hq, t, d).transpose(1, 2)
-        return layer.self_attn.o_proj(out.reshape(b, t, hq * d))
+        return layer.self_attn.o_proj(gqa_rows_attention(q, k, v, mask, self.scale, self.groups))
 
     def _mlp(self, i, layer, x):
         return x + swiglu(layer.mlp, self.gate_up[i], layer.post_attention_layernorm(x))

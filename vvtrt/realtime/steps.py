@@ -7,18 +7,19 @@ negative TTS rows of one stream, or rows of different streams, share a batch).
 
 `TtsDecodeStep.fast = True` (set by the torch runner when it compiles for CUDA, as for the long-form
 `LMDecode`; never exported) attends with `vvtrt.components.lm.gqa_decode_attention`: K/V read once, never
-concatenated with the new entry nor repeated per query head. The exported path concatenates and repeats the
-whole cache bucket in every layer, which is what grows the speech step with the number of streams.
+concatenated with the new entry. The exported path concatenates the cache bucket with the new entries in
+every layer; neither path repeats K/V per query head (`gqa_rows_attention`: the query heads of a KV head are
+rows of one attention). q|k|v and gate|up are one matmul each (`FusedLinear`).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from vvtrt.components.conv_stream import AcousticDecoderStep
-from vvtrt.components.lm import gqa_decode_attention
+from vvtrt.components.fused_linear import FusedLinear, swiglu
+from vvtrt.components.lm import gqa_decode_attention, gqa_rows_attention
 
 
 class _Stack(nn.Module):
@@ -29,6 +30,10 @@ class _Stack(nn.Module):
     def __init__(self, qwen, cfg):
         super().__init__()
         self.layers, self.norm, self.rotary = qwen.layers, qwen.norm, qwen.rotary_emb
+        # q|k|v and gate|up as one matmul each (views of the same weights, see fused_linear)
+        self.qkv = nn.ModuleList(FusedLinear(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj)
+                                 for l in self.layers)
+        self.gate_up = nn.ModuleList(FusedLinear(l.mlp.gate_proj, l.mlp.up_proj) for l in self.layers)
         self.q_heads, self.kv_heads, self.head_dim = cfg.q_heads, cfg.kv_heads, cfg.head_dim
         self.groups = cfg.q_heads // cfg.kv_heads
 
@@ -52,20 +57,16 @@ class _Stack(nn.Module):
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             att = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = att.q_proj(h).view(b, t, self.q_heads, self.head_dim).transpose(1, 2)
-            k = att.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = att.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = (y.reshape(b, t, -1, self.head_dim).transpose(1, 2)
+                       for y in self.qkv[i](layer.input_layernorm(x)))
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             if fast:
                 o = gqa_decode_attention(q, past_k[i], past_v[i], k, v, valid, scale, self.groups)
-                x = x + att.o_proj(o)
             else:
-                kk = torch.cat([past_k[i], k], dim=2).repeat_interleave(self.groups, dim=1)
-                vv = torch.cat([past_v[i], v], dim=2).repeat_interleave(self.groups, dim=1)
-                o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=scale)
-                x = x + att.o_proj(o.transpose(1, 2).reshape(b, t, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+                kk, vv = torch.cat([past_k[i], k], dim=2), torch.cat([past_v[i], v], dim=2)
+                o = gqa_rows_attention(q, kk, vv, mask, scale, self.groups)
+            x = x + att.o_proj(o)
+            x = x + swiglu(layer.mlp, self.gate_up[i], layer.post_attention_layernorm(x))
             ks.append(k)
             vs.append(v)
         return self.norm(x), torch.stack(ks), torch.stack(vs)
