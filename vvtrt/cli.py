@@ -229,25 +229,28 @@ def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, 
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--frames", default=60, show_default=True, type=COUNT,
-              help="Frames per run; with --prompt-tokens at most the largest exported KV bucket minus 2.")
-@click.option("--prompt-tokens", default=512, show_default=True, type=click.IntRange(min=2),
-              help="Prompt length for TTFA.")
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, REPEATS_MAX))
-@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG)
+              help="Frames per run (Realtime: per stream); with --prompt-tokens at most the largest exported KV "
+                   "bucket minus 2.")
+@click.option("--prompt-tokens", default=None, type=click.IntRange(min=2),
+              help="Prompt length for TTFA (default 512; long-form only).")
+@click.option("--repeats", default=None, type=click.IntRange(1, REPEATS_MAX),
+              help="Repeats (default 3); Realtime: timed TTFA requests (default 20).")
+@click.option("--cfg", "cfg_scale", default=None, type=CFG, help="Guidance scale (default 1.3; Realtime 1.5).")
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["pytorch-eager", "transformers"]),
-              help="Baselines to measure in the same run (repeatable).")
+              help="Baselines to measure in the same run (repeatable; long-form only).")
 @click.option("--streams", default=1, show_default=True, type=COUNT,
-              help="Concurrent streams batched into each frame step (throughput); baselines need 1.")
+              help="Concurrent streams batched into each frame step (throughput); baselines need 1. Realtime: "
+                   "1, 2, 4 ... up to N streams, through one stepper and through the engine.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @_friendly
 def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines, streams, out_dir):
-    """Measure latency, RTF, time to first audio, memory and GPU telemetry."""
-    from vvtrt.bench.run import run_bench_cli
-    from vvtrt.pipeline import check_bench_options
+    """Measure latency, RTF, time to first audio, memory and GPU telemetry. On a Realtime work dir (one
+    --backend: torch, torch-compile, torch-max-autotune, onnxruntime or tensorrt): warm TTFA, the step and
+    its components, memory, and streams through one stepper and through the engine, with a synthetic voice."""
+    from vvtrt.pipeline import run_bench_verb
 
-    device = check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens, streams, out_dir)
-    paths = run_bench_cli(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale,
-                          baselines, out_dir, streams)
+    paths = run_bench_verb(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines,
+                           streams, out_dir)
     click.echo(f"bench report: {paths['md']}")
 
 

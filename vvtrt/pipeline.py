@@ -241,12 +241,15 @@ def _write_audio(chunks, res, output, stream: bool, total) -> None:
 
 
 def check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens, streams, out_dir) -> str:
-    """The bench's work-dir-dependent limits, before any model loads; returns the device to use."""
+    """The bench's work-dir-dependent limits, before any model loads; returns the device to use. A Realtime
+    work dir's are `vvtrt.realtime.verbs.check_realtime_bench`'s. `prompt_tokens` None: 512."""
     wd = Workdir.open(workdir)
     if wd.kind == "realtime":
-        raise InputError(f"`vvtrt bench` measures long-form work dirs and {wd.root} is a Realtime one: run "
-                         "`python benchmarks/realtime_bench.py --preset tiny-realtime|realtime-0.5b` (time to first "
-                         "audio, step times, streams per batch)")
+        from vvtrt.realtime.verbs import check_realtime_bench
+
+        return check_realtime_bench(workdir, backends, device, dtype, frames, prompt_tokens, streams=streams,
+                                    out_dir=out_dir).device
+    prompt_tokens = 512 if prompt_tokens is None else prompt_tokens
     dev = resolve_device(device)
     precision = Precision.parse(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
     if any(not b.strip().startswith("torch") for b in str(backends).split(",") if b.strip()):
@@ -263,6 +266,22 @@ def check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens,
     if out_dir is not None:
         check_output_dir(out_dir, "--out directory")
     return str(dev)
+
+
+def run_bench_verb(workdir, backends="torch", device=None, dtype=None, frames=60, prompt_tokens=None, repeats=None,
+                   cfg_scale=None, baselines=(), streams=1, out_dir=None) -> dict:
+    """`vvtrt bench`: a Realtime work dir's bench (`vvtrt.realtime.verbs.realtime_bench`) or the long-form one
+    (defaults: 512 prompt tokens, 3 repeats, CFG 1.3); the written paths."""
+    if is_realtime_workdir(workdir):
+        from vvtrt.realtime.verbs import realtime_bench
+
+        return realtime_bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines,
+                              streams, out_dir)
+    from vvtrt.bench.run import run_bench_cli
+
+    device = check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens, streams, out_dir)
+    return run_bench_cli(workdir, backends, device, dtype, frames, 512 if prompt_tokens is None else prompt_tokens,
+                         repeats or 3, 1.3 if cfg_scale is None else cfg_scale, baselines, out_dir, streams)
 
 
 def run_demo(workdir="demo-out", frames=16, progress_factory=None) -> dict:

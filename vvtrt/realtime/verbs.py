@@ -181,3 +181,137 @@ def realtime_synth(workdir, backend="torch", fallback=(), device=None, dtype=Non
         res.audio = np.concatenate(res.chunks) if res.chunks else np.zeros(0, np.float32)
 
     return chunks(), res
+
+
+# -- vvtrt bench on a Realtime work dir -----------------------------------------------------------------
+BENCH_VARIANTS = {"torch": ("torch", False), "torch-compile": ("torch", True),
+                  "torch-max-autotune": ("torch", "max-autotune-no-cudagraphs"),
+                  "onnxruntime": ("onnxruntime", False), "tensorrt": ("tensorrt", False)}
+
+
+@dataclass(frozen=True)
+class RealtimeBenchPlan:
+    """The checked options of `vvtrt bench` on a Realtime work dir (`check_realtime_bench`)."""
+
+    workdir: str
+    variant: str
+    device: str
+    precision: str
+    settings: object  # RealtimeBenchSettings
+    out_dir: str | None
+
+
+def _bench_variant(backends, baselines, prompt_tokens) -> str:
+    if baselines:
+        raise InputError("--baseline is for long-form work dirs: a Realtime work dir is measured on its --backend "
+                         "alone; drop --baseline")
+    if prompt_tokens is not None:
+        raise InputError("--prompt-tokens is for long-form work dirs: the Realtime model reads its text 5 tokens at "
+                         "a time; drop --prompt-tokens")
+    names = [b.strip() for b in str(backends).split(",") if b.strip()]
+    if len(names) != 1:
+        raise InputError(f"a Realtime work dir is measured on one --backend a run, got {len(names)}: run once per "
+                         "backend")
+    if names[0] not in BENCH_VARIANTS:
+        raise InputError(f"unknown Realtime bench backend {names[0]!r}: choose from {', '.join(BENCH_VARIANTS)}")
+    return names[0]
+
+
+def _bench_capacity(wd, frames: int) -> int:
+    """The smallest exported KV bucket that holds a stream of `frames` frames (synthetic voice, the bench
+    text); an InputError when even the largest does not."""
+    import math
+
+    from vvtrt.realtime.backends import realtime_tokenizer
+    from vvtrt.realtime.bench import TEXT
+    from vvtrt.realtime.synthetic import DEFAULT_TTS_LEN
+    from vvtrt.realtime.text_feed import whole_text_ids
+
+    text = len(whole_text_ids(TEXT, realtime_tokenizer(wd.source())))
+    need = DEFAULT_TTS_LEN + min(text, 5 * math.ceil(frames / 6)) + frames + 1
+    buckets = wd.options().kv_buckets
+    fits = [b for b in buckets if b >= need]
+    if not fits:
+        raise InputError(f"--frames {frames} needs {need} cache positions a stream (a {DEFAULT_TTS_LEN}-position "
+                         f"voice, the text, the frames); the largest exported KV bucket of {wd.root} is "
+                         f"{buckets[-1]}: lower --frames")
+    return fits[0]
+
+
+def check_realtime_bench(workdir, backends="torch", device=None, dtype=None, frames=60, prompt_tokens=None,
+                         repeats=None, cfg_scale=None, baselines=(), streams=1, out_dir=None) -> RealtimeBenchPlan:
+    """`vvtrt bench` options on a Realtime work dir, checked before any model loads (module doc of
+    `vvtrt.realtime.bench` for what they mean there)."""
+    from vvtrt.option_checks import (REPEATS_MAX, check_cfg, check_output_dir, check_precisions_exported,
+                                     resolve_device)
+    from vvtrt.realtime.backends import require_realtime
+    from vvtrt.realtime.bench import RealtimeBenchSettings, powers_of_two_to
+    from vvtrt.workdir import Workdir
+
+    variant = _bench_variant(backends, baselines, prompt_tokens)
+    wd = Workdir.open(workdir)
+    require_realtime(wd)
+    dev = resolve_device(device)
+    precision = Precision.parse(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
+    if BENCH_VARIANTS[variant][0] != "torch":
+        check_precisions_exported(wd, [precision])
+        wd.verify(precisions=[precision])
+        most = wd.options().max_batch // 2
+        if streams > most:
+            raise InputError(f"--streams must be at most {most} on {variant} (the batch exported in {wd.root}), "
+                             f"got {streams}")
+    for name, value in (("--frames", frames), ("--streams", streams), ("--repeats", repeats or 1)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+    if repeats is not None and repeats > REPEATS_MAX:
+        raise InputError(f"--repeats must be at most {REPEATS_MAX}, got {repeats}")
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out directory")
+    cuda = dev.type == "cuda"
+    counts = powers_of_two_to(streams)
+    settings = RealtimeBenchSettings(
+        requests=repeats or 20, warmup=3 if cuda else 1, frames=frames, batches=counts, engine_streams=counts,
+        capacity=_bench_capacity(wd, frames), replays=200 if cuda else 10, steps=wd.options().steps,
+        cfg_scale=check_cfg(DEFAULT_CFG if cfg_scale is None else cfg_scale))
+    return RealtimeBenchPlan(str(wd.root), variant, str(dev), precision.value, settings,
+                             None if out_dir is None else str(out_dir))
+
+
+def _bench_voice(rt, wd, precision, device):
+    """A synthetic voice made by the work dir's model (its lengths like the released presets')."""
+    from vvtrt.realtime.backends import load_realtime_model
+    from vvtrt.realtime.synthetic import make_voice
+
+    model = rt.model if rt.model is not None else load_realtime_model(wd.source(), precision, device)
+    return make_voice(model, "synthetic")
+
+
+def run_realtime_bench_cli(plan: RealtimeBenchPlan) -> dict:
+    """Measure `plan` (`vvtrt.realtime.bench`) and write ``bench_<model>_<dtype>_k<K>_<backend>.{json,md,png}``
+    into its out dir or the work dir's reports folder."""
+    from vvtrt.realtime.bench import run_realtime_bench
+    from vvtrt.realtime.bench_report import write_outputs
+    from vvtrt.realtime.runtime import RealtimeRunner
+    from vvtrt.workdir import Workdir
+
+    wd = Workdir.open(plan.workdir)
+    backend, compile_ = BENCH_VARIANTS[plan.variant]
+
+    def load():
+        rt = RealtimeRunner.from_workdir(wd.root, backend, plan.device, plan.precision, compile=compile_)
+        return rt, _bench_voice(rt, wd, Precision.parse(plan.precision), rt.device)
+
+    model = wd.meta()["model"]
+    name = Path(model["preset"] or model["path"]).name
+    meta = {"preset": name, "dtype": plan.precision, "backend": plan.variant, "workdir": str(wd.root),
+            "voice": "synthetic (vvtrt.realtime.synthetic, the work dir's model)"}
+    report = run_realtime_bench(load, plan.settings, meta, plan.device)
+    stem = f"bench_{name}_{plan.precision}_k{plan.settings.steps}_{plan.variant}"
+    return write_outputs(report, plan.out_dir or wd.reports_dir, stem)
+
+
+def realtime_bench(workdir, backends="torch", device=None, dtype=None, frames=60, prompt_tokens=None, repeats=None,
+                   cfg_scale=None, baselines=(), streams=1, out_dir=None) -> dict:
+    """`vvtrt bench -w <Realtime work dir>`: check, measure, write; the written paths."""
+    return run_realtime_bench_cli(check_realtime_bench(workdir, backends, device, dtype, frames, prompt_tokens,
+                                                       repeats, cfg_scale, baselines, streams, out_dir))
