@@ -139,8 +139,19 @@ long15() {  # long-form (issue 11): decode cost against context (1k..64k), TTFA 
   python3 benchmarks/longform.py "$RUN/wd15" "$RUN/results/longform_1.5b_90min" --device cuda --phases long \
       --long-frames 40500 --long-prompt 20000
 }
-rt() {  # Realtime-0.5B (issue 14): TTFA, frame step, capacity by batch, memory (random weights, bf16, K=5)
-  python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_0.5b"
+rt() {  # Realtime-0.5B (issue 14): TTFA, frame step and its components, memory, streams per batch and through
+  # the engine (random weights, bf16, K=5, CUDA graphs)
+  python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_0.5b" --batches ${RT_BATCHES:-1,64,256,512} \
+      --engine-streams ${RT_ENGINE:-64,256,512}
+}
+rtc() {  # the same with torch.compile'd components (the gemm decode attention, convolutions as GEMMs); no engine
+  # phase (every bucket of a 512-slot engine would compile)
+  python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_0.5b_compile" --compile \
+      --batches ${RTC_BATCHES:-1,512} --engine-streams ""
+}
+rtcli() {  # `vvtrt bench` on the Realtime work dir (torch backend)
+  $VV export --model realtime-0.5b -w "$RUN/wdrt" --dtype bf16 &&
+  $VV bench -w "$RUN/wdrt" --device cuda --backend torch --streams 8 --frames 30 --out "$RUN/results/rt_vvtrt_bench"
 }
 http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machine, rising concurrency
   local port=8123 pid n
@@ -217,7 +228,7 @@ srv7() {  # the same for 7B
   $VV bench-serving -w "$RUN/wd7" --device cuda --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
       --prompt-words ${SRV_WORDS:-8,48,96} --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
 }
-STAGE_NAMES=" rtx gpu8 rtserve ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" rtx gpu8 rtserve rtc rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
