@@ -149,6 +149,10 @@ rtc() {  # the same with torch.compile'd components (the gemm decode attention, 
   python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_0.5b_compile" --compile \
       --batches ${RTC_BATCHES:-1,512} --engine-streams ""
 }
+rtce() {  # compiled, with the engine phase (lazy capture, one batch bucket per engine: see bench_engine.py)
+  python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_0.5b_compile_engine" --compile \
+      --batches ${RTCE_BATCHES:-1} --engine-streams ${RTCE_ENGINE:-512,1024}
+}
 rtcli() {  # `vvtrt bench` on the Realtime work dir (torch backend)
   $VV export --model realtime-0.5b -w "$RUN/wdrt" --dtype bf16 &&
   $VV bench -w "$RUN/wdrt" --device cuda --backend torch --streams 8 --frames 30 --out "$RUN/results/rt_vvtrt_bench"
@@ -228,7 +232,7 @@ srv7() {  # the same for 7B
   $VV bench-serving -w "$RUN/wd7" --device cuda --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
       --prompt-words ${SRV_WORDS:-8,48,96} --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
 }
-STAGE_NAMES=" rtx gpu8 rtserve rtc rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

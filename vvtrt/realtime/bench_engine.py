@@ -1,7 +1,10 @@
 """The engine phase of the Realtime bench: N streams through `RealtimeEngine`, as a server would run them.
 
-For each N: an engine of N slots (its CUDA graphs captured at start), a short warm pass of N streams,
-then N requests submitted at once, each forced to `frames` frames (`RealtimeSpeechRequest.frames`), and
+For each N: an engine of N slots, a warm pass of N streams as long as the timed one (with torch.compile'd
+runners the engine captures lazily, so this pass compiles and captures exactly the buckets the timed pass
+uses, and the engine's loop has the one batch bucket N, so streams admitted over several ticks cannot ask
+for a shape the warm pass did not compile; otherwise every bucket's graphs are captured at start), then N
+requests submitted at once, each forced to `frames` frames (`RealtimeSpeechRequest.frames`), and
 read by one host thread: "asyncio" (every handle read as chunks come, by one event loop: what a server
 does) or "buffer" (handles read one after another, the rest held in their buffers: the least reader
 work, to see what reading costs the engine thread through the GIL). Times are the engine's own (the
@@ -22,7 +25,6 @@ from vvtrt.reports.stats import summary
 from vvtrt.serving.api import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
-WARM_FRAMES = 2
 
 
 def _stats(values, keys=("p50", "p99", "max")) -> dict:
@@ -34,7 +36,7 @@ def _config(rt, n: int, frames: int, s):
     from vvtrt.realtime.engine import RealtimeEngineConfig
 
     return RealtimeEngineConfig(max_streams=n, max_queue=max(n, 1), buffer_chunks=frames + 8, steps=s.steps,
-                                solver=s.solver, capacity=s.capacity, capture=True)
+                                solver=s.solver, capacity=s.capacity, capture=not rt.compile)
 
 
 def _submit(engine, text: str, n: int, frames: int, s, seed0: int) -> list:
@@ -107,24 +109,32 @@ def engine_pass(rt, voice, text: str, n: int, s) -> dict:
 
     frames = s.engine_frames or s.frames
     frame_ms = 1e3 * rt.cfg.hop / SAMPLE_RATE
+    saved_buckets = rt.batch_buckets
+    if rt.compile:
+        rt.batch_buckets = (n,)  # see the module doc
     engine = RealtimeEngine(rt, _config(rt, n, frames, s), voices={"bench": voice})
     t0 = time.perf_counter()
-    engine.start()
-    start_s = time.perf_counter() - t0
     try:
+        engine.start()
+        start_s = time.perf_counter() - t0
         loop = engine.stepper.loop
-        _read(_submit(engine, text, n, WARM_FRAMES, s, 5000), s.engine_reader)
+        t_warm = time.perf_counter()
+        _read(_submit(engine, text, n, frames, s, 5000), s.engine_reader)
+        warm_s = time.perf_counter() - t_warm
         t_submit = time.perf_counter()
         handles = _submit(engine, text, n, frames, s, 9000)
         submit_s = time.perf_counter() - t_submit
         lags = _read(handles, s.engine_reader)
         out = _summarise(n, frames, [h.summary() for h in handles], lags, t_submit, s, frame_ms)
         out.update({"engine_streams": engine.streams, "start_seconds": round(start_s, 2),
+                    "warm_pass_seconds": round(warm_s, 2), "capture": "lazy" if rt.compile else "at start",
+                    "batch_buckets": list(loop.batch_buckets),
                     "submit_ms": round(submit_s * 1e3, 3), "graphs": len(loop.graphs),
                     "capture_error": loop.capture_error, "reader": s.engine_reader})
     finally:
         engine.stop(grace_s=0.0)
         rt.drop_kept()
+        rt.batch_buckets = saved_buckets
     out["stats"] = dict(engine.stats().requests_by_outcome)  # after stop: every outcome is counted
     return out
 
