@@ -8,10 +8,11 @@ Measured, in this order, in one process (K, solver and guidance scale from the s
 
 1. TTFA: `requests` warm single-stream requests (after `warmup` ones that capture the graphs): time from
    handing the text to `RealtimeRunner.stream` to its first chunk (first window + first frame).
-2. Frame step at one stream: the speech step and the 5-token text-window step replayed back to back, and
+2. Memory of one stream: NVML's figure for this process (sampled from before CUDA starts) and torch's
+   allocator peak, after the single-stream runs (loop capacity = the runner's). Before step 3: its
+   per-component graphs are the bench's, not a stream's (session 8's first runs measured after them).
+3. Frame step at one stream: the speech step and the 5-token text-window step replayed back to back, and
    each of their components alone with the glue between them (`vvtrt.realtime.bench_components`).
-3. Memory of one stream: NVML's figure for this process (sampled from before CUDA starts) and torch's
-   allocator peak, after the single-stream runs (loop capacity = the runner's).
 4. Batches: N streams (`batches`) run `frames` frames through one `RealtimeStepper`, the second of two
    identical passes timed tick by tick. Real time: mean tick <= one frame of audio (hop / 24 kHz).
    The component breakdown is measured again at the largest batch (`breakdown_largest`).
@@ -260,8 +261,9 @@ def run_realtime_bench(load, s: RealtimeBenchSettings, meta: dict, device) -> di
         report = _header(rt, voice, s, meta, time.perf_counter() - t0)
         log.info("realtime bench: TTFA over %d requests", s.requests)
         report["ttfa"] = measure_ttfa(rt, voice, s)
-        report["one_stream_step"], one, need = measure_step(rt, voice, s)
+        # before the step's component breakdown, whose per-component graphs one stream never holds
         report["memory_one_stream"] = _memory(rt, sampler)
+        report["one_stream_step"], one, need = measure_step(rt, voice, s)
         rt.drop_kept()
         report["batches"] = []
         for i, n in enumerate(s.batches):

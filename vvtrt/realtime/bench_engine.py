@@ -18,6 +18,7 @@ over all streams is within `gap_p99_bound_ms` (default one frame), AND every str
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -72,6 +73,34 @@ def _read(handles, reader: str) -> list[float]:
     return asyncio.run(_read_async(handles)) if reader == "asyncio" else _read_buffered(handles)
 
 
+class GcPauses:
+    """The garbage collector's pauses while in use (`gc.callbacks`), any thread: count, generation-2
+    count, max ms; a tick that a collection stretches shows up as one long inter-chunk gap."""
+
+    def __init__(self):
+        self.pauses: list[tuple[int, float]] = []
+        self._t0 = None
+
+    def _callback(self, phase, info) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif self._t0 is not None:
+            self.pauses.append((info["generation"], (time.perf_counter() - self._t0) * 1e3))
+            self._t0 = None
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict:
+        ms = [p for _, p in self.pauses]
+        return {"count": len(ms), "generation2": sum(g == 2 for g, _ in self.pauses),
+                "max_ms": round(max(ms), 3) if ms else None, "total_ms": round(sum(ms), 3)}
+
+
 def _stream_rates(summaries) -> list[float]:
     """Chunks a second of each stream after its first chunk."""
     out = []
@@ -124,11 +153,12 @@ def engine_pass(rt, voice, text: str, n: int, s) -> dict:
         t_submit = time.perf_counter()
         handles = _submit(engine, text, n, frames, s, 9000)
         submit_s = time.perf_counter() - t_submit
-        lags = _read(handles, s.engine_reader)
+        with GcPauses() as pauses:
+            lags = _read(handles, s.engine_reader)
         out = _summarise(n, frames, [h.summary() for h in handles], lags, t_submit, s, frame_ms)
         out.update({"engine_streams": engine.streams, "start_seconds": round(start_s, 2),
                     "warm_pass_seconds": round(warm_s, 2), "capture": "lazy" if rt.compile else "at start",
-                    "batch_buckets": list(loop.batch_buckets),
+                    "batch_buckets": list(loop.batch_buckets), "gc_pauses": pauses.summary(),
                     "submit_ms": round(submit_s * 1e3, 3), "graphs": len(loop.graphs),
                     "capture_error": loop.capture_error, "reader": s.engine_reader})
     finally:

@@ -8,6 +8,7 @@ single-request `Synthesizer` uses. Each request's audio depends only on its own 
 from __future__ import annotations
 
 import collections
+import gc
 import hashlib
 import itertools
 import logging
@@ -209,6 +210,10 @@ class Engine:
                 f"the serving engine could not start: {type(exc).__name__}: {exc}")
             started.set()
             return
+        # The model, its compiled code and graphs are built: keep the collector's full (generation 2) passes
+        # from walking those objects on every collection while streams run (a pause on the GPU thread).
+        gc.collect()
+        gc.freeze()
         self._ready = True
         started.set()
         with torch.inference_mode():
