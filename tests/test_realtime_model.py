@@ -124,3 +124,12 @@ def test_loader_refuses_a_bad_config(tmp_path, rt_ckpt):
     (root / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="vibevoice_streaming"):
         plan_realtime_checkpoint(root)
+
+
+def test_convert_refuses_a_realtime_checkpoint_with_one_line(rt_ckpt, tmp_path):
+    """transformers has no Realtime layout: `vvtrt convert` says to use the directory as it is."""
+    from cli_helpers import one_clear_line, run
+
+    line = one_clear_line(run("convert", rt_ckpt, tmp_path / "out"))
+    assert "VibeVoice-Realtime checkpoint" in line and "vvtrt export --model" in line
+    assert not (tmp_path / "out").exists()

@@ -38,8 +38,13 @@ def convert(src_dir, out_dir, tokenizer_dir=None, force: bool = False) -> Conver
     """Write `src_dir` (any layout vvtrt loads, validated first) to `out_dir` in transformers' layout,
     with the tokenizer files of `tokenizer_dir` (or of `src_dir`) beside it."""
     from vvtrt.model.checkpoint import plan_checkpoint
+    from vvtrt.model.layouts import detect_layout, read_config
 
-    plan = plan_checkpoint(Path(src_dir).expanduser())
+    src = Path(src_dir).expanduser()
+    if detect_layout(read_config(src), src).family == "realtime":
+        raise InputError(f"{src} is a VibeVoice-Realtime checkpoint, and transformers has no layout for that model "
+                         f"to convert to: use the directory as it is (`vvtrt export --model {src} --tokenizer DIR`)")
+    plan = plan_checkpoint(src)
     out = Path(out_dir).expanduser()
     tok_src = _tokenizer_source(tokenizer_dir, plan.root)
     _prepare_out(out, plan.root, force)

@@ -152,4 +152,5 @@ def tokenizer_advice(raw: dict) -> str:
         model, repo = QWEN_TOKENIZERS[key]
         return f"{model} needs the {repo} tokenizer: download its files {files} and pass --tokenizer DIR"
     return (f"get the Qwen2.5 tokenizer its language model was trained with {files} - Qwen/Qwen2.5-1.5B for "
-            "VibeVoice-1.5B, Qwen/Qwen2.5-7B for the 7B - and pass --tokenizer DIR")
+            "VibeVoice-1.5B, Qwen/Qwen2.5-7B for the 7B, Qwen/Qwen2.5-0.5B for VibeVoice-Realtime-0.5B - and pass "
+            "--tokenizer DIR")
