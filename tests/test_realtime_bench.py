@@ -57,6 +57,8 @@ def test_bench_on_a_realtime_work_dir(rt_wd, tmp_path):
         assert p["ok"] == p["streams"] and p["frames_per_stream"] == 8 and p["outcomes"] == ["forced_eos"]
         assert p["ttfa_ms"]["p50"] > 0 and p["gap_ms"]["p99"] > 0 and p["chunks_per_s"] > 0
         assert p["stats"] == {"forced_eos": 2 * p["streams"]}  # the warm pass and the timed one
+        assert p["playback"]["streams_running_dry"] in range(p["streams"] + 1)
+        assert p["gc_pauses"]["count"] >= p["gc_pauses"]["generation2"] >= 0
     assert "chunk rate" in r["engine"]["realtime_definition"]
     assert r["memory_one_stream"]["nvml_process_status"].startswith("not measured")
     md = stem.with_suffix(".md").read_text()
@@ -124,3 +126,15 @@ def test_benchmark_script_runs_on_the_cpu(tmp_path):
     (p,) = r["engine"]["passes"]
     assert p["streams"] == 2 and p["ok"] == 2 and p["reader"] == "buffer" and p["frames_per_stream"] == 12
     assert (tmp_path / "realtime_bench.png").is_file() and "| 2 |" in (tmp_path / "realtime_bench.md").read_text()
+
+
+def test_playback_counts_a_stream_that_would_run_dry():
+    """One frame of start buffer: chunk i is due (i + 1) frames after the first chunk."""
+    from types import SimpleNamespace
+
+    from vvtrt.realtime.bench_engine import _playback
+
+    steady = SimpleNamespace(chunk_gaps_s=[0.05] * 10)
+    stalled = SimpleNamespace(chunk_gaps_s=[0.13, 0.13, 0.40, 0.01])  # chunk 3 at 660 ms, due at 533.3 ms
+    pb = _playback([steady, stalled], 1000 / 7.5)
+    assert pb["streams_running_dry"] == 1 and abs(pb["worst_lateness_ms"] - 126.667) < 1e-2

@@ -111,6 +111,21 @@ def _stream_rates(summaries) -> list[float]:
     return out
 
 
+def _playback(summaries, frame_ms: float) -> dict:
+    """Informational (not the real-time rule): a client that starts playing a stream one frame after its first
+    chunk runs dry when chunk i arrives later than (i + 1) frames after the first; streams that would, and the
+    latest chunk's lateness."""
+    late, worst = 0, 0.0
+    for m in summaries:
+        t, over = 0.0, 0.0
+        for i, gap in enumerate(m.chunk_gaps_s, start=1):
+            t += gap * 1e3
+            over = max(over, t - (i + 1) * frame_ms)
+        late += over > 0
+        worst = max(worst, over)
+    return {"start_buffer_ms": round(frame_ms, 3), "streams_running_dry": late, "worst_lateness_ms": round(worst, 3)}
+
+
 def _summarise(n: int, frames: int, summaries, lags, t_submit: float, s, frame_ms: float) -> dict:
     ok = sum(m.frames == frames and m.stop_reason == "forced_eos" for m in summaries)
     ttfa = [m.ttfa_s * 1e3 for m in summaries if m.first_chunk_t]
@@ -129,7 +144,8 @@ def _summarise(n: int, frames: int, summaries, lags, t_submit: float, s, frame_m
             "stream_rate_per_s": {**_stats(rates, ("min", "p50")), "needed": round(need_rate, 3)},
             "rtf": _stats([m.rtf for m in summaries if m.frames], ("p50", "max")),
             "reader_lag_ms": _stats([x * 1e3 for x in lags], ("p50", "p99")),
-            "gap_p99_bound_ms": round(bound, 3), "realtime": bool(realtime)}
+            "gap_p99_bound_ms": round(bound, 3), "playback": _playback(summaries, frame_ms),
+            "realtime": bool(realtime)}
 
 
 def engine_pass(rt, voice, text: str, n: int, s) -> dict:

@@ -96,7 +96,18 @@ def _engine(r: dict) -> list[str]:
                      f"{g['p99']} / {g['max']} | {p['chunks_per_s']} | {p['stream_rate_per_s']['min']} | "
                      f"{rt['p50']} / {rt['max']} | {lag['p50']} / {lag['p99']} | {p['start_seconds']} | "
                      f"{'yes' if p['realtime'] else 'no'} |")
+    notes = [f"- {p['streams']} streams: {_played(p)}" for p in e["passes"] if "error" not in p and "playback" in p]
+    if notes:
+        lines += ["", "Informational, not the rule above: a client that starts playing one frame after the first "
+                  "chunk.", ""] + notes
     return lines
+
+
+def _played(p: dict) -> str:
+    pb, gc = p["playback"], p.get("gc_pauses") or {}
+    gc_text = f"; GC pauses in the timed pass: {gc['count']} (generation 2: {gc['generation2']}), max " \
+              f"{gc['max_ms']} ms" if gc else ""
+    return f"{pb['streams_running_dry']} would run dry (worst lateness {pb['worst_lateness_ms']} ms){gc_text}"
 
 
 def markdown(r: dict, image: str | None = None) -> str:
