@@ -22,15 +22,21 @@ def tiny_lm():
     return info, ref, fast
 
 
+def _poisoned_cache(layers, kv_heads, head_dim, s, lens, g):
+    """Random K/V caches of `s` slots for rows of valid lengths `lens`, huge values in every slot past them."""
+    shape = (layers, len(lens), kv_heads, s, head_dim)
+    pk, pv = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    for row, n in enumerate(lens):
+        pk[:, row, :, n:], pv[:, row, :, n:] = 3e4, -3e4
+    return pk, pv
+
+
 def test_gemm_decode_matches_sdpa(tiny_lm, monkeypatch):
     monkeypatch.setenv("VVTRT_DECODE_KERNEL", "gemm")
     info, ref, fast = tiny_lm
     g = torch.Generator().manual_seed(0)
-    s, lens = 96, [0, 1, 40, 95, 96]
-    shape = (info.layers, len(lens), info.kv_heads, s, info.head_dim)
-    pk, pv = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    for row, n in enumerate(lens):
-        pk[:, row, :, n:], pv[:, row, :, n:] = 3e4, -3e4
+    lens = [0, 1, 40, 95, 96]
+    pk, pv = _poisoned_cache(info.layers, info.kv_heads, info.head_dim, 96, lens, g)
     emb = torch.randn(len(lens), 1, info.hidden, generator=g)
     cache_len = torch.tensor(lens)
     with torch.inference_mode():
@@ -58,11 +64,8 @@ def test_realtime_tts_decode_fast_path_matches_the_exported_path():
     ref, fast = TtsDecodeStep(model).eval(), TtsDecodeStep(model).eval()
     fast.fast = True
     g = torch.Generator().manual_seed(1)
-    s, lens = 48, [0, 1, 20, 47, 48]
-    shape = (cfg.tts_layers, len(lens), cfg.kv_heads, s, cfg.head_dim)
-    pk, pv = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    for row, n in enumerate(lens):
-        pk[:, row, :, n:], pv[:, row, :, n:] = 3e4, -3e4
+    lens = [0, 1, 20, 47, 48]
+    pk, pv = _poisoned_cache(cfg.tts_layers, cfg.kv_heads, cfg.head_dim, 48, lens, g)
     emb = torch.randn(len(lens), 1, cfg.hidden, generator=g) * 0.5
     with torch.inference_mode():
         want, got = ref(emb, pk, pv, torch.tensor(lens)), fast(emb, pk, pv, torch.tensor(lens))

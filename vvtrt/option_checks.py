@@ -33,6 +33,16 @@ def check_seed(seed) -> int:
     return seed
 
 
+def check_counts(obj, names, lowest: int = 1, optional: bool = False) -> None:
+    """Each attribute `names` of `obj` an integer (not a bool) >= `lowest` (None allowed when `optional`)."""
+    for name in names:
+        value = getattr(obj, name)
+        if optional and value is None:
+            continue
+        if type(value) is not int or value < lowest:
+            raise InputError(f"{name} must be an integer >= {lowest}, got {value!r}")
+
+
 def check_cfg(cfg_scale) -> float:
     try:
         value = float(cfg_scale)

@@ -60,21 +60,16 @@ class RealtimeBenchSettings:
     breakdown_largest: bool = True
 
     def __post_init__(self):
-        for name in ("requests", "ttfa_frames", "frames", "capacity", "replays", "steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise InputError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        from vvtrt.option_checks import check_cfg, check_counts
+
+        check_counts(self, ("requests", "ttfa_frames", "frames", "capacity", "replays", "steps"))
+        check_counts(self, ("warmup",), lowest=0)
         for name in ("batches", "engine_streams"):
             if any(not isinstance(n, int) or n < 1 for n in getattr(self, name)):
                 raise InputError(f"{name} must be stream counts >= 1, got {getattr(self, name)!r}")
-        if self.engine_frames is not None and self.engine_frames < 1:
-            raise InputError(f"engine_frames must be >= 1, got {self.engine_frames!r}")
+        check_counts(self, ("engine_frames",), optional=True)
         if self.engine_reader not in READERS:
             raise InputError(f"engine_reader must be one of {', '.join(READERS)}, got {self.engine_reader!r}")
-        from vvtrt.option_checks import check_cfg
-
         check_cfg(self.cfg_scale)
 
 

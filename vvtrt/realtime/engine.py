@@ -51,10 +51,9 @@ class RealtimeEngineConfig:
     capture: bool = True
 
     def __post_init__(self):
-        for name in ("max_streams", "max_queue", "buffer_chunks", "steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+        from vvtrt.option_checks import check_counts
+
+        check_counts(self, ("max_streams", "max_queue", "buffer_chunks", "steps"))
         LoopOptions(steps=self.steps, algorithm=self.solver)  # an unknown solver is an InputError
 
 
@@ -108,12 +107,9 @@ def _as_realtime(request) -> RealtimeSpeechRequest:
 
 
 def _check_request(r: RealtimeSpeechRequest) -> None:
-    from vvtrt.option_checks import check_cfg
+    from vvtrt.option_checks import check_cfg, check_counts
 
-    for name in ("max_frames", "frames"):
-        value = getattr(r, name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    check_counts(r, ("max_frames", "frames"), optional=True)
     if not isinstance(r.seed, int) or isinstance(r.seed, bool) or not 0 <= r.seed < SEED_LIMIT:
         raise InputError(f"seed must be a non-negative integer below 2**63, got {r.seed!r}")
     check_cfg(r.cfg_scale)

@@ -136,12 +136,9 @@ class Engine:
 
     def _check(self, r: SpeechRequest):
         """Validate a request on the caller's thread (host work only)."""
-        from vvtrt.option_checks import check_cfg
+        from vvtrt.option_checks import check_cfg, check_counts
 
-        if r.frames is not None and (not isinstance(r.frames, int) or r.frames < 1):
-            raise InputError(f"frames must be an integer >= 1, got {r.frames!r}")
-        if r.max_frames is not None and (not isinstance(r.max_frames, int) or r.max_frames < 1):
-            raise InputError(f"max_frames must be an integer >= 1, got {r.max_frames!r}")
+        check_counts(r, ("frames", "max_frames"), optional=True)
         if not isinstance(r.seed, int) or isinstance(r.seed, bool) or not 0 <= r.seed < 2 ** 63 - 8000:
             raise InputError(f"seed must be a non-negative integer, got {r.seed!r}")
         check_cfg(r.cfg_scale)
