@@ -128,11 +128,11 @@ def test_cancel_frees_the_slot_and_the_queue_is_bounded(rt, voices):
         eng.submit(RealtimeSpeechRequest(TEXTS[1], "v1"))
 
 
-def test_a_slow_reader_is_cancelled_without_stalling_another_stream(rt, voices):
+def test_a_stalled_reader_is_held_then_cancelled_without_stalling_another_stream(rt, voices):
     from vvtrt.realtime.engine import RealtimeSpeechRequest
     from vvtrt.serving.api import SlowReader
 
-    eng = _engine(rt, voices, buffer_chunks=4)
+    eng = _engine(rt, voices, buffer_chunks=4, stall_timeout_s=1.0)
     try:
         slow = eng.submit(RealtimeSpeechRequest(TEXTS[0], "v0", seed=5, max_frames=30))
         fast_req = RealtimeSpeechRequest(TEXTS[2], "v2", seed=6, max_frames=20)

@@ -4,6 +4,7 @@ reader that cannot stall the others, the memory refusal, the async iterator and 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -106,16 +107,20 @@ def test_cancel_frees_the_slot_and_reuse_is_clean(synths):
         eng.stop()
 
 
-def test_a_slow_reader_is_cancelled_without_stalling_the_others(synths):
-    eng = _engine(synths["torch"], buffer_chunks=2, **FIXED)
+def test_a_stalled_reader_is_held_then_cancelled_without_stalling_the_others(synths):
+    eng = _engine(synths["torch"], buffer_chunks=2, stall_timeout_s=1.0, **FIXED)
     try:
         want = _audio(eng.submit(REQUESTS[1]))
         stuck = eng.submit(SpeechRequest("Speaker 1: nobody reads me", seed=5, frames=30))
-        got = _audio(eng.submit(REQUESTS[1]))  # runs to the end while `stuck` is never read
+        got = _audio(eng.submit(REQUESTS[1]))  # runs to the end while `stuck` is held, never read
         assert np.array_equal(got, want)
+        assert stuck.buffered() == 2 and not stuck.done()  # held: a full buffer, nothing lost
+        deadline = time.monotonic() + 30
+        while not stuck.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
         it = iter(stuck)
         assert [c.index for c in (next(it), next(it))] == [0, 1]  # what was buffered, then the error
-        with pytest.raises(SlowReader, match="behind"):
+        with pytest.raises(SlowReader, match="took no audio"):
             next(it)
         assert stuck.summary().stop_reason == "cancelled: slow reader"
     finally:

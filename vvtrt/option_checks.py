@@ -144,3 +144,14 @@ def check_output_dir(path, what: str = "output directory") -> Path:
         raise InputError(f"{what} {p} is a file: pass a directory")
     _check_creatable(p, p)
     return p
+
+
+def check_text(text) -> None:
+    """Text must be a string of valid Unicode (a lone surrogate, e.g. JSON "\\ud800", is no text)."""
+    if not isinstance(text, str):
+        raise InputError(f"the text must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the text is not valid Unicode (a lone surrogate at character {exc.start}): "
+                         "send UTF-8 text") from None

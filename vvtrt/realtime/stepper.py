@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vvtrt.errors import InputError, VvtrtError
+from vvtrt.errors import InputError
 from vvtrt.realtime.streams import FrameNoise, PieceSource, StreamRequest, StreamRun, attach_async, attach_text
 from vvtrt.realtime.text_feed import TextFeed
 from vvtrt.realtime.voices import check_voice
@@ -62,6 +62,7 @@ class RealtimeStepper:
         self.pending: deque[StreamRun] = deque()
         self.wake = threading.Event()
         self._voices: dict[int, tuple] = {}
+        self.held: set[int] = set()  # slots whose reader is behind: they sit ticks out, state unchanged
         self.last_active = 0  # streams that made a frame in the last tick
 
     # -- streams ----------------------------------------------------------------------------------------
@@ -103,6 +104,14 @@ class RealtimeStepper:
             self.pending.remove(run)
         if self.runs.get(run.slot) is run:
             del self.runs[run.slot]
+            self.held.discard(run.slot)
+
+    def hold(self, run: StreamRun, held: bool) -> None:
+        """Hold (`held`) or resume a running stream: a held stream sits ticks out with its state as it was."""
+        if held and self.runs.get(run.slot) is run:
+            self.held.add(run.slot)
+        else:
+            self.held.discard(run.slot)
 
     @property
     def busy(self) -> bool:
@@ -121,20 +130,30 @@ class RealtimeStepper:
             self._voices[id(voice)] = hit
         return hit[1]
 
-    def _admit(self) -> None:
+    def admit(self, events: list) -> None:
+        """Arm waiting streams in free slots; a stream whose slot fails to arm ends with an error event."""
         free = [s for s in range(self.loop.streams) if s not in self.runs]
         while self.pending and free:
             run = self.pending.popleft()
-            run.slot = free.pop(0)
-            self.loop.reset_slot(run.slot, self._device_voice(run.request.voice), run.request.options.cfg_scale)
-            self.runs[run.slot] = run
+            slot = free.pop(0)
+            try:
+                self.loop.reset_slot(slot, self._device_voice(run.request.voice), run.request.options.cfg_scale)
+            except Exception as exc:  # noqa: BLE001 - this stream fails alone; the slot stays free
+                free.insert(0, slot)
+                log.warning("a Realtime stream failed to start: %s: %s", type(exc).__name__, exc)
+                run.stop_reason, run.error = "error", exc
+                run.source.close()
+                events.append(StreamEvent(run, run.frames, None, "error", exc))
+                continue
+            run.slot = slot
+            self.runs[slot] = run
 
     # -- the tick -----------------------------------------------------------------------------------------
     def tick(self) -> list[StreamEvent]:
         """One frame for every running stream whose text allows it; the events of this tick."""
         self.wake.clear()
-        self._admit()
         events: list[StreamEvent] = []
+        self.admit(events)
         active = self._plan(events)
         self.last_active = len(active)
         if not active:
@@ -159,13 +178,16 @@ class RealtimeStepper:
         run.stop_reason, run.error = reason, error
         run.source.close()
         self.runs.pop(run.slot, None)
+        self.held.discard(run.slot)
 
     def _plan(self, events: list[StreamEvent]) -> list[StreamRun]:
         active = []
         for run in list(self.runs.values()):
+            if run.slot in self.held:
+                continue
             try:
                 ids = run.due_window()
-            except VvtrtError as exc:
+            except Exception as exc:  # noqa: BLE001 - bad text (or any host failure) ends this stream alone
                 self._finish(run, "error", exc)
                 events.append(StreamEvent(run, run.frames, None, "error", exc))
                 continue

@@ -3,7 +3,7 @@ and optional CUDA-graph capture of the whole step, one graph per (batch bucket, 
 
 Slot s owns LLM rows 2s (positive) and 2s + 1 (negative): `[pos0, neg0, pos1, neg1, ...]`, so batch
 bucket b is the first 2b rows, a contiguous prefix of every buffer. Both rows of a slot get the same input
-embedding (the negative branch sees every diffusion step's input, shared doc §3). One step on bucket b:
+embedding (the negative branch sees every diffusion step's input). One step on bucket b:
 
 1. `lm_decode` on the 2b rows (against the first `kv_len` slots of the cache) -> hidden, control logits,
    new K/V (written at each row's length).
@@ -16,8 +16,10 @@ embedding (the negative branch sees every diffusion step's input, shared doc §3
    connectors. The conv states advance only on `speech_diffusion` and are zeroed on `speech_end`.
 5. Next input = connectors output on diffusion, else `token_embed(token)`.
 
-Every per-slot input (decision, noise, teacher latent) is written by the host before the step into a
-static buffer (`vvtrt.runtime.slots` drives it), so slots are independent: a slot's numbers depend only on
+A slot whose `active` flag is False (free, prefilling, or held because its reader is behind) commits
+nothing: its KV lengths, conv states and next input stay as they were, so it resumes exactly where it
+stopped. Every per-slot input (decision, noise, teacher latent, active) is written by the host before the
+step into a static buffer (`vvtrt.runtime.slots` drives it), so slots are independent: a slot's numbers depend only on
 its own rows. Teacher forcing (parity only): the decoder, semantic encoder and connectors of a slot with
 `use_teacher` get the host's reference latent instead of the sampler's; `latent` still holds the
 sampler's own output.
@@ -34,7 +36,7 @@ from vvtrt.runtime.kv_cache import StaticKVCache
 
 log = logging.getLogger(__name__)
 
-_VIEWED = ("embeds", "dec_state", "sem_state", "noise", "cfg", "decide", "teacher", "use_teacher",
+_VIEWED = ("embeds", "dec_state", "sem_state", "noise", "cfg", "decide", "active", "teacher", "use_teacher",
            "token", "audio", "latent")
 _ROWS2 = ("embeds",)  # two rows per slot
 
@@ -69,6 +71,7 @@ class FrameLoop:
             "noise": torch.zeros(n, z, dtype=torch.float32, device=dev),  # host-fed, per step
             "cfg": torch.full((n,), 1.3, dtype=torch.float32, device=dev),  # host-fed, per request
             "decide": torch.full((n,), -1, dtype=torch.int64, device=dev),  # host-fed: -1 = the model's own
+            "active": torch.ones(n, dtype=torch.bool, device=dev),  # host-fed: False = commit nothing
             "teacher": torch.zeros(n, 1, z, dtype=dtype, device=dev) if teacher else None,
             "use_teacher": torch.zeros(n, 1, 1, dtype=torch.bool, device=dev) if teacher else None,
             "token": torch.zeros(n, dtype=torch.int64, device=dev),  # control index chosen this step
@@ -148,23 +151,27 @@ class FrameLoop:
         self.r["token_embed"].infer({"token": self.control_ids[tok]}, self.o_te)
         self._advance_states(tok, is_diff)
         e = torch.where(is_diff.view(n, 1, 1), self.o_cn["embeds"], self.o_te["embeds"])
-        self.embeds.copy_(e.repeat_interleave(2, dim=0))  # [pos0, neg0, pos1, neg1, ...]
+        act2 = self.active.repeat_interleave(2).view(2 * n, 1, 1)
+        self.embeds.copy_(torch.where(act2, e.repeat_interleave(2, dim=0), self.embeds))  # [pos0, neg0, ...]
         self.audio.copy_(audio)
         self.latent.copy_(self.o_smp["latent"])
 
     def _commit_kv(self, tok: torch.Tensor, is_diff: torch.Tensor) -> None:
         """Positive rows always keep the step's K/V; negative rows only on speech_diffusion, and
-        speech_start empties their context (the next negative step attends to itself only)."""
+        speech_start empties their context (the next negative step attends to itself only). Inactive slots
+        keep their lengths (the entry written at their length is overwritten when they next commit)."""
         kv = self.kv
         kv.write_step(self.o_dec["new_k"], self.o_dec["new_v"])
         lens = kv.lengths.view(self.n, 2)
         neg = torch.where(tok == self.start_idx, torch.zeros_like(lens[:, 1]), lens[:, 1] + is_diff.to(torch.int64))
-        kv.lengths.copy_(torch.stack([lens[:, 0] + 1, neg], dim=1).view(-1))
+        new = torch.stack([lens[:, 0] + 1, neg], dim=1)
+        kv.lengths.copy_(torch.where(self.active.view(self.n, 1), new, lens).view(-1))
 
     def _advance_states(self, tok: torch.Tensor, is_diff: torch.Tensor) -> None:
         """The conv states advance on speech_diffusion and are zeroed on speech_end (as the original)."""
-        keep = is_diff.view(self.n, 1)
-        reset = (tok == self.end_idx).view(self.n, 1)
+        act = self.active.view(self.n, 1)
+        keep = is_diff.view(self.n, 1) & act
+        reset = (tok == self.end_idx).view(self.n, 1) & act
         zero = torch.zeros((), dtype=self.dec_state.dtype, device=self.device)
         self.dec_state.copy_(torch.where(reset, zero, torch.where(keep, self.o_ad["state_out"], self.dec_state)))
         self.sem_state.copy_(torch.where(reset, zero, torch.where(keep, self.o_se["state_out"], self.sem_state)))

@@ -54,24 +54,10 @@ class Prefill:
         return min(self.chunk, max(self.quantum, math.ceil(t / self.quantum) * self.quantum))
 
     def __call__(self, body: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = body.shape[1]
-        if not 1 <= t <= self.max_len:
-            raise InputError(f"a prompt of {t} tokens cannot be prefilled: the exported limit is {self.max_len} "
-                             "(re-export with a larger --max-prompt)")
-        k, v = self._first(body[:, :self.chunk])
-        if t <= self.chunk:
-            return k, v
-        shape = list(k.shape)
-        shape[3] = t
-        k_all, v_all = k.new_empty(shape), v.new_empty(shape)
-        k_all[:, :, :, :k.shape[3]].copy_(k)
-        v_all[:, :, :, :v.shape[3]].copy_(v)
-        for o in range(self.chunk, t, self.chunk):
-            out = self._infer(body[:, o:o + self.chunk], k_all[:, :, :, :o], v_all[:, :, :, :o], o)
-            n = out["new_k"].shape[3]
-            k_all[:, :, :, o:o + n].copy_(out["new_k"])
-            v_all[:, :, :, o:o + n].copy_(out["new_v"])
-        return k_all, v_all
+        job = PrefillJob(self, body)
+        while not job.done:
+            job.advance()
+        return job.k, job.v
 
     def _feed(self, body, past_k, past_v, start: int) -> dict:
         feed = {"embeds": body, "past_k": past_k, "past_v": past_v,
@@ -142,6 +128,50 @@ class Prefill:
             return
         self._graphs[p] = (graph, feed, out)
         self.capture_seconds += time.perf_counter() - t0
+
+
+class PrefillJob:
+    """One prompt body's prefill, advanced one chunk at a time (`advance`), so the serving engine can run
+    frame steps between its chunks. `k, v [L, 1, Hkv, T, D]` once `done`: a prompt of one chunk gives views
+    of the prefill's buffers (consume them before the next prefill call), a longer one its own buffers."""
+
+    def __init__(self, prefill: Prefill, body: torch.Tensor):
+        t = body.shape[1]
+        if not 1 <= t <= prefill.max_len:
+            raise InputError(f"a prompt of {t} tokens cannot be prefilled: the exported limit is {prefill.max_len} "
+                             "(re-export with a larger --max-prompt)")
+        self.prefill, self.body, self.total = prefill, body, t
+        self.filled = 0
+        self.k = self.v = None
+
+    @property
+    def done(self) -> bool:
+        return self.filled >= self.total
+
+    def next_tokens(self) -> int:
+        return min(self.prefill.chunk, self.total - self.filled)
+
+    def advance(self) -> int:
+        """Run the next chunk; the number of tokens it prefilled."""
+        p, o, t = self.prefill, self.filled, self.total
+        if o == 0:
+            k, v = p._first(self.body[:, :p.chunk])
+            n = k.shape[3]
+            if n == t:
+                self.k, self.v = k, v
+            else:
+                shape = list(k.shape)
+                shape[3] = t
+                self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+                self.k[:, :, :, :n].copy_(k)
+                self.v[:, :, :, :n].copy_(v)
+        else:
+            out = p._infer(self.body[:, o:o + p.chunk], self.k[:, :, :, :o], self.v[:, :, :, :o], o)
+            n = out["new_k"].shape[3]
+            self.k[:, :, :, o:o + n].copy_(out["new_k"])
+            self.v[:, :, :, o:o + n].copy_(out["new_v"])
+        self.filled += n
+        return n
 
 
 def make_prefill(runners: dict, options, graphs: bool) -> Prefill:

@@ -4,8 +4,9 @@
 slot holds a `SlotRun`: its own prompt length, noise generator (seeded from the request alone: per
 diffusion frame `randn(2, 64)[:1]` of `torch.Generator().manual_seed(seed)`, as transformers draws it),
 guidance scale, frame budget, decision script or forced frames, teacher latents, step/frame counters and
-stop reason. Before each step the host writes every slot's decision and next noise into the loop's static
-buffers; after it, one host sync reads the tokens (and the audio, when a slot made a frame). The step runs
+stop reason. A slot can be held (`hold`: its reader is behind): its row then commits nothing and draws no
+noise until it is resumed. Before each step the host writes every slot's decision, next noise and active
+flag into the loop's static buffers; after it, one host sync reads the tokens (and the audio, when a slot made a frame). The step runs
 the smallest (batch, KV) bucket holding the highest busy slot and the longest context, so a slot's numbers
 never depend on which other slots are busy (up to batch-size-dependent GEMM kernels on GPUs).
 """
@@ -90,7 +91,10 @@ class SlotStepper:
         self._decide = torch.full((loop.slots,), loop.end_idx, dtype=torch.int64)  # free slots: speech_end
         self._teacher = torch.zeros(loop.slots, 1, z) if loop.teacher_forcing else None
         self._use_teacher = torch.zeros(loop.slots, 1, 1, dtype=torch.bool) if loop.teacher_forcing else None
+        self._active = torch.zeros(loop.slots, dtype=torch.bool)
+        self.held: set[int] = set()
         self.prefill_tokens = 0
+        self.last_active = 0  # slots that computed in the last step
 
     def free_slots(self) -> list[int]:
         return [s for s in range(self.loop.slots) if s not in self.runs]
@@ -110,11 +114,25 @@ class SlotStepper:
         if self._use_teacher is not None:
             self._use_teacher[slot] = run.teacher is not None
             self._set_teacher(slot, run)
+        self.held.discard(slot)
+        self._active[slot] = True
         self.runs[slot] = run
 
+    def hold(self, slot: int, held: bool) -> None:
+        """Hold (`held`) or resume a running slot: a held slot computes nothing and keeps its state."""
+        if held and slot in self.runs:
+            self.held.add(slot)
+        else:
+            self.held.discard(slot)
+        self._active[slot] = slot in self.runs and slot not in self.held
+
     def leave(self, slot: int) -> SlotRun | None:
-        """Free `slot` (cancellation, or its run ended); the slot is reset when the next run joins."""
+        """Free `slot` (cancellation, or its run ended): it commits nothing until the next run joins, and its
+        lengths are zeroed so no step of a smaller KV bucket ever reads past the bucket for it."""
         self._decide[slot] = self.loop.end_idx
+        self._active[slot] = False
+        self.held.discard(slot)
+        self.loop.cache.lengths[2 * slot:2 * slot + 2] = 0
         if self._use_teacher is not None:
             self._use_teacher[slot] = False
         return self.runs.pop(slot, None)
@@ -137,6 +155,7 @@ class SlotStepper:
             else:
                 self._decide[slot] = -1
         b = loop.n
+        loop.active.copy_(self._active[:b])
         loop.decide.copy_(self._decide[:b])
         loop.noise.copy_(self._noise[:b])
         if self._teacher is not None:
@@ -144,20 +163,23 @@ class SlotStepper:
             loop.use_teacher.copy_(self._use_teacher[:b])
 
     def step(self) -> list[SlotEvent]:
-        """One frame step for every busy slot; finished runs leave their slots."""
-        if not self.runs:
+        """One frame step for every busy, unheld slot; finished runs leave their slots."""
+        self.last_active = len(self.runs) - len(self.held)
+        if not self.last_active:
             return []
         self._feed()
         loop = self.loop
         loop.step()
         tokens = loop.token.cpu().tolist()  # the one host sync per step
         diff = loop.diff_idx
-        made = any(tokens[s] == diff for s in self.runs)
+        made = any(tokens[s] == diff for s in self.runs if s not in self.held)
         audio = loop.audio[:, 0].float().cpu().numpy() if made else None
         keep = made and any(r.keep_latents for r in self.runs.values())
         latents = loop.latent[:, 0].float().cpu().numpy() if keep else None
         events = []
         for slot, run in list(self.runs.items()):
+            if slot in self.held:
+                continue
             ev = SlotEvent(slot, run, self.names[tokens[slot]])
             if tokens[slot] == diff:
                 ev.audio = audio[slot].copy()

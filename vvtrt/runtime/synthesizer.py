@@ -75,6 +75,7 @@ class Synthesizer:
         from vvtrt.model.text_tokenizer import load_text_tokenizer
 
         self.wd = wd
+        self._generating = False  # one generator at a time: they share the loops
         self.info = wd.info()
         self.options = wd.options()
         self.runners = runners
@@ -218,6 +219,18 @@ class Synthesizer:
         frame step, stream s with the noise of seed `seed + s`; each chunk is then `[N, 3200]`. The
         concurrency benchmark uses it; the serving engine runs independent requests the same way."""
         script = self._check_generate(ids, frames, streams, teacher_latents, decisions)
+        if self._generating:
+            raise InputError("this Synthesizer is already generating (its loops hold one run's state): finish or "
+                             "close the other generator first, or serve concurrent requests with vvtrt.serving.Engine")
+        self._generating = True
+        try:
+            yield from self._generate(ids, emb, script, frames, max_frames, cfg_scale, seed, result, t_start,
+                                      keep_latents, teacher_latents, streams)
+        finally:
+            self._generating = False
+
+    def _generate(self, ids, emb, script, frames, max_frames, cfg_scale, seed, result, t_start, keep_latents,
+                  teacher_latents, streams) -> Iterator[np.ndarray]:
         t_start = t_start or time.perf_counter()
         n_prompt = len(ids)
         limit = self.frame_limit(n_prompt, frames, max_frames, script)

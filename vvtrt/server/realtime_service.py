@@ -51,7 +51,7 @@ def build_realtime_engine(config):
 def _engine_config(config, runner):
     from vvtrt.realtime.engine import RealtimeEngineConfig
 
-    return RealtimeEngineConfig(max_streams=config.max_streams, max_queue=max(1, config.max_queue),
+    return RealtimeEngineConfig(max_streams=config.max_streams, max_queue=config.max_queue,
                                 steps=runner.workdir.options().steps, capacity=config.max_context)
 
 

@@ -36,11 +36,10 @@ def build_engine(config: ServerConfig):
 
     if is_realtime_workdir(config.workdir):
         return build_realtime_engine(config)
-    # the engine's queue holds at least one; the server's own admission enforces --max-queue 0
     return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
                                precision=config.dtype, max_streams=config.max_streams,
                                max_context=config.max_context,
-                               max_queue=max(1, config.max_queue))
+                               max_queue=config.max_queue)
 
 
 def configure_logging() -> None:

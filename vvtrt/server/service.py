@@ -34,7 +34,12 @@ class SpeechService:
     voices: VoiceLibrary
     metrics: ServerMetrics
     draining: bool = False
-    in_flight: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests queued or holding a slot in the engine: released when a request ends there, whoever
+        still holds its socket."""
+        return self.engine.in_flight()
 
     @property
     def ready(self) -> bool:
@@ -72,16 +77,15 @@ class SpeechService:
         if not self.ready:
             raise EngineNotReady("the server is " + ("shutting down" if self.draining else "not ready yet") +
                                  f": retry in {retry} s")
-        if self.in_flight >= self.config.max_streams + self.config.max_queue:
-            raise EngineBusy(f"all {self.config.max_streams} streams are busy and the queue of "
-                             f"{self.config.max_queue} is full: retry in {retry} s")
-        self.in_flight += 1
         try:
             t0 = time.perf_counter()
-            handle = self.engine.submit(request)
+            try:
+                handle = self.engine.submit(request)  # the engine counts every queued and running request
+            except EngineBusy:
+                raise EngineBusy(f"all {self.config.max_streams} streams are busy and the queue of "
+                                 f"{self.config.max_queue} is full: retry in {retry} s") from None
             await self._wait_started(handle)
         except BaseException as exc:
-            self.in_flight -= 1
             self.metrics.observe_done(classify(exc)[2] if isinstance(exc, Exception) else "cancelled")
             raise
         return Stream(self, handle, t0)
@@ -139,7 +143,6 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        self.service.in_flight -= 1
         if not self.handle.done():
             self.handle.cancel()
         try:

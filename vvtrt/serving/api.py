@@ -11,7 +11,8 @@
 Errors are typed (`vvtrt.errors`): a bad request raises `InputError` at `submit`; a full queue raises
 `EngineBusy` (HTTP 429), an engine not started/being stopped raises `EngineNotReady` (HTTP 503); a request
 that cannot be placed in GPU memory raises `CapacityError` (HTTP 413/507-style refusal, never a crash); a
-reader that falls too far behind is cancelled and its iterator raises `SlowReader`.
+reader a whole buffer behind holds its request (nothing computed, nothing lost) until it reads on; one that
+reads nothing for the stall timeout is cancelled and its iterator raises `SlowReader`.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class CapacityError(VvtrtError):
 
 
 class SlowReader(VvtrtError):
-    """The request's bounded output buffer overflowed because its reader fell behind; it was cancelled."""
+    """The request's reader took nothing from its full buffer for the stall timeout; it was cancelled."""
 
 
 class Cancelled(VvtrtError):
@@ -127,6 +128,9 @@ class EngineStats:
     frames_total: int      # frames handed out since start
     prefill_tokens_total: int
     requests_by_outcome: dict  # stop reason -> count
+    healthy: bool = True   # False after consecutive failed device steps (the engine refuses work)
+    held: int = 0          # running requests held because their reader is a buffer behind
+    step_failures: int = 0  # failed device steps since start
 
 
 class EngineAPI(Protocol):

@@ -23,9 +23,15 @@ class EngineConfig:
     `batch_buckets` / `kv_buckets`: the (slots, KV length) shapes a step may run with, each a CUDA graph;
     None = powers of two up to `max_streams` and the export's KV buckets where every per-frame component
     runs on torch (other backends: the full pool only); `()` = the full pool only.
-    `prefill_budget_tokens`: prompt tokens prefilled between two frame steps (at least one request), so
-    running streams keep real time while long prompts arrive.
-    `buffer_chunks`: per-request output buffer (chunks of 133 ms); a reader further behind is cancelled.
+    `prefill_budget_tokens`: prompt tokens prefilled between two frame steps while streams run (whole
+    chunks, at least one; None = one prefill chunk of the export), so a joining long prompt delays running
+    streams by one chunk at most.
+    `buffer_chunks`: per-request output buffer (chunks of 133 ms); a request this far ahead of its reader
+    is held (computes nothing) until the reader takes a chunk. `stall_timeout_s`: a held request whose
+    reader takes nothing for this long is cancelled (`SlowReader`).
+    `max_step_failures`: consecutive failed frame steps before the engine reports unhealthy.
+    `deterministic`: every step runs the full pool's shapes (one batch and one KV bucket), so a request's
+    audio is bit-equal to its solo run whatever runs beside it (other buckets may differ by GEMM rounding).
     `memory_headroom_gib` (CUDA): memory left free after the KV pool, for graphs, activations and the
     prefill. `max_pool_gib` (CPU, or a CUDA cap): the KV pool's size limit."""
 
@@ -34,18 +40,23 @@ class EngineConfig:
     max_context: int | None = None
     batch_buckets: tuple[int, ...] | None = None
     kv_buckets: tuple[int, ...] | None = None
-    prefill_budget_tokens: int = 2048
+    prefill_budget_tokens: int | None = None
     buffer_chunks: int = 256
+    stall_timeout_s: float = 30.0
+    max_step_failures: int = 3
+    deterministic: bool = False
     memory_headroom_gib: float = 4.0
     max_pool_gib: float | None = None
     cuda_graph: bool | str = "auto"
 
     def __post_init__(self):
-        for name in ("max_streams", "max_queue", "prefill_budget_tokens", "buffer_chunks"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_streams", "max_queue", "prefill_budget_tokens", "buffer_chunks", "max_step_failures"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < (0 if name == "max_queue" else 1):
+                raise InputError(f"{name} must be >= {0 if name == 'max_queue' else 1}, got {getattr(self, name)}")
         if self.max_context is not None and self.max_context < 8:
             raise InputError(f"max_context must be >= 8 KV slots, got {self.max_context}")
+        if not self.stall_timeout_s > 0:
+            raise InputError(f"stall_timeout_s must be > 0, got {self.stall_timeout_s}")
         if self.memory_headroom_gib < 0 or (self.max_pool_gib is not None and self.max_pool_gib <= 0):
             raise InputError("memory_headroom_gib must be >= 0 and max_pool_gib > 0")
         for name in ("batch_buckets", "kv_buckets"):
@@ -94,6 +105,8 @@ def plan_pool(cfg: EngineConfig, info, options, runners: dict, device, itemsize:
 
 
 def _buckets(cfg: EngineConfig, slots: int, kv_len: int, options, torch_only: bool):
+    if cfg.deterministic:
+        return (slots,), (kv_len,)
     if cfg.batch_buckets is not None:
         batch = tuple(b for b in cfg.batch_buckets if b < slots) + (slots,)
     elif torch_only:

@@ -1,7 +1,9 @@
 """`StreamHandle`: one request's bounded output buffer between the engine thread and its reader.
 
-The engine thread `push`es chunks and never blocks: a full buffer returns False and the engine cancels the
-request with `SlowReader`, so one slow reader never stalls the other streams. Readers iterate with a plain
+The engine thread `push`es chunks and never blocks. When the buffer is full the engine holds the request's
+run (it computes nothing until the reader takes a chunk), so a listener playing at real time receives every
+frame and one slow reader never stalls the other streams; a reader that takes nothing for the stall timeout
+is cancelled (`SlowReader`). Readers iterate with a plain
 `for` (blocking, any thread) or `async for` (asyncio: the engine wakes the event loop with
 `call_soon_threadsafe`, so the loop never blocks on the engine).
 """
@@ -21,7 +23,8 @@ class StreamHandle:
     """The `RequestHandle` the engine returns from `submit`."""
 
     def __init__(self, request_id: str, request: SpeechRequest, max_buffered: int,
-                 on_cancel: Callable[["StreamHandle"], None]):
+                 on_cancel: Callable[["StreamHandle"], None],
+                 on_read: Callable[["StreamHandle"], None] | None = None):
         self.request_id = request_id
         self.request = request
         self.max_buffered = max_buffered
@@ -32,11 +35,13 @@ class StreamHandle:
         self._finished = False
         self._error: VvtrtError | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._on_read = on_read
+        self.last_read = time.monotonic()  # the reader's last progress (flow control)
         # engine-side bookkeeping (engine thread only)
-        self.plan = None  # PromptPlan (Realtime: StreamRequest) until the request joins a slot
-        self.limit, self.max_steps, self.script = 0, 0, None
-        self.slot: int | None = None
-        self.run = None  # Realtime: the stepper's StreamRun once the request is opened
+        self.work = None  # the stepper's prepared request until it is admitted
+        self.slot: int | None = None  # the slot it was admitted to
+        self.held = False
+        self.held_since = 0.0
 
     # -- engine side ------------------------------------------------------------------------------
     def push(self, chunk: Chunk) -> bool:
@@ -93,7 +98,11 @@ class StreamHandle:
     def _next_or_none(self) -> Chunk | None:
         """A buffered chunk, None if none yet; raises StopIteration/the error once the request ended."""
         if self._chunks:
-            return self._chunks.popleft()
+            self.last_read = time.monotonic()
+            chunk = self._chunks.popleft()
+            if self._on_read is not None:
+                self._on_read(self)
+            return chunk
         if self._finished:
             if self._error is not None:
                 raise self._error

@@ -1,0 +1,214 @@
+"""The long-form (1.5B / 7B) `Stepper`: requests in the slots of one `FrameLoop`, driven by the same
+`SlotStepper` the single-request `Synthesizer` uses.
+
+A request is checked and sized on the caller's thread (`prepare`: script, voices, frame limit, KV need);
+admitted into a reserved slot on the engine thread, where its voice clips are encoded and its prompt
+body becomes a `PrefillJob`; the core then advances prompt work chunk by chunk between frame steps
+(`prefill(budget)`), and a run whose prompt is done joins the step. Each request's audio depends only on
+its own inputs and seed (with `deterministic`, bit for bit: every step runs the full pool's shapes).
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vvtrt.errors import InputError
+from vvtrt.runtime.frame_loop import FrameLoop
+from vvtrt.runtime.kv_cache import pick_bucket
+from vvtrt.runtime.prefill import PrefillJob
+from vvtrt.runtime.slots import SlotRun, SlotStepper
+from vvtrt.serving.api import SAMPLE_RATE, CapacityError, SpeechRequest, VoiceEmbedding
+from vvtrt.serving.config import EngineConfig, plan_pool
+from vvtrt.serving.core import StepFailed
+from vvtrt.serving.stepper import StepEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LongformWork:
+    request: SpeechRequest
+    plan: object          # PromptPlan (ids, voice clips)
+    limit: int
+    max_steps: int
+    script: list | None
+
+
+@dataclass
+class _Pending:
+    slot: int
+    work: LongformWork
+    emb: torch.Tensor
+    job: PrefillJob | None  # None: an empty prompt body
+
+
+class LongformStepper:
+    """`Stepper` over a loaded `Synthesizer` (its runners, tokenizer and prefill); see module doc."""
+
+    def __init__(self, synth, config: EngineConfig):
+        self.synth = synth
+        self.config = config
+        self.plan = None
+        self.slots = 0
+        self.slot_stepper: SlotStepper | None = None
+        self._pending: collections.OrderedDict = collections.OrderedDict()  # tag -> _Pending, FIFO
+        self._slot_of: dict = {}  # tag -> slot of a running request
+        self._reserved: set[int] = set()
+        self.last_active = 0
+
+    # -- engine-thread setup ------------------------------------------------------------------------
+    def build(self, wake=None) -> None:
+        """Size the KV pool (`CapacityError` if one stream does not fit), build the frame step, capture."""
+        s = self.synth
+        self.plan = p = plan_pool(self.config, s.info, s.options, s.runners, s.device, s.precision.torch_dtype.itemsize)
+        loop = FrameLoop(s.runners, s.info, p.slots, p.kv_len, s.precision.torch_dtype, s.device,
+                         batch_buckets=p.batch_buckets, kv_buckets=p.kv_buckets)
+        if s.cuda_graph:
+            loop.capture_all()
+            loop.cache.reset()
+        self.slot_stepper = SlotStepper(loop, s.prefill)
+        self.slots = p.slots
+
+    def describe(self) -> str:
+        p, loop = self.plan, self.slot_stepper.loop
+        err = f" (capture failed: {loop.capture_error})" if loop.capture_error else ""
+        return (f"serving engine: {p.slots} slots, KV {p.kv_len} tokens a slot ({p.pool_bytes / (1 << 30):.2f} GiB "
+                f"pool), buckets {p.batch_buckets} x {p.kv_buckets}, graphs {len(loop.graphs)}{err}")
+
+    @property
+    def loop(self) -> FrameLoop:
+        return self.slot_stepper.loop
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.slot_stepper.prefill_tokens if self.slot_stepper else 0
+
+    # -- caller's thread ----------------------------------------------------------------------------
+    def prepare(self, r) -> LongformWork:
+        """Validate a request on the caller's thread (host work only: script, tokens, limits)."""
+        from vvtrt.option_checks import check_cfg, check_counts, check_text
+
+        if not isinstance(r, SpeechRequest):
+            raise InputError(f"submit takes a SpeechRequest, got {type(r).__name__}")
+        check_counts(r, ("frames", "max_frames"), optional=True)
+        if not isinstance(r.seed, int) or isinstance(r.seed, bool) or not 0 <= r.seed < 2 ** 63 - 8000:
+            raise InputError(f"seed must be a non-negative integer, got {r.seed!r}")
+        check_cfg(r.cfg_scale)
+        check_text(r.script)
+        plan = self.synth.plan_prompt(r.script, r.voices)
+        n = len(plan.ids)
+        script = self.synth._check_generate(plan.ids, r.frames, 1, None, r.decisions)
+        limit = self.synth.frame_limit(n, r.frames, r.max_frames, script)
+        need = n + (len(script) if script else limit) + 1  # as the Synthesizer sizes its KV bucket
+        kv_len = self.plan.kv_len
+        if need > kv_len:
+            raise CapacityError(f"the request needs {need} KV slots ({n} prompt tokens + {need - n - 1} steps) "
+                                f"but a stream holds {kv_len}: shorten the script or ask for fewer frames")
+        buckets = self.synth.options.kv_buckets
+        bucket = pick_bucket(buckets, need) if need <= buckets[-1] else kv_len
+        max_steps = len(script) if script else min(bucket, kv_len) - n - 1
+        return LongformWork(r, plan, limit, max_steps, script)
+
+    def voice_job(self, wav):
+        """Check a 24 kHz mono clip here; encode it (noise of seed 0) on the engine thread."""
+        from vvtrt.runtime.audio_io import normalize_voice
+        from vvtrt.runtime.prompt import frames_for_samples
+
+        clip = normalize_voice(np.asarray(wav, dtype=np.float32))  # encoded at its own length, as the original
+        n = len(clip)
+        if frames_for_samples(n, self.synth.info.hop) > self.synth.options.max_voice_frames:
+            raise InputError("the voice clip is longer than the exported max_voice_frames: trim it")
+        sha = hashlib.sha256(np.ascontiguousarray(wav, np.float32).tobytes()).hexdigest()
+
+        def encode():
+            embeds = self.synth.encode_voice(clip, torch.Generator().manual_seed(7919)).clone()
+            return VoiceEmbedding(embeds, sha, n / SAMPLE_RATE)
+        return encode
+
+    # -- engine thread ------------------------------------------------------------------------------
+    def free(self) -> int:
+        return self.slots - len(self.slot_stepper.runs) - len(self._reserved)
+
+    def running(self) -> int:
+        return len(self.slot_stepper.runs)
+
+    def admit(self, work: LongformWork, tag) -> int:
+        slot = next(s for s in range(self.slots) if s not in self.slot_stepper.runs and s not in self._reserved)
+        emb = self.synth.embed_prompt(work.plan, work.request.seed)  # encodes the voice clips
+        body = emb[:, :-1]
+        job = PrefillJob(self.synth.prefill, body) if body.shape[1] > 0 else None
+        self._reserved.add(slot)
+        self._pending[tag] = _Pending(slot, work, emb, job)
+        return slot
+
+    def prefill(self, budget: int | None) -> list[StepEvent]:
+        """Advance the oldest prompts by whole chunks within `budget` tokens (at least one chunk)."""
+        events, spent = [], 0
+        while self._pending:
+            tag, p = next(iter(self._pending.items()))
+            if p.job is not None and not p.job.done:
+                if budget is not None and spent and spent + p.job.next_tokens() > budget:
+                    break
+                try:
+                    n = p.job.advance()
+                except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                    self.release(tag)
+                    events.append(StepEvent(tag, error=exc))
+                    continue
+                spent += n
+                self.slot_stepper.prefill_tokens += n
+                if not p.job.done:
+                    continue
+            self._join(tag, p, events)
+        return events
+
+    def _join(self, tag, p: _Pending, events: list) -> None:
+        del self._pending[tag]
+        self._reserved.discard(p.slot)
+        w, r = p.work, p.work.request
+        run = SlotRun(len(w.plan.ids), w.limit, w.max_steps, r.seed, r.cfg_scale, forced=r.frames is not None,
+                      script=w.script, tag=tag)
+        kv = (p.job.k, p.job.v) if p.job is not None else (None, None)
+        try:
+            self.slot_stepper.join(p.slot, run, p.emb, kv=kv)
+        except Exception as exc:  # noqa: BLE001 - an arming failure ends this request alone
+            self.slot_stepper.leave(p.slot)
+            events.append(StepEvent(tag, error=exc))
+            return
+        self._slot_of[tag] = p.slot
+
+    def step(self) -> list[StepEvent]:
+        st = self.slot_stepper
+        try:
+            slot_events = st.step()
+        except Exception as exc:
+            raise StepFailed([r.tag for r in st.runs.values()], exc) from exc
+        self.last_active = st.last_active
+        out = []
+        for ev in slot_events:
+            if ev.stop_reason:
+                self._slot_of.pop(ev.run.tag, None)
+            index = ev.run.produced - 1 if ev.audio is not None else -1
+            out.append(StepEvent(ev.run.tag, index, ev.audio, ev.stop_reason))
+        return out
+
+    def hold(self, tag, held: bool) -> None:
+        slot = self._slot_of.get(tag)
+        if slot is not None:
+            self.slot_stepper.hold(slot, held)
+
+    def release(self, tag) -> None:
+        p = self._pending.pop(tag, None)
+        if p is not None:
+            self._reserved.discard(p.slot)
+        slot = self._slot_of.pop(tag, None)
+        if slot is not None:
+            run = self.slot_stepper.runs.get(slot)
+            if run is not None and run.tag is tag:
+                self.slot_stepper.leave(slot)
+
