@@ -174,3 +174,30 @@ def test_two_generators_on_one_synthesizer_are_refused(synth):
         next(synth.stream("Speaker 1: two", frames=3))
     assert len(list(first)) == 2
     assert len(list(synth.stream("Speaker 1: three", frames=2))) == 2  # free again
+
+
+def test_a_burst_of_short_prompts_is_prefilled_in_one_batched_call(synth, monkeypatch):
+    """Default mode: prompts that arrive together share one prefill call; each request's audio equals its
+    solo run up to the batched GEMMs' rounding (the bound of the default mode)."""
+    import torch
+
+    from vvtrt.parity.compare import error_stats
+
+    reqs = [SpeechRequest(f"Speaker 1: burst number {i} " + "word " * (3 * i), seed=i, frames=5) for i in range(4)]
+    eng = _engine(synth, deterministic=True)
+    try:
+        solo = [_audio(eng.submit(r)) for r in reqs]
+    finally:
+        eng.stop()
+    sizes = []
+    real = synth.prefill.first_many
+    monkeypatch.setattr(synth.prefill, "first_many", lambda bodies: sizes.append(len(bodies)) or real(bodies))
+    eng = _engine(synth)
+    try:
+        handles = eng._call(lambda: [eng.submit(r) for r in reqs])  # queued together, admitted together
+        got = [_audio(h) for h in handles]
+    finally:
+        eng.stop()
+    assert sizes == [4]
+    for a, b in zip(got, solo):
+        assert len(a) == len(b) and error_stats(torch.from_numpy(a), torch.from_numpy(b)).rel_l2 < 1e-4

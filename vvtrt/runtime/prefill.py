@@ -59,6 +59,23 @@ class Prefill:
             job.advance()
         return job.k, job.v
 
+    def first_many(self, bodies: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first chunks (at most one chunk each) of several prompts in one batched call (rows
+        right-padded to the longest): `(k, v)` per prompt, views of one output (consume them before the next
+        call). Exact per row (attention is causal, pads come last), up to the batched GEMMs' rounding."""
+        if len(bodies) == 1:
+            return [self._first(bodies[0])]
+        lens = [b.shape[1] for b in bodies]
+        if max(lens) > self.chunk or min(lens) < 1:
+            raise InputError(f"batched prefill takes prompts of 1 to {self.chunk} tokens, got {lens}")
+        x = bodies[0].new_zeros(len(bodies), self.padded_length(max(lens)), bodies[0].shape[-1])
+        for i, b in enumerate(bodies):
+            x[i, :lens[i]].copy_(b[0])
+        shape = self.runner.spec.input("past_k").resolve({"batch": len(bodies), "kv_len": 1})
+        past = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        out = self._infer(x, past, past, 0)
+        return [(out["new_k"][:, i:i + 1, :, :n], out["new_v"][:, i:i + 1, :, :n]) for i, n in enumerate(lens)]
+
     def _feed(self, body, past_k, past_v, start: int) -> dict:
         feed = {"embeds": body, "past_k": past_k, "past_v": past_v,
                 "cache_len": torch.full((body.shape[0],), start, dtype=torch.int64, device=body.device)}
@@ -148,6 +165,23 @@ class PrefillJob:
     def done(self) -> bool:
         return self.filled >= self.total
 
+    def first_body(self) -> torch.Tensor:
+        return self.body[:, :self.prefill.chunk]
+
+    def take_first(self, k: torch.Tensor, v: torch.Tensor) -> int:
+        """The first chunk's K/V (computed here or in a batched call of several prompts' first chunks)."""
+        n, t = k.shape[3], self.total
+        if n == t:
+            self.k, self.v = k, v
+        else:
+            shape = list(k.shape)
+            shape[3] = t
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+            self.k[:, :, :, :n].copy_(k)
+            self.v[:, :, :, :n].copy_(v)
+        self.filled = n
+        return n
+
     def next_tokens(self) -> int:
         return min(self.prefill.chunk, self.total - self.filled)
 
@@ -155,16 +189,7 @@ class PrefillJob:
         """Run the next chunk; the number of tokens it prefilled."""
         p, o, t = self.prefill, self.filled, self.total
         if o == 0:
-            k, v = p._first(self.body[:, :p.chunk])
-            n = k.shape[3]
-            if n == t:
-                self.k, self.v = k, v
-            else:
-                shape = list(k.shape)
-                shape[3] = t
-                self.k, self.v = k.new_empty(shape), v.new_empty(shape)
-                self.k[:, :, :, :n].copy_(k)
-                self.v[:, :, :, :n].copy_(v)
+            return self.take_first(*p._first(self.first_body()))
         else:
             out = p._infer(self.body[:, o:o + p.chunk], self.k[:, :, :, :o], self.v[:, :, :, :o], o)
             n = out["new_k"].shape[3]

@@ -28,6 +28,8 @@ from vvtrt.serving.core import StepFailed
 from vvtrt.serving.stepper import StepEvent
 
 log = logging.getLogger(__name__)
+MAX_PREFILL_ROWS = 64  # prompts in one batched prefill call
+MAX_PREFILL_TOKENS = 16384  # prompt tokens in one batched call while no stream runs
 
 
 @dataclass
@@ -147,25 +149,69 @@ class LongformStepper:
         return slot
 
     def prefill(self, budget: int | None) -> list[StepEvent]:
-        """Advance the oldest prompts by whole chunks within `budget` tokens (at least one chunk)."""
+        """Advance the oldest prompts within `budget` tokens (at least one chunk; None: all of them). Prompts
+        that arrived together have their first chunks prefilled in one batched call (not with
+        `deterministic`, where every prompt runs alone so its numbers never depend on its neighbours); the
+        rest of a longer prompt follows chunk by chunk."""
         events, spent = [], 0
         while self._pending:
+            left = None if budget is None else budget - spent
+            if left is not None and left <= 0:
+                break
             tag, p = next(iter(self._pending.items()))
-            if p.job is not None and not p.job.done:
-                if budget is not None and spent and spent + p.job.next_tokens() > budget:
-                    break
-                try:
-                    n = p.job.advance()
-                except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
-                    self.release(tag)
-                    events.append(StepEvent(tag, error=exc))
-                    continue
-                spent += n
-                self.slot_stepper.prefill_tokens += n
-                if not p.job.done:
-                    continue
-            self._join(tag, p, events)
+            if p.job is None or p.job.done:
+                self._join(tag, p, events)
+                continue
+            group = self._batch(left) if self._batched and p.job.filled == 0 else []
+            if len(group) > 1:
+                spent += self._prefill_group(group, events)
+                continue
+            if left is not None and spent and p.job.next_tokens() > left:
+                break
+            try:
+                n = p.job.advance()
+            except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                self.release(tag)
+                events.append(StepEvent(tag, error=exc))
+                continue
+            spent += n
+            self.slot_stepper.prefill_tokens += n
         return events
+
+    @property
+    def _batched(self) -> bool:
+        return not self.config.deterministic and self.synth.prefill.runner.backend == "torch"
+
+    def _batch(self, left: int | None) -> list:
+        """The oldest unstarted prompts whose first chunks fit `left` tokens (at most MAX_PREFILL_ROWS)."""
+        group, tokens = [], 0
+        cap = left if left is not None else MAX_PREFILL_TOKENS
+        for tag, p in self._pending.items():
+            job = p.job
+            if job is None or job.filled or len(group) >= MAX_PREFILL_ROWS:
+                break
+            n = job.next_tokens()
+            if group and tokens + n > cap:
+                break
+            group.append((tag, p))
+            tokens += n
+        return group
+
+    def _prefill_group(self, group: list, events: list) -> int:
+        try:
+            kvs = self.synth.prefill.first_many([p.job.first_body() for _, p in group])
+        except Exception as exc:  # noqa: BLE001 - the requests of this call fail, the others go on
+            for tag, _ in group:
+                self.release(tag)
+                events.append(StepEvent(tag, error=exc))
+            return 0
+        tokens = 0
+        for (tag, p), (k, v) in zip(group, kvs):
+            tokens += p.job.take_first(k, v)  # a longer prompt copies its first chunk out of the output
+            if p.job.done:
+                self._join(tag, p, events)  # copies its rows out of the batched output at once
+        self.slot_stepper.prefill_tokens += tokens
+        return tokens
 
     def _join(self, tag, p: _Pending, events: list) -> None:
         del self._pending[tag]
