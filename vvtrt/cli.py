@@ -343,9 +343,13 @@ def demo(workdir, frames):
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--max-input-chars", default=4096, show_default=True, type=COUNT, help="Longest `input` text.")
+@click.option("--stall-timeout", "stall_timeout_s", default=30.0, show_default=True, type=_FiniteFloat(0.1, 3600.0),
+              help="Seconds a stream whose client reads nothing (its buffer full) is held before it is cancelled.")
+@click.option("--deterministic", is_flag=True,
+              help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run.")
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key, backend, device,
-          dtype, max_input_chars):
+          dtype, max_input_chars, stall_timeout_s, deterministic):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     from vvtrt.server.config import ServerConfig, api_key_from_env
     from vvtrt.server.serve import run_server
@@ -353,7 +357,7 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
     run_server(ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
                             max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key), backend=backend, device=device,
                             dtype=dtype, max_input_chars=max_input_chars, queue_timeout_s=queue_timeout,
-                            grace_s=grace_s))
+                            grace_s=grace_s, stall_timeout_s=stall_timeout_s, deterministic=deterministic))
 
 
 @cli.command()

@@ -122,7 +122,10 @@ def _add_probes(app: FastAPI, service: SpeechService, life: Lifecycle) -> None:
     async def ready():
         if life.phase == "ready" and service.ready:
             return {"ready": True}
+        health = getattr(service.engine, "health", None)
         reason = f"failed: {life.error}" if life.error else life.phase
+        if health is not None and not health.ok:
+            reason = f"unhealthy: {health.reason}"
         return JSONResponse({"ready": False, "phase": reason}, status_code=503,
                             headers={"Retry-After": str(service.config.retry_after_s)})
 

@@ -29,6 +29,8 @@ class ServerConfig:
     grace_s: float = 10.0              # SIGTERM: running streams get this long to finish, then are cancelled
     retry_after_s: int = 2
     default_max_frames: int | None = None
+    stall_timeout_s: float = 30.0      # a stream whose client reads nothing is held this long, then cancelled
+    deterministic: bool = False        # full-pool shapes: a request's audio equals its solo run bit for bit
 
     def check(self) -> "ServerConfig":
         """Self, or an InputError naming the option to fix."""

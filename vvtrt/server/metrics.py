@@ -46,6 +46,11 @@ class ServerMetrics:
         self.prefill_tps = Gauge("vvtrt_prefill_tokens_per_second", "Prompt tokens prefilled per second.",
                                  registry=r)
         self.ready = Gauge("vvtrt_ready", "1 when the engine accepts requests.", registry=r)
+        self.healthy = Gauge("vvtrt_engine_healthy", "0 after consecutive failed device steps (restart it).",
+                             registry=r)
+        self.held = Gauge("vvtrt_held_streams", "Streams held because their client reads slower than real time.",
+                          registry=r)
+        self.step_failures = Gauge("vvtrt_step_failures", "Failed device steps since start.", registry=r)
         self._gpu_gauges = {k: Gauge(f"vvtrt_gpu_{k}", h, ["gpu"], registry=r) for k, h in (
             ("utilization_percent", "GPU utilisation (NVML)."), ("memory_used_bytes", "GPU memory used."),
             ("memory_total_bytes", "GPU memory total."), ("temperature_celsius", "GPU temperature."),
@@ -91,6 +96,9 @@ class ServerMetrics:
         self.queued.set(stats.queued)
         self.max_streams.set(stats.max_streams)
         self.ready.set(1 if stats.ready else 0)
+        self.healthy.set(1 if stats.healthy else 0)
+        self.held.set(stats.held)
+        self.step_failures.set(stats.step_failures)
         fps = tps = 0.0
         if self._last is not None and now > self._last[0]:
             dt = now - self._last[0]

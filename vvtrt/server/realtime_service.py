@@ -43,7 +43,9 @@ def build_realtime_engine(config):
     from vvtrt.realtime.engine import RealtimeEngine
     from vvtrt.realtime.runtime import RealtimeRunner
 
-    runner = RealtimeRunner.from_workdir(config.workdir, config.backend, config.device, config.dtype)
+    # deterministic: one batch and one cache bucket (sizes at or above the loop's own keep only its own)
+    fixed = {"batch_buckets": (config.max_streams,), "kv_buckets": (1 << 30,)} if config.deterministic else {}
+    runner = RealtimeRunner.from_workdir(config.workdir, config.backend, config.device, config.dtype, **fixed)
     voices = load_presets(config.voices_dir, runner)
     return RealtimeEngine(runner, _engine_config(config, runner), voices)
 
@@ -52,6 +54,7 @@ def _engine_config(config, runner):
     from vvtrt.realtime.engine import RealtimeEngineConfig
 
     return RealtimeEngineConfig(max_streams=config.max_streams, max_queue=config.max_queue,
+                                stall_timeout_s=config.stall_timeout_s,
                                 steps=runner.workdir.options().steps, capacity=config.max_context)
 
 

@@ -38,8 +38,8 @@ def build_engine(config: ServerConfig):
         return build_realtime_engine(config)
     return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
                                precision=config.dtype, max_streams=config.max_streams,
-                               max_context=config.max_context,
-                               max_queue=config.max_queue)
+                               max_context=config.max_context, max_queue=config.max_queue,
+                               stall_timeout_s=config.stall_timeout_s, deterministic=config.deterministic)
 
 
 def configure_logging() -> None:
