@@ -102,14 +102,16 @@ def cli(verbose: int):
 
 
 @cli.command()
-@click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b, tiny-realtime, realtime-0.5b) or a checkpoint dir (Microsoft's or transformers' layout, or Microsoft's Realtime one).")
+@click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b, tiny-realtime, realtime-0.5b), a checkpoint dir (Microsoft's or transformers' "
+              "layout, or Microsoft's Realtime one) or a Hugging Face Hub id such as microsoft/VibeVoice-1.5B (read "
+              "from the Hub cache; downloaded unless HF_HUB_OFFLINE=1).")
 @workdir_opt
 @click.option("--dtype", "dtypes", default="fp32,fp16,bf16", show_default=True, help="Comma-separated precisions.")
 @click.option("--steps", default=None, type=int, help="Diffusion steps K of the sampler (1-50; default 10, Realtime 5).")
 @click.option("--components", default="", help="Comma-separated subset (default: all).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Init seed of random presets.")
 @click.option("--tokenizer", default=None, type=click.Path(file_okay=False),
-              help="Tokenizer directory, for checkpoints that ship none.")
+              help="Tokenizer directory or Hub id (e.g. Qwen/Qwen2.5-1.5B), for checkpoints that ship none.")
 @click.option("--max-prompt", default=None, type=click.IntRange(min=1),
               help="Longest prompt in tokens (default: the model's context less 1024; tiny: 512).")
 @click.option("--kv-buckets", default=None, help="KV cache lengths, ascending, e.g. 1024,8192,65536 (default: "
