@@ -204,7 +204,7 @@ def parity(workdir, backend, device, dtypes, frames, no_e2e, json_path):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .wav (24 kHz mono).")
 @click.option("--frames", default=None, type=COUNT,
               help="Force N speech frames (random-weight models never speak); at most the largest exported KV "
-                   "bucket minus 2 (1022 for tiny, 2046 for 1.5b/7b).")
+                   "bucket minus 2 (with the default buckets: 1022 for tiny, 65534 for 1.5b, 32766 for 7b).")
 @click.option("--max-frames", default=None, type=COUNT, help="Stop after this many frames (same limit).")
 @click.option("--cfg", "cfg_scale", default=None, type=CFG, help="Diffusion CFG scale (0-20; default 1.3, Realtime 1.5).")
 @click.option("--seed", default=0, show_default=True, type=SEED)
