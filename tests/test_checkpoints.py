@@ -1,4 +1,4 @@
-"""Real checkpoint layouts (issue 11): Microsoft's original layout and transformers' layout load through
+"""Real checkpoint layouts: Microsoft's original layout and transformers' layout load through
 `vvtrt.model.resolve`, validated from config + safetensors headers before anything is allocated.
 
 The original-layout fixture is written from the documented key layout (tests/data/, a copy of the shared
