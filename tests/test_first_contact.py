@@ -131,3 +131,12 @@ def test_original_checkpoint_without_tokenizer_names_the_option(tiny_checkpoint,
     ckpt, _ = tiny_checkpoint
     line = one_clear_line(run("export", "--model", ckpt, "-w", tmp_path / "wd"))
     assert "--tokenizer" in line, line
+
+
+def test_missing_server_extra_names_the_install_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    line = one_clear_line(run("serve", "-w", tmp_path / "wd"))
+    assert "`serve` extra" in line and 'pip install -e ".[serve]"' in line, line

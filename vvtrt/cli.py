@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from vvtrt.cli_errors import one_line_errors
+from vvtrt.cli_errors import one_line_errors, require_extra as _require_extra
 from vvtrt.option_checks import CFG_MAX, REPEATS_MAX, SEED_MAX
 
 
@@ -349,6 +349,7 @@ def demo(workdir, frames):
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key, backend, device,
           dtype, max_input_chars):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
+    _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import ServerConfig, api_key_from_env
     from vvtrt.server.serve import run_server
 
@@ -373,6 +374,7 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
 @_friendly
 def loadtest(url, concurrency, duration, use_ws, text, frames, max_frames, voice, api_key, out_dir):
     """Load a running server: TTFA and inter-chunk percentiles, per-stream RTF, errors by kind."""
+    _require_extra("vvtrt loadtest", "serve", "httpx", "websockets")
     from vvtrt.server.config import api_key_from_env
     from vvtrt.server.loadtest import LoadSpec, run_loadtest_cli
 
