@@ -67,9 +67,9 @@ def resolve_hub_id(repo_id: str, what: str = "model") -> Path:
                          "microsoft/VibeVoice-1.5B) or pass a local checkpoint directory") from None
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
-        raise ModelError(f"{what} {repo_id} is not in the Hugging Face cache {cache} and {why}: fetch it with "
-                         f"`{fetch}` on a machine with network access (same HF_HUB_CACHE), or pass a "
-                         "local checkpoint directory") from None
+        raise ModelError(f"{what} {repo_id} is no local directory and not in the Hugging Face cache {cache}, "
+                         f"and {why}: fetch it with `{fetch}` (with network access, into the same HF_HUB_CACHE) "
+                         "or pass a local checkpoint directory") from None
     except (HfHubHTTPError, OSError) as exc:
         raise ModelError(f"could not download {what} {repo_id} ({type(exc).__name__}: {exc}): retry, or fetch "
                          f"it with `{fetch}` and set HF_HUB_OFFLINE=1") from None
