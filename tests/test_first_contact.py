@@ -108,11 +108,13 @@ def test_random_model_that_never_speaks_says_pass_frames(tiny_workdir, tmp_path)
     out = tmp_path / "o.wav"
     line = one_clear_line(run("synth", "-w", tiny_workdir.root, "--device", "cpu", "--text", "Speaker 1: Hello.",
                               "-o", out))
-    assert line.startswith("error: no audio was produced") and "pass --frames N" in line, line
+    assert "random-weight preset 'tiny'" in line and "pass --frames N" in line, line
     assert not out.exists()
 
 
-def test_frames_hint_is_not_given_when_frames_was_passed():
+def test_a_checkpoint_that_never_spoke_says_pass_frames():
+    """A real checkpoint that gave no audio (the model never chose to speak) gets the same hint, after the run;
+    with --frames given, the stop reason alone."""
     from vvtrt.pipeline import no_audio_message
 
     assert "--frames" not in no_audio_message("eos", forced=True)

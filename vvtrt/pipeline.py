@@ -209,6 +209,10 @@ def run_synth(workdir, backend="torch", fallback=(), device=None, dtype=None, te
         check_precisions_exported(wd, [precision])
         wd.verify(precisions=[precision])
     check_frames(wd.options(), frames, max_frames, where=str(wd.root))
+    preset = wd.source().preset
+    if frames is None and preset:  # refused now, not after a run of frames that never speak
+        raise InputError(f"{wd.root} holds the random-weight preset {preset!r}, which never chooses to speak on its "
+                         "own: pass --frames N to force N speech frames, e.g. --frames 30")
     synth = Synthesizer.from_workdir(wd.root, backend=backend, device=dev, precision=precision,
                                      fallback=fallback, cuda_graph=cuda_graph)
     res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
