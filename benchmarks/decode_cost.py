@@ -1,4 +1,4 @@
-"""Where the long-context decode time goes (issue 11: 64k frame p50 is 6.75x the 1k figure, target <= 2x).
+"""Where the long-context decode time goes (64k frame p50 was 6.75x the 1k figure, target <= 2x).
 
 Times one `lm_decode` step (2 rows: CFG's positive and negative, T = 1) of a work dir's model, alone, as the
 frame loop runs it (a CUDA graph of the runner's call), for KV buckets S and valid lengths L (L = S - 1 and a

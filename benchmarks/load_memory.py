@@ -1,4 +1,4 @@
-"""Peak host memory of loading a checkpoint directory at a dtype (issue 11: 1.5B in bf16 must peak at
+"""Peak host memory of loading a checkpoint directory at a dtype (target: 1.5B in bf16 must peak at
 <= 1.3x its weight bytes of host RAM).
 
     python benchmarks/load_memory.py CKPT_DIR --dtype bf16 [--device cuda] --out load_memory.json

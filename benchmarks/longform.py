@@ -1,4 +1,4 @@
-"""Long-form figures (issue 11, item 5): decode cost against the context length, time to first audio of a long
+"""Long-form figures: decode cost against the context length, time to first audio of a long
 prompt, and one forced long synthesis, on one loaded `Synthesizer` (the `vvtrt bench` variants; default
 `torch-compile`, i.e. `torch.compile` + whole-frame CUDA graphs on CUDA).
 

@@ -1,4 +1,4 @@
-"""Benchmark of the Realtime runtime on a preset with random weights (issue 14 targets: TTFA p50 <= 20 ms /
+"""Benchmark of the Realtime runtime on a preset with random weights (targets: TTFA p50 <= 20 ms /
 p99 <= 40 ms warm, frame step <= 2 ms at one stream, >= 500 real-time streams per H100 through the engine,
 <= 3 GB NVML memory for one stream). A thin command line over `vvtrt.realtime.bench` (what is measured and
 how: its module doc); `vvtrt bench -w <Realtime work dir>` runs the same measurements on a work dir.

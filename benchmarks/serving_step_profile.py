@@ -1,4 +1,4 @@
-"""Where the serving engine's batched frame step spends its time (issue 12), batch size by batch size.
+"""Where the serving engine's batched frame step spends its time, batch size by batch size.
 
 The synthesizer loads once (`Engine.from_workdir`); per B, an `Engine` of `max_streams=B` is built as its engine
 thread builds one (`_prepare`: the KV pool; `_build`: the `FrameLoop`, its CUDA graphs, the `SlotStepper`), and

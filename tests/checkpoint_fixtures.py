@@ -1,7 +1,7 @@
 """Writers of checkpoint directories for tests/test_checkpoints.py: Microsoft's original layout written from
 the documented key layout, sharded, header-only or sparse, and a small real tokenizer directory.
 
-data/vibevoice-1.5b-original-keys.txt is a copy of the shared docs' checkpoint_keys/vibevoice-1.5b-original.txt:
+data/vibevoice-1.5b-original-keys.txt lists
 every tensor name and shape of microsoft/VibeVoice-1.5B's state dict, taken from Microsoft's own classes."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-# Copies of the shared docs' checkpoint_keys/vibevoice-realtime-0.5b-original.txt and the shared fixture
+# Every tensor name and shape of Microsoft's Realtime checkpoint (from Microsoft's own classes) and
 # en-Grace_woman.pt (one of Microsoft's released voice presets, MIT), so a clean clone's CI has them.
 DATA = Path(__file__).resolve().parent / "data"
 KEYS_REALTIME = DATA / "vibevoice-realtime-0.5b-original-keys.txt"

@@ -1,4 +1,4 @@
-"""Real checkpoint layouts (issue 11): Microsoft's original layout and transformers' layout load through
+"""Real checkpoint layouts: Microsoft's original layout and transformers' layout load through
 `vvtrt.model.resolve`, validated from config + safetensors headers before anything is allocated.
 
 The original-layout fixture is written from the documented key layout (tests/data/, a copy of the shared
@@ -245,8 +245,9 @@ def test_missing_tokenizer_says_which_one(tmp_path):
         resolve(str(root))
     assert str(err.value) == (
         f"{root.resolve()} is a VibeVoice checkpoint in Microsoft's original layout, which ships no tokenizer: "
-        "VibeVoice-1.5B needs the Qwen/Qwen2.5-1.5B tokenizer: download its files (tokenizer.json, "
-        "tokenizer_config.json, vocab.json, merges.txt) and pass --tokenizer DIR")
+        "VibeVoice-1.5B needs the Qwen/Qwen2.5-1.5B tokenizer: pass --tokenizer Qwen/Qwen2.5-1.5B (its Hub id; "
+        "`hf download Qwen/Qwen2.5-1.5B` fetches it) or --tokenizer DIR, a directory of its files (tokenizer.json, "
+        "tokenizer_config.json, vocab.json, merges.txt)")
     cfg7 = json.loads(json.dumps(CONFIG_1P5B))
     cfg7["decoder_config"].update(hidden_size=3584, vocab_size=152064)
     (root / "config.json").write_text(json.dumps(cfg7))

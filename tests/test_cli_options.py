@@ -1,4 +1,4 @@
-"""Every option of every verb, tried as a hostile user would (issue 10, item 5): each bad value is one line on
+"""Every option of every verb, tried as a hostile user would: each bad value is one line on
 stderr and exit 2 before any work starts (no model load, no export, no build, no parity, no bench), and a
 full disk is one line and exit 2 when the write fails, leaving no partial file."""
 from __future__ import annotations

@@ -144,7 +144,7 @@ def test_streaming_steps_match_transformers_cache(tiny_model, tiny_info, fast):
 
 
 def test_state_layout_sizes(tiny_info):
-    # shared doc §6: TINY 15 stateful convs per side, 6,182 encoder state elements; the decoder's
+    # tiny: 15 stateful convs per side, 6,182 encoder state elements; the decoder's
     # ConvTranspose states hold 1 frame instead of 2r-1 (compact, bit-identical).
     assert tiny_info.semantic_state == 6182
     assert tiny_info.decoder_state < 9320

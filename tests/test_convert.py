@@ -1,4 +1,4 @@
-"""`vvtrt convert DIR OUT` (issue 11): a checkpoint in Microsoft's original layout written in transformers'
+"""`vvtrt convert DIR OUT`: a checkpoint in Microsoft's original layout written in transformers'
 layout. The converted directory loads as the transformers layout with tensors identical to the original's;
 bad input is one line and exit 2; an interrupted conversion never leaves a loadable half checkpoint."""
 from __future__ import annotations

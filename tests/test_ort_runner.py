@@ -275,7 +275,7 @@ def test_gpu_infer_orders_against_the_callers_stream(tiny, name):
     """The session runs on its own stream; a feed written on the caller's stream behind ~0.2 s of GPU work
     must be seen complete (event ordering, not luck). Each run ends with ORT's stream synchronisation (the
     module doc says why), so the results are ready when `infer` returns.
-    H100, session 3: the previous form of this test asserted the host was *not* blocked and failed, which
+    On an H100 the previous form of this test asserted the host was *not* blocked and failed, which
     is what showed the synchronisation; this form has not yet run on a GPU."""
     spec = tiny.specs[name]
     dims = spec.parity_grid[0]

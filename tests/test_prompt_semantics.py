@@ -1,4 +1,4 @@
-"""Prompt semantics of Microsoft's original processor (issue 11 item 4; shared docs checkpoints.md §4):
+"""Prompt semantics of Microsoft's original processor:
 speakers renumbered 0, 1, ... in order of first appearance (1-based scripts speak as " Speaker 0:"), the
 voice section numbered by voice index, each voice with exactly ceil(samples / 3200) placeholders.
 

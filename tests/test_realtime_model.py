@@ -31,7 +31,7 @@ def test_full_preset_matches_the_documented_layout():
     ours = {to_original_key(k): tuple(v.shape) for k, v in meta.state_dict().items()}
     ours[UNUSED_EMBED] = (151936, 896)
     assert ours == documented_realtime_keys()  # 605 names and shapes, exactly
-    # realtime.md §1: 1,017,626,724 = ours + the unused TTS embedding table + the two latent scalars
+    # the released checkpoint: 1,017,626,724 = ours + the unused TTS embedding table + the two latent scalars
     assert parameter_count(meta) + 151936 * 896 + 2 == 1_017_626_724
 
 

@@ -313,7 +313,7 @@ def test_collect_environment():
 
 
 def test_readme_performance_table_matches_the_committed_results():
-    """The README's performance table is generated from benchmarks/results/*/bench_*/*.json (issue #4)."""
+    """The README's performance table is generated from benchmarks/results/*/bench_*/*.json."""
     import subprocess
     import sys
     from pathlib import Path

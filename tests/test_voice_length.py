@@ -1,5 +1,5 @@
 """Voice clips are encoded at their own length, as Microsoft's original encodes them (each causal conv pads
-its own input; shared docs checkpoints.md §4.2), not zero-padded to a multiple of 3200 first as
+its own input), not zero-padded to a multiple of 3200 first as
 transformers' feature extractor does. Checked in torch against an independent emulation of the original's
 padding on transformers' own encoder, and through the torch and ONNX Runtime CPU runners of a tiny work dir."""
 from __future__ import annotations

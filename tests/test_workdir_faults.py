@@ -1,4 +1,4 @@
-"""Work dirs that survive faults and bad files (issue 10, item 5), through the real CLI.
+"""Work dirs that survive faults and bad files, through the real CLI.
 
 One small tiny-model work dir is exported once for the module (token_embed, connectors and the 2-step
 diffusion_sampler, fp32 and fp16; weights above 100 kB go to an external .onnx.data file, so both graph

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from vvtrt.cli_errors import one_line_errors
+from vvtrt.cli_errors import one_line_errors, require_extra as _require_extra
 from vvtrt.option_checks import CFG_MAX, REPEATS_MAX, SEED_MAX
 
 
@@ -102,14 +102,16 @@ def cli(verbose: int):
 
 
 @cli.command()
-@click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b, tiny-realtime, realtime-0.5b) or a checkpoint dir (Microsoft's or transformers' layout, or Microsoft's Realtime one).")
+@click.option("--model", "model_spec", required=True, help="Preset (tiny, 1.5b, 7b, tiny-realtime, realtime-0.5b), a checkpoint dir (Microsoft's or transformers' "
+              "layout, or Microsoft's Realtime one) or a Hugging Face Hub id such as microsoft/VibeVoice-1.5B (read "
+              "from the Hub cache; downloaded unless HF_HUB_OFFLINE=1).")
 @workdir_opt
 @click.option("--dtype", "dtypes", default="fp32,fp16,bf16", show_default=True, help="Comma-separated precisions.")
 @click.option("--steps", default=None, type=int, help="Diffusion steps K of the sampler (1-50; default 10, Realtime 5).")
 @click.option("--components", default="", help="Comma-separated subset (default: all).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Init seed of random presets.")
 @click.option("--tokenizer", default=None, type=click.Path(file_okay=False),
-              help="Tokenizer directory, for checkpoints that ship none.")
+              help="Tokenizer directory or Hub id (e.g. Qwen/Qwen2.5-1.5B), for checkpoints that ship none.")
 @click.option("--max-prompt", default=None, type=click.IntRange(min=1),
               help="Longest prompt in tokens (default: the model's context less 1024; tiny: 512).")
 @click.option("--kv-buckets", default=None, help="KV cache lengths, ascending, e.g. 1024,8192,65536 (default: "
@@ -146,7 +148,8 @@ def convert_cmd(src, out, tokenizer, force):
 
 @cli.command()
 @workdir_opt
-@click.option("--flavor", default="auto", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), show_default=True)
+@click.option("--flavor", default="auto", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), show_default=True,
+              help="TensorRT or TensorRT-RTX (auto: whichever is installed, TensorRT first).")
 @click.option("--components", default="", help="Comma-separated subset (default: all exported).")
 @click.option("--dtype", "dtypes", default="", help="Comma-separated precisions (default: all exported).")
 @click.option("--target-sm", default=None, help="Target compute capability for CPU-only TensorRT-RTX builds, e.g. 86.")
@@ -164,7 +167,7 @@ def build(workdir, flavor, components, dtypes, target_sm, force):
 @cli.command()
 @workdir_opt
 @click.option("--backend", default="onnxruntime", type=click.Choice(["onnxruntime", "torch", "tensorrt"]),
-              show_default=True)
+              show_default=True, help="Runtime whose outputs are checked against the PyTorch reference.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--dtype", "dtypes", default="", help="Comma-separated precisions (default: all exported).")
 @click.option("--frames", default=16, show_default=True, type=click.IntRange(min=16),
@@ -191,7 +194,8 @@ def parity(workdir, backend, device, dtypes, frames, no_e2e, json_path):
 
 @cli.command()
 @workdir_opt
-@click.option("--backend", default="torch", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), show_default=True)
+@click.option("--backend", default="torch", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), show_default=True,
+              help="Runtime of every component (see --fallback).")
 @click.option("--fallback", multiple=True, help="COMPONENT=torch to run one component on PyTorch (repeatable).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
@@ -202,10 +206,10 @@ def parity(workdir, backend, device, dtypes, frames, no_e2e, json_path):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .wav (24 kHz mono).")
 @click.option("--frames", default=None, type=COUNT,
               help="Force N speech frames (random-weight models never speak); at most the largest exported KV "
-                   "bucket minus 2 (1022 for tiny, 2046 for 1.5b/7b).")
+                   "bucket minus 2 (with the default buckets: 1022 for tiny, 65534 for 1.5b, 32766 for 7b).")
 @click.option("--max-frames", default=None, type=COUNT, help="Stop after this many frames (same limit).")
 @click.option("--cfg", "cfg_scale", default=None, type=CFG, help="Diffusion CFG scale (0-20; default 1.3, Realtime 1.5).")
-@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the diffusion noise.")
 @click.option("--stream", is_flag=True, help="Write audio chunk by chunk as frames are produced.")
 @click.option("--no-cuda-graph", is_flag=True, help="Run the frame step eagerly.")
 @_friendly
@@ -257,7 +261,8 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
 @cli.command("bench-serving")
 @workdir_opt
 @click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "torch-compile",
-                                                                                  "onnxruntime", "tensorrt"]))
+                                                                                  "onnxruntime", "tensorrt"]),
+              help="Runtime of the serving engine (torch-compile: torch.compile per bucket).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--mode", default="concurrency", show_default=True, type=click.Choice(["concurrency", "rate"]),
@@ -270,7 +275,7 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
 @click.option("--max-context", default=None, type=click.IntRange(min=8),
               help="KV slots per stream (prompt + generated steps); default: the largest exported KV bucket. "
                    "Smaller contexts fit more streams in the KV pool.")
-@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG)
+@click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG, help="Diffusion CFG scale (0-20).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @_friendly
 def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frames, prompt_words, max_streams,
@@ -293,7 +298,8 @@ def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frame
 
 @cli.command()
 @click.argument("json_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Directory for the Markdown and plots (default: next to the JSON).")
 @_friendly
 def report(json_file, out_dir):
     """Re-render Markdown and plots from a parity or bench JSON."""
@@ -309,8 +315,10 @@ def report(json_file, out_dir):
 
 
 @cli.command()
-@click.option("-w", "--workdir", "workdir", default="demo-out", show_default=True, type=WORKDIR, callback=_non_empty)
-@click.option("--frames", default=16, show_default=True, type=click.IntRange(min=16))
+@click.option("-w", "--workdir", "workdir", default="demo-out", show_default=True, type=WORKDIR, callback=_non_empty,
+              help="Work directory for the demo's files.")
+@click.option("--frames", default=16, show_default=True, type=click.IntRange(min=16),
+              help="Frames for parity, the wav and the bench (at least 16).")
 @_friendly
 def demo(workdir, frames):
     """Offline end to end on the built-in tiny model: export, build, parity, a wav, reports."""
@@ -325,7 +333,7 @@ def demo(workdir, frames):
 @cli.command()
 @workdir_opt
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @click.option("--voices", "voices_dir", default=None, type=click.Path(file_okay=False),
               help="Directory of .wav voice clips (encoded once, cached as safetensors).")
 @click.option("--max-streams", default=64, show_default=True, type=COUNT, help="Concurrent streams (engine slots).")
@@ -339,7 +347,8 @@ def demo(workdir, frames):
 @click.option("--grace", "grace_s", default=10.0, show_default=True, type=_FiniteFloat(0.0, 3600.0),
               help="On SIGTERM, seconds running streams get to finish before they are cancelled.")
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set VVTRT_API_KEY).")
-@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "onnxruntime", "tensorrt"]))
+@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
+              help="Runtime of the serving engine.")
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--max-input-chars", default=4096, show_default=True, type=COUNT, help="Longest `input` text.")
@@ -351,6 +360,7 @@ def demo(workdir, frames):
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key, backend, device,
           dtype, max_input_chars, stall_timeout_s, deterministic):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
+    _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import ServerConfig, api_key_from_env
     from vvtrt.server.serve import run_server
 
@@ -375,6 +385,7 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
 @_friendly
 def loadtest(url, concurrency, duration, use_ws, text, frames, max_frames, voice, api_key, out_dir):
     """Load a running server: TTFA and inter-chunk percentiles, per-stream RTF, errors by kind."""
+    _require_extra("vvtrt loadtest", "serve", "httpx", "websockets")
     from vvtrt.server.config import api_key_from_env
     from vvtrt.server.loadtest import LoadSpec, run_loadtest_cli
 

@@ -27,3 +27,16 @@ def one_line_errors(fn):
             click.echo("interrupted", err=True)
             sys.exit(130)
     return wrapper
+
+
+def require_extra(command: str, extra: str, *modules: str) -> None:
+    """A `BackendUnavailableError` naming the install command when a module of an optional extra is missing."""
+    import importlib.util
+
+    from vvtrt.errors import BackendUnavailableError
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendUnavailableError(f"{command} needs the `{extra}` extra ({', '.join(missing)} not installed): "
+                                      f"pip install -e \".[{extra}]\" in the repository (or pip install "
+                                      f"{' '.join(missing)})")

@@ -48,12 +48,15 @@ def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int | N
                kv_buckets: tuple[int, ...] | None = None) -> list[dict]:
     """Resolve the model (one pass through `vvtrt.model.resolve`: source, tokenizer, validated weights,
     `ModelInfo`), write the work dir's metadata and export every (component, dtype), holding the work-dir
-    lock; graphs already there that the new settings make stale are re-exported too. `steps`: the
-    sampler's K (default 10; Realtime models 5)."""
+    lock; graphs already there that the new settings make stale are re-exported too. `model_spec`: a
+    preset, a checkpoint directory or a Hugging Face Hub id. `steps`: the sampler's K (default 10;
+    Realtime models 5)."""
     from vvtrt.components.specs import ExportOptions, build_specs, check_components
     from vvtrt.export.onnx_export import clear_strays, export_all, sweep_export_temporaries
+    from vvtrt.model.hub import local_source
     from vvtrt.model.resolve import model_kind, parse_source, resolve
 
+    model_spec = local_source(model_spec)  # a Hub id: its snapshot in the Hub cache (downloaded when online)
     if model_kind(model_spec) == "realtime":
         from vvtrt.realtime.verbs import run_realtime_export
 
@@ -183,7 +186,7 @@ def run_synth(workdir, backend="torch", fallback=(), device=None, dtype=None, te
         output = check_output_file(output, "output file", ".wav")
         chunks, res = realtime_synth(workdir, backend, fallback, device, dtype, text, script_file, voices, frames,
                                      max_frames, cfg_scale, seed, cuda_graph)
-        _write_audio(chunks, res, output, stream, frames or max_frames)
+        _write_audio(chunks, res, output, stream, frames or max_frames, frames is not None)
         return res
     cfg_scale = 1.3 if cfg_scale is None else cfg_scale
     if (text is None) == (script_file is None):
@@ -206,15 +209,20 @@ def run_synth(workdir, backend="torch", fallback=(), device=None, dtype=None, te
         check_precisions_exported(wd, [precision])
         wd.verify(precisions=[precision])
     check_frames(wd.options(), frames, max_frames, where=str(wd.root))
+    preset = wd.source().preset
+    if frames is None and preset:  # refused now, not after a run of frames that never speak
+        raise InputError(f"{wd.root} holds the random-weight preset {preset!r}, which never chooses to speak on its "
+                         "own: pass --frames N to force N speech frames, e.g. --frames 30")
     synth = Synthesizer.from_workdir(wd.root, backend=backend, device=dev, precision=precision,
                                      fallback=fallback, cuda_graph=cuda_graph)
     res = SynthesisResult(None, 0, [], False, "", 0, 0.0, 0.0)
     _write_audio(synth.stream(script, voices, frames=frames, max_frames=max_frames, cfg_scale=cfg_scale, seed=seed,
-                              result=res), res, output, stream, frames or max_frames)
+                              result=res), res, output, stream, frames or max_frames,
+                 frames is not None)
     return res
 
 
-def _write_audio(chunks, res, output, stream: bool, total) -> None:
+def _write_audio(chunks, res, output, stream: bool, total, forced: bool = False) -> None:
     """Run the generation (`chunks`), writing the wav chunk by chunk (`stream`, the partial file removed on
     an error) or at once at the end (atomically)."""
     from tqdm import tqdm
@@ -235,9 +243,18 @@ def _write_audio(chunks, res, output, stream: bool, total) -> None:
         if writer:
             writer.close()
     if res.frames == 0:
-        raise InputError(f"no audio was produced (stop: {res.stop_reason})")
+        raise InputError(no_audio_message(res.stop_reason, forced))
     if not stream:
         write_wav(output, res.audio)
+
+
+def no_audio_message(stop_reason: str, forced: bool) -> str:
+    """Why a synthesis gave no audio, and what to do: a model that never chose to speak (random weights
+    never do) needs `--frames N`, which forces N speech frames."""
+    if forced:
+        return f"no audio was produced (stop: {stop_reason})"
+    return (f"no audio was produced (stop: {stop_reason}): the model never chose to speak, as random-weight "
+            "presets never do; pass --frames N to force N speech frames, e.g. --frames 30")
 
 
 def check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens, streams, out_dir) -> str:

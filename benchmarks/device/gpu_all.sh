@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The H100 session: every GPU measurement and check, in order, logging to $RUN (kept while the machine
+# Every GPU measurement and check, in order, logging to $RUN (kept while the machine
 # is warm) and packing results into one tarball. Launched in the background by start.sh; each stage is
 # independent (a failure is logged and the next stage runs).
 #   STAGES="env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32" bash benchmarks/device/gpu_all.sh
@@ -132,14 +132,14 @@ x7() {  # export every 7B bf16 graph, K=10 and K=5 (CPU-bound: run it beside a G
 }
 x15() { $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16; }  # every 1.5B bf16 graph (for b15ort without b15par)
 x15k5() { $VV export --model 1.5b -w "$RUN/wd15k5" --dtype bf16 --steps 5; }
-long15() {  # long-form (issue 11): decode cost against context (1k..64k), TTFA of a 32k prompt, then one
+long15() {  # long-form: decode cost against context (1k..64k), TTFA of a 32k prompt, then one
   # forced 40,500-frame (90 min) synthesis after a 20,000-token prompt; torch-compile + frame graphs
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/longform.py "$RUN/wd15" "$RUN/results/longform_1.5b" --device cuda --phases contexts,ttfa &&
   python3 benchmarks/longform.py "$RUN/wd15" "$RUN/results/longform_1.5b_90min" --device cuda --phases long \
       --long-frames 40500 --long-prompt 20000
 }
-rt() {  # Realtime-0.5B (issue 14): TTFA, frame step and its components, memory, streams per batch and through
+rt() {  # Realtime-0.5B: TTFA, frame step and its components, memory, streams per batch and through
   # the engine (random weights, bf16, K=5, CUDA graphs)
   python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_0.5b" --batches ${RT_BATCHES:-1,64,256,512} \
       --engine-streams ${RT_ENGINE:-64,256,512}
@@ -183,7 +183,7 @@ ctx15() {  # long-form decode cost against context only (the contexts phase of l
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/longform.py "$RUN/wd15" "$RUN/results/longform_1.5b_contexts" --device cuda --phases contexts
 }
-rtpar() {  # Realtime-0.5B (issue 14) through the CLI verbs: bf16 export, parity on CUDA (torch, ORT), a synth
+rtpar() {  # Realtime-0.5B through the CLI verbs: bf16 export, parity on CUDA (torch, ORT), a synth
   local rc=0
   $VV export --model realtime-0.5b -w "$RUN/wdrt" --dtype bf16 || return 1
   $VV parity -w "$RUN/wdrt" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_rt_torch_cuda_bf16.json" || rc=1
@@ -192,7 +192,7 @@ rtpar() {  # Realtime-0.5B (issue 14) through the CLI verbs: bf16 export, parity
   return $rc
 }
 rtx() { $VV export --model realtime-0.5b -w "$RUN/wdrt" --dtype bf16; }  # CPU-bound: run it beside gpu8 ("rtx+gpu8")
-gpu8() {  # the GPU tests of the session-7/8 changes, a process per file: gemm decode kernels (long-form, Realtime),
+gpu8() {  # the GPU tests of the gemm kernels and the Realtime loop, a process per file: gemm decode kernels (long-form, Realtime),
   # the compiled + graphed Realtime loop, the Realtime runtime, the compiled long-form checks of test_gpu.py
   local rc=0 i=0 t
   export VVTRT_TINY_WORKDIR="$RUN/wd_tiny_tests"
@@ -217,12 +217,12 @@ rtserve() {  # vvtrt serve on the Realtime work dir (bf16, torch, CUDA graphs) +
   curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/rt_loadtest_metrics.txt"
   kill -TERM $pid; wait $pid; echo "serve exit code $?"
 }
-prof15() {  # where the serving step goes by batch (issue 12), 1.5B bf16 torch, the serving engine's loop
+prof15() {  # where the serving step goes by batch, 1.5B bf16 torch, the serving engine's loop
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/serving_step_profile.py "$RUN/wd15" "$RUN/results/serving_step_1.5b" --device cuda \
       --batches ${PROF_BATCHES:-1,64,128,256} --max-context 1024 --repeats 10
 }
-srv15() {  # serving engine (issue 12): held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
+srv15() {  # serving engine: held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   $VV bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${SRV_LEVELS:-1,16,32,64,96,128,192} --prompt-words ${SRV_WORDS:-8,48,96} \
       --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_1.5b"

@@ -2,8 +2,7 @@
 and the non-streaming voice-prompt encoder (each clip at its own length, as Microsoft's original).
 
 transformers keeps a lazily created dict of per-layer caches and updates them in place; here each causal
-conv gets ``cat(state, x)`` and returns the last ``left_pad`` input samples as its new state (shared doc
-§6). Transposed convolutions are computed as a matmul plus overlap-add over the last *one* previous
+conv gets ``cat(state, x)`` and returns the last ``left_pad`` input samples as its new state. Transposed convolutions are computed as a matmul plus overlap-add over the last *one* previous
 frame: bit-identical to ``ConvTranspose1d`` on the padded input, it builds in bf16 on TensorRT-RTX
 (whose bf16 ConvTranspose1d does not build) and needs 1 frame of state instead of ``2r-1``.
 """

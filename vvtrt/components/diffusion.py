@@ -3,7 +3,7 @@ with classifier-free guidance (`DiffusionSampler`), unrolled for a fixed K.
 
 The scheduler constants come from diffusers' own `DPMSolverMultistepScheduler` (the one transformers
 builds), and the update keeps diffusers' operation order and dtypes: x0 and D1 in the model dtype, the
-update summed in fp32 and cast back (shared doc §5). On the CPU the unrolled loop is bit-identical to
+update summed in fp32 and cast back. On the CPU the unrolled loop is bit-identical to
 transformers' `_sample_audio_latent` in bf16 and within a few ulp in fp32 (batched matmuls).
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ DECODE_KERNELS = ("gemm", "flex")
 
 def decode_kernel() -> str:
     """The attention of compiled CUDA decode steps (`LMDecode.fast`): "gemm" (GQA-folded batched matmuls over
-    the bucket) or "flex" (FlexAttention split-KV over the listed blocks). On an H100 (session 7,
+    the bucket) or "flex" (FlexAttention split-KV over the listed blocks). On an H100 (`e7a0d21`,
     benchmarks/decode_cost.py) flex took 1.31 ms per layer at a 64k context against 0.28 ms for SDPA over the
     whole bucket; VVTRT_DECODE_KERNEL picks one for comparisons."""
     name = os.environ.get("VVTRT_DECODE_KERNEL", "gemm")

@@ -150,7 +150,8 @@ def tokenizer_advice(raw: dict) -> str:
     files = "(tokenizer.json, tokenizer_config.json, vocab.json, merges.txt)"
     if key in QWEN_TOKENIZERS:
         model, repo = QWEN_TOKENIZERS[key]
-        return f"{model} needs the {repo} tokenizer: download its files {files} and pass --tokenizer DIR"
+        return (f"{model} needs the {repo} tokenizer: pass --tokenizer {repo} (its Hub id; `hf download {repo}` "
+                f"fetches it) or --tokenizer DIR, a directory of its files {files}")
     return (f"get the Qwen2.5 tokenizer its language model was trained with {files} - Qwen/Qwen2.5-1.5B for "
             "VibeVoice-1.5B, Qwen/Qwen2.5-7B for the 7B, Qwen/Qwen2.5-0.5B for VibeVoice-Realtime-0.5B - and pass "
-            "--tokenizer DIR")
+            "its Hub id or directory, e.g. --tokenizer Qwen/Qwen2.5-1.5B")

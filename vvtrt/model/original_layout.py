@@ -1,6 +1,6 @@
 """Microsoft's original VibeVoice checkpoint layout (`microsoft/VibeVoice-1.5B`, `microsoft/VibeVoice-Large`)
-mapped in memory onto transformers' VibeVoice: the config (shared doc checkpoints.md §2) and the tensor
-names (§3, applied in order).
+mapped in memory onto transformers' VibeVoice: the config and the tensor
+names (the renaming rules applied in order).
 
 The original config names its parts `decoder_config` (Qwen2), `acoustic_tokenizer_config`,
 `semantic_tokenizer_config` and `diffusion_head_config`. Options transformers' port cannot express (a

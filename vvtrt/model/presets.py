@@ -21,7 +21,7 @@ RANDOM_LAYER_SCALE = 0.5
 
 @dataclass(frozen=True)
 class PresetSpec:
-    """The numbers that define one preset (shared doc §1)."""
+    """The numbers that define one preset."""
 
     name: str
     hidden: int
@@ -55,7 +55,7 @@ PRESETS: dict[str, PresetSpec] = {
 
 
 def preset_config(p: PresetSpec):
-    """The transformers `VibeVoiceConfig` of a preset (the recipe of shared doc §1)."""
+    """The transformers `VibeVoiceConfig` of a preset (the released models' configs, or a small one)."""
     from transformers import VibeVoiceConfig
 
     text = dict(model_type="qwen2", hidden_size=p.hidden, num_hidden_layers=p.layers,
@@ -92,7 +92,7 @@ def build_model(preset: str, seed: int = 0, dtype=None, device=None):
 
 
 def _make_non_degenerate(model, p: PresetSpec) -> None:
-    """Raise tokenizer layer scales and set the latent normalisation (shared doc §1, random-init pitfalls)."""
+    """Raise tokenizer layer scales and set the latent normalisation (random init would otherwise give silence or overflow)."""
     import torch
 
     gen = torch.Generator().manual_seed(1234)

@@ -48,29 +48,34 @@ class ModelSource:
 
 
 def check_tokenizer_dir(tokenizer) -> str | None:
-    """The absolute path of a `--tokenizer DIR` (None stays None); an `InputError` when it is no directory."""
+    """The absolute path of a `--tokenizer DIR` or Hub id (None stays None); an `InputError` when it is no
+    directory."""
     if tokenizer is None:
         return None
-    tok = Path(tokenizer).expanduser()
+    from vvtrt.model.hub import local_source
+
+    tok = Path(local_source(str(tokenizer), "tokenizer")).expanduser()
     if not tok.is_dir():
         raise InputError(f"tokenizer directory {tok} does not exist or is not a directory: pass the "
-                         "directory of a Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, ...)")
+                         "directory of a Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, ...) or its "
+                         "Hub id, e.g. --tokenizer Qwen/Qwen2.5-1.5B")
     return str(tok.resolve())
 
 
 def parse_source(spec: str, seed: int = 0, tokenizer: str | None = None) -> ModelSource:
-    """`tiny`/`1.5b`/`7b` or a path to a VibeVoice checkpoint directory (original or transformers layout),
-    plus an optional tokenizer directory. Quick checks only (config, layout, weight files present; no
+    """`tiny`/`1.5b`/`7b`, a path to a VibeVoice checkpoint directory (original or transformers layout) or
+    a Hugging Face Hub id (`vvtrt.model.hub`: its snapshot directory), plus an optional tokenizer directory. Quick checks only (config, layout, weight files present; no
     torch): `resolve` validates every tensor before allocating. Raises a typed error otherwise."""
     tok = check_tokenizer_dir(tokenizer)
     key = spec.strip().lower()
     if key in PRESETS:
         return ModelSource(preset=key, seed=seed, tokenizer=tok)
-    path = Path(spec).expanduser()
+    from vvtrt.model.hub import local_source
+
+    path = Path(local_source(spec)).expanduser()
     if not path.exists():
-        raise InputError(
-            f"unknown model {spec!r}: use a preset ({', '.join(PRESETS)}) or a local checkpoint directory"
-        )
+        raise InputError(f"unknown model {spec!r}: use a preset ({', '.join(PRESETS)}), a local checkpoint "
+                         "directory or a Hugging Face Hub id (e.g. microsoft/VibeVoice-1.5B)")
     _check_checkpoint_dir(path)
     return ModelSource(path=str(path.resolve()), seed=seed, tokenizer=tok)
 

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # is the check that every exported component of the loop is right. Reduced-precision bounds sit ~1.25x
 # above PyTorch's own error on the same run, like the component bounds in specs.py. Evidence
 # (benchmarks/results/h100/parity_1.5b_torch_cuda_bf16, 1.5B on the H100): PyTorch bf16 teacher-forced
-# worst frame 0.177 (SNR 36.7 dB); ONNX Runtime CUDA bf16 0.167 in session 2, 0.200 since the fused GEMMs
+# worst frame 0.177 (SNR 36.7 dB); ONNX Runtime CUDA bf16 0.167 before the fused GEMMs, 0.200 with them
 # (both 36.7 dB). tiny (CPU): bf16 8.6e-3, fp16 1.0e-3. fp16 is not yet measured on 1.5B: its bound is
 # the bf16 one scaled by tiny's fp16/bf16 ratio (~1/8) with the same margin.
 # Audio per chunk: wherever SNR is gated, every frame's 3200-sample chunk must meet the same SNR bound as
@@ -62,7 +62,7 @@ DECISION_SCRIPT = ("speech_diffusion",) * 5 + ("speech_end", "speech_start") + (
 assert DECISION_SCRIPT[-1] == "eos" and "eos" not in DECISION_SCRIPT[:-1]  # both runs must stop at its end
 SCRIPT_NOTE = ("decision script {script} forced in vvtrt and in transformers generate; the reference zeroes "
                "its acoustic and semantic conv caches on speech_end as Microsoft's original generate does "
-               "(the transformers port never resets them; the original wins, shared docs vibevoice.md §3), "
+               "(the transformers port never resets them; the original wins: the weights were trained with it), "
                "so the first chunk after speech_end checks vvtrt's reset")
 
 

@@ -5,8 +5,8 @@ diffusion noise is fed from a seeded generator exactly as vvtrt's runtime draws 
 
 One emulation of Microsoft's original code: the original zeroes the acoustic and semantic streaming conv
 caches when speech_end (`audio_eos`) is decided (`acoustic_cache.set_to_zero` / `semantic_cache.set_to_zero`
-in its `generate`); the transformers port never resets them (shared docs: vibevoice.md §3 "Port vs
-original", checkpoints.md §4). The released weights were trained and demoed with the original, and vvtrt
+in its `generate`); the transformers port never resets them (a departure of the
+port from the original). The released weights were trained and demoed with the original, and vvtrt
 follows it, so on a forced speech_end this reference zeroes both of the port's padding caches in place
 before they are next used (`original_resets=False` runs the port as it is). speech_start needs nothing:
 for one stream the port does what the original does (the negative branch's mask keeps only the upcoming
@@ -16,7 +16,7 @@ untouched.
 A second emulation, for voice prompts: the original encodes a voice clip at its own length, each causal
 conv padding its own input (a strided conv's input also right-padded to a multiple of its stride), while
 the port's encoder pads on the left only and expects clips zero-padded to a multiple of 3200
-(`original_voice_padding`, `reference_voice_embeds`; shared docs checkpoints.md §4.2)."""
+(`original_voice_padding`, `reference_voice_embeds`)."""
 from __future__ import annotations
 
 import types

@@ -1,4 +1,4 @@
-"""The Realtime benchmark (issue 14 targets: TTFA p50 <= 20 ms / p99 <= 40 ms warm, frame step <= 2 ms at
+"""The Realtime benchmark (targets: TTFA p50 <= 20 ms / p99 <= 40 ms warm, frame step <= 2 ms at
 one stream, >= 500 real-time streams per H100 through the engine, <= 3 GB NVML memory for one stream).
 
     settings = RealtimeBenchSettings(batches=(1, 64), engine_streams=(64, 256))
@@ -10,7 +10,7 @@ Measured, in this order, in one process (K, solver and guidance scale from the s
    handing the text to `RealtimeRunner.stream` to its first chunk (first window + first frame).
 2. Memory of one stream: NVML's figure for this process (sampled from before CUDA starts) and torch's
    allocator peak, after the single-stream runs (loop capacity = the runner's). Before step 3: its
-   per-component graphs are the bench's, not a stream's (session 8's first runs measured after them).
+   per-component graphs are the bench's, not a stream's (measuring after them overstated it once).
 3. Frame step at one stream: the speech step and the 5-token text-window step replayed back to back, and
    each of their components alone with the glue between them (`vvtrt.realtime.bench_components`).
 4. Batches: N streams (`batches`) run `frames` frames through one `RealtimeStepper`, the second of two

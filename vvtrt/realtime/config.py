@@ -1,4 +1,4 @@
-"""`RealtimeConfig`: the numbers that define one VibeVoice-Realtime model (shared doc realtime.md §1), read
+"""`RealtimeConfig`: the numbers that define one VibeVoice-Realtime model, read
 from a preset or from an original `config.json` (`model_type: "vibevoice_streaming"`), and turned into the
 transformers sub-configs our modules are built from (Qwen2 for both LMs, the diffusion head, the decoder)."""
 from __future__ import annotations

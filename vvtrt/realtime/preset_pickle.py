@@ -1,5 +1,5 @@
 """Read Microsoft's Realtime voice presets (`*.pt`, torch zip pickles) without executing anything from the
-file (checkpoints.md §5).
+file.
 
 Why not `torch.load`: a full unpickle runs whatever callable the pickle names (`os.system` included), and
 `torch.load(weights_only=True)` refuses these files anyway (they hold transformers objects). So this

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 RANDOM_EOS_BIAS = -8.0
 
 REALTIME_PRESETS: dict[str, RealtimeConfig] = {
-    # realtime.md §1: Qwen2.5-0.5B split 4 + 20, head 896/2688 x4, σ-VAE decoder 32 filters, 8192 positions
+    # the released model: Qwen2.5-0.5B split 4 + 20, head 896/2688 x4, σ-VAE decoder 32 filters, 8192 positions
     "realtime-0.5b": RealtimeConfig("realtime-0.5b", hidden=896, lm_layers=4, tts_layers=20, q_heads=14,
                                     kv_heads=2, ffn=4864, vocab=151936, context=8192, head_layers=4, head_ffn=2688),
     # CPU tests: every code path of the real one, small; 1024 positions so the length limit is testable

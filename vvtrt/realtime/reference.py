@@ -1,4 +1,4 @@
-"""Our PyTorch reference of the Realtime windowed loop (realtime.md §3), written against transformers'
+"""Our PyTorch reference of the Realtime windowed loop (5 text tokens, 6 frames), written against transformers'
 own Qwen2 forward with a `DynamicCache` per branch, so its numerics are transformers' and its positions
 are the caches' own contiguous ones (text LM from Llm, TTS LM from Ltts, negative TTS LM from 1).
 

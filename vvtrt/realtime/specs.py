@@ -16,10 +16,10 @@ from vvtrt.spec import AxisRange, ComponentSpec, TensorSpec as T
 
 # The long-form decoder's bound (vvtrt.components.specs BF16_TOL), for the same reason: on tiny-realtime's
 # parity grid PyTorch's own bf16 error is 0.0129 but ONNX's reference evaluator (the CPU substitute for
-# bf16, every op rounded to bf16) measured 0.0202 (CPU, session 7).
+# bf16, every op rounded to bf16) measured 0.0202 (CPU).
 DECODER_BF16_NOTE = "bf16: ONNX's reference evaluator rounds every op to bf16 (0.0202 vs PyTorch's 0.0129 on tiny-realtime)"
 # rt_text_window runs 4 + 20 Qwen2 layers: PyTorch's own bf16 error against fp32 on realtime-0.5b's random
-# weights and this parity grid is 0.020-0.029 for `hidden` (CPU, session 7, benchmarks/rt_bf16_error.py ->
+# weights and this parity grid is 0.020-0.029 for `hidden` (CPU, benchmarks/rt_bf16_error.py ->
 # benchmarks/results/cpu/rt_bf16_error_0.5b.json), above the default 0.02 that no export can beat. Bound: the
 # long-form LLM's (lm_decode, 28 layers), 4.5e-2, >= 1.5x that measured reference error.
 TEXT_WINDOW_BF16_NOTE = ("bf16: the reference's own bf16 error is 0.020-0.029 on realtime-0.5b (CPU, "

@@ -14,7 +14,7 @@ from vvtrt.errors import InputError
 from vvtrt.precision import Precision
 
 log = logging.getLogger(__name__)
-DEFAULT_CFG = 1.5  # Microsoft's demos (realtime.md §3)
+DEFAULT_CFG = 1.5  # Microsoft's demos
 
 
 def parse_realtime_source(spec: str, seed: int = 0, tokenizer=None):

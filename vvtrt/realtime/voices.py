@@ -1,4 +1,4 @@
-"""Realtime voice presets: a voice is the prefilled KV cache of the model's branches (realtime.md §4), not a
+"""Realtime voice presets: a voice is the prefilled KV cache of the model's branches, not a
 wav. Four branches, as Microsoft's `.pt` presets hold them: `lm` (text LM), `tts_lm` (TTS LM), `neg_lm`
 (unused by generation, kept for fidelity) and `neg_tts_lm` (the CFG branch, length 1).
 

@@ -7,7 +7,7 @@ extractor's float32 torch ops, so results are bit-identical to it): -25 dBFS RMS
 (peak + 1e-6) if the peak exceeds 1. The original encodes that clip as it is (each causal conv pads its own
 input, `vvtrt.components.conv_stream.encode_at_own_length`); `prepare_voice` adds what transformers'
 extractor also does, a right-pad with zeros to a multiple of the hop (3200), for driving transformers'
-model (baselines, tests): that padding changes the last voice latent (shared docs checkpoints.md §4.2).
+model (baselines, tests): that padding changes the last voice latent.
 """
 from __future__ import annotations
 

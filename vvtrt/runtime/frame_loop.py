@@ -3,7 +3,7 @@ and optional CUDA-graph capture of the whole step, one graph per (batch bucket, 
 
 Slot s owns LLM rows 2s (positive) and 2s + 1 (negative): `[pos0, neg0, pos1, neg1, ...]`, so batch
 bucket b is the first 2b rows, a contiguous prefix of every buffer. Both rows of a slot get the same input
-embedding (the negative branch sees every diffusion step's input). One step on bucket b:
+embedding (the negative branch sees every diffusion step's input, as in the original). One step on bucket b:
 
 1. `lm_decode` on the 2b rows (against the first `kv_len` slots of the cache) -> hidden, control logits,
    new K/V (written at each row's length).

@@ -1,5 +1,5 @@
 """The VibeVoice prompt: token ids built as Microsoft's original `VibeVoiceProcessor` builds them (the
-processor the released weights were trained and demoed with; shared docs checkpoints.md §4), for a parsed
+processor the released weights were trained and demoed with), for a parsed
 :class:`~vvtrt.runtime.script.Script`.
 
 Rendered as text, with `[bos]`/`[pad]`/`[eos]` for `audio_bos`/`audio_token`/`audio_eos`::
@@ -142,7 +142,7 @@ def _check_frames(script: Script, voice_frames) -> list[int] | None:
 
 
 def build_prompt(script: Script, tokenizer, info, voice_frames: list[int] | None = None) -> Prompt:
-    """Token ids of the §2 template for `script`.
+    """Token ids of the original processor's template for `script`.
 
     Args:
         script: the parsed script.

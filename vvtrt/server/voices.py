@@ -124,5 +124,5 @@ def model_tag(workdir, backend: str, device: str | None, dtype: str | None) -> s
     """A short hash of what an embedding depends on: the work dir's model/export settings and the runtime."""
     meta = Path(workdir, "workdir.json")
     data = meta.read_bytes() if meta.is_file() else b""
-    # "own-length": clips are encoded at their own length since session 7 (older entries were padded first)
+    # "own-length": clips are encoded at their own length (older entries were padded first)
     return hashlib.sha256(data + f"|{backend}|{device}|{dtype}|own-length".encode()).hexdigest()[:12]
