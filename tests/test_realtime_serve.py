@@ -81,6 +81,33 @@ def test_interleaved_requests_equal_their_solo_runs(engine):
     assert stats.prefill_tokens_total > 0 and stats.requests_by_outcome["max_frames"] >= 8
 
 
+def test_an_arming_failure_or_bad_text_ends_one_request_alone(engine, voices, monkeypatch):
+    from vvtrt.errors import InputError, VvtrtError
+    from vvtrt.realtime.engine import RealtimeSpeechRequest, TextInput
+
+    req = RealtimeSpeechRequest(TEXTS[0], "v0", seed=31, max_frames=12)
+    want = _audio(engine.submit(req))
+    loop = engine.stepper.loop
+    real = loop.reset_slot
+
+    def reset_slot(s, voice, cfg_scale=1.5):
+        if voice is engine.stepper.inner._voices.get(id(voices["v2"]), (None, None))[1]:
+            raise RuntimeError("injected arming failure")
+        return real(s, voice, cfg_scale)
+
+    monkeypatch.setattr(loop, "reset_slot", reset_slot)
+    running = engine.submit(req)
+    doomed = engine.submit(RealtimeSpeechRequest(TEXTS[2], "v2", seed=32, max_frames=5))
+    with pytest.raises(InputError, match="not valid Unicode"):
+        engine.submit(RealtimeSpeechRequest("broken \ud800 text", "v1"))
+    pieces = TextInput()
+    with pytest.raises(InputError, match="not valid Unicode"):
+        pieces.push("broken \ud800 piece")
+    with pytest.raises(VvtrtError, match="injected arming failure"):
+        _audio(doomed)
+    assert np.array_equal(_audio(running), want) and engine.ready
+
+
 def test_requests_with_different_cfg_scales_run_together(engine):
     """A request with another cfg_scale joins the running ones at once (each slot keeps its own scale)
     and each gives its solo audio: the first one gets no text until the second has started."""
