@@ -25,7 +25,21 @@ def resolve_runtime(config: ServerConfig) -> ServerConfig:
 
     dev = resolve_device(config.device)
     precision = Precision.parse(config.dtype or ("bf16" if dev.type == "cuda" else "fp32"))
-    return dataclasses.replace(config, device=str(dev), dtype=precision.value)
+    allow = config.allow_frames
+    if allow is None:  # `frames` forces the length of random-weight models; real ones decide themselves
+        allow = random_weights(config.workdir)
+    return dataclasses.replace(config, device=str(dev), dtype=precision.value, allow_frames=allow)
+
+
+def random_weights(workdir) -> bool:
+    """True for a work dir exported from a random-weight preset (tiny, tiny-realtime, ...)."""
+    from vvtrt.workdir import Workdir
+
+    try:
+        return bool(Workdir.open(workdir).source().preset)
+    except Exception as exc:  # a missing work dir is reported by the engine with its own message
+        log.debug("work dir source unknown: %s", exc)
+        return False
 
 
 def build_engine(config: ServerConfig):
@@ -40,7 +54,7 @@ def build_engine(config: ServerConfig):
     return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
                                precision=config.dtype, max_streams=config.max_streams,
                                max_context=config.max_context,
-                               max_queue=max(1, config.max_queue))
+                               max_queue=max(1, config.max_queue), buffer_chunks=config.buffer_chunks)
 
 
 def configure_logging() -> None:
@@ -101,11 +115,16 @@ def run_server(config: ServerConfig) -> None:
             if isinstance(captured, list) and sig == signal.SIGTERM:
                 captured[:] = [s for s in captured if s != signal.SIGTERM]
 
+    from vvtrt.server.timeouts import header_timeout_protocol
+
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False,
-                        timeout_graceful_shutdown=config.grace_s + 5, lifespan="on")
+                        timeout_graceful_shutdown=config.grace_s + 5, lifespan="on",
+                        http=header_timeout_protocol(config.header_timeout_s) or "auto")
     server = DrainingServer(uv)
     log.info("serving %s on http://%s:%d (max %d streams, queue %d)", config.workdir, config.host, config.port,
              config.max_streams, config.max_queue)
+    if config.api_key is None and config.insecure:
+        log.warning("serving %s without an API key (--insecure): anyone who can reach it can use it", config.host)
     server.run()
     life.drain()
     life.join(config.grace_s + 10)
