@@ -25,7 +25,7 @@ def server(tiny_workdir, tmp_path_factory):
     srv.stop()
 
 
-def test_api_key_is_required_on_the_api_only(server):
+def test_api_key_is_required_everywhere_but_the_probes(server):
     body = {"input": "Hello.", "frames": 2}
     r = httpx.post(server.url + "/v1/audio/speech", json=body)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "key" in r.json()["error"]["message"]
@@ -33,9 +33,14 @@ def test_api_key_is_required_on_the_api_only(server):
     assert bad.status_code == 401
     ok = httpx.post(server.url + "/v1/audio/speech", json=body, headers=server.headers(), timeout=60)
     assert ok.status_code == 200 and ok.headers["content-type"] == "audio/wav"
-    assert httpx.get(server.url + "/v1/models").status_code == 401
-    for open_path in ("/health", "/ready", "/metrics", "/", "/dashboard", "/static/app.js", "/config"):
+    for closed in ("/v1/models", "/v1/audio/voices", "/metrics", "/config", "/dashboard/data", "/openapi.json"):
+        r = httpx.get(server.url + closed)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", closed
+        assert "voices" not in r.text and "default_voice" not in r.text
+        assert httpx.get(server.url + closed, headers=server.headers()).status_code == 200, closed
+    for open_path in ("/health", "/ready", "/", "/dashboard", "/static/app.js"):  # probes and static page shells
         assert httpx.get(server.url + open_path).status_code == 200, open_path
+    assert "workdir" not in httpx.get(server.url + "/v1/models", headers=server.headers()).text
 
 
 def test_websocket_auth_by_header_or_query(server):

@@ -48,7 +48,7 @@ def run(coro):
 
 @pytest.mark.parametrize("path", ["/v1/audio/stream", "/stream"])
 def test_one_shot_follows_the_demo_protocol(server, path):
-    q = urlencode({"text": "Speaker 1: Hello there.", "cfg": 1.5, "steps": 5, "voice": "carol", "frames": 5})
+    q = urlencode({"text": "Speaker 1: Hello there.", "cfg": 1.5, "steps": 10, "voice": "carol", "frames": 5})
     frames, events, code = run(_session(f"{server.ws_url}{path}?{q}"))
     assert code == 1000
     assert len(frames) == 5 and all(len(f) == FRAME_BYTES for f in frames)
@@ -80,6 +80,7 @@ def test_text_mode_end_marker_and_stop(server):
 
 @pytest.mark.parametrize("query, msgs", [
     ("text=Hello&cfg=abc", ()),
+    ("text=Hello&steps=5", ()),  # the work dir runs 10 diffusion steps: another value is refused, not ignored
     ("text=Hello&voice=nobody", ()),
     ("text=Speaker%20X%3A%20hi", ()),
     ("frames=2", [json.dumps({"type": "bogus"})]),
