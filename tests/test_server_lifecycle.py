@@ -15,12 +15,13 @@ from cli_helpers import one_clear_line, run
 from server_fixtures import free_port, start_server
 
 KEY = "s3cret-key"
+METRICS_KEY = "scrape-only"
 
 
 @pytest.fixture(scope="module")
 def server(tiny_workdir, tmp_path_factory):
     srv = start_server(tiny_workdir.root, tmp_path_factory.mktemp("serve_auth"), "--max-streams", 2,
-                       "--grace", 30, env={"VVTRT_API_KEY": KEY})
+                       "--grace", 30, env={"VVTRT_API_KEY": KEY, "VVTRT_METRICS_KEY": METRICS_KEY})
     yield srv
     srv.stop()
 
@@ -41,6 +42,9 @@ def test_api_key_is_required_everywhere_but_the_probes(server):
     for open_path in ("/health", "/ready", "/", "/dashboard", "/static/app.js"):  # probes and static page shells
         assert httpx.get(server.url + open_path).status_code == 200, open_path
     assert "workdir" not in httpx.get(server.url + "/v1/models", headers=server.headers()).text
+    scrape = {"Authorization": f"Bearer {METRICS_KEY}"}  # the metrics key opens /metrics and nothing else
+    assert httpx.get(server.url + "/metrics", headers=scrape).status_code == 200
+    assert httpx.get(server.url + "/config", headers=scrape).status_code == 401
 
 
 def test_websocket_auth_by_header_or_query(server):
@@ -77,6 +81,8 @@ def test_serve_refuses_bad_settings_with_one_line(tiny_workdir, tmp_path):
     assert "work" in one_clear_line(run("serve", "-w", tmp_path / "missing", "--port", free_port())).lower()
     assert "--voices" in one_clear_line(run("serve", "-w", tiny_workdir.root, "--voices", tmp_path / "none"))
     assert "--port" in one_clear_line(run("serve", "-w", tiny_workdir.root, "--port", 70000))
+    exposed = one_clear_line(run("serve", "-w", tiny_workdir.root, "--host", "0.0.0.0", "--port", free_port()))
+    assert "VVTRT_API_KEY" in exposed and "--insecure" in exposed  # no key on a public address: refused
     assert "--url" in one_clear_line(run("loadtest", "--url", "ftp://x", "--duration", 1))
 
 
