@@ -363,8 +363,8 @@ def demo(workdir, frames):
 @click.option("--insecure", is_flag=True, envvar="VVTRT_INSECURE",
               help="Serve a non-loopback --host without an API key (refused otherwise).")
 @_friendly
-def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key, backend,
-          device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key, header_timeout,
+def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
+          backend, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key, header_timeout,
           body_timeout, ws_origins, ws_max_pending, insecure):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
