@@ -124,7 +124,7 @@ def _add_probes(app: FastAPI, service: SpeechService, life: Lifecycle) -> None:
     async def ready():
         if life.phase == "ready" and service.ready:
             return {"ready": True}
-        reason = f"failed: {life.error}" if life.error else life.phase
+        reason = "failed" if life.error else life.phase  # the reason is in the log (it may name host paths)
         return JSONResponse({"ready": False, "phase": reason}, status_code=503,
                             headers={"Retry-After": str(service.config.retry_after_s)})
 
