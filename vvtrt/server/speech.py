@@ -129,8 +129,9 @@ async def _whole(opened, enc, request: Request, headers: dict):
     reason = opened.stop_reason()
     if reason.startswith("error"):
         raise RuntimeError(f"synthesis failed ({reason})")
-    if isinstance(opened.error, Cancelled) and not request.app.state.service.ready:
-        raise EngineNotReady("the server is shutting down: the request was cancelled")
+    if isinstance(opened.error, Cancelled):  # never a 200 with part of the audio
+        draining = not request.app.state.service.ready
+        raise EngineNotReady("the request was cancelled" + (": the server is shutting down" if draining else ""))
     if not parts:
         raise InputError(f"no audio was produced (stop: {opened.stop_reason() or 'unknown'}); with a "
                          "random-weight model pass `frames`")
