@@ -162,6 +162,22 @@ def test_audio_is_chunked_by_default_and_the_cfg_default_is_the_same_on_both_pat
     assert audio == r.content  # same text, seed and default CFG: the same audio on both paths
 
 
+def test_opus_is_streamed_as_it_is_encoded(server):
+    import io
+
+    import soundfile as sf
+
+    if "opus" not in httpx.get(server.url + "/v1/models").json()["data"][0]["response_formats"]:
+        pytest.skip("this libsndfile writes no Opus")
+    body = {"input": "Hello there.", "frames": 12, "seed": 5, "response_format": "opus"}
+    r = httpx.post(server.url + "/v1/audio/speech", json=body, timeout=60)
+    assert r.status_code == 200 and r.headers["transfer-encoding"] == "chunked"
+    assert r.headers["content-type"] == "audio/ogg"
+    whole = httpx.post(server.url + "/v1/audio/speech", json={**body, "stream": False}, timeout=60)
+    streamed, sr = sf.read(io.BytesIO(r.content), dtype="float32")
+    assert sr == 24000 and len(streamed) == len(sf.read(io.BytesIO(whole.content))[0]) == 12 * 3200
+
+
 def _raw(server, data: bytes) -> bytes:
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:

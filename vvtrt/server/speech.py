@@ -37,7 +37,7 @@ class SpeechBody(BaseModel):
     speed: float = Field(1.0, strict=True, description="Only 1.0 (anything else: 400).",
                          json_schema_extra={"minimum": 1.0, "maximum": 1.0})
     stream: Optional[bool] = Field(None, strict=True, description=(
-        "Chunked audio as it is produced. Default: streamed for wav and pcm, whole for other formats."))
+        "Chunked audio as it is produced. Default: streamed for wav, pcm and opus; flac and mp3 whole."))
     stream_format: Literal["audio"] = "audio"
     instructions: Optional[str] = Field(None, description="Not supported: leave it out (or empty).",
                                         json_schema_extra={"maxLength": 0})
@@ -100,16 +100,22 @@ async def speech(body: SpeechBody, request: Request):
 
 
 async def _stream_bytes(opened, enc, service):
-    """Chunked transfer: a WAV header with an open length (wav) and int16 PCM, one model frame a chunk. A
-    stream cut short raises `StreamTruncated`: the connection closes without the terminating chunk."""
+    """Chunked transfer: a WAV header with an open length (wav) and int16 PCM, one model frame a chunk, or
+    Ogg Opus pages as they fill. A stream cut short raises `StreamTruncated`: the connection closes without
+    the terminating chunk."""
+    encoder = audio.StreamEncoder(enc) if enc.sf_format not in (None, "WAV") else None
     try:
         if enc.name == "wav":
             yield audio.wav_header()
         async for chunk in opened:
-            yield audio.to_pcm16(chunk.audio)
+            data = encoder.feed(chunk.audio) if encoder else audio.to_pcm16(chunk.audio)
+            if data:
+                yield data
     finally:
         opened.close()
     cut = truncation(opened, service)
+    if cut is None and encoder is not None:
+        yield encoder.close()
     if cut is not None:
         raise cut
 
