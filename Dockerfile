@@ -1,6 +1,7 @@
 # vvtrt on an NVIDIA GPU: the base image's CUDA PyTorch and TensorRT, plus ONNX Runtime GPU and the server.
 # Build:  docker build -t vvtrt .
-# Serve:  docker run --gpus all -p 8000:8000 -v $PWD/work:/work vvtrt            (serves the work dir /work/model)
+# Serve:  docker run --gpus all -p 8000:8000 -v $PWD/work:/work -e VVTRT_API_KEY=... vvtrt   (the work dir /work/model)
+#         It listens on 0.0.0.0, so it refuses to start without VVTRT_API_KEY unless VVTRT_INSECURE=1 is set.
 # Other verbs:  docker run --gpus all -v $PWD/work:/work vvtrt vvtrt demo -w /work/demo
 FROM nvcr.io/nvidia/pytorch:25.10-py3
 # Every RUN is a bash script with -e -u -o pipefail: any failed install or check fails the build.

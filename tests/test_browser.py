@@ -93,6 +93,38 @@ def test_dashboard_shows_live_values(server, page):
     assert page.text_content("#state") == "ready"
     assert page.text_content("#v-active").endswith("/ 4")  # "0 / 4": active of --max-streams 4
     assert page.text_content("#v-fps") != "–"
-    assert page.locator("canvas").count() == 9
+    assert page.locator("canvas").count() == 10  # the SM clock has its own chart (MHz), not the power's (W)
+    assert page.text_content("h3:has-text('SM clock')") == "GPU SM clock (MHz)"
+    ticks = page.evaluate("window.vvtrtDash.ticks.streams")
+    assert ticks and all(t.isdigit() for t in ticks), ticks  # whole streams on the stream-count axis
     assert not page.errors, page.errors
     shot(page, "dashboard")
+
+
+def _speak(page, frames: str = "", cfg: str | None = None):
+    if cfg is not None:
+        page.fill("#cfg", cfg)
+    page.fill("#frames", frames)
+    page.click("#speak")
+    page.wait_for_function("window.vvtrt.done", timeout=120_000)
+    return page.evaluate("window.vvtrt")
+
+
+def test_try_it_page_shows_failures_in_red_and_resets_its_stats(server, page):
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#voice option').length > 0")
+    assert page.input_value("#cfg") == "1.3"  # the server's default, as the API's
+    assert _speak(page, "4")["failed"] is False
+    assert page.text_content("#chunks") == "4" and "error" not in (page.get_attribute("#status", "class") or "")
+    state = _speak(page, "4", cfg="99")  # refused by the server: its reason, in red
+    assert state["failed"] and "cfg_scale" in state["error"]
+    assert page.get_attribute("#status", "class") == "error" and "cfg_scale" in page.text_content("#status")
+    assert page.evaluate("getComputedStyle(document.getElementById('status')).color") == "rgb(198, 40, 40)"
+    assert page.text_content("#chunks") == "0" and page.text_content("#seconds") == "0.00 s"  # no stale stats
+    assert page.text_content("#ttfa") == "–" and page.text_content("#rtf") == "–"
+    page.fill("#maxframes", "40")  # a random-weight model left to itself says nothing: a failure
+    state = _speak(page, "", cfg="1.3")
+    assert state["chunksReceived"] == 0 and state["failed"] and "no audio" in page.text_content("#status")
+    assert page.get_attribute("#status", "class") == "error"
+    assert not page.errors, page.errors
+    shot(page, "try-it-failure")

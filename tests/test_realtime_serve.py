@@ -222,7 +222,7 @@ def _pcm(data: bytes) -> np.ndarray:
 def test_speech_whole_and_streamed(server):
     import soundfile as sf
 
-    r = _post(server, input=TEXTS[0], max_frames=7, seed=3)
+    r = _post(server, input=TEXTS[0], max_frames=7, seed=3, stream=False)  # the whole file, with its headers
     assert r.status_code == 200, r.text
     assert r.headers["x-stop-reason"] == "max_frames" and r.headers["x-frames"] == "7"
     wav, sr = sf.read(io.BytesIO(r.content), dtype="int16")

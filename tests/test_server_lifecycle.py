@@ -15,17 +15,18 @@ from cli_helpers import one_clear_line, run
 from server_fixtures import free_port, start_server
 
 KEY = "s3cret-key"
+METRICS_KEY = "scrape-only"
 
 
 @pytest.fixture(scope="module")
 def server(tiny_workdir, tmp_path_factory):
     srv = start_server(tiny_workdir.root, tmp_path_factory.mktemp("serve_auth"), "--max-streams", 2,
-                       "--grace", 30, env={"VVTRT_API_KEY": KEY})
+                       "--grace", 30, env={"VVTRT_API_KEY": KEY, "VVTRT_METRICS_KEY": METRICS_KEY})
     yield srv
     srv.stop()
 
 
-def test_api_key_is_required_on_the_api_only(server):
+def test_api_key_is_required_everywhere_but_the_probes(server):
     body = {"input": "Hello.", "frames": 2}
     r = httpx.post(server.url + "/v1/audio/speech", json=body)
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "key" in r.json()["error"]["message"]
@@ -33,9 +34,17 @@ def test_api_key_is_required_on_the_api_only(server):
     assert bad.status_code == 401
     ok = httpx.post(server.url + "/v1/audio/speech", json=body, headers=server.headers(), timeout=60)
     assert ok.status_code == 200 and ok.headers["content-type"] == "audio/wav"
-    assert httpx.get(server.url + "/v1/models").status_code == 401
-    for open_path in ("/health", "/ready", "/metrics", "/", "/dashboard", "/static/app.js", "/config"):
+    for closed in ("/v1/models", "/v1/audio/voices", "/metrics", "/config", "/dashboard/data", "/openapi.json"):
+        r = httpx.get(server.url + closed)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", closed
+        assert "voices" not in r.text and "default_voice" not in r.text
+        assert httpx.get(server.url + closed, headers=server.headers()).status_code == 200, closed
+    for open_path in ("/health", "/ready", "/", "/dashboard", "/static/app.js"):  # probes and static page shells
         assert httpx.get(server.url + open_path).status_code == 200, open_path
+    assert "workdir" not in httpx.get(server.url + "/v1/models", headers=server.headers()).text
+    scrape = {"Authorization": f"Bearer {METRICS_KEY}"}  # the metrics key opens /metrics and nothing else
+    assert httpx.get(server.url + "/metrics", headers=scrape).status_code == 200
+    assert httpx.get(server.url + "/config", headers=scrape).status_code == 401
 
 
 def test_websocket_auth_by_header_or_query(server):
@@ -72,6 +81,8 @@ def test_serve_refuses_bad_settings_with_one_line(tiny_workdir, tmp_path):
     assert "work" in one_clear_line(run("serve", "-w", tmp_path / "missing", "--port", free_port())).lower()
     assert "--voices" in one_clear_line(run("serve", "-w", tiny_workdir.root, "--voices", tmp_path / "none"))
     assert "--port" in one_clear_line(run("serve", "-w", tiny_workdir.root, "--port", 70000))
+    exposed = one_clear_line(run("serve", "-w", tiny_workdir.root, "--host", "0.0.0.0", "--port", free_port()))
+    assert "VVTRT_API_KEY" in exposed and "--insecure" in exposed  # no key on a public address: refused
     assert "--url" in one_clear_line(run("loadtest", "--url", "ftp://x", "--duration", 1))
 
 

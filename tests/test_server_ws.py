@@ -19,7 +19,8 @@ FRAME_BYTES = 3200 * 2
 def server(tiny_workdir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve_ws")
     write_voice_clip(tmp / "voices" / "carol.wav", seed=3)
-    srv = start_server(tiny_workdir.root, tmp, "--voices", tmp / "voices", "--max-streams", 2, "--max-queue", 2)
+    srv = start_server(tiny_workdir.root, tmp, "--voices", tmp / "voices", "--max-streams", 2, "--max-queue", 2,
+                       "--ws-max-pending", 4)
     yield srv
     assert srv.stop() == 0, srv.log()[-3000:]
 
@@ -48,7 +49,7 @@ def run(coro):
 
 @pytest.mark.parametrize("path", ["/v1/audio/stream", "/stream"])
 def test_one_shot_follows_the_demo_protocol(server, path):
-    q = urlencode({"text": "Speaker 1: Hello there.", "cfg": 1.5, "steps": 5, "voice": "carol", "frames": 5})
+    q = urlencode({"text": "Speaker 1: Hello there.", "cfg": 1.5, "steps": 10, "voice": "carol", "frames": 5})
     frames, events, code = run(_session(f"{server.ws_url}{path}?{q}"))
     assert code == 1000
     assert len(frames) == 5 and all(len(f) == FRAME_BYTES for f in frames)
@@ -80,6 +81,7 @@ def test_text_mode_end_marker_and_stop(server):
 
 @pytest.mark.parametrize("query, msgs", [
     ("text=Hello&cfg=abc", ()),
+    ("text=Hello&steps=5", ()),  # the work dir runs 10 diffusion steps: another value is refused, not ignored
     ("text=Hello&voice=nobody", ()),
     ("text=Speaker%20X%3A%20hi", ()),
     ("frames=2", [json.dumps({"type": "bogus"})]),
@@ -89,3 +91,20 @@ def test_bad_input_is_a_generation_error_and_close_4400(server, query, msgs):
     frames, events, code = run(_session(f"{server.ws_url}/v1/audio/stream?{query}", msgs))
     assert code == 4400 and frames == []
     assert events[-1]["event"] == "generation_error" and events[-1]["data"]["message"]
+
+
+def test_text_mode_takes_a_token_stream_split_anywhere(server):
+    script = "Speaker 1: Hello there. Speaker 2: Hi, how are you?\nSpeaker 1: Fine."
+    msgs = ["Speaker 1: ", *script[len("Speaker 1: "):], "<|end|>"]  # the label alone, then one character each
+    frames, events, code = run(_session(f"{server.ws_url}/v1/audio/stream?frames=2&voice=carol", msgs))
+    names = [e["event"] for e in events]
+    assert code == 1000 and "generation_error" not in names, events[-1]
+    assert names.count("segment_complete") == 3 and len(frames) == 6
+    assert events[-1]["data"] == {"stop_reason": "end", "segments": 3, "frames": 6}
+
+
+def test_text_mode_queue_is_bounded(server):
+    frames, events, code = run(_session(f"{server.ws_url}/v1/audio/stream?frames=2",
+                                        ["One. Two. Three. Four. Five. Six. Seven. "]))
+    assert code == 4400 and events[-1]["event"] == "generation_error"
+    assert "4 sentences are already waiting" in events[-1]["data"]["message"]

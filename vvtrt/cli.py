@@ -346,28 +346,57 @@ def demo(workdir, frames):
               help="Seconds a request may wait for a slot before 429.")
 @click.option("--grace", "grace_s", default=10.0, show_default=True, type=_FiniteFloat(0.0, 3600.0),
               help="On SIGTERM, seconds running streams get to finish before they are cancelled.")
-@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (or set VVTRT_API_KEY).")
+@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on every route but /health and "
+              "/ready. Prefer the VVTRT_API_KEY environment variable: a command line is visible to every user.")
 @click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
               help="Runtime of the serving engine.")
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--max-input-chars", default=4096, show_default=True, type=COUNT, help="Longest `input` text.")
+@click.option("--max-frames", default=None, type=COUNT,
+              help="Frame cap of every request (133 ms each); also the default `max_frames` (default: none).")
+@click.option("--allow-frames/--no-allow-frames", default=None,
+              help="Accept the `frames` field that forces a length (default: only for random-weight models).")
+@click.option("--stream-buffer", default=256, show_default=True, type=COUNT,
+              help="Frames buffered per stream; a stream this far ahead of its reader is held until the reader "
+                   "takes more.")
+@click.option("--metrics-key", default=None, help="A key for /metrics alone (or VVTRT_METRICS_KEY).")
+@click.option("--header-timeout", default=10.0, show_default=True, type=_FiniteFloat(0.1, 3600.0),
+              help="Seconds a request's headers may take to arrive (then 408).")
+@click.option("--body-timeout", default=30.0, show_default=True, type=_FiniteFloat(0.1, 3600.0),
+              help="Seconds to wait for each part of a request body (then 408).")
+@click.option("--ws-origin", "ws_origins", multiple=True,
+              help="A browser origin allowed on the WebSockets besides the server's own and loopback ones "
+                   "(repeatable; '*' allows any).")
+@click.option("--ws-max-pending", default=64, show_default=True, type=COUNT,
+              help="Sentences waiting to be spoken per text-mode WebSocket.")
+@click.option("--insecure", is_flag=True, envvar="VVTRT_INSECURE",
+              help="Serve a non-loopback --host without an API key (refused otherwise).")
 @click.option("--stall-timeout", "stall_timeout_s", default=30.0, show_default=True, type=_FiniteFloat(0.1, 3600.0),
               help="Seconds a stream whose client reads nothing (its buffer full) is held before it is cancelled.")
 @click.option("--deterministic", is_flag=True,
               help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run.")
 @_friendly
-def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key, backend, device,
-          dtype, max_input_chars, stall_timeout_s, deterministic):
+def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
+          backend, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key, header_timeout,
+          body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
-    from vvtrt.server.config import ServerConfig, api_key_from_env
+    from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
     from vvtrt.server.serve import run_server
 
+    if api_key is not None:
+        logging.getLogger("vvtrt.server").warning("--api-key on the command line is visible to other users (ps); "
+                                                  "prefer the VVTRT_API_KEY environment variable")
     run_server(ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
-                            max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key), backend=backend, device=device,
-                            dtype=dtype, max_input_chars=max_input_chars, queue_timeout_s=queue_timeout,
-                            grace_s=grace_s, stall_timeout_s=stall_timeout_s, deterministic=deterministic))
+                            max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key),
+                            backend=backend, device=device, dtype=dtype, max_input_chars=max_input_chars,
+                            queue_timeout_s=queue_timeout, grace_s=grace_s, max_frames=max_frames,
+                            allow_frames=allow_frames, buffer_chunks=stream_buffer,
+                            metrics_key=api_key_from_env(metrics_key, METRICS_KEY_ENV),
+                            header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                            ws_origins=tuple(ws_origins), ws_max_pending=ws_max_pending, insecure=insecure,
+                            stall_timeout_s=stall_timeout_s, deterministic=deterministic))
 
 
 @cli.command()

@@ -11,16 +11,16 @@ import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import FastAPI, Query
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from vvtrt.server import audio, http_errors, speech, ws
+from vvtrt.server import audio, http_errors, openapi, speech, ws
 from vvtrt.server.config import ServerConfig
 from vvtrt.server.gpu import GpuMonitor
 from vvtrt.server.metrics import ServerMetrics
-from vvtrt.server.middleware import AccessLog, BearerAuth, BodyLimit
+from vvtrt.server.middleware import AbortTruncated, AccessLog, BearerAuth, BodyLimit
 from vvtrt.server.service import SpeechService
 from vvtrt.server.voices import DEFAULT_VOICE, VoiceLibrary
 
@@ -107,8 +107,10 @@ def create_app(config: ServerConfig, engine, on_fatal=None, service_cls=SpeechSe
     app.include_router(ws.router)
     _add_probes(app, service, life)
     _add_pages(app, service)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(BearerAuth, api_key=config.api_key)
+    app.openapi = lambda: openapi.build_schema(app, service)
+    app.add_middleware(AbortTruncated)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
+    app.add_middleware(BearerAuth, api_key=config.api_key, metrics_key=config.metrics_key)
     app.add_middleware(AccessLog)
     return app
 
@@ -122,15 +124,16 @@ def _add_probes(app: FastAPI, service: SpeechService, life: Lifecycle) -> None:
     async def ready():
         if life.phase == "ready" and service.ready:
             return {"ready": True}
+        reason = "failed" if life.error else life.phase  # the reason is in the log (it may name host paths)
         health = getattr(service.engine, "health", None)
-        reason = f"failed: {life.error}" if life.error else life.phase
         if health is not None and not health.ok:
-            reason = f"unhealthy: {health.reason}"
+            reason = "unhealthy"  # consecutive failed device steps: the log and vvtrt_engine_healthy say more
         return JSONResponse({"ready": False, "phase": reason}, status_code=503,
                             headers={"Retry-After": str(service.config.retry_after_s)})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
+        """Prometheus exposition (the API key or the metrics key when the server has one)."""
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -146,8 +149,7 @@ def _add_pages(app: FastAPI, service: SpeechService) -> None:
         return FileResponse(STATIC / "dashboard.html")
 
     @app.get("/dashboard/data")
-    async def dashboard_data(seconds: float = 300.0):
-        seconds = min(max(seconds, 1.0), 600.0)
+    async def dashboard_data(seconds: float = Query(300.0, ge=1.0, le=600.0, allow_inf_nan=False)):
         return {"series": service.metrics.recent(seconds), "gpu_available": bool(service.metrics.gpu and
                 service.metrics.gpu.available), "max_streams": service.config.max_streams,
                 "ready": service.ready}
@@ -157,5 +159,6 @@ def _add_pages(app: FastAPI, service: SpeechService) -> None:
         """Microsoft's demo page asks for this: the voices and the default one."""
         names = service.voices.names()
         return {"voices": names or [DEFAULT_VOICE], "default_voice": names[0] if names else DEFAULT_VOICE,
-                "response_formats": audio.supported_formats(),
+                "response_formats": audio.supported_formats(), "default_cfg": service.default_cfg,
+                "allow_frames": bool(service.config.allow_frames), "max_frames": service.config.max_frames,
                 "auth": service.config.api_key is not None}

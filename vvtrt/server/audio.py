@@ -2,7 +2,9 @@
 
 `pcm` is raw int16 little-endian, 24 kHz mono (OpenAI's `pcm`). A streamed WAV starts with a header whose
 RIFF and data sizes are 0xFFFFFFFF ("unknown length"), which browsers, ffmpeg and soundfile accept.
-mp3 and opus are offered only when the installed libsndfile can write them.
+mp3 and opus are offered only when the installed libsndfile can write them. `opus` (Ogg) is streamed too:
+libsndfile writes its pages in order, so `StreamEncoder` hands them out as they are written; flac and mp3
+go back to their headers when the file is closed, so they are sent whole.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ ENCODINGS = {
     "pcm": Encoding("pcm", "audio/pcm", None, None, True),
     "flac": Encoding("flac", "audio/flac", "FLAC", "PCM_16", False),
     "mp3": Encoding("mp3", "audio/mpeg", "MP3", "MPEG_LAYER_III", False),
-    "opus": Encoding("opus", "audio/ogg", "OGG", "OPUS", False),
+    "opus": Encoding("opus", "audio/ogg", "OGG", "OPUS", True),
 }
 
 
@@ -63,7 +65,8 @@ def pick_encoding(name: str, stream: bool) -> Encoding:
                          f"support; this server's libsndfile {sf.__libsndfile_version__} lacks it: use "
                          f"{', '.join(supported_formats())}")
     if stream and not enc.streamable:
-        raise InputError(f"response_format {enc.name!r} cannot be streamed: use wav or pcm with stream=true, "
+        streamable = ", ".join(n for n, e in ENCODINGS.items() if e.streamable)
+        raise InputError(f"response_format {enc.name!r} cannot be streamed: use {streamable} with stream=true, "
                          "or stream=false")
     return enc
 
@@ -94,3 +97,64 @@ def encode_file(audio: np.ndarray, enc: Encoding, sample_rate: int = SAMPLE_RATE
     buf = io.BytesIO()
     sf.write(buf, data, sample_rate, format=enc.sf_format, subtype=enc.sf_subtype)
     return buf.getvalue()
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file for libsndfile whose bytes are taken as they arrive (a write before what was taken
+    already, e.g. a header rewritten at close, is dropped)."""
+
+    def __init__(self):
+        super().__init__()
+        self.buf, self.pos, self.taken = bytearray(), 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        b = bytes(b)
+        end = self.pos + len(b)
+        if self.pos >= self.taken:
+            self.buf.extend(b"\0" * max(0, end - len(self.buf)))
+            self.buf[self.pos:end] = b
+        self.pos = end
+        return len(b)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else (self.pos + offset if whence == 1 else len(self.buf) + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        return b""
+
+    def take(self) -> bytes:
+        out, self.taken = bytes(self.buf[self.taken:]), len(self.buf)
+        return out
+
+
+class StreamEncoder:
+    """An encoded stream in `enc` (Ogg Opus) fed a frame at a time: `feed` returns the bytes ready so far
+    (often none until a page is full), `close` the rest."""
+
+    def __init__(self, enc: Encoding, sample_rate: int = SAMPLE_RATE):
+        import soundfile as sf
+
+        self._sink = _Sink()
+        self._file = sf.SoundFile(self._sink, "w", sample_rate, 1, format=enc.sf_format, subtype=enc.sf_subtype)
+
+    def feed(self, audio: np.ndarray) -> bytes:
+        self._file.write(np.asarray(audio, np.float32))
+        return self._sink.take()
+
+    def close(self) -> bytes:
+        if not self._file.closed:
+            self._file.close()
+        return self._sink.take()

@@ -31,8 +31,11 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
     return 500, "server_error", "error"
 
 
-def error_response(status: int, message: str, kind: str, retry_after: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+def error_response(status: int, message: str, kind: str, retry_after: int | None = None,
+                   headers: dict | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
                         headers=headers)
 
@@ -64,8 +67,9 @@ def install(app: FastAPI, retry_after: int) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        # keeps the exception's headers: `Allow` on a 405
         return error_response(exc.status_code, str(exc.detail), "invalid_request_error"
-                              if exc.status_code < 500 else "server_error")
+                              if exc.status_code < 500 else "server_error", headers=exc.headers)
 
     @app.exception_handler(VvtrtError)
     async def _vvtrt(request: Request, exc: VvtrtError):

@@ -33,6 +33,9 @@ class ServerMetrics:
         self.gpu = gpu_monitor
         self.requests = Counter("vvtrt_requests", "Requests by outcome (stop reason or refusal).", ["outcome"],
                                 registry=r)
+        self.truncated = Counter("vvtrt_streams_truncated", "Streams cut short, by reason (slow_reader, shutdown, "
+                                 "cancelled, error): the client got an aborted body or a non-1000 close.",
+                                 ["reason"], registry=r)
         self.active = Gauge("vvtrt_active_streams", "Requests holding an engine slot.", registry=r)
         self.queued = Gauge("vvtrt_queue_depth", "Requests admitted and waiting for a slot.", registry=r)
         self.max_streams = Gauge("vvtrt_max_streams", "Engine slots.", registry=r)
@@ -73,6 +76,9 @@ class ServerMetrics:
         if rtf is not None and math.isfinite(rtf):
             self.rtf.observe(rtf)
             self._recent["rtf"].append((time.monotonic(), rtf))
+
+    def observe_truncated(self, reason: str) -> None:
+        self.truncated.labels(reason=reason).inc()
 
     # -- the once-a-second sampler ---------------------------------------------------------------------
     def sample(self, stats) -> dict:

@@ -1,18 +1,23 @@
 """Pure-ASGI middleware (so streaming and WebSockets pass through untouched): a JSON-lines access log,
-a request body limit, and bearer-token authentication of the API routes."""
+a request body limit and deadline, bearer-token authentication, and the abort of a stream cut short."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
 from urllib.parse import parse_qs
 
+from vvtrt.server.truncation import StreamTruncated
+
 access_log = logging.getLogger("vvtrt.access")
 
-# Routes open without a key: liveness, readiness, metrics, the pages and their assets.
-OPEN_PREFIXES = ("/health", "/ready", "/metrics", "/static/", "/dashboard", "/favicon", "/config")
-OPEN_EXACT = ("/",)
+# Open without a key: liveness, readiness, and the static shells of the pages (HTML, JS and CSS shipped
+# in the package, no data: the pages send the key on every call they make). Everything else needs it.
+OPEN_EXACT = ("/health", "/ready", "/", "/dashboard", "/docs", "/favicon.ico")
+OPEN_PREFIXES = ("/static/",)
+METRICS_PATH = "/metrics"
 
 
 async def _send_json(send, status: int, message: str, kind: str) -> None:
@@ -60,10 +65,12 @@ class AccessLog:
 
 
 class BodyLimit:
-    """Refuses a request body over `max_bytes` with 413 before any handler runs (Content-Length or not)."""
+    """Refuses a request body over `max_bytes` with 413 before any handler runs (Content-Length or not), and
+    one that does not arrive within `timeout_s` (a part at a time, e.g. shorter than its Content-Length)
+    with 408."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
@@ -74,7 +81,11 @@ class BodyLimit:
                                     "invalid_request_error")
         body, more = b"", True
         while more:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), self.timeout_s)
+            except asyncio.TimeoutError:
+                return await _send_json(send, 408, f"the request body did not arrive within {self.timeout_s:g} s",
+                                        "invalid_request_error")
             if msg["type"] == "http.disconnect":
                 return
             body += msg.get("body", b"")
@@ -95,26 +106,43 @@ class BodyLimit:
 
 
 class BearerAuth:
-    """`Authorization: Bearer KEY` on the API routes; WebSockets may instead pass `?api_key=KEY` (browsers
-    cannot set headers on a WebSocket)."""
+    """With a key, every route but liveness, readiness and the static page shells needs
+    `Authorization: Bearer KEY`; WebSockets may instead pass `?api_key=KEY` (browsers cannot set headers on
+    a WebSocket); `/metrics` also takes the separate metrics key."""
 
-    def __init__(self, app, api_key: str | None):
-        self.app, self.key = app, api_key
+    def __init__(self, app, api_key: str | None, metrics_key: str | None = None):
+        self.app, self.key, self.metrics_key = app, api_key, metrics_key
 
     def _allowed(self, scope) -> bool:
         path = scope.get("path", "")
-        if path in OPEN_EXACT or path.startswith(OPEN_PREFIXES):
+        keys = [k for k in (self.key, self.metrics_key if path == METRICS_PATH else None) if k]
+        if not keys or path in OPEN_EXACT or path.startswith(OPEN_PREFIXES):
             return True
         auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         if not token and scope["type"] == "websocket":
             token = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key") or [""])[0]
-        return bool(token) and hmac.compare_digest(token.encode(), self.key.encode())
+        return bool(token) and any(hmac.compare_digest(token.encode(), k.encode()) for k in keys)
 
     async def __call__(self, scope, receive, send):
-        if self.key is None or scope["type"] not in ("http", "websocket") or self._allowed(scope):
+        if scope["type"] not in ("http", "websocket") or self._allowed(scope):
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008, "reason": "missing or wrong API key"})
         await _send_json(send, 401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
                          "authentication_error")
+
+
+class AbortTruncated:
+    """Turns `StreamTruncated` (raised by a streaming body after its headers went out) into a connection
+    closed without the final chunk: the ASGI app returns with the response incomplete, which uvicorn
+    answers by closing the transport. One log line, no traceback."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await self.app(scope, receive, send)
+        except StreamTruncated as exc:
+            access_log.debug("aborted %s: %s", scope.get("path"), exc)

@@ -15,11 +15,12 @@ import asyncio
 import logging
 
 from vvtrt.errors import InputError
+from vvtrt.server.input_rules import check_text
 from vvtrt.server.service import SpeechService, check_request_numbers
 from vvtrt.server.voices import DEFAULT_VOICE, OPENAI_VOICES, VoiceLibrary, split_voice_names
 from vvtrt.server.ws import completion, pump_audio, send_log
 from vvtrt.server.ws_text import TextSession, _parse as parse_message
-from vvtrt.serving.api import Cancelled
+from vvtrt.server.truncation import truncation
 
 log = logging.getLogger(__name__)
 REALTIME_CFG = 1.5  # Microsoft's demos
@@ -54,7 +55,7 @@ def _engine_config(config, runner):
     from vvtrt.realtime.engine import RealtimeEngineConfig
 
     return RealtimeEngineConfig(max_streams=config.max_streams, max_queue=config.max_queue,
-                                stall_timeout_s=config.stall_timeout_s,
+                                stall_timeout_s=config.stall_timeout_s, buffer_chunks=config.buffer_chunks,
                                 steps=runner.workdir.options().steps, capacity=config.max_context)
 
 
@@ -115,6 +116,12 @@ class RealtimeSpeechService(SpeechService):
     """`SpeechService` over a `RealtimeEngine`: plain text (a string, or a `TextInput` in the WS text
     mode), one preset voice, Realtime's default cfg_scale."""
 
+    default_cfg = REALTIME_CFG
+
+    @property
+    def diffusion_steps(self) -> int | None:
+        return self.engine.config.steps
+
     def load_voices(self) -> VoiceLibrary:
         return PresetLibrary.of(self.engine)
 
@@ -127,11 +134,8 @@ class RealtimeSpeechService(SpeechService):
         from vvtrt.realtime.engine import RealtimeSpeechRequest, TextInput
 
         if not isinstance(text, TextInput):
-            if not isinstance(text, str) or not text.strip():
-                raise InputError("input is empty: give the text to speak")
-            if len(text) > self.config.max_input_chars:
-                raise InputError(f"input is {len(text)} characters; the limit is {self.config.max_input_chars}")
-        cfg_scale = REALTIME_CFG if cfg_scale is None else cfg_scale
+            check_text(text, self.config.max_input_chars)
+        cfg_scale = self.default_cfg if cfg_scale is None else cfg_scale
         max_frames = check_request_numbers(self.config, seed, cfg_scale, max_frames, frames)
         return RealtimeSpeechRequest(text, self.voices.resolve(voice), int(seed), float(cfg_scale), max_frames,
                                      frames)
@@ -176,8 +180,11 @@ class RealtimeTextSession(TextSession):
             raise
         await send_log(self.ws, "segment_started", segment=0, request_id=opened.request_id)
         frames = await pump_audio(self.ws, opened, progress=False)
-        if opened.error is not None and not isinstance(opened.error, Cancelled):
+        if isinstance(opened.error, InputError):
             raise opened.error  # e.g. text that was only white space: generation_error, close 4400
+        cut = truncation(opened, self.service)
+        if cut is not None:
+            raise cut  # generation_error with the reason, a non-1000 close
         await send_log(self.ws, "segment_complete", segment=0, **completion(opened, frames))
         self.totals["segments"], self.totals["frames"] = 1, frames
         self.current = None

@@ -5,16 +5,19 @@ within `grace_s` (then cancels them), stops the engine and returns normally (exi
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import signal
 import socket
 import sys
+import time
 
 from vvtrt.errors import InputError, VvtrtError
 from vvtrt.server.config import ServerConfig
 
 log = logging.getLogger(__name__)
+WS_FLUSH_S = 2.0  # after the drain, how long WebSockets get to send their last events and close
 
 
 def resolve_runtime(config: ServerConfig) -> ServerConfig:
@@ -25,7 +28,21 @@ def resolve_runtime(config: ServerConfig) -> ServerConfig:
 
     dev = resolve_device(config.device)
     precision = Precision.parse(config.dtype or ("bf16" if dev.type == "cuda" else "fp32"))
-    return dataclasses.replace(config, device=str(dev), dtype=precision.value)
+    allow = config.allow_frames
+    if allow is None:  # `frames` forces the length of random-weight models; real ones decide themselves
+        allow = random_weights(config.workdir)
+    return dataclasses.replace(config, device=str(dev), dtype=precision.value, allow_frames=allow)
+
+
+def random_weights(workdir) -> bool:
+    """True for a work dir exported from a random-weight preset (tiny, tiny-realtime, ...)."""
+    from vvtrt.workdir import Workdir
+
+    try:
+        return bool(Workdir.open(workdir).source().preset)
+    except Exception as exc:  # a missing work dir is reported by the engine with its own message
+        log.debug("work dir source unknown: %s", exc)
+        return False
 
 
 def build_engine(config: ServerConfig):
@@ -39,7 +56,8 @@ def build_engine(config: ServerConfig):
     return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
                                precision=config.dtype, max_streams=config.max_streams,
                                max_context=config.max_context, max_queue=config.max_queue,
-                               stall_timeout_s=config.stall_timeout_s, deterministic=config.deterministic)
+                               buffer_chunks=config.buffer_chunks, stall_timeout_s=config.stall_timeout_s,
+                               deterministic=config.deterministic)
 
 
 def configure_logging() -> None:
@@ -72,6 +90,36 @@ def check_port_free(host: str, port: int) -> None:
             raise InputError(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port") from None
 
 
+def _is_websocket(connection) -> bool:
+    return "websocket" in type(connection).__module__
+
+
+def draining_server(uv_config, life, grace_s: float):
+    """A uvicorn server whose SIGTERM drains (`Lifecycle.drain`) and exits 0, and whose shutdown waits for
+    the drain before uvicorn closes the connections (so WebSockets are told why their stream ended)."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            life.drain()
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises a captured signal after shutting down; a drained SIGTERM is a clean exit (0)
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list) and sig == signal.SIGTERM:
+                captured[:] = [s for s in captured if s != signal.SIGTERM]
+
+        async def shutdown(self, sockets=None):
+            for srv in self.servers:  # stop accepting first
+                srv.close()
+            await asyncio.to_thread(life.join, grace_s + 10)
+            deadline = time.monotonic() + WS_FLUSH_S
+            while time.monotonic() < deadline and any(_is_websocket(c) for c in self.server_state.connections):
+                await asyncio.sleep(0.05)
+            await super().shutdown(sockets)
+
+    return DrainingServer(uv_config)
+
+
 def run_server(config: ServerConfig) -> None:
     import uvicorn
 
@@ -91,20 +139,16 @@ def run_server(config: ServerConfig) -> None:
     app = create_app(config, engine, on_fatal=on_fatal, service_cls=service_class(engine))
     life = app.state.lifecycle
 
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            life.drain()
-            super().handle_exit(sig, frame)
-            # uvicorn re-raises a captured signal after shutting down; a drained SIGTERM is a clean exit (0)
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list) and sig == signal.SIGTERM:
-                captured[:] = [s for s in captured if s != signal.SIGTERM]
+    from vvtrt.server.timeouts import header_timeout_protocol
 
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False,
-                        timeout_graceful_shutdown=config.grace_s + 5, lifespan="on")
-    server = DrainingServer(uv)
+                        timeout_graceful_shutdown=config.grace_s + 5, lifespan="on",
+                        http=header_timeout_protocol(config.header_timeout_s) or "auto")
+    server = draining_server(uv, life, config.grace_s)
     log.info("serving %s on http://%s:%d (max %d streams, queue %d)", config.workdir, config.host, config.port,
              config.max_streams, config.max_queue)
+    if config.api_key is None and config.insecure:
+        log.warning("serving %s without an API key (--insecure): anyone who can reach it can use it", config.host)
     server.run()
     life.drain()
     life.join(config.grace_s + 10)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from dataclasses import dataclass
 
-from vvtrt.errors import InputError, VvtrtError
-from vvtrt.option_checks import CFG_MAX, SEED_MAX
+from vvtrt.errors import VvtrtError
+from vvtrt.server import input_rules
 from vvtrt.server.config import ServerConfig
 from vvtrt.server.http_errors import classify
 from vvtrt.server.metrics import ServerMetrics, outcome_label
@@ -25,6 +24,7 @@ from vvtrt.serving.api import Cancelled, EngineBusy, EngineNotReady, SpeechReque
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.01
+DEFAULT_CFG = 1.3  # the long-form model's; HTTP and WebSocket alike
 
 
 @dataclass
@@ -34,6 +34,7 @@ class SpeechService:
     voices: VoiceLibrary
     metrics: ServerMetrics
     draining: bool = False
+    default_cfg = DEFAULT_CFG  # a class constant (the Realtime service has its own)
 
     @property
     def in_flight(self) -> int:
@@ -57,19 +58,26 @@ class SpeechService:
         await text_mode(ws)
 
     def build_request(self, text, voice=None, seed=0, cfg_scale=None, max_frames=None, frames=None) -> SpeechRequest:
-        """A checked SpeechRequest; an InputError names the field to fix."""
+        """A checked SpeechRequest; an InputError names the field to fix (rules: `input_rules`)."""
         from vvtrt.runtime.script import parse_script
 
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("input is empty: give the text to speak")
-        if len(text) > self.config.max_input_chars:
-            raise InputError(f"input is {len(text)} characters; the limit is {self.config.max_input_chars}")
-        script = parse_script(text)
-        cfg_scale = 1.3 if cfg_scale is None else cfg_scale
+        script = parse_script(input_rules.check_text(text, self.config.max_input_chars))
+        cfg_scale = self.default_cfg if cfg_scale is None else cfg_scale
         max_frames = check_request_numbers(self.config, seed, cfg_scale, max_frames, frames)
         voices = self.voices.resolve(voice, len(script.speakers))
         return SpeechRequest(script=text, voices=voices, seed=int(seed), cfg_scale=float(cfg_scale),
                              max_frames=max_frames, frames=frames)
+
+    @property
+    def diffusion_steps(self) -> int | None:
+        """The sampler's steps, fixed at export (WS `steps` must match)."""
+        from vvtrt.workdir import Workdir
+
+        try:
+            return Workdir.open(self.config.workdir).options().steps
+        except Exception as exc:  # an engine without a work dir (tests): any value is accepted
+            log.debug("no work dir options: %s", exc)
+            return None
 
     async def open(self, request: SpeechRequest) -> "Stream":
         """Admit and submit `request`, waiting (at most the queue timeout) until the engine starts it."""
@@ -160,17 +168,5 @@ class Stream:
 
 
 def check_request_numbers(config: ServerConfig, seed, cfg_scale, max_frames, frames):
-    """Check the numeric fields of a request; the frame cap to use (`max_frames` or the server's default)."""
-    _check_number("seed", seed, 0, SEED_MAX, integer=True)
-    _check_number("cfg_scale", cfg_scale, 0.0, CFG_MAX)
-    for name, v in (("max_frames", max_frames), ("frames", frames)):
-        if v is not None:
-            _check_number(name, v, 1, 1 << 20, integer=True)
-    return max_frames if max_frames is not None else config.default_max_frames
-
-
-def _check_number(name: str, value, lo, hi, integer: bool = False) -> None:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or (not integer and not math.isfinite(value)) or not lo <= value <= hi:
-        kind = "an integer" if integer else "a number"
-        raise InputError(f"{name} must be {kind} from {lo} to {hi}, got {value!r}")
+    """Check the numeric fields of a request; the frame cap to use (`max_frames` or the server's cap)."""
+    return input_rules.check_numbers(input_rules.Limits.of(config), seed, cfg_scale, max_frames, frames)

@@ -1,12 +1,17 @@
 """WS /v1/audio/stream (also /stream): the protocol of Microsoft's realtime demo (demo/web/app.py), so its
 page and clients work against vvtrt, plus a text mode for text that arrives while speech is produced.
 
-One-shot mode (`?text=...`): query `text`, `cfg`, `steps`, `voice` (+ vvtrt's `seed`, `frames`,
-`max_frames`). The server sends binary messages of int16 little-endian PCM, 24 kHz mono, one model frame
-(3200 samples) each, and text messages `{"type": "log", "event", "data", "timestamp"}` with the events
-backend_request_received, backend_first_chunk_sent, model_progress, backend_stream_complete and
-generation_error; a full server answers backend_busy and closes with 1013. Bad input: generation_error
-then close code 4400. The client may send `{"type": "stop"}` to cancel.
+One-shot mode (`?text=...`): query `text`, `cfg` (default: the model's, as over HTTP), `steps` (only the
+model's own value), `voice` (+ vvtrt's `seed`, `frames`, `max_frames`). The server sends binary messages
+of int16 little-endian PCM, 24 kHz mono, one model frame (3200 samples) each, and text messages
+`{"type": "log", "event", "data", "timestamp"}` with the events backend_request_received,
+backend_first_chunk_sent, model_progress, backend_stream_complete and generation_error; a full server
+answers backend_busy and closes with 1013. Bad input: generation_error then close code 4400. A stream cut
+short: generation_error with its `reason`, then close 1008 (slow reader), 1001 (shutdown) or 1011. The
+client may send `{"type": "stop"}` to cancel.
+
+A browser page may connect only from the server's own origin, a loopback origin or one of `--ws-origin`
+(a request without `Origin` is not from a browser and is accepted); others are refused with HTTP 403.
 
 Text mode (no `text`): see `vvtrt.server.ws_text` (a Realtime model: `vvtrt.server.realtime_service`).
 """
@@ -16,13 +21,16 @@ import asyncio
 import datetime
 import json
 import logging
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from vvtrt.errors import InputError, VvtrtError
-from vvtrt.server import audio
-from vvtrt.serving.api import SAMPLE_RATE, Cancelled, EngineBusy, EngineNotReady
+from vvtrt.server import audio, input_rules
+from vvtrt.server.config import is_loopback
+from vvtrt.server.truncation import StreamTruncated, truncation
+from vvtrt.serving.api import SAMPLE_RATE, EngineBusy, EngineNotReady
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -51,7 +59,7 @@ def query_options(ws: WebSocket) -> dict:
             return cast(raw)
         except ValueError:
             raise InputError(f"query parameter {name}={raw!r} is not a valid {cast.__name__}") from None
-    return {"voice": q.get("voice") or None, "cfg_scale": num("cfg", float, 1.5), "seed": num("seed", int, 0),
+    return {"voice": q.get("voice") or None, "cfg_scale": num("cfg", float, None), "seed": num("seed", int, 0),
             "frames": num("frames", int, None), "max_frames": num("max_frames", int, None)}
 
 
@@ -65,7 +73,10 @@ async def close(ws: WebSocket, code: int = 1000, reason: str = "") -> None:
 
 async def refuse(ws: WebSocket, exc: BaseException) -> None:
     """Tell the client why its request was not run, in the demo's vocabulary, and close."""
-    if isinstance(exc, (EngineBusy, EngineNotReady)):
+    if isinstance(exc, StreamTruncated):
+        await send_log(ws, "generation_error", message=str(exc), reason=exc.reason)
+        await close(ws, exc.close_code, f"stream cut short: {exc.reason}")
+    elif isinstance(exc, (EngineBusy, EngineNotReady)):
         await send_log(ws, "backend_busy", message=str(exc))
         await close(ws, CLOSE_BUSY, "Service busy")
     elif isinstance(exc, InputError):
@@ -128,16 +139,25 @@ async def one_shot(ws: WebSocket, text: str) -> None:
     service = ws.app.state.service
     try:
         opts = query_options(ws)
-        await send_log(ws, "backend_request_received", text_length=len(text), cfg_scale=opts["cfg_scale"],
-                       inference_steps=ws.query_params.get("steps"), voice=opts["voice"])
+        input_rules.check_steps(ws.query_params.get("steps"), service.diffusion_steps)
+        cfg = service.default_cfg if opts["cfg_scale"] is None else opts["cfg_scale"]
+        await send_log(ws, "backend_request_received", text_length=len(text), cfg_scale=cfg,
+                       inference_steps=service.diffusion_steps, voice=opts["voice"])
         opened = await service.open(service.build_request(text, **opts))
     except Exception as exc:
         return await refuse(ws, exc)
-    watcher = asyncio.create_task(watch_client(ws, opened.handle.cancel))
+    stopped = asyncio.Event()
+
+    def on_gone():
+        stopped.set()
+        opened.handle.cancel()
+
+    watcher = asyncio.create_task(watch_client(ws, on_gone))
     try:
         frames = await pump_audio(ws, opened)
-        if opened.error is not None and not isinstance(opened.error, Cancelled):
-            await send_log(ws, "generation_error", message=str(opened.error))
+        cut = None if stopped.is_set() else truncation(opened, service)
+        if cut is not None:
+            return await refuse(ws, cut)
         await send_log(ws, "backend_stream_complete", **completion(opened, frames))
     except (WebSocketDisconnect, RuntimeError, OSError):
         log.info("client of %s went away", opened.request_id)
@@ -149,9 +169,26 @@ async def one_shot(ws: WebSocket, text: str) -> None:
     await close(ws)
 
 
+def origin_allowed(ws: WebSocket) -> bool:
+    """No `Origin` (not a browser), the server's own origin, a loopback origin, or one of `--ws-origin`."""
+    origin = ws.headers.get("origin")
+    if not origin:
+        return True
+    allowed = ws.app.state.service.config.ws_origins
+    if "*" in allowed or origin.rstrip("/").lower() in {a.rstrip("/").lower() for a in allowed}:
+        return True
+    parts = urlsplit(origin)
+    if parts.netloc and parts.netloc.lower() == ws.headers.get("host", "").lower():
+        return True
+    return bool(parts.hostname) and is_loopback(parts.hostname)
+
+
 @router.websocket("/v1/audio/stream")
 @router.websocket("/stream")
 async def stream(ws: WebSocket) -> None:
+    if not origin_allowed(ws):
+        log.warning("refused a WebSocket from origin %r (allow it with --ws-origin)", ws.headers.get("origin"))
+        return await ws.close(code=1008, reason="origin not allowed")
     await ws.accept()
     text = ws.query_params.get("text")
     if text:

@@ -8,11 +8,16 @@ every segment). The server sends `backend_ready` with the end marker. Then send 
   - `{"type": "flush"}`: speak what is buffered now;
   - `{"type": "end"}` or the plain text `<|end|>`: speak the rest, then the server closes (1000);
   - `{"type": "stop"}`: cancel at once.
-Every complete sentence (ended by . ! ? ; : or a newline, then white space) is spoken as soon as it is
+Every complete sentence (ended by . ! ? ; or a newline, then white space) is spoken as soon as it is
 buffered, as one engine request; segments play in order, audio as binary int16 messages as in one-shot
 mode, with `segment_started` / `segment_complete` events. A segment without a `Speaker N:` prefix
 continues the last speaker. The engine contract takes a whole script per request, so each segment is a
 separate request (same voice and seed).
+
+Text may be split anywhere, as an LLM's tokens arrive: a `Speaker N:` label is never a sentence end, a
+label alone (e.g. the message "Speaker 1: ") is held until its turn's text arrives, and a label after a
+sentence end starts a new turn. At most `--ws-max-pending` sentences wait to be spoken; one more is a
+generation_error and close 4400 (send more once `segment_complete` events arrive).
 """
 from __future__ import annotations
 
@@ -24,12 +29,16 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from vvtrt.errors import InputError
+from vvtrt.server.input_rules import check_unicode
+from vvtrt.server.truncation import truncation
 from vvtrt.server.voices import split_voice_names
 from vvtrt.server.ws import close, completion, pump_audio, query_options, refuse, send_log
 
 END_MARKER = "<|end|>"
-_BOUNDARY = re.compile(r"[.!?;:\n][\"')\]]*\s")
+_BOUNDARY = re.compile(r"[.!?;\n][\"')\]]*\s")
 _SPEAKER = re.compile(r"^\s*Speaker\s+(\d+)\s*:", re.MULTILINE)
+_LABELS_ONLY = re.compile(r"^(\s*Speaker\s+\d+\s*:)+\s*$")
+_LABEL_SPACE = re.compile(r"^(\s*Speaker\s+\d+\s*:)\s+", re.MULTILINE)
 
 
 class TextSession:
@@ -70,22 +79,33 @@ class TextSession:
             if len(self.buffer) > self.service.config.max_input_chars:
                 self._cut(len(self.buffer))
             else:
-                m = None
-                for m in _BOUNDARY.finditer(self.buffer):
-                    pass
-                if m is not None:
-                    self._cut(m.end())
+                pos = 0  # each sentence its own segment; a label alone is no sentence
+                while (m := _BOUNDARY.search(self.buffer, pos)) is not None:
+                    pos = 0 if self._cut(m.end()) else m.end()
         elif kind in ("flush", "end"):
-            self._cut(len(self.buffer))
+            self._cut(len(self.buffer), final=True)
         if kind == "end":
             self.ended = True
             self.segments.put_nowait(None)
         return None
 
-    def _cut(self, n: int) -> None:
-        seg, self.buffer = self.buffer[:n].strip(), self.buffer[n:]
-        if seg:
-            self.segments.put_nowait(self._with_speaker(seg))
+    def _cut(self, n: int, final: bool = False) -> bool:
+        """Queue the first `n` characters as a segment; False (nothing taken) for a label alone."""
+        seg, rest = _LABEL_SPACE.sub(r"\1 ", self.buffer[:n].strip()), self.buffer[n:]
+        if _LABELS_ONLY.match(seg):  # a label without its text yet: hold it (or, at the end, note it)
+            if not final:
+                return False
+            self._with_speaker(seg)
+            seg = ""
+        self.buffer = rest
+        if not seg:
+            return True
+        limit = self.service.config.ws_max_pending
+        if self.segments.qsize() >= limit:
+            raise InputError(f"{limit} sentences are already waiting to be spoken, the limit of one connection: "
+                             "send more once segment_complete events arrive")
+        self.segments.put_nowait(self._with_speaker(seg))
+        return True
 
     def _with_speaker(self, seg: str) -> str:
         found = _SPEAKER.findall(seg)
@@ -108,6 +128,9 @@ class TextSession:
             await send_log(self.ws, "segment_started", segment=n, text_length=len(seg),
                            request_id=self.current.request_id)
             frames = await pump_audio(self.ws, self.current, progress=False)
+            cut = truncation(self.current, self.service)
+            if cut is not None:
+                raise cut
             await send_log(self.ws, "segment_complete", segment=n, **completion(self.current, frames))
             self.totals["segments"] += 1
             self.totals["frames"] += frames
@@ -139,7 +162,7 @@ def _parse(text: str) -> tuple[str, str]:
             return "text", text
         kind = obj.get("type") if isinstance(obj, dict) else None
         if kind == "text" and isinstance(obj.get("text"), str):
-            return "text", obj["text"]
+            return "text", check_unicode(obj["text"], "text")
         if kind in ("flush", "end", "stop"):
             return kind, ""
         raise InputError(f"unknown message {text[:60]!r}: send text, or JSON of type text, flush, end or stop")

@@ -3,7 +3,7 @@
 const SAMPLE_RATE = 24000;
 const $ = (id) => document.getElementById(id);
 // Exposed for tests and curious users: what reached Web Audio.
-window.vvtrt = { chunksReceived: 0, chunksScheduled: 0, chunksEnded: 0, ttfaMs: null, stopReason: null, done: false, error: null };
+window.vvtrt = { chunksReceived: 0, chunksScheduled: 0, chunksEnded: 0, ttfaMs: null, stopReason: null, done: false, error: null, failed: false };
 
 let audioCtx = null, socket = null, nextTime = 0, pcmParts = [], t0 = 0, sources = [];
 
@@ -14,15 +14,32 @@ function log(msg) {
   $("log").scrollTop = $("log").scrollHeight;
 }
 
+function apiKey() { return ($("apikey").value || localStorage.getItem("vvtrt-api-key") || "").trim(); }
+
+function setStatus(text, failed) {
+  $("status").textContent = text;
+  $("status").className = failed ? "error" : "muted";
+}
+
 async function loadConfig() {
+  $("apikey").value = localStorage.getItem("vvtrt-api-key") || "";
+  const key = apiKey();
   try {
-    const cfg = await (await fetch("/config")).json();
+    const r = await fetch("/config", { headers: key ? { Authorization: `Bearer ${key}` } : {} });
+    if (r.status === 401) {
+      $("keybox").hidden = false;
+      setStatus("this server needs an API key: enter it, then Speak", true);
+      return;
+    }
+    const cfg = await r.json();
     for (const sel of [$("voice"), $("voice2")]) {
+      for (const o of [...sel.options]) if (o.value) o.remove();
       for (const v of cfg.voices) { const o = document.createElement("option"); o.value = o.textContent = v; sel.appendChild(o); }
     }
     $("voice").value = cfg.default_voice;
+    $("cfg").value = cfg.default_cfg;
+    $("framesbox").hidden = !cfg.allow_frames;
     $("keybox").hidden = !cfg.auth;
-    $("apikey").value = localStorage.getItem("vvtrt-api-key") || "";
   } catch (e) { log(`config unavailable: ${e}`); }
 }
 
@@ -30,9 +47,9 @@ function streamUrl() {
   const p = new URLSearchParams({ text: $("script").value, cfg: $("cfg").value, seed: $("seed").value || "0" });
   const voices = [$("voice").value, $("voice2").value].filter(Boolean);
   if (voices.length) p.set("voice", voices.join(","));
-  if ($("frames").value) p.set("frames", $("frames").value);
+  if ($("frames").value && !$("framesbox").hidden) p.set("frames", $("frames").value);
   if ($("maxframes").value) p.set("max_frames", $("maxframes").value);
-  const key = $("apikey").value.trim();
+  const key = apiKey();
   if (key) { p.set("api_key", key); localStorage.setItem("vvtrt-api-key", key); }
   return `${location.origin.replace(/^http/, "ws")}/v1/audio/stream?${p}`;
 }
@@ -67,7 +84,7 @@ function onEvent(ev) {
     if (d.rtf !== undefined) $("rtf").textContent = d.rtf.toFixed(3);
   } else if (ev.event === "backend_busy" || ev.event === "generation_error") {
     window.vvtrt.error = (ev.data && ev.data.message) || ev.event;
-    $("status").textContent = window.vvtrt.error;
+    setStatus(window.vvtrt.error, true);
   }
 }
 
@@ -84,10 +101,14 @@ function wavBlob(parts) {
   return new Blob([view], { type: "audio/wav" });
 }
 
-function finish(status) {
-  window.vvtrt.done = true;
+function finish(code, reason) {
+  const v = window.vvtrt;
+  if (!v.error && code !== 1000) v.error = `the connection closed with ${code}${reason ? `: ${reason}` : ""}`;
+  if (!v.error && v.chunksReceived === 0) v.error = `no audio was produced (stop: ${v.stopReason || "unknown"})`;
+  v.failed = Boolean(v.error);
+  v.done = true;
   $("speak").disabled = false; $("stop").disabled = true;
-  $("status").textContent = window.vvtrt.error || status;
+  setStatus(v.failed ? `failed: ${v.error}` : "done", v.failed);
   if (pcmParts.length) {
     const a = $("download");
     if (a.href) URL.revokeObjectURL(a.href);
@@ -99,11 +120,12 @@ async function speak() {
   if (!audioCtx) audioCtx = new AudioContext({ sampleRate: SAMPLE_RATE });
   await audioCtx.resume();
   for (const s of sources) { try { s.stop(); } catch (e) { /* already ended */ } }
-  Object.assign(window.vvtrt, { chunksReceived: 0, chunksScheduled: 0, chunksEnded: 0, ttfaMs: null, stopReason: null, done: false, error: null });
+  Object.assign(window.vvtrt, { chunksReceived: 0, chunksScheduled: 0, chunksEnded: 0, ttfaMs: null, stopReason: null, done: false, error: null, failed: false });
   sources = []; pcmParts = []; nextTime = 0;
-  for (const id of ["ttfa", "rtf", "stop-reason"]) $(id).textContent = "–";
+  for (const id of ["ttfa", "rtf", "stop-reason"]) $(id).textContent = "–";  // every run starts from zero
+  $("chunks").textContent = "0"; $("seconds").textContent = "0.00 s";
   $("download").hidden = true; $("speak").disabled = true; $("stop").disabled = false;
-  $("status").textContent = "connecting…";
+  setStatus("connecting…", false);
   t0 = performance.now();
   socket = new WebSocket(streamUrl());
   socket.binaryType = "arraybuffer";
@@ -112,14 +134,15 @@ async function speak() {
     if (window.vvtrt.chunksReceived++ === 0) {
       window.vvtrt.ttfaMs = performance.now() - t0;
       $("ttfa").textContent = `${window.vvtrt.ttfaMs.toFixed(0)} ms`;
-      $("status").textContent = "playing";
+      setStatus("playing", false);
     }
     playChunk(m.data);
   };
-  socket.onclose = (e) => { log(`closed ${e.code} ${e.reason}`); finish(e.code === 1000 ? "done" : `closed (${e.code})`); };
+  socket.onclose = (e) => { log(`closed ${e.code} ${e.reason}`); finish(e.code, e.reason); };
   socket.onerror = () => log("websocket error");
 }
 
 $("speak").addEventListener("click", speak);
+$("apikey").addEventListener("change", () => { localStorage.setItem("vvtrt-api-key", apiKey()); loadConfig(); });
 $("stop").addEventListener("click", () => { if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "stop" })); });
 loadConfig();
