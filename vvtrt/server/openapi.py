@@ -26,7 +26,7 @@ def build_schema(app: FastAPI, service) -> dict:
     if app.openapi_schema:
         return app.openapi_schema
     spec = get_openapi(title="vvtrt", version="0.1.0", routes=app.routes,
-                       description="OpenAI-compatible speech API of vvtrt (see docs/api.md).")
+                       description="OpenAI-compatible speech API of vvtrt (README: Serving API).")
     secured = service.config.api_key is not None
     for path, ops in spec.get("paths", {}).items():
         for method, op in ops.items():
