@@ -160,3 +160,17 @@ def _status(url: str) -> int:
         return httpx.get(url, timeout=5).status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_a_burst_as_large_as_the_slots_is_admitted_at_once(server):
+    """`--max-streams 2 --max-queue 0`: two simultaneous requests both get their audio (none a 429)."""
+    import concurrent.futures
+
+    def one(i):
+        return httpx.post(server.url + "/v1/audio/speech", timeout=120,
+                          json={"input": f"Speaker 1: burst {i}.", "frames": 8, "seed": i, "stream": False})
+
+    for _ in range(3):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            codes = [r.status_code for r in pool.map(one, range(2))]
+        assert codes == [200, 200]
