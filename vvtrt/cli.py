@@ -285,6 +285,9 @@ def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frame
     except ValueError:
         raise InputError("--levels and --prompt-words are comma-separated numbers") from None
     load = ServingLoad(mode, lv, requests, frames, words, cfg_scale)
+    from vvtrt.option_checks import check_max_context
+
+    check_max_context(workdir, max_context)  # every request would fail: refused before the engine loads
     paths = run_serving_bench(workdir, backend.replace("-compile", ""), device, dtype, load, out_dir,
                               compile=backend.endswith("-compile"), max_streams=max_streams,
                               max_context=max_context)
@@ -347,8 +350,13 @@ def demo(workdir, frames):
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key, backend, device,
           dtype, max_input_chars):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
+    from vvtrt.option_checks import check_max_context
     from vvtrt.server.config import ServerConfig, api_key_from_env
     from vvtrt.server.serve import run_server
+    from vvtrt.server.voices import check_voice_dir
+
+    check_max_context(workdir, max_context)  # settings under which every request fails: refused before start
+    check_voice_dir(workdir, voices_dir)
 
     run_server(ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
                             max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key), backend=backend, device=device,

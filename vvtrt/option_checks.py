@@ -144,3 +144,22 @@ def check_output_dir(path, what: str = "output directory") -> Path:
         raise InputError(f"{what} {p} is a file: pass a directory")
     _check_creatable(p, p)
     return p
+
+
+def check_max_context(workdir, max_context) -> None:
+    """`--max-context` (KV slots per stream of the serving engine) must hold the shortest script's prompt
+    plus one frame, else every request would be refused (long-form work dirs; Realtime ones size their own)."""
+    if max_context is None:
+        return
+    from vvtrt.export_checks import shortest_prompt
+    from vvtrt.model.text_tokenizer import load_text_tokenizer
+    from vvtrt.workdir import Workdir
+
+    wd = Workdir.open(workdir)
+    if wd.kind != "longform":
+        return
+    need = shortest_prompt(load_text_tokenizer(wd.source())) + 1
+    if max_context < need:
+        raise InputError(f"--max-context {max_context} is below the {need} KV slots of the shortest request (its "
+                         f"prompt's fixed instructions plus one frame): every request would fail; pass --max-context "
+                         f"{max(need, 256)} or more, or leave it out")

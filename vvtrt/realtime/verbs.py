@@ -15,6 +15,7 @@ from vvtrt.precision import Precision
 
 log = logging.getLogger(__name__)
 DEFAULT_CFG = 1.5  # Microsoft's demos (realtime.md §3)
+MAX_BENCH_STREAMS = 1024  # Realtime bench: twice the H100 target of 500 real-time streams
 
 
 def parse_realtime_source(spec: str, seed: int = 0, tokenizer=None):
@@ -58,6 +59,7 @@ def run_realtime_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps
     """`vvtrt export` of a Realtime model: workdir.json of kind "realtime" and every selected graph that is
     not current, under the work-dir lock (the long-form export's guarantees, `export_all`)."""
     from vvtrt.export.onnx_export import clear_strays, export_all, sweep_export_temporaries
+    from vvtrt.export_checks import check_workdir_kind
     from vvtrt.fsio import WorkdirLock
     from vvtrt.option_checks import check_seed
     from vvtrt.pipeline import lock_wait_s
@@ -74,6 +76,7 @@ def run_realtime_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps
     source, cfg = parse_realtime_source(model_spec, check_seed(seed), tokenizer)
     options = RealtimeExportOptions.for_config(cfg, 5 if steps is None else steps, kv_buckets)
     realtime_tokenizer(source)  # a missing tokenizer is said before any weights load
+    check_workdir_kind(workdir, "realtime")  # before workdir.json could be rewritten
     wd = Workdir.create(workdir)
     with WorkdirLock(wd.root, "export", wait_s=lock_wait_s()):
         sweep_export_temporaries(wd)
@@ -263,6 +266,9 @@ def check_realtime_bench(workdir, backends="torch", device=None, dtype=None, fra
     for name, value in (("--frames", frames), ("--streams", streams), ("--repeats", repeats or 1)):
         if value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
+    if streams > MAX_BENCH_STREAMS:
+        raise InputError(f"--streams must be at most {MAX_BENCH_STREAMS} (the bench doubles 1, 2, 4 ... up to it, "
+                         f"each batch held in memory at once), got {streams}")
     if repeats is not None and repeats > REPEATS_MAX:
         raise InputError(f"--repeats must be at most {REPEATS_MAX}, got {repeats}")
     if out_dir is not None:

@@ -120,6 +120,27 @@ def _encoded(clip: Path, engine, model_tag: str, device) -> VoiceEmbedding:
     return emb
 
 
+def check_voice_dir(workdir, folder) -> None:
+    """`serve --voices DIR` checked before the server listens: on a long-form work dir every `.wav` clip
+    must read as a voice (a bad one is one line now, not a failure after start-up)."""
+    if folder is None:
+        return
+    from vvtrt.pipeline import is_realtime_workdir
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise InputError(f"--voices {folder} is not a directory")
+    if is_realtime_workdir(workdir):
+        return  # Realtime voices are listed with `vvtrt voices list`: files that would not load are skipped
+    from vvtrt.runtime.audio_io import read_voice
+
+    for clip in sorted(p for p in path.iterdir() if p.suffix.lower() == ".wav" and p.is_file()):
+        try:
+            read_voice(clip)
+        except VvtrtError as exc:
+            raise InputError(f"--voices: clip {clip.name} cannot be used ({exc}): fix or remove it") from None
+
+
 def model_tag(workdir, backend: str, device: str | None, dtype: str | None) -> str:
     """A short hash of what an embedding depends on: the work dir's model/export settings and the runtime."""
     meta = Path(workdir, "workdir.json")
