@@ -306,7 +306,7 @@ def report(json_file, out_dir):
     if out_dir is not None:
         check_output_dir(out_dir, "--out directory")
     paths = render_report(json_file, out_dir)
-    click.echo(f"json: {paths['json']}\nmarkdown: {paths['md']}")
+    click.echo(f"json: {paths['json']}" + (f"\nmarkdown: {paths['md']}" if paths.get("md") else ""))
     for p in paths["plots"]:
         click.echo(f"plot: {p}")
 
@@ -382,6 +382,10 @@ def loadtest(url, concurrency, duration, use_ws, text, frames, max_frames, voice
     from vvtrt.server.config import api_key_from_env
     from vvtrt.server.loadtest import LoadSpec, run_loadtest_cli
 
+    if out_dir is not None:
+        from vvtrt.option_checks import check_output_dir
+
+        check_output_dir(out_dir, "--out directory")
     spec = LoadSpec(url=url, concurrency=concurrency, duration_s=duration, ws=use_ws, text=text, frames=frames,
                     max_frames=max_frames, voice=voice, api_key=api_key_from_env(api_key))
     md = run_loadtest_cli(spec, out_dir)
