@@ -54,11 +54,11 @@ def shortest_prompt(tokenizer) -> int:
 def check_prompt_room(options, tokenizer) -> None:
     """--max-prompt and the largest KV bucket must fit the shortest script's prompt plus one frame."""
     need = shortest_prompt(tokenizer)
-    if options.max_prompt < need:
-        raise InputError(f"--max-prompt {options.max_prompt} is below the {need} tokens of the shortest script's "
-                         f"prompt (the fixed instructions alone): every script would be refused; pass --max-prompt "
-                         f"{need} or more")
     if max(options.kv_buckets) < need + 1:
         raise InputError(f"--kv-buckets {','.join(map(str, options.kv_buckets))}: the largest bucket holds fewer "
                          f"than the {need + 1} positions of the shortest script plus one frame: every script would "
                          f"be refused; use buckets up to {need + 64} or more")
+    if options.max_prompt < need:
+        raise InputError(f"--max-prompt {options.max_prompt} is below the {need} tokens of the shortest script's "
+                         f"prompt (the fixed instructions alone): every script would be refused; pass --max-prompt "
+                         f"{need} or more")

@@ -127,11 +127,16 @@ def third_party_message(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     first = lines[0] if lines else type(exc).__name__
     first = first.split(" Please pass the argument `trust_remote_code")[0]
-    return f"{type(exc).__name__}: {first[:300]}"
+    return f"{type(exc).__name__}: {first[:300].rstrip(':. ')}"
 
 
 def load_tokenizer_dir(path: Path) -> HFTextTokenizer:
     """The Hugging Face tokenizer in `path`, loaded offline and probed (`probe_tokenizer`)."""
+    has = {f for f in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model") if (path / f).is_file()}
+    if not ({"tokenizer.json", "tokenizer.model"} & has or {"vocab.json", "merges.txt"} <= has):
+        raise ModelError(f"the tokenizer in {path} has no vocabulary (tokenizer.json, or vocab.json with merges.txt; "
+                         f"found {', '.join(sorted(has)) or 'neither'}): copy all of the tokenizer's files, or pass "
+                         "the directory of a downloaded Qwen2.5 tokenizer")
     try:
         from transformers import AutoTokenizer
 

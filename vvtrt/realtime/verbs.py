@@ -115,7 +115,11 @@ class RealtimeSynthResult:
 
 
 def check_realtime_frames(limit: int, frames, max_frames, where: str) -> None:
-    """--frames / --max-frames within 1 .. `limit` (the frames the model's positions leave), frames <= max."""
+    """--frames / --max-frames within 1 .. `limit` (the frames the model's positions leave), frames <= max;
+    no positions left at all is said as such."""
+    if limit < 1:
+        raise InputError(f"the voice and the text fill the model's context in {where} ({1 - limit} position(s) too "
+                         "many, none left for audio): use a shorter --text or a voice with a shorter prompt")
     for name, value in (("--frames", frames), ("--max-frames", max_frames)):
         if value is not None and not 1 <= value <= limit:
             raise InputError(f"{name} must be from 1 to {limit} (the positions {where} leaves after the voice and "
