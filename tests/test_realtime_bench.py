@@ -58,6 +58,9 @@ def test_bench_on_a_realtime_work_dir(rt_wd, tmp_path):
         assert p["ttfa_ms"]["p50"] > 0 and p["gap_ms"]["p99"] > 0 and p["chunks_per_s"] > 0
         assert p["stats"] == {"forced_eos": 2 * p["streams"]}  # the warm pass and the timed one
         assert p["playback"]["streams_running_dry"] in range(p["streams"] + 1)
+    again = run("report", stem.with_suffix(".json"), "--out", tmp_path / "again")  # our own JSON re-renders
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again" / f"{stem.name}.md").read_text().strip()
         assert p["gc_pauses"]["count"] >= p["gc_pauses"]["generation2"] >= 0
     assert "chunk rate" in r["engine"]["realtime_definition"]
     assert r["memory_one_stream"]["nvml_process_status"].startswith("not measured")
@@ -89,6 +92,7 @@ def no_load(monkeypatch):
     (["--backend", "onnxruntime", "--dtype", "bf16"], "bf16"),
     (["--cfg", "nan"], "--cfg"),
     (["--repeats", "0"], "--repeats"),
+    (["--streams", "100000"], "--streams must be at most 1024"),  # the bench doubled up to it
 ])
 def test_bad_options_are_one_line(rt_wd, tmp_path, no_load, args, needle):
     assert needle in one_clear_line(run("bench", "-w", rt_wd, "--device", "cpu", *args, "--out", tmp_path / "o"))

@@ -64,14 +64,11 @@ def _check_heads(where: str, raw: dict) -> None:
         sub = raw.get(name)
         if not isinstance(sub, dict):
             continue
-        hidden, heads = sub.get("hidden_size"), sub.get("num_attention_heads")
+        heads = sub.get("num_attention_heads")
         kv = sub.get("num_key_value_heads", heads)
         if _is_int(heads) and _is_int(kv) and heads % kv:
             raise ModelError(f"{where}: `{name}.num_attention_heads` = {heads} is not a multiple of "
                              f"`{name}.num_key_value_heads` = {kv}: fix config.json or re-download the checkpoint")
-        if sub.get("head_dim") is None and _is_int(hidden) and _is_int(heads) and hidden % heads:
-            raise ModelError(f"{where}: `{name}.hidden_size` = {hidden} is not a multiple of "
-                             f"`{name}.num_attention_heads` = {heads}: fix config.json or re-download the checkpoint")
 
 
 def check_config_sizes(raw: dict, where) -> None:

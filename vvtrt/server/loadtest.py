@@ -19,7 +19,7 @@ from vvtrt.errors import InputError
 FRAME_BYTES = 3200 * 2
 SAMPLE_RATE = 24000
 GRACE_S = 10.0  # after --duration, the streams in flight get this long to finish; then they are cut off
-PROBE_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 3.0
 MAX_CONCURRENCY = 4096
 
 
