@@ -72,6 +72,17 @@ def test_export_refuses_a_tokenizer_that_encodes_to_nothing(tmp_path, tokenizer_
     assert not (tmp_path / "wd").exists()
 
 
+def test_a_tokenizer_asking_for_remote_code_is_one_line_naming_no_transformers_option(tmp_path, tokenizer_dir):
+    tok = tmp_path / "custom"
+    shutil.copytree(tokenizer_dir, tok)
+    cfg = json.loads((tok / "tokenizer_config.json").read_text())
+    cfg.update(auto_map={"AutoTokenizer": ["tok.MyTok", None]}, tokenizer_class="MyTok")
+    (tok / "tokenizer_config.json").write_text(json.dumps(cfg))
+    line = refused("export", "--model", "tiny", "-w", tmp_path / "wd", "--tokenizer", tok, within=10)
+    assert "own Python code" in line and "trust_remote_code" not in line
+    assert not (tmp_path / "wd").exists()
+
+
 def test_convert_refuses_nan_weights_and_leaves_no_checkpoint(original, tmp_path):
     src = tmp_path / "nan"
     shutil.copytree(original, src)

@@ -105,6 +105,16 @@ def test_serve_refuses_an_unreadable_voice_clip_before_listening(longform_wd, tm
     assert "bob.wav" in line and "--voices" in line
 
 
+def test_serve_on_a_realtime_work_dir_refuses_a_folder_of_damaged_voices(realtime_wd, good_voice, tmp_path):
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    (voices / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    data = good_voice.read_bytes()
+    (voices / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    line = refused("serve", "-w", realtime_wd, "--voices", voices, "--port", free_port())
+    assert "no Realtime voice that loads" in line
+
+
 def test_loadtest_refuses_targets_that_are_no_vvtrt_server():
     port = free_port()  # nothing listens there
     assert "cannot reach" in refused("loadtest", "--url", f"http://127.0.0.1:{port}", "--duration", 1)

@@ -142,6 +142,10 @@ def load_tokenizer_dir(path: Path) -> HFTextTokenizer:
 
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any loader failure means broken tokenizer files
+        if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+            raise ModelError(f"the tokenizer in {path} asks to run its own Python code (auto_map in "
+                             "tokenizer_config.json), which vvtrt never does: pass the directory of a downloaded "
+                             "Qwen2.5 tokenizer") from exc
         raise ModelError(f"could not load the tokenizer in {path} ({third_party_message(exc)}): pass the directory "
                          "of a downloaded Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, vocab.json, "
                          "merges.txt)") from exc

@@ -199,5 +199,9 @@ def import_preset(path, name: str | None = None) -> VoicePreset:
 
     path = Path(path)
     branches = read_preset_pickle(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            sha.update(block)
+    digest = sha.hexdigest()[:16]
     return VoicePreset(name or path.stem, branches, f"import {path.name} sha256:{digest}")

@@ -131,7 +131,8 @@ def check_voice_dir(workdir, folder) -> None:
     if not path.is_dir():
         raise InputError(f"--voices {folder} is not a directory")
     if is_realtime_workdir(workdir):
-        return  # Realtime voices are listed with `vvtrt voices list`: files that would not load are skipped
+        _check_presets(workdir, path)
+        return
     from vvtrt.runtime.audio_io import read_voice
 
     for clip in sorted(p for p in path.iterdir() if p.suffix.lower() == ".wav" and p.is_file()):
@@ -139,6 +140,20 @@ def check_voice_dir(workdir, folder) -> None:
             read_voice(clip)
         except VvtrtError as exc:
             raise InputError(f"--voices: clip {clip.name} cannot be used ({exc}): fix or remove it") from None
+
+
+def _check_presets(workdir, path: Path) -> None:
+    """A Realtime work dir's `--voices`: at least one preset that loads, each fitting the model."""
+    from vvtrt.realtime.voices import list_voices, read_voice
+    from vvtrt.workdir import Workdir
+
+    found = list_voices(path)
+    if not found:
+        raise InputError(f"--voices {path} holds no Realtime voice that loads (.safetensors written by `vvtrt voices "
+                         "import` or `vvtrt voices make`; `vvtrt voices list DIR` shows them)")
+    cfg = Workdir.open(workdir).info()
+    for v in found:
+        read_voice(v["file"], cfg)
 
 
 def model_tag(workdir, backend: str, device: str | None, dtype: str | None) -> str:
