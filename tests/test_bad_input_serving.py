@@ -94,6 +94,9 @@ def test_a_max_context_no_request_fits_is_refused_at_start(longform_wd, tmp_path
     assert "--max-context 8" in line and "every request" in line
     line = refused("serve", "-w", longform_wd, "--max-context", "8", "--port", free_port())
     assert "--max-context 8" in line
+    line = refused("bench-serving", "-w", longform_wd, "--frames", "5000", "--out", tmp_path / "o")
+    assert "--frames 5000" in line and "every request" in line
+    assert not (tmp_path / "o").exists()
 
 
 def test_serve_refuses_an_unreadable_voice_clip_before_listening(longform_wd, tmp_path):

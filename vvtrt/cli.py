@@ -287,7 +287,7 @@ def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frame
     load = ServingLoad(mode, lv, requests, frames, words, cfg_scale)
     from vvtrt.option_checks import check_max_context
 
-    check_max_context(workdir, max_context)  # every request would fail: refused before the engine loads
+    check_max_context(workdir, max_context, frames)  # every request would fail: refused before the engine loads
     paths = run_serving_bench(workdir, backend.replace("-compile", ""), device, dtype, load, out_dir,
                               compile=backend.endswith("-compile"), max_streams=max_streams,
                               max_context=max_context)

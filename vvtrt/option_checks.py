@@ -146,10 +146,11 @@ def check_output_dir(path, what: str = "output directory") -> Path:
     return p
 
 
-def check_max_context(workdir, max_context) -> None:
+def check_max_context(workdir, max_context, frames: int | None = None) -> None:
     """`--max-context` (KV slots per stream of the serving engine) must hold the shortest script's prompt
-    plus one frame, else every request would be refused (long-form work dirs; Realtime ones size their own)."""
-    if max_context is None:
+    plus one frame, and forced `frames` must fit beside that prompt, else every request would be refused
+    (long-form work dirs; Realtime ones size their own)."""
+    if max_context is None and frames is None:
         return
     from vvtrt.export_checks import shortest_prompt
     from vvtrt.model.text_tokenizer import load_text_tokenizer
@@ -158,8 +159,14 @@ def check_max_context(workdir, max_context) -> None:
     wd = Workdir.open(workdir)
     if wd.kind != "longform":
         return
-    need = shortest_prompt(load_text_tokenizer(wd.source())) + 1
-    if max_context < need:
-        raise InputError(f"--max-context {max_context} is below the {need} KV slots of the shortest request (its "
+    prompt = shortest_prompt(load_text_tokenizer(wd.source()))
+    if max_context is not None and max_context < prompt + 1:
+        raise InputError(f"--max-context {max_context} is below the {prompt + 1} KV slots of the shortest request (its "
                          f"prompt's fixed instructions plus one frame): every request would fail; pass --max-context "
-                         f"{max(need, 256)} or more, or leave it out")
+                         f"{max(prompt + 1, 256)} or more, or leave it out")
+    room = max_context if max_context is not None else max(wd.options().kv_buckets)
+    if frames is not None and prompt + frames > room:
+        what = "--max-context" if max_context is not None else "the largest exported KV bucket"
+        raise InputError(f"--frames {frames} with the shortest prompt ({prompt} tokens) needs {prompt + frames} KV "
+                         f"slots, more than the {room} of {what}: every request would fail; pass --frames "
+                         f"{room - prompt} or fewer")
