@@ -143,6 +143,7 @@ def test_loadtest_stops_at_duration_plus_grace(monkeypatch):
 def test_voice_names_must_be_file_safe(tmp_path):
     for name in ("a\nb", " ", "../x", "-x", "a b"):
         assert "voice name" in refused("voices", "make", "-o", tmp_path / "v", "--name", name)
+    assert "--lm-len" in refused("voices", "make", "-o", tmp_path / "v", "--lm-len", 10**9)  # was a runaway prefill
     assert not (tmp_path / "v").exists()
 
 

@@ -350,13 +350,11 @@ def demo(workdir, frames):
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key, backend, device,
           dtype, max_input_chars):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
-    from vvtrt.option_checks import check_max_context
     from vvtrt.server.config import ServerConfig, api_key_from_env
     from vvtrt.server.serve import run_server
-    from vvtrt.server.voices import check_voice_dir
+    from vvtrt.server.voices import check_serve_settings
 
-    check_max_context(workdir, max_context)  # settings under which every request fails: refused before start
-    check_voice_dir(workdir, voices_dir)
+    check_serve_settings(workdir, voices_dir, max_context)  # what would fail every request: refused before start
 
     run_server(ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
                             max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key), backend=backend, device=device,
@@ -382,10 +380,6 @@ def loadtest(url, concurrency, duration, use_ws, text, frames, max_frames, voice
     from vvtrt.server.config import api_key_from_env
     from vvtrt.server.loadtest import LoadSpec, run_loadtest_cli
 
-    if out_dir is not None:
-        from vvtrt.option_checks import check_output_dir
-
-        check_output_dir(out_dir, "--out directory")
     spec = LoadSpec(url=url, concurrency=concurrency, duration_s=duration, ws=use_ws, text=text, frames=frames,
                     max_frames=max_frames, voice=voice, api_key=api_key_from_env(api_key))
     md = run_loadtest_cli(spec, out_dir)

@@ -241,6 +241,10 @@ def run_loadtest_cli(spec: LoadSpec, out_dir=None) -> str:
     """Run the test, write `loadtest.json` / `loadtest.md` to `out_dir` when given; the Markdown."""
     from vvtrt.server.loadtest_report import render_markdown, summarize
 
+    if out_dir is not None:
+        from vvtrt.option_checks import check_output_dir
+
+        check_output_dir(out_dir, "--out directory")
     spec.check()
     probe_server(spec)
     results, wall = asyncio.run(run_load(spec))

@@ -120,6 +120,14 @@ def _encoded(clip: Path, engine, model_tag: str, device) -> VoiceEmbedding:
     return emb
 
 
+def check_serve_settings(workdir, folder, max_context) -> None:
+    """`vvtrt serve` settings under which every request would fail, refused before the server listens."""
+    from vvtrt.option_checks import check_max_context
+
+    check_max_context(workdir, max_context)
+    check_voice_dir(workdir, folder)
+
+
 def check_voice_dir(workdir, folder) -> None:
     """`serve --voices DIR` checked before the server listens: on a long-form work dir every `.wav` clip
     must read as a voice (a bad one is one line now, not a failure after start-up)."""
