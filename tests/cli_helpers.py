@@ -29,3 +29,26 @@ def spawn(*args, env=None, **kw) -> subprocess.Popen:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "vvtrt", *[str(a) for a in args]], env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def refused(*args, within: float = 5.0) -> str:
+    """`vvtrt ARGS...` refused as `one_clear_line` says, within `within` seconds; the error line."""
+    import time
+
+    t0 = time.perf_counter()
+    result = run(*args)
+    took = time.perf_counter() - t0
+    line = one_clear_line(result)
+    assert took < within, f"refusal took {took:.1f} s: {line}"
+    return line
+
+
+def snapshot(root) -> dict:
+    """Every file under `root` (relative path -> size, mtime and bytes), to assert a refusal changed nothing."""
+    from pathlib import Path
+
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file()}

@@ -65,6 +65,9 @@ def test_bench_on_a_realtime_work_dir(rt_wd, tmp_path):
     assert "## Component breakdown" in md and "## Streams through the engine" in md and "rt_tts_decode" in md
     assert stem.with_suffix(".png").stat().st_size > 1000 and f"({stem.name}.png)" in md
     assert str(stem.with_suffix(".md")) in res.output
+    again = run("report", stem.with_suffix(".json"), "--out", tmp_path / "again")  # our own JSON re-renders
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again" / f"{stem.name}.md").read_text().strip()
 
 
 @pytest.fixture
@@ -89,6 +92,7 @@ def no_load(monkeypatch):
     (["--backend", "onnxruntime", "--dtype", "bf16"], "bf16"),
     (["--cfg", "nan"], "--cfg"),
     (["--repeats", "0"], "--repeats"),
+    (["--streams", "100000"], "--streams must be at most 1024"),  # the bench doubled up to it
 ])
 def test_bad_options_are_one_line(rt_wd, tmp_path, no_load, args, needle):
     assert needle in one_clear_line(run("bench", "-w", rt_wd, "--device", "cpu", *args, "--out", tmp_path / "o"))

@@ -290,6 +290,9 @@ def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frame
     except ValueError:
         raise InputError("--levels and --prompt-words are comma-separated numbers") from None
     load = ServingLoad(mode, lv, requests, frames, words, cfg_scale)
+    from vvtrt.option_checks import check_max_context
+
+    check_max_context(workdir, max_context, frames)  # every request would fail: refused before the engine loads
     paths = run_serving_bench(workdir, backend.replace("-compile", ""), device, dtype, load, out_dir,
                               compile=backend.endswith("-compile"), max_streams=max_streams,
                               max_context=max_context)
@@ -309,7 +312,7 @@ def report(json_file, out_dir):
     if out_dir is not None:
         check_output_dir(out_dir, "--out directory")
     paths = render_report(json_file, out_dir)
-    click.echo(f"json: {paths['json']}\nmarkdown: {paths['md']}")
+    click.echo(f"json: {paths['json']}" + (f"\nmarkdown: {paths['md']}" if paths.get("md") else ""))
     for p in paths["plots"]:
         click.echo(f"plot: {p}")
 
@@ -384,6 +387,9 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
     from vvtrt.server.serve import run_server
+    from vvtrt.server.voices import check_serve_settings
+
+    check_serve_settings(workdir, voices_dir, max_context)  # what would fail every request: refused before start
 
     if api_key is not None:
         logging.getLogger("vvtrt.server").warning("--api-key on the command line is visible to other users (ps); "

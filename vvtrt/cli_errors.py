@@ -11,17 +11,22 @@ import click
 from vvtrt.errors import VvtrtError
 
 
+def one_line(message: str) -> str:
+    """A message as one line (a library's multi-line text pasted into one of ours stays one line)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except VvtrtError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(2)
         except OSError as exc:  # the environment's (a full disk, a vanished file), never a traceback
             where = f" ({exc.filename})" if exc.filename else ""
-            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            click.echo(f"error: {one_line(str(exc.strerror or exc))}{where}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

@@ -155,3 +155,29 @@ def check_text(text) -> None:
     except UnicodeEncodeError as exc:
         raise InputError(f"the text is not valid Unicode (a lone surrogate at character {exc.start}): "
                          "send UTF-8 text") from None
+
+
+def check_max_context(workdir, max_context, frames: int | None = None) -> None:
+    """`--max-context` (KV slots per stream of the serving engine) must hold the shortest script's prompt
+    plus one frame, and forced `frames` must fit beside that prompt, else every request would be refused
+    (long-form work dirs; Realtime ones size their own)."""
+    if max_context is None and frames is None:
+        return
+    from vvtrt.export_checks import shortest_prompt
+    from vvtrt.model.text_tokenizer import load_text_tokenizer
+    from vvtrt.workdir import Workdir
+
+    wd = Workdir.open(workdir)
+    if wd.kind != "longform":
+        return
+    prompt = shortest_prompt(load_text_tokenizer(wd.source()))
+    if max_context is not None and max_context < prompt + 1:
+        raise InputError(f"--max-context {max_context} is below the {prompt + 1} KV slots of the shortest request (its "
+                         f"prompt's fixed instructions plus one frame): every request would fail; pass --max-context "
+                         f"{max(prompt + 1, 256)} or more, or leave it out")
+    room = max_context if max_context is not None else max(wd.options().kv_buckets)
+    if frames is not None and prompt + frames > room:
+        what = "--max-context" if max_context is not None else "the largest exported KV bucket"
+        raise InputError(f"--frames {frames} with the shortest prompt ({prompt} tokens) needs {prompt + frames} KV "
+                         f"slots, more than the {room} of {what}: every request would fail; pass --frames "
+                         f"{room - prompt} or fewer")

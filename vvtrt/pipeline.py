@@ -54,7 +54,9 @@ def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int | N
     from vvtrt.components.specs import ExportOptions, build_specs, check_components
     from vvtrt.export.onnx_export import clear_strays, export_all, sweep_export_temporaries
     from vvtrt.model.hub import local_source
+    from vvtrt.export_checks import check_prompt_room, check_workdir_kind, source_context
     from vvtrt.model.resolve import model_kind, parse_source, resolve
+    from vvtrt.model.text_tokenizer import load_text_tokenizer
 
     model_spec = local_source(model_spec)  # a Hub id: its snapshot in the Hub cache (downloaded when online)
     if model_kind(model_spec) == "realtime":
@@ -66,8 +68,10 @@ def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int | N
     precisions = parse_precisions(dtypes)
     names = check_components(components)
     source = parse_source(model_spec, check_seed(seed), tokenizer)  # quick checks, before the work dir
-    options = ExportOptions.for_preset(source.preset, steps=steps, max_prompt=max_prompt if kv_buckets else None,
-                                       kv_buckets=kv_buckets)  # what can be refused before the model loads
+    # what can be refused before the model loads or the work dir is touched (context from the config alone)
+    options = ExportOptions.for_preset(source.preset, steps, source_context(source), max_prompt, kv_buckets)
+    check_prompt_room(options, load_text_tokenizer(source))
+    check_workdir_kind(workdir, "longform")
     wd = Workdir.create(workdir)
     with WorkdirLock(wd.root, "export", wait_s=lock_wait_s()):
         sweep_export_temporaries(wd)

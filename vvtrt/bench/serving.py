@@ -41,12 +41,44 @@ class ServingLoad:
     def __post_init__(self):
         if self.mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not self.levels or any(x <= 0 for x in self.levels):
-            raise InputError(f"--levels must be positive numbers, got {self.levels}")
-        if self.mode == "concurrency" and any(x != int(x) for x in self.levels):
-            raise InputError("concurrency levels are whole numbers of streams")
+        check_levels(self.mode, self.levels, self.requests)
         if self.requests < 1 or self.frames < 1 or not self.prompt_words or min(self.prompt_words) < 1:
             raise InputError("--requests, --frames and every --prompt-words must be >= 1")
+        if max(self.prompt_words) > MAX_PROMPT_WORDS or len(self.prompt_words) > MAX_LEVELS:
+            raise InputError(f"--prompt-words: at most {MAX_LEVELS} lengths of at most {MAX_PROMPT_WORDS} words, "
+                             f"got {','.join(map(str, self.prompt_words))}")
+
+
+MAX_LEVELS = 32
+MAX_CONCURRENCY = 4096  # streams held in flight (far above any engine's slots)
+MAX_REQUESTS = 100_000
+MAX_ARRIVAL_S = 600.0  # rate mode: the arrivals of one level span --requests / rate seconds at most this
+MAX_PROMPT_WORDS = 100_000
+
+
+def check_levels(mode: str, levels, requests: int) -> None:
+    """Load levels a run can finish: finite, positive, bounded (a vanishing rate would wait for ever, a
+    huge concurrency would create its tasks all at once)."""
+    import math
+
+    shown = ",".join(f"{x:g}" for x in levels)
+    if not levels or len(levels) > MAX_LEVELS:
+        raise InputError(f"--levels must list 1 to {MAX_LEVELS} load levels, got {len(levels)}")
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in levels):
+        raise InputError(f"--levels must be finite positive numbers, got {shown}")
+    if type(requests) is not int or not 1 <= requests <= MAX_REQUESTS:
+        raise InputError(f"--requests must be from 1 to {MAX_REQUESTS}, got {requests!r}")
+    if mode == "concurrency":
+        if any(x != int(x) or x > MAX_CONCURRENCY for x in levels):
+            raise InputError(f"concurrency levels are whole numbers of streams from 1 to {MAX_CONCURRENCY}, got {shown}")
+        return
+    slowest = min(levels)
+    if requests / slowest > MAX_ARRIVAL_S:
+        raise InputError(f"--levels {slowest:g} requests/s would take {requests / slowest:.0f} s to send --requests "
+                         f"{requests}: use rates of at least {requests / MAX_ARRIVAL_S:.3g}/s (at most "
+                         f"{MAX_ARRIVAL_S:.0f} s of arrivals per level)")
+    if max(levels) > 1e6:
+        raise InputError(f"rate levels must be at most 1e6 requests/s, got {max(levels):g}")
 
 
 def make_script(words: int, i: int) -> str:

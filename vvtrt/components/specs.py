@@ -32,6 +32,10 @@ class ExportOptions:
                              f"got {self.steps}")
         if self.max_batch < 2 or self.max_batch % 2:
             raise InputError(f"max_batch must be an even number >= 2, got {self.max_batch}")
+        dups = sorted({b for b in self.kv_buckets if self.kv_buckets.count(b) > 1})
+        if dups:
+            raise InputError(f"--kv-buckets lists {','.join(map(str, dups))} more than once: give each KV length once, "
+                             f"ascending (got {','.join(map(str, self.kv_buckets))})")
         if not self.kv_buckets or any(b < 8 for b in self.kv_buckets) or list(self.kv_buckets) != sorted(
                 self.kv_buckets):
             raise InputError(f"--kv-buckets must be ascending lengths >= 8, got {','.join(map(str, self.kv_buckets))}")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from vvtrt.errors import ModelError
 from vvtrt.model.layouts import Layout, detect_layout, read_config
-from vvtrt.model.safetensors_io import FLOAT_DTYPES, TensorEntry, TensorReader, scan_checkpoint, weight_files
+from vvtrt.model.safetensors_io import (FLOAT_DTYPES, TensorEntry, TensorReader, require_finite, scan_checkpoint,
+                                        weight_files)
 
 log = logging.getLogger(__name__)
 SHOWN = 5  # offending keys named per kind in an error
@@ -141,6 +142,7 @@ def load_checkpoint(plan: CheckpointPlan, dtype=None, device=None):
     with TensorReader() as reader:
         for key, entry in plan.entries.items():
             state[key] = reader.read(entry, dtype if entry.dtype in FLOAT_DTYPES else None, device)
+            require_finite(entry, state[key])
     model.load_state_dict(state, strict=False, assign=True)
     del state
     if plan.tied:

@@ -14,9 +14,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vvtrt.errors import InputError
+from vvtrt.errors import InputError, WorkdirError
 from vvtrt.fsio import atomic_path, atomic_write_json, atomic_write_text
-from vvtrt.model.safetensors_io import INDEX_NAME, SINGLE_NAME, TensorReader
+from vvtrt.model.safetensors_io import INDEX_NAME, SINGLE_NAME, TensorReader, require_finite
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
@@ -46,7 +46,7 @@ def convert(src_dir, out_dir, tokenizer_dir=None, force: bool = False) -> Conver
                          f"to convert to: use the directory as it is (`vvtrt export --model {src} --tokenizer DIR`)")
     plan = plan_checkpoint(src)
     out = Path(out_dir).expanduser()
-    tok_src = _tokenizer_source(tokenizer_dir, plan.root)
+    tok_src = _tokenizer_source(tokenizer_dir, plan.root, plan.config)
     _prepare_out(out, plan.root, force)
     shards = sorted({e.file for e in plan.entries.values()})
     names = [SINGLE_NAME] if len(shards) == 1 else \
@@ -55,6 +55,8 @@ def convert(src_dir, out_dir, tokenizer_dir=None, force: bool = False) -> Conver
     with TensorReader() as reader:
         for shard, name in zip(shards, names):
             tensors = {k: reader.read(e) for k, e in plan.entries.items() if e.file == shard}
+            for k, t in tensors.items():
+                require_finite(plan.entries[k], t)
             _write_shard(out / name, tensors)
             weight_map.update(dict.fromkeys(tensors, name))
             total += sum(t.numel() * t.element_size() for t in tensors.values())
@@ -72,15 +74,25 @@ def convert(src_dir, out_dir, tokenizer_dir=None, force: bool = False) -> Conver
     return Conversion(out, plan.layout.name, len(weight_map), len(names), copied)
 
 
-def _tokenizer_source(tokenizer_dir, root: Path) -> Path | None:
-    """Where the tokenizer files come from: `tokenizer_dir` (which must hold some), else the checkpoint's
-    own (None when it has none, as Microsoft's original layout)."""
+def _tokenizer_source(tokenizer_dir, root: Path, config) -> Path | None:
+    """Where the tokenizer files come from: `tokenizer_dir` (which must hold a tokenizer that encodes text
+    within the model's vocabulary), else the checkpoint's own (None when it has none, as Microsoft's
+    original layout)."""
     if tokenizer_dir is None:
         return root if any((root / n).is_file() for n in TOKENIZER_FILES) else None
+    from vvtrt.model.text_tokenizer import load_tokenizer_dir, probe_tokenizer
+
     tok = Path(tokenizer_dir).expanduser()
     if not tok.is_dir() or not any((tok / n).is_file() for n in TOKENIZER_FILES):
         raise InputError(f"--tokenizer {tok} is not a directory with tokenizer files "
                          f"({', '.join(TOKENIZER_FILES[:4])}): pass the directory of a downloaded Qwen2.5 tokenizer")
+    loaded = load_tokenizer_dir(tok)
+    vocab = getattr(getattr(config, "text_config", None), "vocab_size", None)
+    probe_tokenizer(loaded, tok, vocab)
+    size = len(loaded.tokenizer)
+    if vocab is not None and size > vocab:
+        raise InputError(f"--tokenizer {tok} has {size} tokens but the model's vocabulary is {vocab}: it belongs "
+                         "to another model; pass the tokenizer this model was trained with")
     return tok
 
 
@@ -112,8 +124,23 @@ def _remove_stale(out: Path, written: set[str]) -> None:
 def _write_shard(path: Path, tensors: dict) -> None:
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
-        save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    try:
+        with atomic_path(path) as tmp:
+            save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors' writer reports a full disk as its own error type
+        raise WorkdirError(f"cannot write {path} ({_write_failure(exc)}): free space on that disk or choose "
+                           "another OUT, then re-run `vvtrt convert` (nothing in OUT is a checkpoint yet)") from None
+
+
+def _write_failure(exc: BaseException) -> str:
+    text = str(exc)
+    if "StorageFull" in text or "code: 28" in text or "No space left" in text:
+        return "no space left on the device"
+    from vvtrt.model.text_tokenizer import third_party_message
+
+    return third_party_message(exc)
 
 
 def _copy_tokenizer(src: Path, out: Path) -> bool:

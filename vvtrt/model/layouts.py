@@ -125,6 +125,9 @@ def read_config(root: Path) -> dict:
     if raw.get("model_type") not in MODEL_TYPES:
         raise ModelError(f"{cfg_file} has model_type={raw.get('model_type')!r}, expected one of "
                          f"{', '.join(map(repr, MODEL_TYPES))}: not a VibeVoice checkpoint")
+    from vvtrt.model.config_bounds import check_config_sizes
+
+    check_config_sizes(raw, cfg_file)  # before transformers' config setup, which an absurd size can hang
     return raw
 
 

@@ -184,3 +184,12 @@ class TensorReader:
         if (dtype is not None and dtype != t.dtype) or device is not None:
             t = t.to(device=device, dtype=dtype)
         return t
+
+
+def require_finite(entry: TensorEntry, tensor) -> None:
+    """A floating tensor with a NaN or an infinity is a damaged checkpoint: a `ModelError` naming it."""
+    import torch
+
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        raise ModelError(f"{entry.file}: tensor {entry.name!r} holds NaN or infinite values: the checkpoint is "
+                         "damaged (or was saved from a diverged run); re-download it")

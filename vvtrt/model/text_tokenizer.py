@@ -85,7 +85,7 @@ def load_text_tokenizer(source: ModelSource) -> TextTokenizer:
         if not _has_tokenizer_files(given):
             raise ModelError(f"--tokenizer directory {given} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}): "
                              "pass the directory of a downloaded Qwen2.5 tokenizer")
-        return _load_dir(given)
+        return load_tokenizer_dir(given)
     if source.preset:
         return ByteTokenizer()
     if not source.path:
@@ -95,7 +95,7 @@ def load_text_tokenizer(source: ModelSource) -> TextTokenizer:
         raise ModelError(f"{path} is not a directory: cannot load its tokenizer")
     if not _has_tokenizer_files(path):
         raise ModelError(missing_tokenizer_message(path))
-    return _load_dir(path)
+    return load_tokenizer_dir(path)
 
 
 def _has_tokenizer_files(path: Path) -> bool:
@@ -118,14 +118,57 @@ def missing_tokenizer_message(path: Path) -> str:
     return f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}): {tokenizer_advice(raw)}"
 
 
-def _load_dir(path: Path) -> HFTextTokenizer:
+PROBE_TEXT = "Speaker 1: Hello there, how are you today?"
+
+
+def third_party_message(exc: BaseException) -> str:
+    """A library's exception as one line: its first non-empty line, without advice that names options of
+    transformers' API instead of ours (`trust_remote_code=True`...)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    first = first.split(" Please pass the argument `trust_remote_code")[0]
+    return f"{type(exc).__name__}: {first[:300].rstrip(':. ')}"
+
+
+def load_tokenizer_dir(path: Path) -> HFTextTokenizer:
+    """The Hugging Face tokenizer in `path`, loaded offline and probed (`probe_tokenizer`)."""
+    has = {f for f in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model") if (path / f).is_file()}
+    if not ({"tokenizer.json", "tokenizer.model"} & has or {"vocab.json", "merges.txt"} <= has):
+        raise ModelError(f"the tokenizer in {path} has no vocabulary (tokenizer.json, or vocab.json with merges.txt; "
+                         f"found {', '.join(sorted(has)) or 'neither'}): copy all of the tokenizer's files, or pass "
+                         "the directory of a downloaded Qwen2.5 tokenizer")
     try:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any loader failure means broken tokenizer files
-        raise ModelError(f"could not load the tokenizer in {path}: {type(exc).__name__}: {exc}") from exc
+        if "custom code" in str(exc) or "trust_remote_code" in str(exc):
+            raise ModelError(f"the tokenizer in {path} asks to run its own Python code (auto_map in "
+                             "tokenizer_config.json), which vvtrt never does: pass the directory of a downloaded "
+                             "Qwen2.5 tokenizer") from exc
+        raise ModelError(f"could not load the tokenizer in {path} ({third_party_message(exc)}): pass the directory "
+                         "of a downloaded Qwen2.5 tokenizer (tokenizer.json, tokenizer_config.json, vocab.json, "
+                         "merges.txt)") from exc
     if tok is None or not callable(getattr(tok, "encode", None)):
         raise ModelError(f"the tokenizer files in {path} did not give a usable tokenizer")
+    wrapped = HFTextTokenizer(tok, name=f"{type(tok).__name__}:{path.name}")
+    probe_tokenizer(wrapped, path)
     log.info("loaded tokenizer %s from %s", type(tok).__name__, path)
-    return HFTextTokenizer(tok, name=f"{type(tok).__name__}:{path.name}")
+    return wrapped
+
+
+def probe_tokenizer(tokenizer, where, vocab: int | None = None) -> None:
+    """The tokenizer must turn a probe text into token ids (within `vocab` when given): one that encodes
+    everything to nothing (a directory with tokenizer_config.json alone) would silently drop every script."""
+    try:
+        ids = [int(i) for i in tokenizer.encode(PROBE_TEXT)]
+    except Exception as exc:  # noqa: BLE001 - a broken tokenizer fails in its own ways
+        raise ModelError(f"the tokenizer in {where} cannot encode text ({third_party_message(exc)}): pass the "
+                         "directory of a downloaded Qwen2.5 tokenizer") from exc
+    if len(ids) < 3:
+        raise ModelError(f"the tokenizer in {where} encodes {PROBE_TEXT!r} to {len(ids)} token(s): its files are "
+                         "incomplete (a tokenizer needs tokenizer.json, or vocab.json and merges.txt): pass the "
+                         "directory of a downloaded Qwen2.5 tokenizer")
+    if vocab is not None and (min(ids) < 0 or max(ids) >= vocab):
+        raise ModelError(f"the tokenizer in {where} gives token id {max(ids)}, outside the model's vocabulary of "
+                         f"{vocab}: it belongs to another model; pass the tokenizer this model was trained with")

@@ -73,6 +73,11 @@ def make_cmd(out_dir, model_spec, name, seed, model_seed, lm_len, tts_len):
         raise InputError(f"`voices make` builds voices for random-weight presets (realtime-0.5b, tiny-realtime), "
                          f"not {model_spec!r}: import real presets with `vvtrt voices import`")
     voice_path(out_dir, name)
+    context = resolve_realtime_config(model_spec).context
+    for option, value in (("--lm-len", lm_len), ("--tts-len", tts_len)):
+        if value >= context:
+            raise InputError(f"{option} {value} must be below the model's {context} positions (a voice is a "
+                             "prompt; the released ones hold a few hundred)")
     model = build_realtime_model(model_spec, seed=model_seed)
     path = save_voice(make_voice(model, name, lm_len, tts_len, seed), out_dir)
     click.echo(f"made {name} -> {path} (lm {lm_len}, tts_lm {tts_len} positions)")

@@ -24,7 +24,10 @@ import torch
 from vvtrt.errors import InputError, require_file
 from vvtrt.realtime.voices import BRANCHES, BranchCache, VoicePreset
 
-MAX_BYTES = 2 * 2**30  # a preset is a few MB; refuse absurd storages before reading them
+# A released preset is a few MB (a 100 KB pickle and bf16 storages); refuse absurd sizes before reading:
+# every zip entry is read with a cap, whatever its header claims (a small file can inflate to gigabytes).
+MAX_PICKLE_BYTES = 4 * 2**20
+MAX_BYTES = 256 * 2**20  # all storages together
 
 
 class _Output(dict):
@@ -88,6 +91,7 @@ class _PresetUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, where: str):
         super().__init__(io.BytesIO(data))
         self.archive, self.prefix, self.where = archive, prefix, where
+        self.total = 0
 
     def find_class(self, module, name):
         try:
@@ -107,15 +111,41 @@ class _PresetUnpickler(pickle.Unpickler):
             info = self.archive.getinfo(name)
         except KeyError:
             raise pickle.UnpicklingError(f"storage {key} is missing from the archive") from None
-        if info.file_size != numel * itemsize or info.file_size > MAX_BYTES:
+        if info.file_size != numel * itemsize:
             raise pickle.UnpicklingError(f"storage {key} holds {info.file_size} bytes, the pickle says {numel * itemsize}")
-        raw = bytearray(self.archive.read(info))
+        self.total += info.file_size
+        if self.total > MAX_BYTES:
+            raise InputError(f"{self.where}: its tensors would take more than {MAX_BYTES // 2**20} MiB, far more "
+                             "than a voice preset (a few MB): refused before reading them")
+        raw = bytearray(read_capped(self.archive, info, info.file_size, self.where))
         return torch.frombuffer(raw, dtype=kind.dtype) if raw else torch.empty(0, dtype=kind.dtype)
+
+
+def read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, where: str) -> bytes:
+    """A zip entry's bytes, reading at most `cap` + 1 of them (an `InputError` past `cap`)."""
+    if info.file_size > cap:
+        raise InputError(f"{where}: {info.filename} declares {info.file_size:,} bytes, more than a voice preset "
+                         f"holds ({cap:,} at most): refused before reading it")
+    with archive.open(info) as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise InputError(f"{where}: {info.filename} inflates past {cap:,} bytes, more than a voice preset holds: "
+                         "refused")
+    return data
+
+
+def _wav_hint(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        raise InputError(f"{path} is a .wav clip, not a voice preset: a Realtime voice is a prefilled cache, made from "
+                         "Microsoft's .pt presets with `vvtrt voices import FILE.pt -o DIR` (a clip cannot be imported)")
 
 
 def read_preset_pickle(path) -> dict:
     """The branches of a Microsoft preset as `{branch: {"hidden": [1, L, H], "k": [..], "v": [..]}}`."""
     path = require_file(path, "voice preset", "a .pt voice preset file")
+    _wav_hint(path)
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -129,7 +159,8 @@ def read_preset_pickle(path) -> dict:
         if order != "little":
             raise InputError(f"{path}: byte order {order!r} is not supported (little-endian only)")
         try:
-            obj = _PresetUnpickler(archive.read(pkls[0]), archive, prefix, str(path)).load()
+            data = read_capped(archive, archive.getinfo(pkls[0]), MAX_PICKLE_BYTES, str(path))
+            obj = _PresetUnpickler(data, archive, prefix, str(path)).load()
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - any malformed pickle is the file's fault
@@ -168,5 +199,9 @@ def import_preset(path, name: str | None = None) -> VoicePreset:
 
     path = Path(path)
     branches = read_preset_pickle(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            sha.update(block)
+    digest = sha.hexdigest()[:16]
     return VoicePreset(name or path.stem, branches, f"import {path.name} sha256:{digest}")

@@ -40,8 +40,10 @@ class RealtimeExportOptions:
             raise InputError(f"--steps must be between {MIN_STEPS} and {MAX_STEPS}, got {self.steps}")
         if self.max_batch < 2 or self.max_batch % 2:
             raise InputError(f"max_batch must be an even number >= 2, got {self.max_batch}")
-        if not self.kv_buckets or list(self.kv_buckets) != sorted(self.kv_buckets) or self.kv_buckets[0] < 8:
-            raise InputError(f"kv_buckets must be ascending lengths >= 8, got {self.kv_buckets}")
+        if (not self.kv_buckets or list(self.kv_buckets) != sorted(set(self.kv_buckets))
+                or self.kv_buckets[0] < 8):
+            raise InputError(f"--kv-buckets must be distinct ascending lengths >= 8, got "
+                             f"{','.join(map(str, self.kv_buckets))}")
 
     @classmethod
     def for_config(cls, cfg: RealtimeConfig, steps: int = 5, kv_buckets=None) -> "RealtimeExportOptions":

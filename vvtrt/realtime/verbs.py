@@ -15,6 +15,7 @@ from vvtrt.precision import Precision
 
 log = logging.getLogger(__name__)
 DEFAULT_CFG = 1.5  # Microsoft's demos
+MAX_BENCH_STREAMS = 1024  # Realtime bench: twice the 500 real-time streams the engine aims for
 
 
 def parse_realtime_source(spec: str, seed: int = 0, tokenizer=None):
@@ -58,6 +59,7 @@ def run_realtime_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps
     """`vvtrt export` of a Realtime model: workdir.json of kind "realtime" and every selected graph that is
     not current, under the work-dir lock (the long-form export's guarantees, `export_all`)."""
     from vvtrt.export.onnx_export import clear_strays, export_all, sweep_export_temporaries
+    from vvtrt.export_checks import check_workdir_kind
     from vvtrt.fsio import WorkdirLock
     from vvtrt.option_checks import check_seed
     from vvtrt.pipeline import lock_wait_s
@@ -74,6 +76,7 @@ def run_realtime_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps
     source, cfg = parse_realtime_source(model_spec, check_seed(seed), tokenizer)
     options = RealtimeExportOptions.for_config(cfg, 5 if steps is None else steps, kv_buckets)
     realtime_tokenizer(source)  # a missing tokenizer is said before any weights load
+    check_workdir_kind(workdir, "realtime")  # before workdir.json could be rewritten
     wd = Workdir.create(workdir)
     with WorkdirLock(wd.root, "export", wait_s=lock_wait_s()):
         sweep_export_temporaries(wd)
@@ -112,7 +115,11 @@ class RealtimeSynthResult:
 
 
 def check_realtime_frames(limit: int, frames, max_frames, where: str) -> None:
-    """--frames / --max-frames within 1 .. `limit` (the frames the model's positions leave), frames <= max."""
+    """--frames / --max-frames within 1 .. `limit` (the frames the model's positions leave), frames <= max;
+    no positions left at all is said as such."""
+    if limit < 1:
+        raise InputError(f"the voice and the text fill the model's context in {where} ({1 - limit} position(s) too "
+                         "many, none left for audio): use a shorter --text or a voice with a shorter prompt")
     for name, value in (("--frames", frames), ("--max-frames", max_frames)):
         if value is not None and not 1 <= value <= limit:
             raise InputError(f"{name} must be from 1 to {limit} (the positions {where} leaves after the voice and "
@@ -263,6 +270,9 @@ def check_realtime_bench(workdir, backends="torch", device=None, dtype=None, fra
     for name, value in (("--frames", frames), ("--streams", streams), ("--repeats", repeats or 1)):
         if value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
+    if streams > MAX_BENCH_STREAMS:
+        raise InputError(f"--streams must be at most {MAX_BENCH_STREAMS} (the bench doubles 1, 2, 4 ... up to it, "
+                         f"each batch held in memory at once), got {streams}")
     if repeats is not None and repeats > REPEATS_MAX:
         raise InputError(f"--repeats must be at most {REPEATS_MAX}, got {repeats}")
     if out_dir is not None:

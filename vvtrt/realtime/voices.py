@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +87,15 @@ def check_voice(voice: VoicePreset, cfg: RealtimeConfig, where: str) -> None:
             raise InputError(f"{where}: branch {b!r} does not fit model {cfg.name}: {'; '.join(problems)}")
 
 
+NAME_RE = re.compile(r"\w[\w.\-]{0,99}")
+
+
 def voice_path(folder, name: str) -> Path:
-    if not name or "/" in name or name.startswith(".") or "\0" in name:
-        raise InputError(f"bad voice name {name!r}: use a plain file name such as en-Grace_woman")
+    """`<folder>/<name>.safetensors` for a file-safe voice name (letters, digits, `_`, `-`, `.`; no leading
+    dot or dash, no spaces or control characters, at most 100 characters)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.endswith("."):
+        raise InputError(f"bad voice name {name!r}: use a plain file name of letters, digits, '_', '-' and '.' "
+                         "such as en-Grace_woman (pass --name NAME)")
     return Path(folder) / f"{name}{SUFFIX}"
 
 
@@ -114,11 +121,13 @@ def read_voice(path, cfg: RealtimeConfig | None = None) -> VoicePreset:
     from vvtrt.model.safetensors_io import TensorReader, read_header
 
     path = require_file(path, "voice file", "a .safetensors voice written by `vvtrt voices`")
+    _not_a_clip(path)
     try:
         entries = read_header(path)
         meta = _metadata(path)
     except ModelError as exc:
-        raise InputError(f"{exc}") from None
+        raise InputError(f"{path} is not a readable vvtrt voice ({str(exc).split(': re-download')[0]}): make it "
+                         "again with `vvtrt voices import` or `vvtrt voices make`") from None
     if meta.get("format") != FORMAT:
         raise InputError(f"{path} is not a vvtrt Realtime voice (format {meta.get('format')!r}): import "
                          "Microsoft's .pt presets with `vvtrt voices import`")
@@ -134,28 +143,59 @@ def read_voice(path, cfg: RealtimeConfig | None = None) -> VoicePreset:
     return voice
 
 
+def _not_a_clip(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        raise InputError(f"{path} is a .wav clip, but a Realtime model takes a voice preset (a prefilled cache): "
+                         "pass a .safetensors voice from `vvtrt voices import PRESET.pt -o DIR` or `vvtrt voices make`")
+
+
 def _metadata(path: Path) -> dict:
+    """The `__metadata__` of a safetensors file (a `ModelError` when the header is unreadable)."""
+    from vvtrt.model.safetensors_io import MAX_HEADER_BYTES
+
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        meta = json.loads(f.read(n)).get("__metadata__") or {}
+        if not 0 < n <= MAX_HEADER_BYTES:
+            raise ModelError(f"{path} is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise ModelError(f"{path} has a corrupt safetensors header (not JSON)") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
     return meta if isinstance(meta, dict) else {}
 
 
+def _listed(p: Path) -> dict | None:
+    """The listing of one voice file, or None (with a warning) when it would not load."""
+    from vvtrt.model.safetensors_io import read_header
+
+    try:
+        meta = _metadata(p)
+        if meta.get("format") != FORMAT:
+            raise ModelError("not a vvtrt Realtime voice")
+        entries = read_header(p)  # a truncated file is refused here, as read_voice would
+        want = {f"{b}.{part}" for b in BRANCHES for part in ("hidden", "k", "v")}
+        if set(entries) != want:
+            raise ModelError("its tensors are not a voice's")
+        lengths = json.loads(meta.get("lengths", "{}"))
+        if not isinstance(lengths, dict):
+            raise ValueError("lengths")
+    except (OSError, ValueError, UnicodeDecodeError, ModelError) as exc:
+        log.warning("skipping %s: it would not load (%s)", p, str(exc).split(": re-download")[0])
+        return None
+    name = meta.get("name")
+    name = name if isinstance(name, str) and NAME_RE.fullmatch(name) else p.stem
+    return {"name": name, "file": str(p), "source": str(meta.get("source", "")),
+            "lengths": lengths}
+
+
 def list_voices(folder) -> list[dict]:
-    """name, file, lengths and source of every voice in `folder` (files that are not voices are skipped
-    with a warning)."""
+    """name, file, lengths and source of every voice in `folder` that would load (other files, truncated or
+    damaged ones included, are skipped with a warning)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"voice directory {folder} does not exist or is not a directory")
-    out = []
-    for p in sorted(folder.glob(f"*{SUFFIX}")):
-        try:
-            meta = _metadata(p)
-        except (OSError, ValueError, UnicodeDecodeError):
-            meta = {}
-        if meta.get("format") != FORMAT:
-            log.warning("skipping %s: not a vvtrt Realtime voice", p)
-            continue
-        out.append({"name": meta.get("name") or p.stem, "file": str(p), "source": meta.get("source", ""),
-                    "lengths": json.loads(meta.get("lengths", "{}"))})
-    return out
+    found = (_listed(p) for p in sorted(folder.glob(f"*{SUFFIX}")) if p.is_file())
+    return [v for v in found if v is not None]

@@ -81,7 +81,12 @@ def write_report(report: dict, out_dir, stem: str) -> dict:
 def render_report(json_path, out_dir=None) -> dict:
     """Re-render the Markdown and plots of a saved report next to it (or in `out_dir`), named after the JSON
     file's stem. Returns ``{"json": Path, "md": Path, "plots": [Path, ...]}``."""
+    from vvtrt.reports.other_kinds import peek_kind, render_other
+
     json_path = Path(json_path)
+    kind = peek_kind(json_path)
+    if kind is not None:  # the Realtime bench's and bench-serving's own formats
+        return render_other(kind, json_path, _prepare_dir(out_dir if out_dir is not None else json_path.parent))
     report = load_report(json_path)
     out = _prepare_dir(out_dir if out_dir is not None else json_path.parent)
     return {"json": json_path, **_render(report, out, json_path.stem)}

@@ -18,6 +18,9 @@ from vvtrt.errors import InputError
 
 FRAME_BYTES = 3200 * 2
 SAMPLE_RATE = 24000
+GRACE_S = 10.0  # after --duration, the streams in flight get this long to finish; then they are cut off
+PROBE_TIMEOUT_S = 3.0
+MAX_CONCURRENCY = 4096
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,19 @@ class LoadSpec:
     timeout_s: float = 120.0
 
     def check(self) -> "LoadSpec":
+        from urllib.parse import urlsplit
+
         if not self.url.startswith(("http://", "https://")):
             raise InputError(f"--url {self.url!r} must start with http:// or https://")
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # noqa: B018 - a port that is no number raises here
+        except ValueError:
+            raise InputError(f"--url {self.url!r} is not a valid URL (e.g. http://127.0.0.1:8000)") from None
+        if not parts.hostname or any(c.isspace() for c in self.url):
+            raise InputError(f"--url {self.url!r} names no host (e.g. http://127.0.0.1:8000)")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise InputError(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, got {self.concurrency}")
         return self
 
 
@@ -155,17 +169,56 @@ def _error_kind(exc: BaseException) -> str:
 
 
 async def _worker(spec: LoadSpec, client, deadline: float, results: list) -> None:
+    """Requests one after another until `deadline`; none waits past `deadline + GRACE_S`."""
     while time.perf_counter() < deadline:
+        left = deadline + GRACE_S - time.perf_counter()
         try:
             one = ws_stream(spec) if spec.ws else http_stream(client, spec)
-            results.append(await asyncio.wait_for(one, spec.timeout_s))
+            results.append(await asyncio.wait_for(one, max(0.1, min(spec.timeout_s, left))))
         except Exception as exc:
             results.append(StreamResult(error=_error_kind(exc)))
             await asyncio.sleep(0.05)  # a refused connection must not spin
 
 
+def probe_server(spec: LoadSpec) -> None:
+    """The target must answer GET /health as a vvtrt server does, within PROBE_TIMEOUT_S: a closed port,
+    a server that never answers and one that is not vvtrt are refused before the load starts."""
+    import httpx
+
+    url = spec.url.rstrip("/") + "/health"
+    try:
+        resp = httpx.get(url, headers=_headers(spec), timeout=PROBE_TIMEOUT_S)
+    except httpx.TimeoutException:
+        raise InputError(f"{spec.url} did not answer GET /health within {PROBE_TIMEOUT_S:g} s: is it a running "
+                         "`vvtrt serve`? Check --url") from None
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        raise InputError(f"cannot reach {spec.url} ({type(exc).__name__}): start the server with `vvtrt serve -w DIR` "
+                         "or check --url") from None
+    if resp.status_code in (401, 403):
+        raise InputError(f"{spec.url} refused GET /health with {resp.status_code}: pass its key with --api-key "
+                         "(or VVTRT_API_KEY)")
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if resp.status_code != 200 or not isinstance(body, dict) or body.get("status") != "alive":
+        raise InputError(f"{spec.url} is not a vvtrt server (GET /health answered {resp.status_code} without "
+                         "vvtrt's status): check --url")
+    if not spec.api_key and _needs_key(httpx, spec.url.rstrip("/") + "/config"):
+        raise InputError(f"{spec.url} requires an API key and none was given: every request would be refused "
+                         "(401); pass --api-key KEY (or set VVTRT_API_KEY)")
+
+
+def _needs_key(httpx, url: str) -> bool:
+    try:
+        body = httpx.get(url, timeout=PROBE_TIMEOUT_S).json()
+    except (httpx.HTTPError, OSError, ValueError):
+        return False  # an older server without /config: the requests will say
+    return isinstance(body, dict) and body.get("auth") is True
+
+
 async def run_load(spec: LoadSpec) -> tuple[list, float]:
-    """Every stream's result and the wall time of the whole test."""
+    """Every stream's result and the wall time of the whole test (at most --duration + GRACE_S)."""
     import httpx
 
     spec.check()
@@ -173,8 +226,14 @@ async def run_load(spec: LoadSpec) -> tuple[list, float]:
     t0 = time.perf_counter()
     limits = httpx.Limits(max_connections=spec.concurrency + 4, max_keepalive_connections=spec.concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(spec.timeout_s)) as client:
-        await asyncio.gather(*[_worker(spec, client, t0 + spec.duration_s, results)
-                               for _ in range(spec.concurrency)])
+        workers = [asyncio.ensure_future(_worker(spec, client, t0 + spec.duration_s, results))
+                   for _ in range(spec.concurrency)]
+        _, late = await asyncio.wait(workers, timeout=spec.duration_s + GRACE_S + 1.0)
+        for task in late:  # a stream stuck past its own deadline (never expected): cut off too
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+            results.extend(StreamResult(error="timeout") for _ in late)
     return results, time.perf_counter() - t0
 
 
@@ -182,6 +241,12 @@ def run_loadtest_cli(spec: LoadSpec, out_dir=None) -> str:
     """Run the test, write `loadtest.json` / `loadtest.md` to `out_dir` when given; the Markdown."""
     from vvtrt.server.loadtest_report import render_markdown, summarize
 
+    if out_dir is not None:
+        from vvtrt.option_checks import check_output_dir
+
+        check_output_dir(out_dir, "--out directory")
+    spec.check()
+    probe_server(spec)
     results, wall = asyncio.run(run_load(spec))
     report = summarize(spec, results, wall)
     md = render_markdown(report)
@@ -193,6 +258,10 @@ def run_loadtest_cli(spec: LoadSpec, out_dir=None) -> str:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out_dir) / "loadtest.json", report)
         atomic_write_text(Path(out_dir) / "loadtest.md", md)
+    if results and report["ok"] == 0:
+        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(report["errors"].items(), key=lambda kv: -kv[1])[:3])
+        raise InputError(f"all {len(results)} requests to {spec.url} failed ({kinds}): check --text, --voice, "
+                         "--frames and the server's log" + (f"; report in {out_dir}" if out_dir is not None else ""))
     return md
 
 

@@ -120,6 +120,50 @@ def _encoded(clip: Path, engine, model_tag: str, device) -> VoiceEmbedding:
     return emb
 
 
+def check_serve_settings(workdir, folder, max_context) -> None:
+    """`vvtrt serve` settings under which every request would fail, refused before the server listens."""
+    from vvtrt.option_checks import check_max_context
+
+    check_max_context(workdir, max_context)
+    check_voice_dir(workdir, folder)
+
+
+def check_voice_dir(workdir, folder) -> None:
+    """`serve --voices DIR` checked before the server listens: on a long-form work dir every `.wav` clip
+    must read as a voice (a bad one is one line now, not a failure after start-up)."""
+    if folder is None:
+        return
+    from vvtrt.pipeline import is_realtime_workdir
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise InputError(f"--voices {folder} is not a directory")
+    if is_realtime_workdir(workdir):
+        _check_presets(workdir, path)
+        return
+    from vvtrt.runtime.audio_io import read_voice
+
+    for clip in sorted(p for p in path.iterdir() if p.suffix.lower() == ".wav" and p.is_file()):
+        try:
+            read_voice(clip)
+        except VvtrtError as exc:
+            raise InputError(f"--voices: clip {clip.name} cannot be used ({exc}): fix or remove it") from None
+
+
+def _check_presets(workdir, path: Path) -> None:
+    """A Realtime work dir's `--voices`: at least one preset that loads, each fitting the model."""
+    from vvtrt.realtime.voices import list_voices, read_voice
+    from vvtrt.workdir import Workdir
+
+    found = list_voices(path)
+    if not found:
+        raise InputError(f"--voices {path} holds no Realtime voice that loads (.safetensors written by `vvtrt voices "
+                         "import` or `vvtrt voices make`; `vvtrt voices list DIR` shows them)")
+    cfg = Workdir.open(workdir).info()
+    for v in found:
+        read_voice(v["file"], cfg)
+
+
 def model_tag(workdir, backend: str, device: str | None, dtype: str | None) -> str:
     """A short hash of what an embedding depends on: the work dir's model/export settings and the runtime."""
     meta = Path(workdir, "workdir.json")
