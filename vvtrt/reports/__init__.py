@@ -24,9 +24,15 @@ __all__ = ["VERSION", "TelemetrySampler", "collect_environment", "component_stat
 
 
 def render_markdown(report: dict, images=None) -> str:
-    from vvtrt.reports.render_md import render_markdown as _render
+    """Markdown for a parity or bench report. `images`: plot files to link (by file name, so the PNGs are
+    expected next to the Markdown file)."""
+    if report["kind"] == "parity":
+        from vvtrt.reports.render_parity import render_parity
 
-    return _render(report, images)
+        return render_parity(report, images)
+    from vvtrt.reports.render_bench import render_bench
+
+    return render_bench(report, images)
 
 
 def write_plots(report: dict, out_dir, prefix: str = "") -> list[Path]:

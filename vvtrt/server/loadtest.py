@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from vvtrt.errors import InputError
@@ -194,9 +194,3 @@ def run_loadtest_cli(spec: LoadSpec, out_dir=None) -> str:
         atomic_write_json(Path(out_dir) / "loadtest.json", report)
         atomic_write_text(Path(out_dir) / "loadtest.md", md)
     return md
-
-
-def spec_dict(spec: LoadSpec) -> dict:
-    d = asdict(spec)
-    d["api_key"] = "***" if spec.api_key else None
-    return d
