@@ -44,6 +44,7 @@ def build_engine(config: ServerConfig):
 
 
 def build_longform_engine(config: ServerConfig):
+    """The long-form `Engine` of `config.workdir` (the builder `vvtrt.model.kinds` registers for it)."""
     from vvtrt.serving.engine import Engine
 
     return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
