@@ -307,11 +307,11 @@ def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frame
 def report(json_file, out_dir):
     """Re-render Markdown and plots from a parity or bench JSON."""
     from vvtrt.option_checks import check_output_dir
-    from vvtrt.reports import render_report
+    from vvtrt.bench.report_kinds import render_any
 
     if out_dir is not None:
         check_output_dir(out_dir, "--out directory")
-    paths = render_report(json_file, out_dir)
+    paths = render_any(json_file, out_dir)
     click.echo(f"json: {paths['json']}" + (f"\nmarkdown: {paths['md']}" if paths.get("md") else ""))
     for p in paths["plots"]:
         click.echo(f"plot: {p}")

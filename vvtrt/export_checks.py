@@ -14,7 +14,7 @@ KIND_NAMES = {"longform": "a long-form (VibeVoice 1.5B/7B)", "realtime": "a Real
 def check_workdir_kind(workdir, kind: str) -> None:
     """An existing work dir must hold exports of the same kind as the model about to be exported: one of
     the other kind is refused before its workdir.json is rewritten."""
-    from vvtrt.realtime.workdir_meta import meta_kind
+    from vvtrt.model.kinds import meta_kind
 
     meta = Path(workdir).expanduser() / "workdir.json"
     if not meta.is_file():

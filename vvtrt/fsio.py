@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from vvtrt.errors import WorkdirError
+from vvtrt.errors import InputError, WorkdirError
 
 log = logging.getLogger(__name__)
 TMP_SUFFIX = ".tmp"
@@ -166,3 +166,16 @@ class WorkdirLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def lock_wait_s() -> float:
+    """How long a second export/build on one work dir waits for the first before refusing: 10 s, or
+    VVTRT_LOCK_WAIT_S."""
+    text = os.environ.get("VVTRT_LOCK_WAIT_S", "10")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise InputError(f"VVTRT_LOCK_WAIT_S must be a number of seconds (0 to 86400), got {text!r}")
+    return value

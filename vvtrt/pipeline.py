@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from vvtrt.errors import InputError
-from vvtrt.fsio import WorkdirLock, atomic_write_json
+from vvtrt.fsio import WorkdirLock, atomic_write_json, lock_wait_s
 from vvtrt.option_checks import (check_cfg, check_frames, check_output_dir, check_output_file,
                                  check_precisions_exported, check_seed, resolve_device)
 from vvtrt.precision import Precision, parse_precisions
@@ -20,22 +19,9 @@ from vvtrt.workdir import Workdir
 log = logging.getLogger(__name__)
 
 
-def lock_wait_s() -> float:
-    """How long a second export/build on one work dir waits for the first before refusing: 10 s, or
-    VVTRT_LOCK_WAIT_S."""
-    text = os.environ.get("VVTRT_LOCK_WAIT_S", "10")
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 86400:
-        raise InputError(f"VVTRT_LOCK_WAIT_S must be a number of seconds (0 to 86400), got {text!r}")
-    return value
-
-
 def is_realtime_workdir(workdir) -> bool:
     """Whether `workdir`'s workdir.json names the Realtime kind (a quick look; verbs still `Workdir.open`)."""
-    from vvtrt.realtime.workdir_meta import KIND, meta_kind
+    from vvtrt.model.kinds import REALTIME as KIND, meta_kind
 
     try:
         return meta_kind(json.loads((Path(workdir).expanduser() / "workdir.json").read_text(encoding="utf-8"))) == KIND

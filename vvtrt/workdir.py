@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vvtrt.components.info import ModelInfo
-from vvtrt.components.specs import COMPONENTS, ExportOptions, build_specs
+from vvtrt.components.specs import ExportOptions, build_specs
 from vvtrt.errors import VvtrtError, WorkdirError
 from vvtrt.fsio import LOCK_NAME, atomic_write_json, is_temporary
+from vvtrt.model import kinds
 from vvtrt.model.resolve import ModelSource
 from vvtrt.precision import Precision
-from vvtrt.realtime import workdir_meta as rt_meta
 from vvtrt.workdir_files import export_command_tail, files_changed, lock_holder, sha256_file, sizes_changed  # noqa: F401 - re-exported
 
 RECORD_FORMAT = 2  # 2: the record lists every file of the graph with its size and sha256
@@ -64,9 +64,10 @@ class OnnxScan:
     misplaced_dirs: tuple  # directories where a graph, data file or record belongs (or unknown ones)
 
 
-def parse_graph_file_name(name: str, components=COMPONENTS + rt_meta.COMPONENTS) -> tuple[str, Precision, str] | None:
+def parse_graph_file_name(name: str, components=None) -> tuple[str, Precision, str] | None:
     """`lm_decode.fp16.onnx` -> ("lm_decode", FP16, "graph"); None for a name no export of `components`
-    writes."""
+    (default: every kind's) writes."""
+    components = kinds.all_components() if components is None else components
     for suffix, kind in _KINDS.items():
         if name.endswith(suffix):
             stem = name[: -len(suffix)]
@@ -130,7 +131,7 @@ class Workdir:
         if isinstance(options, ExportOptions):
             meta = {"model": source.to_json(), "options": options.to_json(), "info": dataclasses.asdict(info)}
         else:
-            meta = rt_meta.realtime_meta(source, options, info)
+            meta = kinds.get(kinds.REALTIME).load("to_meta")(source, options, info)
         atomic_write_json(self.meta_path, meta)
 
     def meta(self) -> dict:
@@ -151,7 +152,7 @@ class Workdir:
     @property
     def kind(self) -> str:
         """"longform" (VibeVoice 1.5B / 7B) or "realtime" (VibeVoice-Realtime), from workdir.json."""
-        return rt_meta.meta_kind(self.meta())
+        return kinds.meta_kind(self.meta())
 
     def source(self) -> ModelSource:
         return _parse_meta(self.meta())[0]
@@ -168,10 +169,9 @@ class Workdir:
         """The component specs of this work dir's kind and settings, by name."""
         meta = self.meta()
         _, options, info = _parse_meta(meta)
-        if rt_meta.meta_kind(meta) == rt_meta.KIND:
-            from vvtrt.realtime.specs import build_realtime_specs
-
-            return build_realtime_specs(info, options)
+        kind = kinds.meta_kind(meta)
+        if kind != kinds.LONGFORM:
+            return kinds.get(kind).load("build_specs")(info, options)
         return build_specs(info, options)
 
     def component_names(self) -> tuple[str, ...]:
@@ -179,15 +179,16 @@ class Workdir:
         try:
             kind = self.kind
         except WorkdirError:
-            return COMPONENTS + rt_meta.COMPONENTS
-        return rt_meta.COMPONENTS if kind == rt_meta.KIND else COMPONENTS
+            return kinds.all_components()
+        return kinds.get(kind).component_names()
 
     def export_command(self, component: str | None = None, precision: Precision | None = None) -> str:
         """The `vvtrt export` command line that re-exports (component, precision) with this dir's settings."""
         meta = self.meta()
         source, options, info = _parse_meta(meta)
-        if rt_meta.meta_kind(meta) == rt_meta.KIND:
-            return rt_meta.export_command(self.root, source, options, info, component, precision)
+        kind = kinds.meta_kind(meta)
+        if kind != kinds.LONGFORM:
+            return kinds.get(kind).load("export_command")(self.root, source, options, info, component, precision)
         cmd = f"vvtrt export -w {self.root} --model {source.label}"
         if options.steps != ExportOptions().steps:
             cmd += f" --steps {options.steps}"
@@ -318,8 +319,9 @@ def _parse_meta(meta) -> tuple:
     when malformed."""
     if not isinstance(meta, dict):
         raise TypeError("not a JSON object")
-    if rt_meta.meta_kind(meta) == rt_meta.KIND:
-        return rt_meta.parse_realtime_meta(meta)
+    kind = kinds.meta_kind(meta)
+    if kind != kinds.LONGFORM:
+        return kinds.get(kind).load("parse_meta")(meta)
     source = ModelSource(**meta["model"])
     if not (isinstance(source.preset, str) or isinstance(source.path, str)) or not isinstance(source.seed, int):
         raise ValueError("model needs a preset or a path, and an integer seed")

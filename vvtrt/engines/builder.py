@@ -38,6 +38,7 @@ from vvtrt.engines import manifest as mf
 from vvtrt.engines.trt_api import TrtModule, load_trt, parse_sm, sm_tag
 from vvtrt.errors import BackendUnavailableError, BuildError, InputError, WorkdirError
 from vvtrt.fsio import atomic_write_bytes
+from vvtrt.model import kinds
 from vvtrt.precision import Precision, parse_precisions
 from vvtrt.spec import AxisRange, ComponentSpec
 from vvtrt.workdir import Workdir
@@ -322,10 +323,8 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
 
 def check_workdir_components(wd: Workdir, components) -> tuple[str, ...]:
     """A user's component list checked against the components of `wd`'s kind (long-form or Realtime)."""
-    if wd.kind == "realtime":
-        from vvtrt.realtime.workdir_meta import check_realtime_components
-
-        return check_realtime_components(components)
+    if wd.kind != kinds.LONGFORM:
+        return kinds.get(wd.kind).load("check_components")(components)
     return check_components(components)
 
 

@@ -28,6 +28,7 @@ import torch
 from vvtrt.errors import ExportError, WorkdirError
 from vvtrt.export.validate import validate_onnx
 from vvtrt.fsio import TMP_SUFFIX, atomic_path, atomic_write_json, is_temporary, sweep_temporaries
+from vvtrt.model import kinds
 from vvtrt.precision import Precision
 from vvtrt.spec import ComponentSpec
 from vvtrt.workdir import RECORD_FORMAT, Workdir, files_changed, sha256_file
@@ -40,20 +41,16 @@ EXTERNAL_DATA_BYTES = 1 << 30  # weights above 1 GiB go to an external .data fil
 EXPORT_FORMAT = 3  # bump when wrappers change in a way that invalidates old exports
 
 
-# the Realtime modules that its graphs trace (besides vvtrt/components/*.py, which they reuse)
-REALTIME_TRACED = ("config.py", "model.py", "sampler.py", "specs.py", "steps.py")
-
 
 @functools.lru_cache(maxsize=2)
 def wrapper_code_hash(kind: str = "longform") -> str:
     """sha256 over the traced wrapper code (vvtrt/components/*.py, and for Realtime graphs the Realtime
-    modules they trace): editing a wrapper re-exports."""
-    from vvtrt import components, realtime
+    modules they trace, named by its `vvtrt.model.kinds` entry): editing a wrapper re-exports."""
+    from vvtrt import components
 
     h = hashlib.sha256()
-    files = sorted(Path(components.__file__).parent.glob("*.py"))
-    if kind == "realtime":
-        files += [Path(realtime.__file__).parent / name for name in REALTIME_TRACED]
+    root = Path(components.__file__).parent
+    files = sorted(root.glob("*.py")) + [root.parent / name for name in kinds.get(kind).traced_files]
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]

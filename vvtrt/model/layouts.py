@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from vvtrt.errors import ModelError
-from vvtrt.model import original_layout
+from vvtrt.model import kinds, original_layout
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,11 @@ def _original_config(raw: dict):
 
 
 def _realtime_config(raw: dict):
-    from vvtrt.realtime.config import config_from_original
-
-    return config_from_original(raw)
+    return kinds.get(kinds.REALTIME).load("config_from_original")(raw)
 
 
 def _realtime_model(cfg):
-    from vvtrt.realtime.model import RealtimeModel
-
-    return RealtimeModel(cfg)
+    return kinds.get(kinds.REALTIME).load("new_model")(cfg)
 
 
 def _vibevoice_model(config):

@@ -84,10 +84,11 @@ def model_kind(spec: str) -> str:
     """"realtime" for a Realtime preset name or a directory holding an original Realtime checkpoint,
     else "longform" (whatever else is wrong with `spec` is said by the verb that resolves it)."""
     from vvtrt.model.layouts import detect_layout, read_config
-    from vvtrt.realtime.presets import is_realtime_preset
+    from vvtrt.model.kinds import preset_kind
 
-    if is_realtime_preset(str(spec)):
-        return "realtime"
+    kind = preset_kind(str(spec))
+    if kind:
+        return kind
     path = Path(str(spec)).expanduser()
     if not (path / "config.json").is_file():
         return "longform"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from vvtrt.errors import ModelError
-from vvtrt.model.resolve import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +71,11 @@ class HFTextTokenizer:
         return f"HFTextTokenizer({type(self.tokenizer).__name__}, {self.name!r})"
 
 
-def load_text_tokenizer(source: ModelSource) -> TextTokenizer:
-    """The text tokenizer of a model: the directory given as `source.tokenizer` (`--tokenizer DIR`) when
-    there is one; else :class:`ByteTokenizer` for presets, and for a checkpoint directory its own
-    tokenizer files. Always offline (`AutoTokenizer.from_pretrained(..., local_files_only=True)`).
+def load_text_tokenizer(source) -> TextTokenizer:
+    """The text tokenizer of a model (`source`: a `vvtrt.model.resolve.ModelSource`): the directory given
+    as `source.tokenizer` (`--tokenizer DIR`) when there is one; else :class:`ByteTokenizer` for presets,
+    and for a checkpoint directory its own tokenizer files. Always offline
+    (`AutoTokenizer.from_pretrained(..., local_files_only=True)`).
 
     Raises :class:`ModelError` when the files are missing or broken; for a checkpoint that ships no
     tokenizer (Microsoft's original layout) the message names the exact tokenizer to get.

@@ -6,6 +6,7 @@ import torch
 
 from vvtrt.components.specs import build_specs
 from vvtrt.parity.compare import error_stats
+from vvtrt.parity.runners import _method, make_runner, run_each
 from vvtrt.workdir import Workdir
 
 STREAMING = {"acoustic_decoder_step": ("latent", "audio"), "semantic_encoder_step": ("audio", "semantic")}
@@ -31,8 +32,6 @@ def _reference_stream(model32, comp: str, chunks: list[torch.Tensor]) -> list[to
 def _stream(wd: Workdir, spec, precision, opts, models, model32) -> list[dict]:
     """Rows of one stateful component fed its own state over many frames; raises VvtrtError if it cannot
     run (before the reference is computed)."""
-    from vvtrt.parity.harness import _method, make_runner
-
     device = torch.device(opts.device)
     in_name, out_name = STREAMING[spec.name]
     model = models.get(precision, device) if opts.backend == "torch" else None
@@ -61,8 +60,6 @@ def _stream(wd: Workdir, spec, precision, opts, models, model32) -> list[dict]:
 def streaming_rows(wd: Workdir, model32, opts, models, progress=None) -> list[dict]:
     """Each exported stateful step over `opts.stream_frames` frames; one that cannot run here is a skipped
     row (frame 0, no metrics) naming why: a failure of the report."""
-    from vvtrt.parity.harness import _method, run_each
-
     specs = build_specs(wd.info(), wd.options())
 
     def skip(comp, precision, why):

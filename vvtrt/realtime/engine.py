@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from vvtrt.errors import InputError
 from vvtrt.realtime.reference import LoopOptions
 from vvtrt.realtime.serving_stepper import RealtimeServingStepper
+from vvtrt.realtime.speech_request import RealtimeSpeechRequest  # noqa: F401 - re-exported
 from vvtrt.realtime.streams import PieceSource, Starved
 from vvtrt.realtime.voices import VoicePreset, check_voice
 from vvtrt.serving.core import CoreLimits, EngineCore
@@ -57,21 +57,6 @@ class RealtimeEngineConfig:
         if not self.stall_timeout_s > 0 or self.memory_headroom_gib < 0:
             raise InputError("stall_timeout_s must be > 0 and memory_headroom_gib >= 0")
         LoopOptions(steps=self.steps, algorithm=self.solver)  # an unknown solver is an InputError
-
-
-@dataclass(frozen=True)
-class RealtimeSpeechRequest:
-    """`text`: a string, a `TextInput`, or an (async) iterable of string pieces; `voice`: a `VoicePreset`,
-    the name of one of the engine's voices, or None (its default). `max_frames`: a frame cap; `frames`:
-    stop after this many frames as if EOS fired (random-weight models never stop on their own)."""
-
-    text: Any
-    voice: Any = None
-    seed: int = 0
-    cfg_scale: float = 1.5
-    max_frames: int | None = None
-    frames: int | None = None
-    request_id: str | None = None
 
 
 class TextInput(PieceSource):

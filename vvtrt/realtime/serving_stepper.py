@@ -91,7 +91,7 @@ class RealtimeServingStepper:
 
     # -- caller's thread ----------------------------------------------------------------------------
     def prepare(self, request) -> StreamRequest:
-        from vvtrt.realtime.engine import RealtimeSpeechRequest
+        from vvtrt.realtime.speech_request import RealtimeSpeechRequest
 
         r = _as_realtime(request, RealtimeSpeechRequest)
         _check_request(r)

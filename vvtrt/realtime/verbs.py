@@ -60,9 +60,8 @@ def run_realtime_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps
     not current, under the work-dir lock (the long-form export's guarantees, `export_all`)."""
     from vvtrt.export.onnx_export import clear_strays, export_all, sweep_export_temporaries
     from vvtrt.export_checks import check_workdir_kind
-    from vvtrt.fsio import WorkdirLock
+    from vvtrt.fsio import WorkdirLock, lock_wait_s
     from vvtrt.option_checks import check_seed
-    from vvtrt.pipeline import lock_wait_s
     from vvtrt.precision import parse_precisions
     from vvtrt.realtime.backends import load_realtime_model, realtime_tokenizer
     from vvtrt.realtime.specs import RealtimeExportOptions

@@ -11,22 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from vvtrt.model.kinds import LONGFORM, REALTIME as KIND, meta_kind  # noqa: F401 - re-exported
 from vvtrt.workdir_files import export_command_tail
 
-KIND = "realtime"
-LONGFORM = "longform"
 KINDS = (LONGFORM, KIND)
 # the names of `vvtrt.realtime.specs.COMPONENTS` (kept here so that reading a work dir imports no torch;
 # tests/test_realtime_cli.py checks that the two agree)
 COMPONENTS = ("rt_text_window", "rt_tts_decode", "rt_sampler", "rt_sampler_sde", "rt_decoder_step", "rt_connector")
-
-
-def meta_kind(meta) -> str:
-    """The kind a workdir.json names ("longform" when it names none); ValueError for an unknown one."""
-    kind = meta.get("kind", LONGFORM) if isinstance(meta, dict) else LONGFORM
-    if kind not in KINDS:
-        raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    return kind
 
 
 def options_to_json(opts) -> dict:

@@ -24,9 +24,15 @@ __all__ = ["VERSION", "TelemetrySampler", "collect_environment", "component_stat
 
 
 def render_markdown(report: dict, images=None) -> str:
-    from vvtrt.reports.render_md import render_markdown as _render
+    """Markdown for a parity or bench report. `images`: plot files to link (by file name, so the PNGs are
+    expected next to the Markdown file)."""
+    if report["kind"] == "parity":
+        from vvtrt.reports.render_parity import render_parity
 
-    return _render(report, images)
+        return render_parity(report, images)
+    from vvtrt.reports.render_bench import render_bench
+
+    return render_bench(report, images)
 
 
 def write_plots(report: dict, out_dir, prefix: str = "") -> list[Path]:
@@ -46,7 +52,7 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def _prepare_dir(out_dir) -> Path:
+def prepare_dir(out_dir) -> Path:
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +78,7 @@ def write_report(report: dict, out_dir, stem: str) -> dict:
         raise InputError(f"report stem {stem!r} must be a plain file name without extension")
     report = to_jsonable(report)
     validate(report)
-    out_dir = _prepare_dir(out_dir)
+    out_dir = prepare_dir(out_dir)
     json_path = out_dir / f"{stem}.json"
     _atomic_write(json_path, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return {"json": json_path, **_render(report, out_dir, stem)}
@@ -81,12 +87,7 @@ def write_report(report: dict, out_dir, stem: str) -> dict:
 def render_report(json_path, out_dir=None) -> dict:
     """Re-render the Markdown and plots of a saved report next to it (or in `out_dir`), named after the JSON
     file's stem. Returns ``{"json": Path, "md": Path, "plots": [Path, ...]}``."""
-    from vvtrt.reports.other_kinds import peek_kind, render_other
-
     json_path = Path(json_path)
-    kind = peek_kind(json_path)
-    if kind is not None:  # the Realtime bench's and bench-serving's own formats
-        return render_other(kind, json_path, _prepare_dir(out_dir if out_dir is not None else json_path.parent))
     report = load_report(json_path)
-    out = _prepare_dir(out_dir if out_dir is not None else json_path.parent)
+    out = prepare_dir(out_dir if out_dir is not None else json_path.parent)
     return {"json": json_path, **_render(report, out, json_path.stem)}

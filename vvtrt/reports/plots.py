@@ -12,33 +12,14 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
+from vvtrt.reports.canvas import _colors, _figure, _save  # noqa: F401 - re-exported for other plots
+
 log = logging.getLogger(__name__)
 
 GIB = float(2**30)
 TELEMETRY_SERIES = (("gpu_util", "GPU utilisation (%)", 1.0), ("mem_used_bytes", "memory used (GiB)", GIB),
                     ("temp_c", "temperature (°C)", 1.0), ("sm_clock_mhz", "SM clock (MHz)", 1.0),
                     ("power_w", "power (W)", 1.0))
-
-
-def _figure(w: float, h: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, format="png")
-    return path
-
-
-def _colors(n: int):
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20" if n > 10 else "tab10"]
-    return [cmap(i % cmap.N) for i in range(n)]
 
 
 def _entries(report):

@@ -5,7 +5,7 @@ import math
 from collections import OrderedDict
 from pathlib import Path
 
-from vvtrt.reports.plots import _figure, _save, _colors
+from vvtrt.reports.canvas import _figure, _save, _colors
 
 
 def _zero_floor(values) -> float:

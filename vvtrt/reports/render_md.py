@@ -96,15 +96,3 @@ def _images(images: Sequence | None) -> list[str]:
         name = Path(img).name
         lines += [f"![{name}]({name})", ""]
     return lines
-
-
-def render_markdown(report: dict, images: Sequence | None = None) -> str:
-    """Markdown for a parity or bench report. `images`: plot files to link (by file name, so the PNGs are
-    expected next to the Markdown file)."""
-    if report["kind"] == "parity":
-        from vvtrt.reports.render_parity import render_parity
-
-        return render_parity(report, images)
-    from vvtrt.reports.render_bench import render_bench
-
-    return render_bench(report, images)

@@ -7,6 +7,7 @@ from typing import Mapping
 import torch
 
 from vvtrt.errors import InputError, WorkdirError
+from vvtrt.model import kinds
 from vvtrt.precision import Precision
 from vvtrt.runtime.runner import BACKENDS, TorchRunner, check_backend
 from vvtrt.workdir import Workdir
@@ -54,10 +55,9 @@ class ModelCache:
 
             log.info("loading the PyTorch model (%s, %s)", precision.value, device)
             self._models.clear()  # one model in memory at a time
-            if self.wd.kind == "realtime":
-                from vvtrt.realtime.backends import load_realtime_model
-
-                self._models[key] = load_realtime_model(self.wd.source(), precision, device)
+            if self.wd.kind != kinds.LONGFORM:
+                load_kind_model = kinds.get(self.wd.kind).load("load_model")
+                self._models[key] = load_kind_model(self.wd.source(), precision, device)
                 return self._models[key]
             init = device if self.init_on_device else None
             dtype = precision.torch_dtype if self.init_on_device else torch.float32

@@ -187,7 +187,7 @@ class PrefillJob:
 
     def advance(self) -> int:
         """Run the next chunk; the number of tokens it prefilled."""
-        p, o, t = self.prefill, self.filled, self.total
+        p, o = self.prefill, self.filled
         if o == 0:
             return self.take_first(*p._first(self.first_body()))
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from vvtrt.errors import InputError
@@ -263,9 +263,3 @@ def run_loadtest_cli(spec: LoadSpec, out_dir=None) -> str:
         raise InputError(f"all {len(results)} requests to {spec.url} failed ({kinds}): check --text, --voice, "
                          "--frames and the server's log" + (f"; report in {out_dir}" if out_dir is not None else ""))
     return md
-
-
-def spec_dict(spec: LoadSpec) -> dict:
-    d = asdict(spec)
-    d["api_key"] = "***" if spec.api_key else None
-    return d

@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import platform
 import time
+from dataclasses import asdict
 
 import numpy as np
 
@@ -18,9 +19,14 @@ def _ms(v):
     return None if v is None else round(v * 1000, 2)
 
 
-def summarize(spec, results: list, wall_s: float) -> dict:
-    from vvtrt.server.loadtest import spec_dict
+def spec_dict(spec) -> dict:
+    """A `LoadSpec` as JSON, the API key masked."""
+    d = asdict(spec)
+    d["api_key"] = "***" if spec.api_key else None
+    return d
 
+
+def summarize(spec, results: list, wall_s: float) -> dict:
     ok = [r for r in results if r.ok]
     ttfa = [r.ttfa_s for r in ok if r.ttfa_s is not None]
     gaps = [g for r in ok for g in r.gaps_s]

@@ -26,19 +26,6 @@ log = logging.getLogger(__name__)
 REALTIME_CFG = 1.5  # Microsoft's demos
 
 
-def is_realtime_workdir(path) -> bool:
-    from vvtrt.workdir import Workdir
-
-    return Workdir.open(path).kind == "realtime"
-
-
-def service_class(engine) -> type[SpeechService]:
-    """The service the endpoints use over `engine`."""
-    from vvtrt.realtime.engine import RealtimeEngine
-
-    return RealtimeSpeechService if isinstance(engine, RealtimeEngine) else SpeechService
-
-
 def build_realtime_engine(config):
     """The `RealtimeEngine` of `config.workdir` with its voices (see module doc)."""
     from vvtrt.realtime.engine import RealtimeEngine

@@ -45,14 +45,25 @@ def random_weights(workdir) -> bool:
         return False
 
 
+def workdir_kind(path):
+    """The `vvtrt.model.kinds` entry of the work dir at `path` (its own errors, e.g. a missing work dir,
+    propagate)."""
+    from vvtrt.model import kinds
+    from vvtrt.workdir import Workdir
+
+    return kinds.get(Workdir.open(path).kind)
+
+
 def build_engine(config: ServerConfig):
-    """The serving engine for the work dir (its own errors, e.g. a missing work dir, propagate): a
-    `RealtimeEngine` for a Realtime work dir, else the long-form `Engine`."""
-    from vvtrt.server.realtime_service import build_realtime_engine, is_realtime_workdir
+    """The serving engine for the work dir (its own errors, e.g. a missing work dir, propagate): the builder
+    its kind registers, a `RealtimeEngine` for a Realtime work dir, else the long-form `Engine`."""
+    return workdir_kind(config.workdir).load("build_engine")(config)
+
+
+def build_longform_engine(config: ServerConfig):
+    """The long-form `Engine` of `config.workdir` (the builder `vvtrt.model.kinds` registers for it)."""
     from vvtrt.serving.engine import Engine
 
-    if is_realtime_workdir(config.workdir):
-        return build_realtime_engine(config)
     return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
                                precision=config.dtype, max_streams=config.max_streams,
                                max_context=config.max_context, max_queue=config.max_queue,
@@ -124,7 +135,6 @@ def run_server(config: ServerConfig) -> None:
     import uvicorn
 
     from vvtrt.server.app import create_app
-    from vvtrt.server.realtime_service import service_class
 
     config = resolve_runtime(config.check())
     configure_logging()
@@ -136,7 +146,7 @@ def run_server(config: ServerConfig) -> None:
         fatal.append(exc)
         server.should_exit = True
 
-    app = create_app(config, engine, on_fatal=on_fatal, service_cls=service_class(engine))
+    app = create_app(config, engine, on_fatal=on_fatal, service_cls=workdir_kind(config.workdir).load("service_class"))
     life = app.state.lifecycle
 
     from vvtrt.server.timeouts import header_timeout_protocol

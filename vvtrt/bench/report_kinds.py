@@ -1,4 +1,5 @@
-"""`vvtrt report` on the JSON files of the verbs that write their own formats: the Realtime bench
+"""`vvtrt report` on any of our JSON reports: parity and bench (`vvtrt.reports`), and the verbs that write
+their own formats: the Realtime bench
 (`"kind": "realtime-bench"`, Markdown and plot) and `bench-serving` (`"kind": "bench-serving"`, plot).
 A file of such a kind that lacks what its renderer reads is one `InputError`, never a traceback."""
 from __future__ import annotations
@@ -42,3 +43,14 @@ def render_other(kind: str, json_path: Path, out: Path) -> dict:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise InputError(f"{json_path} says kind {kind!r} but is not a complete {kind} report ({type(exc).__name__}: "
                          f"{str(exc)[:120]}): re-run the bench that wrote it") from None
+
+
+def render_any(json_file, out_dir=None) -> dict:
+    """Re-render any report file next to it (or in `out_dir`): {"json", "md", "plots"}."""
+    from vvtrt.reports import prepare_dir, render_report
+
+    json_path = Path(json_file)
+    kind = peek_kind(json_path)
+    if kind is None:
+        return render_report(json_path, out_dir)
+    return render_other(kind, json_path, prepare_dir(out_dir if out_dir is not None else json_path.parent))
