@@ -244,11 +244,19 @@ srvcore() {
     VVTRT_GIT_COMMIT=$commit PYTHONPATH=$pp python3 -m vvtrt bench-serving -w "$RUN/wd15" --device cuda --mode concurrency \
         --levels ${SRV_LEVELS:-1,128,256} --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 256 \
         --max-context 1024 --out "$RUN/results/serving_1.5b_$tree"
+  done
+}
+srvlong() {  # 64 held streams, one prompt in three of 3000 words (several prefill chunks) among short ones
+  local base=${BASE:-$PWD/.baseline} tree
+  for tree in new base; do
+    local pp=/tmp/site:$PWD commit=${VVTRT_GIT_COMMIT:-}
+    [[ $tree == base ]] && pp=/tmp/site:$base commit=${BASE_COMMIT:-unknown}
     VVTRT_GIT_COMMIT=$commit PYTHONPATH=$pp python3 -m vvtrt bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels 64 \
         --prompt-words 8,48,3000 --requests 64 --frames 64 --max-streams 64 --max-context 8192 \
         --out "$RUN/results/serving_1.5b_long_$tree"
   done
 }
+gpusrv() { python3 -m pytest -q -rA -m gpu tests/test_serving_gpu.py -p no:cacheprovider; }
 rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs), this commit and the baseline
   local base=${BASE:-$PWD/.baseline} tree
   for tree in new base; do
@@ -258,7 +266,7 @@ rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs
         --batches 1 --engine-streams 256,512)
   done
 }
-STAGE_NAMES=" srvcore rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
