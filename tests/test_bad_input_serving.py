@@ -51,20 +51,22 @@ def fake_server(reply: bytes | None):
         sock.close()
 
 
-@pytest.fixture(scope="module")
-def longform_wd(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving_bad") / "wd"
-    res = run("export", "--model", "tiny", "-w", root, "--dtype", "fp32", "--components", "diffusion_head")
+def _exported(tmp_path_factory, model: str, component: str):
+    """A work dir of `model` with one small component exported (its metadata is what the checks read)."""
+    root = tmp_path_factory.mktemp(f"serving_bad_{model}") / "wd"
+    res = run("export", "--model", model, "-w", root, "--dtype", "fp32", "--components", component)
     assert res.exit_code == 0, res.output
     return root
+
+
+@pytest.fixture(scope="module")
+def longform_wd(tmp_path_factory):
+    return _exported(tmp_path_factory, "tiny", "diffusion_head")
 
 
 @pytest.fixture(scope="module")
 def realtime_wd(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving_bad_rt") / "wd"
-    res = run("export", "--model", "tiny-realtime", "-w", root, "--dtype", "fp32", "--components", "rt_connector")
-    assert res.exit_code == 0, res.output
-    return root
+    return _exported(tmp_path_factory, "tiny-realtime", "rt_connector")
 
 
 @pytest.fixture(scope="module")

@@ -134,10 +134,15 @@ def read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, where
     return data
 
 
-def _wav_hint(path: Path) -> None:
+def is_wav_file(path: Path) -> bool:
+    """True when `path` starts as a RIFF/WAVE file (a voice clip, not a preset)."""
     with open(path, "rb") as f:
         head = f.read(12)
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+    return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+
+
+def _wav_hint(path: Path) -> None:
+    if is_wav_file(path):
         raise InputError(f"{path} is a .wav clip, not a voice preset: a Realtime voice is a prefilled cache, made from "
                          "Microsoft's .pt presets with `vvtrt voices import FILE.pt -o DIR` (a clip cannot be imported)")
 

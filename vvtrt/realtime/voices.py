@@ -144,9 +144,9 @@ def read_voice(path, cfg: RealtimeConfig | None = None) -> VoicePreset:
 
 
 def _not_a_clip(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(12)
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+    from vvtrt.realtime.preset_pickle import is_wav_file
+
+    if is_wav_file(path):
         raise InputError(f"{path} is a .wav clip, but a Realtime model takes a voice preset (a prefilled cache): "
                          "pass a .safetensors voice from `vvtrt voices import PRESET.pt -o DIR` or `vvtrt voices make`")
 
