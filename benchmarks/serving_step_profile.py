@@ -133,22 +133,21 @@ def build_engine(synth, args, batch: int):
     cfg = EngineConfig(max_streams=batch, max_context=args.max_context,
                        buffer_chunks=args.warmup + 2 * args.repeats + 8, **buckets)
     engine = Engine(synth, cfg)
-    engine._prepare()
     t0 = time.perf_counter()
-    engine._build()
+    engine.stepper.build()  # what the engine thread builds at start (KV pool, frame loop, graphs)
     return engine, time.perf_counter() - t0
 
 
 def fill(engine, args) -> float:
     """Every slot gets a forced-frame run of a random `--prompt-tokens` prompt (its own prefill), as
-    `Engine._join` arms one; a StreamHandle is each run's tag, so `_deliver` works as in serving."""
+    the long-form stepper arms one; a StreamHandle is each run's tag, so `_deliver` works as in serving."""
     from vvtrt.bench.measure import synthetic_prompt
     from vvtrt.runtime.kv_cache import pick_bucket
     from vvtrt.runtime.slots import SlotRun
     from vvtrt.serving.api import SpeechRequest
     from vvtrt.serving.handle import StreamHandle
 
-    s, stepper = engine.synth, engine.stepper
+    s, stepper = engine.synth, engine.stepper.slot_stepper
     frames = args.warmup + 2 * args.repeats + 2  # no run ends while it is measured
     n = args.prompt_tokens
     kv_len, buckets = engine.plan.kv_len, s.options.kv_buckets
@@ -173,7 +172,7 @@ def time_steps(engine, clock: Clock, repeats: int) -> dict:
     step, deliver = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        events = engine.stepper.step()
+        events = engine.stepper.step()  # the long-form stepper's step, as the engine thread calls it
         t1 = time.perf_counter()
         engine._deliver(events)
         deliver.append((time.perf_counter() - t1) * 1e3)
@@ -266,11 +265,11 @@ def _summ(values) -> dict | None:
 
 def measure(engine, args, clock: Clock) -> dict:
     """Fill the built engine's slots, warm up, then every measurement of the module doc for one batch size."""
-    plan, stepper = engine.plan, engine.stepper
+    plan, stepper = engine.plan, engine.stepper.slot_stepper
     loop = stepper.loop
     fill_s = fill(engine, args)
     for _ in range(args.warmup):
-        engine._deliver(stepper.step())
+        engine._deliver(engine.stepper.step())
     plain = time_steps(engine, clock, args.repeats)
     split = time_split(stepper, clock, args.repeats)
     memory = {"peak_allocated_bytes": torch.cuda.max_memory_allocated(clock.device) if clock.cuda else None,

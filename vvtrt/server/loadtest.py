@@ -210,8 +210,13 @@ def probe_server(spec: LoadSpec) -> None:
 
 
 def _needs_key(httpx, url: str) -> bool:
+    """True when the server's data routes need a key: `/config` answers 401 without one (or, on servers
+    that keep it open, says `"auth": true`)."""
     try:
-        body = httpx.get(url, timeout=PROBE_TIMEOUT_S).json()
+        resp = httpx.get(url, timeout=PROBE_TIMEOUT_S)
+        if resp.status_code == 401:
+            return True
+        body = resp.json()
     except (httpx.HTTPError, OSError, ValueError):
         return False  # an older server without /config: the requests will say
     return isinstance(body, dict) and body.get("auth") is True

@@ -241,7 +241,7 @@ class EngineCore:
                     return
                 h = self._waiting.popleft()
                 self._admitted[h] = None
-            h.started(0)
+            h.started(getattr(h.work, "prompt_tokens", 0))
             try:
                 h.slot = self.stepper.admit(h.work, h)
             except Exception as exc:  # noqa: BLE001 - this request fails, the others keep running

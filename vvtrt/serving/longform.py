@@ -40,6 +40,10 @@ class LongformWork:
     max_steps: int
     script: list | None
 
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.plan.ids)
+
 
 @dataclass
 class _Pending:
