@@ -8,6 +8,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Inductor imports setuptools, whose distutils shim asserts when the standard library's distutils was
+# imported first in the same process (pip's modules do, in the install tests): keep the stdlib one.
+os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
