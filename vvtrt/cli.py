@@ -11,8 +11,9 @@ import sys
 
 import click
 
-from vvtrt.cli_errors import one_line_errors, require_extra as _require_extra
-from vvtrt.option_checks import CFG_MAX, REPEATS_MAX, SEED_MAX
+from vvtrt.cli_errors import one_line_errors
+from vvtrt.cli_types import CFG, COUNT, SEED, WORKDIR, non_empty as _non_empty, workdir_opt
+from vvtrt.option_checks import REPEATS_MAX
 
 
 _friendly = one_line_errors
@@ -43,31 +44,6 @@ class _OneLineErrors(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-class _FiniteFloat(click.ParamType):
-    """A finite float within [lo, hi] (click's FloatRange lets NaN through)."""
-
-    name = "float"
-
-    def __init__(self, lo: float, hi: float):
-        self.lo, self.hi = lo, hi
-
-    def convert(self, value, param, ctx):
-        import math
-
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not (math.isfinite(f) and self.lo <= f <= self.hi):
-            self.fail(f"{value} is not a finite number from {self.lo:g} to {self.hi:g}", param, ctx)
-        return f
-
-
-SEED = click.IntRange(0, SEED_MAX)
-CFG = _FiniteFloat(0.0, CFG_MAX)
-COUNT = click.IntRange(min=1)  # upper bounds depend on the work dir: checked in vvtrt.option_checks
-
-
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
@@ -80,17 +56,6 @@ def _progress(total: int, desc: str):
         bar.update(1)
     tick.close = bar.close
     return tick
-
-
-def _non_empty(ctx, param, value):
-    if value is not None and not str(value).strip():
-        raise click.BadParameter("an empty path; name the work directory", ctx, param)
-    return value
-
-
-WORKDIR = click.Path(file_okay=False)
-workdir_opt = click.option("-w", "--workdir", "workdir", required=True, type=WORKDIR, callback=_non_empty,
-                           help="Work directory holding every stage's files.")
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -333,106 +298,13 @@ def demo(workdir, frames):
         click.echo(f"  {k}: {v}")
 
 
-@cli.command()
-@workdir_opt
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
-@click.option("--voices", "voices_dir", default=None, type=click.Path(file_okay=False),
-              help="Directory of .wav voice clips (encoded once, cached as safetensors).")
-@click.option("--max-streams", default=64, show_default=True, type=COUNT, help="Concurrent streams (engine slots).")
-@click.option("--max-context", default=None, type=click.IntRange(min=8),
-              help="KV slots per stream (prompt + generated steps); default: the largest exported KV bucket. "
-                   "Smaller contexts fit more streams in the KV pool.")
-@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=0),
-              help="Requests waiting for a slot; beyond it 429.")
-@click.option("--queue-timeout", default=30.0, show_default=True, type=_FiniteFloat(0.01, 3600.0),
-              help="Seconds a request may wait for a slot before 429.")
-@click.option("--grace", "grace_s", default=10.0, show_default=True, type=_FiniteFloat(0.0, 3600.0),
-              help="On SIGTERM, seconds running streams get to finish before they are cancelled.")
-@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on every route but /health and "
-              "/ready. Prefer the VVTRT_API_KEY environment variable: a command line is visible to every user.")
-@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
-              help="Runtime of the serving engine.")
-@click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda when available).")
-@click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
-@click.option("--max-input-chars", default=4096, show_default=True, type=COUNT, help="Longest `input` text.")
-@click.option("--max-frames", default=None, type=COUNT,
-              help="Frame cap of every request (133 ms each); also the default `max_frames` (default: none).")
-@click.option("--allow-frames/--no-allow-frames", default=None,
-              help="Accept the `frames` field that forces a length (default: only for random-weight models).")
-@click.option("--stream-buffer", default=256, show_default=True, type=COUNT,
-              help="Frames buffered per stream; a stream this far ahead of its reader is held until the reader "
-                   "takes more.")
-@click.option("--metrics-key", default=None, help="A key for /metrics alone (or VVTRT_METRICS_KEY).")
-@click.option("--header-timeout", default=10.0, show_default=True, type=_FiniteFloat(0.1, 3600.0),
-              help="Seconds a request's headers may take to arrive (then 408).")
-@click.option("--body-timeout", default=30.0, show_default=True, type=_FiniteFloat(0.1, 3600.0),
-              help="Seconds to wait for each part of a request body (then 408).")
-@click.option("--ws-origin", "ws_origins", multiple=True,
-              help="A browser origin allowed on the WebSockets besides the server's own and loopback ones "
-                   "(repeatable; '*' allows any).")
-@click.option("--ws-max-pending", default=64, show_default=True, type=COUNT,
-              help="Sentences waiting to be spoken per text-mode WebSocket.")
-@click.option("--insecure", is_flag=True, envvar="VVTRT_INSECURE",
-              help="Serve a non-loopback --host without an API key (refused otherwise).")
-@click.option("--stall-timeout", "stall_timeout_s", default=30.0, show_default=True, type=_FiniteFloat(0.1, 3600.0),
-              help="Seconds a stream whose client reads nothing (its buffer full) is held before it is cancelled.")
-@click.option("--deterministic", is_flag=True,
-              help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run.")
-@_friendly
-def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
-          backend, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key, header_timeout,
-          body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic):
-    """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
-    _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
-    from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
-    from vvtrt.server.serve import run_server
-    from vvtrt.server.voices import check_serve_settings
-
-    check_serve_settings(workdir, voices_dir, max_context)  # what would fail every request: refused before start
-
-    if api_key is not None:
-        logging.getLogger("vvtrt.server").warning("--api-key on the command line is visible to other users (ps); "
-                                                  "prefer the VVTRT_API_KEY environment variable")
-    run_server(ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
-                            max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key),
-                            backend=backend, device=device, dtype=dtype, max_input_chars=max_input_chars,
-                            queue_timeout_s=queue_timeout, grace_s=grace_s, max_frames=max_frames,
-                            allow_frames=allow_frames, buffer_chunks=stream_buffer,
-                            metrics_key=api_key_from_env(metrics_key, METRICS_KEY_ENV),
-                            header_timeout_s=header_timeout, body_timeout_s=body_timeout,
-                            ws_origins=tuple(ws_origins), ws_max_pending=ws_max_pending, insecure=insecure,
-                            stall_timeout_s=stall_timeout_s, deterministic=deterministic))
-
-
-@cli.command()
-@click.option("--url", required=True, help="Server base URL, e.g. http://127.0.0.1:8000")
-@click.option("--concurrency", default=8, show_default=True, type=COUNT, help="Concurrent client streams.")
-@click.option("--duration", default=30.0, show_default=True, type=_FiniteFloat(0.1, 86400.0), help="Seconds.")
-@click.option("--ws", "use_ws", is_flag=True, help="Use WS /v1/audio/stream instead of streaming HTTP.")
-@click.option("--text", default="Speaker 1: Hello there, this is a load test of the speech server.",
-              show_default=True, help="Text of every request.")
-@click.option("--frames", default=None, type=COUNT, help="Forced frames per request (random-weight models).")
-@click.option("--max-frames", default=None, type=COUNT, help="Frame cap per request.")
-@click.option("--voice", default=None, help="Voice name.")
-@click.option("--api-key", default=None, help="Bearer key (or VVTRT_API_KEY).")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write JSON + Markdown here.")
-@_friendly
-def loadtest(url, concurrency, duration, use_ws, text, frames, max_frames, voice, api_key, out_dir):
-    """Load a running server: TTFA and inter-chunk percentiles, per-stream RTF, errors by kind."""
-    _require_extra("vvtrt loadtest", "serve", "httpx", "websockets")
-    from vvtrt.server.config import api_key_from_env
-    from vvtrt.server.loadtest import LoadSpec, run_loadtest_cli
-
-    spec = LoadSpec(url=url, concurrency=concurrency, duration_s=duration, ws=use_ws, text=text, frames=frames,
-                    max_frames=max_frames, voice=voice, api_key=api_key_from_env(api_key))
-    md = run_loadtest_cli(spec, out_dir)
-    click.echo(md)
-
-
 from vvtrt.realtime.cli_voices import voices as _voices  # noqa: E402 - Realtime voice presets (light import)
 
+from vvtrt.cli_serve import loadtest, serve  # noqa: E402 - the serving commands
+
 cli.add_command(_voices)
+cli.add_command(serve)
+cli.add_command(loadtest)
 
 
 def main():

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from vvtrt.errors import InputError, require_file
-from vvtrt.realtime.voices import BRANCHES, BranchCache, VoicePreset
+from vvtrt.realtime.voices import BRANCHES, BranchCache, VoicePreset, is_wav_file
 
 # A released preset is a few MB (a 100 KB pickle and bf16 storages); refuse absurd sizes before reading:
 # every zip entry is read with a cap, whatever its header claims (a small file can inflate to gigabytes).
@@ -132,13 +132,6 @@ def read_capped(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, where
         raise InputError(f"{where}: {info.filename} inflates past {cap:,} bytes, more than a voice preset holds: "
                          "refused")
     return data
-
-
-def is_wav_file(path: Path) -> bool:
-    """True when `path` starts as a RIFF/WAVE file (a voice clip, not a preset)."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-    return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
 
 
 def _wav_hint(path: Path) -> None:

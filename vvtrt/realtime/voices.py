@@ -143,9 +143,14 @@ def read_voice(path, cfg: RealtimeConfig | None = None) -> VoicePreset:
     return voice
 
 
-def _not_a_clip(path: Path) -> None:
-    from vvtrt.realtime.preset_pickle import is_wav_file
+def is_wav_file(path: Path) -> bool:
+    """True when `path` starts as a RIFF/WAVE file (a voice clip, not a preset)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
 
+
+def _not_a_clip(path: Path) -> None:
     if is_wav_file(path):
         raise InputError(f"{path} is a .wav clip, but a Realtime model takes a voice preset (a prefilled cache): "
                          "pass a .safetensors voice from `vvtrt voices import PRESET.pt -o DIR` or `vvtrt voices make`")

@@ -1,0 +1,43 @@
+"""The CLI's shared option types: finite floats in a range, counts, seeds, CFG scales and the work-dir
+option (used by every command module)."""
+from __future__ import annotations
+
+import click
+
+from vvtrt.option_checks import CFG_MAX, SEED_MAX
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float within [lo, hi] (click's FloatRange lets NaN through)."""
+
+    name = "float"
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (math.isfinite(f) and self.lo <= f <= self.hi):
+            self.fail(f"{value} is not a finite number from {self.lo:g} to {self.hi:g}", param, ctx)
+        return f
+
+
+SEED = click.IntRange(0, SEED_MAX)
+CFG = FiniteFloat(0.0, CFG_MAX)
+COUNT = click.IntRange(min=1)  # upper bounds depend on the work dir: checked in vvtrt.option_checks
+
+
+def non_empty(ctx, param, value):
+    if value is not None and not str(value).strip():
+        raise click.BadParameter("an empty path; name the work directory", ctx, param)
+    return value
+
+
+WORKDIR = click.Path(file_okay=False)
+workdir_opt = click.option("-w", "--workdir", "workdir", required=True, type=WORKDIR, callback=non_empty,
+                           help="Work directory holding every stage's files.")
