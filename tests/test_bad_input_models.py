@@ -63,13 +63,19 @@ def test_convert_refuses_tokenizers_that_do_not_fit(original, tmp_path, tokenize
         assert not (tmp_path / "out").exists()
 
 
+def _export_refused(tmp_path, tokenizer) -> str:
+    """`export --tokenizer TOKENIZER` refused in one line, leaving no work dir."""
+    line = refused("export", "--model", "tiny", "-w", tmp_path / "wd", "--tokenizer", tokenizer, within=10)
+    assert not (tmp_path / "wd").exists()
+    return line
+
+
 def test_export_refuses_a_tokenizer_that_encodes_to_nothing(tmp_path, tokenizer_dir):
     only_config = tmp_path / "only_config"
     only_config.mkdir()
     shutil.copy(tokenizer_dir / "tokenizer_config.json", only_config)
-    line = refused("export", "--model", "tiny", "-w", tmp_path / "wd", "--tokenizer", only_config, within=10)
+    line = _export_refused(tmp_path, only_config)
     assert "tokenizer" in line and "trust_remote_code" not in line
-    assert not (tmp_path / "wd").exists()
 
 
 def test_a_tokenizer_asking_for_remote_code_is_one_line_naming_no_transformers_option(tmp_path, tokenizer_dir):
@@ -78,9 +84,8 @@ def test_a_tokenizer_asking_for_remote_code_is_one_line_naming_no_transformers_o
     cfg = json.loads((tok / "tokenizer_config.json").read_text())
     cfg.update(auto_map={"AutoTokenizer": ["tok.MyTok", None]}, tokenizer_class="MyTok")
     (tok / "tokenizer_config.json").write_text(json.dumps(cfg))
-    line = refused("export", "--model", "tiny", "-w", tmp_path / "wd", "--tokenizer", tok, within=10)
+    line = _export_refused(tmp_path, tok)
     assert "own Python code" in line and "trust_remote_code" not in line
-    assert not (tmp_path / "wd").exists()
 
 
 def test_convert_refuses_nan_weights_and_leaves_no_checkpoint(original, tmp_path):
