@@ -146,15 +146,21 @@ def check_output_dir(path, what: str = "output directory") -> Path:
     return p
 
 
+def check_unicode(text: str, field: str = "the text") -> str:
+    """`text` if it encodes as UTF-8; a lone surrogate (JSON "\\ud800") is an InputError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{field} is not valid Unicode: a lone surrogate {text[exc.start]!r} at character "
+                         f"{exc.start}") from None
+    return text
+
+
 def check_text(text) -> None:
     """Text must be a string of valid Unicode (a lone surrogate, e.g. JSON "\\ud800", is no text)."""
     if not isinstance(text, str):
         raise InputError(f"the text must be a string, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"the text is not valid Unicode (a lone surrogate at character {exc.start}): "
-                         "send UTF-8 text") from None
+    check_unicode(text)
 
 
 def check_max_context(workdir, max_context, frames: int | None = None) -> None:

@@ -135,11 +135,9 @@ class RealtimeServingStepper:
     def admit(self, work: StreamRequest, tag) -> int:
         run = self.inner.open(dataclasses.replace(work, tag=tag))
         failed: list = []
-        self.inner.admit(failed)
-        for ev in failed:
-            if ev.run is run:
-                raise ev.error
-            self._runs.pop(ev.tag, None)  # cannot happen: one pending run at a time
+        self.inner.admit(failed)  # arms the one pending run (the core admits only into a free slot)
+        if failed:
+            raise failed[0].error
         self._runs[tag] = run
         self._fed[tag] = run.lm_len
         return run.slot

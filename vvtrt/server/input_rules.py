@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from vvtrt.errors import InputError
-from vvtrt.option_checks import CFG_MAX, SEED_MAX
+from vvtrt.option_checks import CFG_MAX, SEED_MAX, check_unicode
 
 FRAMES_LIMIT = 1 << 20      # the largest frame count any server accepts (`--max-frames` lowers it)
 MAX_VOICES = 4              # VibeVoice speaks at most four speakers
@@ -40,17 +40,7 @@ def check_text(text, max_chars: int, field: str = "input") -> str:
         raise InputError(f"{field} is empty: give the text to speak")
     if len(text) > max_chars:
         raise InputError(f"{field} is {len(text)} characters; the limit is {max_chars}")
-    return check_unicode(text, field)
-
-
-def check_unicode(text: str, field: str = "input") -> str:
-    """`text` if it encodes as UTF-8; a lone surrogate (JSON "\ud800") is an InputError."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"{field} is not valid Unicode: a lone surrogate {text[exc.start]!r} at character "
-                         f"{exc.start}") from None
-    return text
+    return check_unicode(text, field)  # the engines' own rule (vvtrt.option_checks)
 
 
 def check_numbers(limits: Limits, seed, cfg_scale, max_frames, frames) -> int | None:
