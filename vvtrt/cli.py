@@ -227,7 +227,12 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
 @workdir_opt
 @click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "torch-compile",
                                                                                   "onnxruntime", "tensorrt"]),
-              help="Runtime of the serving engine (torch-compile: torch.compile per bucket).")
+              help="Runtime of the serving engine (torch-compile: torch.compile'd frame step, its compiled code "
+                   "cached in the work dir's compile-cache).")
+@click.option("--compile-shapes", default="dynamic-batch", show_default=True,
+              type=click.Choice(["dynamic-batch", "dynamic", "static"]),
+              help="torch-compile: graphs compiled with the batch axis dynamic (one graph for every batch bucket "
+                   "of 2+ streams, one for 1), also the KV length (dynamic), or one per bucket (static).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--mode", default="concurrency", show_default=True, type=click.Choice(["concurrency", "rate"]),
@@ -243,8 +248,8 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
 @click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG, help="Diffusion CFG scale (0-20).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @_friendly
-def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frames, prompt_words, max_streams,
-                  max_context, cfg_scale, out_dir):
+def bench_serving(workdir, backend, compile_shapes, device, dtype, mode, levels, requests, frames, prompt_words,
+                  max_streams, max_context, cfg_scale, out_dir):
     """Open-loop load on the serving engine: TTFA, inter-chunk gaps and RTF vs load."""
     from vvtrt.bench.serving import ServingLoad, run_serving_bench
     from vvtrt.errors import InputError
@@ -259,8 +264,8 @@ def bench_serving(workdir, backend, device, dtype, mode, levels, requests, frame
 
     check_max_context(workdir, max_context, frames)  # every request would fail: refused before the engine loads
     paths = run_serving_bench(workdir, backend.replace("-compile", ""), device, dtype, load, out_dir,
-                              compile=backend.endswith("-compile"), max_streams=max_streams,
-                              max_context=max_context)
+                              compile=backend.endswith("-compile"), compile_shapes=compile_shapes,
+                              max_streams=max_streams, max_context=max_context)
     click.echo(f"serving bench report: {paths['json']}")
 
 

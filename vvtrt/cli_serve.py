@@ -27,8 +27,14 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, workdir_opt
               help="On SIGTERM, seconds running streams get to finish before they are cancelled.")
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on every route but /health and "
               "/ready. Prefer the VVTRT_API_KEY environment variable: a command line is visible to every user.")
-@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "onnxruntime", "tensorrt"]),
-              help="Runtime of the serving engine.")
+@click.option("--backend", default="torch", show_default=True,
+              type=click.Choice(["torch", "torch-compile", "onnxruntime", "tensorrt"]),
+              help="Runtime of the serving engine (torch-compile: torch.compile'd frame step, its compiled code "
+                   "cached in the work dir's compile-cache for the next start).")
+@click.option("--compile-shapes", default="dynamic-batch", show_default=True,
+              type=click.Choice(["dynamic-batch", "dynamic", "static"]),
+              help="torch-compile: graphs compiled with the batch axis dynamic (one graph for every batch bucket "
+                   "of 2+ streams, one for 1), also the KV length (dynamic), or one per bucket (static).")
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--max-input-chars", default=4096, show_default=True, type=COUNT, help="Longest `input` text.")
@@ -57,8 +63,8 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, workdir_opt
               help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run.")
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
-          backend, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key, header_timeout,
-          body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic):
+          backend, compile_shapes, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key,
+          header_timeout, body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
@@ -72,7 +78,8 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
                                                   "prefer the VVTRT_API_KEY environment variable")
     run_server(ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
                             max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key),
-                            backend=backend, device=device, dtype=dtype, max_input_chars=max_input_chars,
+                            backend=backend, compile_shapes=compile_shapes, device=device, dtype=dtype,
+                            max_input_chars=max_input_chars,
                             queue_timeout_s=queue_timeout, grace_s=grace_s, max_frames=max_frames,
                             allow_frames=allow_frames, buffer_chunks=stream_buffer,
                             metrics_key=api_key_from_env(metrics_key, METRICS_KEY_ENV),

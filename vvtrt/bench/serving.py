@@ -197,7 +197,7 @@ def run_serving_bench(workdir, backend="torch", device=None, dtype=None, load: S
                          "engine": {**asdict(engine.config), "slots": plan.slots, "kv_len": plan.kv_len,
                                     "batch_buckets": plan.batch_buckets, "kv_buckets": plan.kv_buckets,
                                     "pool_bytes": plan.pool_bytes, "graphs": len(engine.stepper.loop.graphs)},
-                         "setup_s": setup_s, "environment": collect_environment()},
+                         "setup_s": setup_s, "startup": engine.startup, "environment": collect_environment()},
               "levels": levels, "realtime_criterion": "p99 inter-chunk gap < 133 ms and TTFA p99 < 1 s",
               "max_realtime_concurrency": max(ok, default=None)}
     out = Path(out_dir) if out_dir else wd.reports_dir

@@ -68,8 +68,11 @@ class ModelCache:
 
 def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallback: Mapping[str, str] = None,
                  components=LOOP_COMPONENTS, models: ModelCache | None = None, ort_cuda_graph: bool = False,
-                 trt_flavor: str = "auto", compile: bool | str = False) -> dict:
-    """One activated runner per component. `fallback` overrides the backend per component."""
+                 trt_flavor: str = "auto", compile: bool | str = False, dynamic_axes: tuple[str, ...] = (),
+                 compile_components: tuple[str, ...] | None = None) -> dict:
+    """One activated runner per component. `fallback` overrides the backend per component. With `compile`,
+    the torch runners of `compile_components` (default: all but the voice encoder) are compiled, marking
+    `dynamic_axes` (spec axis names, e.g. "batch") dynamic instead of compiling each size."""
     check_backend(backend)
     if wd.kind == "realtime":
         raise WorkdirError(f"{wd.root} is a Realtime work dir: the long-form runtime cannot run it (use `vvtrt synth "
@@ -79,15 +82,16 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
     steps = wd.options().steps
     models = models or ModelCache(wd)
     device = torch.device(device)
+    # the voice encoder sees a new length per prompt: keep it eager (the prefill runs lm_decode's module
+    # eagerly, see vvtrt.runtime.prefill)
+    compiled = set(compile_components if compile_components is not None else components) - {"acoustic_encoder"}
     runners = {}
     for comp in components:
         which = fallback.get(comp, backend)
         spec = specs[comp]
         if which == "torch":
-            # the voice encoder sees a new length per prompt: keep it eager (the prefill runs lm_decode's
-            # module eagerly, see vvtrt.runtime.prefill)
             r = TorchRunner(spec, precision, device, models.get(precision, device), steps,
-                            compile=compile if comp != "acoustic_encoder" else False)
+                            compile=compile if comp in compiled else False, dynamic_axes=dynamic_axes)
         elif which == "onnxruntime":
             path = wd.onnx_path(comp, precision)
             if not path.is_file():

@@ -242,6 +242,14 @@ class FrameLoop:
                 self.select(b, s)
                 self.capture(snapshot=False)
 
+    def warm_all(self) -> None:
+        """Run one step of every (batch, KV) bucket, largest first, so compiled runners compile each shape
+        now rather than at a request's first step (where graphs are captured, the capture did this)."""
+        for b in reversed(self.batch_buckets):
+            for s in reversed(self.kv_buckets):
+                self.select(b, s)
+                self._step()
+
     def _buffers(self) -> list[torch.Tensor]:
         return [self.kv.k, self.kv.v, self.kv.lengths, self.embeds, self.dec_state, self.sem_state, self.token,
                 self.audio, self.latent]

@@ -97,15 +97,22 @@ def keep_every_bucket_compiled(limit: int = 256) -> None:
 
 
 class TorchRunner(RunnerBase):
-    """The reference modules (the spec's traceable wrapper) run by PyTorch, eagerly or `torch.compile`d."""
+    """The reference modules (the spec's traceable wrapper) run by PyTorch, eagerly or `torch.compile`d.
+
+    Compiled, shapes are static except the spec axes named in `dynamic_axes` (e.g. `("batch",)`): those are
+    marked dynamic on every call, so one graph serves every size of at least 2 (size 1 is its own
+    specialisation), instead of one compile per size."""
 
     backend = "torch"
 
     def __init__(self, spec: ComponentSpec, precision: Precision, device, model, steps: int = 10,
-                 compile: bool | str = False):
+                 compile: bool | str = False, dynamic_axes: tuple[str, ...] = ()):
         super().__init__(spec, precision, device)
         self.module = spec.make_module(model, steps).eval()
         self.mode = compile if isinstance(compile, str) else None
+        self.compiled = bool(compile)
+        self._dynamic = tuple((t.name, i) for t in spec.inputs for i, d in enumerate(t.shape)
+                              if isinstance(d, str) and d in dynamic_axes) if compile else ()
         # kernels for the compiled CUDA path, never exported: FlexAttention decoding in lm_decode, dense
         # convolutions as GEMMs in the streaming steps (see LMDecode / AcousticDecoderStep). If they fail
         # to compile, the first call falls back to the exported path's ops (logged).
@@ -135,9 +142,19 @@ class TorchRunner(RunnerBase):
         self.fast_pending = False
         return res
 
+    def _mark_dynamic(self, feed) -> None:
+        from torch._dynamo import maybe_mark_dynamic
+
+        for name, dim in self._dynamic:
+            x = feed[name]
+            if x.shape[dim] >= 2:  # dynamo specialises sizes 0 and 1 anyway
+                maybe_mark_dynamic(x, dim)
+
     @torch.inference_mode()
     def infer(self, feed, out=None):
         self.check_feed(feed)
+        if self._dynamic:
+            self._mark_dynamic(feed)
         res = self._run(tuple(feed[t.name] for t in self.spec.inputs))
         res = res if isinstance(res, tuple) else (res,)
         if out is None:

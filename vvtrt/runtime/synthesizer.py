@@ -95,14 +95,16 @@ class Synthesizer:
     @classmethod
     def from_workdir(cls, path, backend: str = "torch", device=None, precision=None, fallback=None,
                      cuda_graph="auto", ort_cuda_graph: bool = False, models: ModelCache | None = None,
-                     compile: bool | str = False, prefill_graph=None):
+                     compile: bool | str = False, prefill_graph=None, dynamic_axes: tuple[str, ...] = (),
+                     compile_components: tuple[str, ...] | None = None):
         wd = Workdir.open(path)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if precision is None:
             precision = Precision.BF16 if device.type == "cuda" else Precision.FP32
         precision = Precision.parse(precision)
         runners = load_runners(wd, backend, precision, device, fallback, models=models,
-                               ort_cuda_graph=ort_cuda_graph, compile=compile)
+                               ort_cuda_graph=ort_cuda_graph, compile=compile, dynamic_axes=dynamic_axes,
+                               compile_components=compile_components)
         return cls(wd, runners, precision, device, cuda_graph, prefill_graph)
 
     # -- prompt and voices ------------------------------------------------------------------------

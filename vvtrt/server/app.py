@@ -45,6 +45,7 @@ class Lifecycle:
             while not s.engine.ready:
                 await asyncio.sleep(0.05)
             s.voices = await asyncio.to_thread(s.load_voices)
+            s.metrics.set_startup(getattr(s.engine, "startup", None))
             self.phase = "ready" if self.phase == "starting" else self.phase
             log.info("ready: %s", s.config.workdir)
         except Exception as exc:
@@ -123,7 +124,7 @@ def _add_probes(app: FastAPI, service: SpeechService, life: Lifecycle) -> None:
     @app.get("/ready")
     async def ready():
         if life.phase == "ready" and service.ready:
-            return {"ready": True}
+            return {"ready": True, **startup_summary(service.engine)}
         reason = "failed" if life.error else life.phase  # the reason is in the log (it may name host paths)
         health = getattr(service.engine, "health", None)
         if health is not None and not health.ok:
@@ -135,6 +136,16 @@ def _add_probes(app: FastAPI, service: SpeechService, life: Lifecycle) -> None:
     async def metrics():
         """Prometheus exposition (the API key or the metrics key when the server has one)."""
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def startup_summary(engine) -> dict:
+    """How long the engine took to start and, compiled, whether its compile cache served it (no paths:
+    /ready is open to every caller)."""
+    s = getattr(engine, "startup", None)
+    if not isinstance(s, dict) or s.get("total_s") is None:
+        return {}
+    cache = (s.get("compile") or {}).get("cache")
+    return {"startup_s": s["total_s"], "compile_cache": cache["state"] if cache else None}
 
 
 def _add_pages(app: FastAPI, service: SpeechService) -> None:

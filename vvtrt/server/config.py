@@ -22,7 +22,8 @@ class ServerConfig:
     max_context: int | None = None  # KV slots per stream (None: the largest exported bucket)
     max_queue: int = 256
     api_key: str | None = None
-    backend: str = "torch"
+    backend: str = "torch"             # torch, torch-compile, onnxruntime or tensorrt
+    compile_shapes: str = "dynamic-batch"  # torch-compile: which axes stay dynamic (see serving.engine)
     device: str | None = None
     dtype: str | None = None
     max_input_chars: int = 4096        # OpenAI's own limit for `input`

@@ -54,6 +54,10 @@ class ServerMetrics:
         self.held = Gauge("vvtrt_held_streams", "Streams held because their client reads slower than real time.",
                           registry=r)
         self.step_failures = Gauge("vvtrt_step_failures", "Failed device steps since start.", registry=r)
+        self.startup = Gauge("vvtrt_startup_seconds", "Engine start-up time by phase (load: model and runners; "
+                             "build: sizing, compiling, capturing; total).", ["phase"], registry=r)
+        self.compile_cache = Gauge("vvtrt_compile_cache_lookups", "torch.compile cache lookups during start-up, by "
+                                   "result (hit, miss); none without torch-compile.", ["result"], registry=r)
         self._gpu_gauges = {k: Gauge(f"vvtrt_gpu_{k}", h, ["gpu"], registry=r) for k, h in (
             ("utilization_percent", "GPU utilisation (NVML)."), ("memory_used_bytes", "GPU memory used."),
             ("memory_total_bytes", "GPU memory total."), ("temperature_celsius", "GPU temperature."),
@@ -63,6 +67,18 @@ class ServerMetrics:
         self._last = None  # (t, frames_total, prefill_tokens_total)
 
     # -- observations from request handlers ----------------------------------------------------------
+    def set_startup(self, startup: dict | None) -> None:
+        """The engine's start-up record (`Engine.startup`), once it is ready."""
+        if not startup:
+            return
+        for phase in ("load", "build", "total"):
+            if startup.get(f"{phase}_s") is not None:
+                self.startup.labels(phase).set(startup[f"{phase}_s"])
+        cache = (startup.get("compile") or {}).get("cache")
+        if cache:
+            self.compile_cache.labels("hit").set(cache["fx_graph_hits"] + cache["aot_hits"])
+            self.compile_cache.labels("miss").set(cache["fx_graph_misses"] + cache["aot_misses"])
+
     def observe_ttfa(self, seconds: float) -> None:
         self.ttfa.observe(seconds)
         self._recent["ttfa"].append((time.monotonic(), seconds))

@@ -33,7 +33,13 @@ def build_realtime_engine(config):
 
     # deterministic: one batch and one cache bucket (sizes at or above the loop's own keep only its own)
     fixed = {"batch_buckets": (config.max_streams,), "kv_buckets": (1 << 30,)} if config.deterministic else {}
-    runner = RealtimeRunner.from_workdir(config.workdir, config.backend, config.device, config.dtype, **fixed)
+    compiled = config.backend == "torch-compile"
+    if compiled:  # the compiled code is kept in the work dir for the next start
+        from vvtrt.runtime.compile_cache import use_work_dir_cache
+
+        use_work_dir_cache(config.workdir)
+    runner = RealtimeRunner.from_workdir(config.workdir, "torch" if compiled else config.backend, config.device,
+                                         config.dtype, compile=compiled, **fixed)
     voices = load_presets(config.voices_dir, runner)
     return RealtimeEngine(runner, _engine_config(config, runner), voices)
 

@@ -64,7 +64,9 @@ def build_longform_engine(config: ServerConfig):
     """The long-form `Engine` of `config.workdir` (the builder `vvtrt.model.kinds` registers for it)."""
     from vvtrt.serving.engine import Engine
 
-    return Engine.from_workdir(config.workdir, backend=config.backend, device=config.device,
+    compiled = config.backend == "torch-compile"
+    return Engine.from_workdir(config.workdir, backend="torch" if compiled else config.backend,
+                               compile=compiled, compile_shapes=config.compile_shapes, device=config.device,
                                precision=config.dtype, max_streams=config.max_streams,
                                max_context=config.max_context, max_queue=config.max_queue,
                                buffer_chunks=config.buffer_chunks, stall_timeout_s=config.stall_timeout_s,

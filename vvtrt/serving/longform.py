@@ -77,6 +77,9 @@ class LongformStepper:
         if s.cuda_graph:
             loop.capture_all()
             loop.cache.reset()
+        elif any(getattr(r, "compiled", False) for r in s.runners.values()):
+            loop.warm_all()  # compile every bucket's shapes before the first request
+            loop.cache.reset()
         self.slot_stepper = SlotStepper(loop, s.prefill)
         self.slots = p.slots
 
