@@ -63,16 +63,22 @@ def test_websocket_auth_by_header_or_query(server):
 
 
 def test_loadtest_http_and_ws(server, tmp_path):
-    for extra in ([], ["--ws"]):
+    # HTTP from 2 client processes (3 streams: 2 + 1), their records merged; WS from one
+    for extra, procs in (([], 2), (["--ws"], 1)):
         out = tmp_path / ("ws" if extra else "http")
-        r = run("loadtest", "--url", server.url, "--concurrency", 2, "--duration", 0.5, "--frames", 3,
-                "--api-key", KEY, "--out", out, *extra)
+        r = run("loadtest", "--url", server.url, "--concurrency", 3, "--duration", 0.5, "--frames", 3,
+                "--api-key", KEY, "--out", out, "--processes", procs, *extra)
         assert r.exit_code == 0, r.output
         rep = json.loads((out / "loadtest.json").read_text())
-        assert rep["ok"] >= 2 and rep["errors"] == {} and rep["frames"] == 3 * rep["ok"]
+        assert rep["ok"] >= 3 and rep["errors"] == {} and rep["frames"] == 3 * rep["ok"]
         assert rep["ttfa_ms"]["p50"] > 0 and rep["inter_chunk_ms"]["p99"] is not None
         assert len(rep["rtf"]["per_stream"]) == rep["ok"] and rep["spec"]["api_key"] == "***"
-        assert "TTFA" in (out / "loadtest.md").read_text() and "TTFA" in r.output
+        client = rep["client"]
+        assert client["processes"] == procs and client["streams_per_process"] == ([2, 1] if procs == 2 else [3])
+        assert client["cpu_s"] > 0 and client["cpu_s_per_wall_s"] > 0
+        assert len(client["per_process_cpu_s_per_wall_s"]) == procs
+        md = (out / "loadtest.md").read_text()
+        assert "TTFA" in md and "TTFA" in r.output and f"Client: {procs} process" in md
     r = run("loadtest", "--url", server.url, "--concurrency", 1, "--duration", 0.3, "--frames", 2)
     assert "--api-key" in one_clear_line(r)  # no key: every request would be refused, so none is sent
 

@@ -99,15 +99,20 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
 @click.option("--max-frames", default=None, type=COUNT, help="Frame cap per request.")
 @click.option("--voice", default=None, help="Voice name.")
 @click.option("--api-key", default=None, help="Bearer key (or VVTRT_API_KEY).")
+@click.option("--processes", default=None, type=click.IntRange(1, 64),
+              help="Client processes the streams are spread over (default: min(4, CPUs)); the report gives the "
+                   "client's CPU use.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write JSON + Markdown here.")
 @_friendly
-def loadtest(url, concurrency, duration, use_ws, text, frames, max_frames, voice, api_key, out_dir):
+def loadtest(url, concurrency, duration, use_ws, text, frames, max_frames, voice, api_key, processes, out_dir):
     """Load a running server: TTFA and inter-chunk percentiles, per-stream RTF, errors by kind."""
     _require_extra("vvtrt loadtest", "serve", "httpx", "websockets")
     from vvtrt.server.config import api_key_from_env
     from vvtrt.server.loadtest import LoadSpec, run_loadtest_cli
+    from vvtrt.server.loadtest_procs import default_processes
 
     spec = LoadSpec(url=url, concurrency=concurrency, duration_s=duration, ws=use_ws, text=text, frames=frames,
-                    max_frames=max_frames, voice=voice, api_key=api_key_from_env(api_key))
+                    max_frames=max_frames, voice=voice, api_key=api_key_from_env(api_key),
+                    processes=processes or default_processes())
     md = run_loadtest_cli(spec, out_dir)
     click.echo(md)

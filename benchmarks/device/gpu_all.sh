@@ -256,6 +256,29 @@ srvlong() {  # 64 held streams, one prompt in three of 3000 words (several prefi
         --out "$RUN/results/serving_1.5b_long_$tree"
   done
 }
+cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a cold start (empty compile cache) and a
+  # warm one (the cache the first wrote), each start's own record from /ready and /metrics; then bench-serving compiled
+  local port=8125 pid i t0 t1 ms
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  rm -rf "$RUN/wd15/compile-cache"
+  for i in cold warm; do
+    t0=$(date +%s.%N)
+    $VV serve -w "$RUN/wd15" --device cuda --backend torch-compile --max-streams 256 --max-context 1024 --port $port \
+        > "$RUN/results/cstart_${i}_server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1800); do curl -sf "http://127.0.0.1:$port/ready" > "$RUN/results/cstart_${i}_ready.json" && break
+      kill -0 $pid 2> /dev/null || break; sleep 0.5; done
+    t1=$(date +%s.%N); ms=$(python3 -c "print(round(($t1 - $t0) * 1000))")
+    echo "{\"start\": \"$i\", \"process_to_ready_ms\": $ms}" > "$RUN/results/cstart_${i}_time.json"
+    curl -s "http://127.0.0.1:$port/metrics" | grep -E "vvtrt_(startup_seconds|compile_cache)" > "$RUN/results/cstart_${i}_metrics.txt"
+    echo "$i start: $ms ms to /ready: $(cat "$RUN/results/cstart_${i}_ready.json")"
+    kill -TERM $pid; wait $pid; echo "serve exit code $?"
+  done
+  du -sh "$RUN/wd15/compile-cache"
+  $VV bench-serving -w "$RUN/wd15" --device cuda --backend torch-compile --mode concurrency --levels ${SRV_LEVELS:-1,128,256} \
+      --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 256 --max-context 1024 \
+      --out "$RUN/results/serving_1.5b_compiled"
+}
 gpusrv() { python3 -m pytest -q -rA -m gpu tests/test_serving_gpu.py -p no:cacheprovider; }
 rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs), this commit and the baseline
   local base=${BASE:-$PWD/.baseline} tree
@@ -266,7 +289,7 @@ rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs
         --batches 1 --engine-streams 256,512)
   done
 }
-STAGE_NAMES=" srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

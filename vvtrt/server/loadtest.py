@@ -21,6 +21,7 @@ SAMPLE_RATE = 24000
 GRACE_S = 10.0  # after --duration, the streams in flight get this long to finish; then they are cut off
 PROBE_TIMEOUT_S = 3.0
 MAX_CONCURRENCY = 4096
+MAX_PROCESSES = 64
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class LoadSpec:
     voice: str | None = None
     api_key: str | None = None
     timeout_s: float = 120.0
+    processes: int = 1  # client processes the streams are spread over (see loadtest_procs)
 
     def check(self) -> "LoadSpec":
         from urllib.parse import urlsplit
@@ -50,6 +52,8 @@ class LoadSpec:
             raise InputError(f"--url {self.url!r} names no host (e.g. http://127.0.0.1:8000)")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise InputError(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, got {self.concurrency}")
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise InputError(f"--processes must be from 1 to {MAX_PROCESSES}, got {self.processes}")
         return self
 
 
@@ -242,6 +246,19 @@ async def run_load(spec: LoadSpec) -> tuple[list, float]:
     return results, time.perf_counter() - t0
 
 
+def run_client(spec: LoadSpec) -> tuple[list, float, dict]:
+    """The load over `spec.processes` client processes: (every record, wall time, the client's CPU use)."""
+    import os
+
+    from vvtrt.server.loadtest_procs import merge, run_processes
+
+    t = os.times()
+    workers = run_processes(spec, spec.processes)
+    parent = os.times()
+    parent_cpu = 0.0 if len(workers) == 1 else (parent.user + parent.system) - (t.user + t.system)
+    return merge(workers, parent_cpu)
+
+
 def run_loadtest_cli(spec: LoadSpec, out_dir=None) -> str:
     """Run the test, write `loadtest.json` / `loadtest.md` to `out_dir` when given; the Markdown."""
     from vvtrt.server.loadtest_report import render_markdown, summarize
@@ -252,8 +269,9 @@ def run_loadtest_cli(spec: LoadSpec, out_dir=None) -> str:
         check_output_dir(out_dir, "--out directory")
     spec.check()
     probe_server(spec)
-    results, wall = asyncio.run(run_load(spec))
+    results, wall, client = run_client(spec)
     report = summarize(spec, results, wall)
+    report["client"] = client
     md = render_markdown(report)
     if out_dir is not None:
         from pathlib import Path

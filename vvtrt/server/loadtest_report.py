@@ -85,4 +85,9 @@ def render_markdown(rep: dict) -> str:
         f"| per-stream RTF | {_fmt(rep['rtf']['p50'])} | {_fmt(rep['rtf']['p90'])} | {_fmt(rep['rtf']['max'])} |",
         "", "Errors by kind: " + (", ".join(f"{k}: {v}" for k, v in sorted(rep["errors"].items())) or "none"),
     ]
+    c = rep.get("client")
+    if c:
+        lines += ["", f"Client: {c['processes']} process(es) ({'/'.join(map(str, c['streams_per_process']))} "
+                      f"streams); CPU {_fmt(c['cpu_s_per_wall_s'])} s per wall second in all, busiest process "
+                      f"{_fmt(c['busiest_process_cpu_s_per_wall_s'])} (near 1.0: that process limited the test)"]
     return "\n".join(lines) + "\n"
