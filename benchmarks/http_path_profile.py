@@ -3,8 +3,9 @@ process, loaded by `vvtrt loadtest` (its own processes) for `--duration` seconds
 
 Per thread of the server process (by Python thread name: the event loop's `MainThread`, `vvtrt-engine`,
 asyncio's `to_thread` workers...): CPU seconds (user + system, from /proc) during the load and per frame
-delivered; the event loop thread is profiled with cProfile on its CPU clock (the top functions by own time). A thread near
-one CPU second per wall second is what limits the server; the engine thread's share is the model's work.
+delivered; the event loop thread is profiled with cProfile on its CPU clock (the top functions by own
+time). A thread near one CPU second per wall second is what limits the server; the engine thread's share
+is the model's work.
 
     python benchmarks/http_path_profile.py WORKDIR OUT_DIR [--device cpu] [--concurrency 16] [--duration 20]
         [--frames 40] [--max-streams 64] [--processes 2] [--backend torch]

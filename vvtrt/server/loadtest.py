@@ -253,7 +253,7 @@ def run_client(spec: LoadSpec) -> tuple[list, float, dict]:
     from vvtrt.server.loadtest_procs import merge, run_processes
 
     t = os.times()
-    workers = run_processes(spec, spec.processes)
+    workers = run_processes(run_load, spec, spec.processes)
     parent = os.times()
     parent_cpu = 0.0 if len(workers) == 1 else (parent.user + parent.system) - (t.user + t.system)
     return merge(workers, parent_cpu)

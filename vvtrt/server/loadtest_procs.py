@@ -46,34 +46,35 @@ def _cpu() -> float:
     return t.user + t.system
 
 
-def run_share(spec) -> WorkerResult:
-    """This process's share of the load (its own event loop), timed and with its CPU time."""
-    from vvtrt.server.loadtest import run_load
-
+def run_share(run_load, spec) -> WorkerResult:
+    """This process's share of the load (`run_load(spec)`, a coroutine, on its own event loop), timed and with
+    its CPU time."""
     cpu0, start = _cpu(), time.time()
     results, _ = asyncio.run(run_load(spec))
     return WorkerResult(results, start, time.time(), _cpu() - cpu0, spec.concurrency)
 
 
-def _worker(index: int, spec, barrier, queue) -> None:
+def _worker(index: int, run_load, spec, barrier, queue) -> None:
     try:
         barrier.wait(START_TIMEOUT_S)
-        queue.put((index, run_share(spec)))
+        queue.put((index, run_share(run_load, spec)))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
-def run_processes(spec, processes: int) -> list[WorkerResult]:
-    """Run the load over `processes` spawned workers (1: in this process) and return each one's result."""
+def run_processes(run_load, spec, processes: int) -> list[WorkerResult]:
+    """Run `run_load` (a module-level coroutine function: the workers import it) over `processes` spawned
+    workers (1: in this process), each with its share of `spec.concurrency`; each one's result, in order."""
     shares = split(spec.concurrency, processes)
     if len(shares) == 1:
-        return [run_share(spec)]
+        return [run_share(run_load, spec)]
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # no fork of a process that may hold threads
     barrier, queue = ctx.Barrier(len(shares)), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(i, dataclasses.replace(spec, concurrency=n), barrier, queue),
-                         name=f"vvtrt-loadtest-{i}", daemon=True) for i, n in enumerate(shares)]
+    procs = [ctx.Process(target=_worker, name=f"vvtrt-loadtest-{i}", daemon=True,
+                         args=(i, run_load, dataclasses.replace(spec, concurrency=n), barrier, queue))
+             for i, n in enumerate(shares)]
     for p in procs:
         p.start()
     wait_s = START_TIMEOUT_S + spec.duration_s + spec.timeout_s + 30
