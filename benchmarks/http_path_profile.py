@@ -8,7 +8,7 @@ time). A thread near one CPU second per wall second is what limits the server; t
 is the model's work.
 
     python benchmarks/http_path_profile.py WORKDIR OUT_DIR [--device cpu] [--concurrency 16] [--duration 20]
-        [--frames 40] [--max-streams 64] [--processes 2] [--backend torch]
+        [--frames 40] [--max-streams 64] [--processes 2] [--backend torch] [--no-cprofile]
 
 Writes OUT_DIR/http_path_profile.json (with the command, commit and device) and OUT_DIR/http_path_profile.txt
 (the cProfile table). Linux only (/proc).
@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--max-streams", type=int, default=64)
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--port", type=int, default=8131)
+    ap.add_argument("--no-cprofile", action="store_true",
+                    help="Thread CPU only (cProfile slows the event loop thread by a large factor).")
     args = ap.parse_args()
     import uvicorn
 
@@ -97,7 +99,8 @@ def main() -> None:
     loader = threading.Thread(target=run_load, args=(args, f"http://127.0.0.1:{args.port}", out_dir, result, server),
                               name="profile-loader", daemon=True)
     loader.start()
-    prof.enable()  # this thread runs uvicorn's event loop (start-up included: small next to the load)
+    if not args.no_cprofile:
+        prof.enable()  # this thread runs uvicorn's event loop (start-up included: small next to the load)
     server.run()
     prof.disable()
     loader.join()
@@ -105,8 +108,9 @@ def main() -> None:
         "loadtest_rc") == 0 else None
     cpu = {k: round(result["after"].get(k, 0.0) - result["before"].get(k, 0.0), 3) for k in result["after"]}
     text = io.StringIO()
-    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
-    report = {"command": " ".join(sys.argv), "environment": collect_environment(), "wall_s": result["wall_s"],
+    if not args.no_cprofile:
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
+    report = {"command": " ".join(sys.argv), "cprofile": not args.no_cprofile, "environment": collect_environment(), "wall_s": result["wall_s"],
               "frames": frames, "thread_cpu_s": cpu,
               "thread_cpu_s_per_wall_s": {k: round(v / result["wall_s"], 3) for k, v in cpu.items()},
               "thread_cpu_us_per_frame": {k: round(v / frames * 1e6, 1) for k, v in cpu.items()} if frames else None,
