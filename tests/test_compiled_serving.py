@@ -51,6 +51,7 @@ def test_compiled_engine_serves_as_the_eager_one_and_a_second_start_hits_its_cac
     cold = engine.startup
     assert cold["compile"]["shapes"] == "dynamic-batch" and cold["build_s"] > 0 and cold["total_s"] > 0
     assert cold["compile"]["cache"]["state"] == "miss" and cold["compile"]["cache"]["fx_graph_misses"] >= 1
+    assert cold["compile"]["cache"]["graphs"] == 1  # the connectors over a dynamic batch of 2
     cache = wd.root / "compile-cache"
     assert cold["compile"]["cache"]["dir"] == str(cache.resolve())
     assert any(p.is_file() for p in (cache / "fxgraph").rglob("*")), "no FX graph cache entries written"

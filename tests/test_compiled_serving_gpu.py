@@ -52,7 +52,11 @@ def test_compiled_engine_on_cuda_matches_eager_and_reuses_its_cache(tiny_workdir
     cold = cold_engine.startup
     print("cold start", cold)
     assert cold["compile"]["cache"]["state"] in ("miss", "partial")
-    assert len(cold_engine.plan.batch_buckets) == 5  # 1, 2, 4, 8, 16 streams: two batch graphs, not five
+    plan = cold_engine.plan
+    assert len(plan.batch_buckets) == 5  # 1, 2, 4, 8, 16 streams
+    # per component one graph for 1 stream and one for 2+ (lm_decode's 2 rows a stream: one), per KV bucket
+    # for lm_decode: not one per (batch, KV) bucket
+    assert cold["compile"]["cache"]["graphs"] <= 5 * 2 + len(plan.kv_buckets), cold
     torch._dynamo.reset()
     warm_engine = Engine.from_workdir(wd.root, compile=True, **SETTINGS)
     _serve(warm_engine)

@@ -98,4 +98,5 @@ def describe_cache(compile_info: dict | None) -> str:
     if not cache:
         return ""
     hits, misses = cache["fx_graph_hits"] + cache["aot_hits"], cache["fx_graph_misses"] + cache["aot_misses"]
-    return f"; compile cache {cache['state']} ({hits} hits, {misses} misses) in {cache['dir']}"
+    return (f"; {cache.get('graphs', 0)} graphs compiled, compile cache {cache['state']} ({hits} hits, {misses} "
+            f"misses) in {cache['dir']}")
