@@ -26,7 +26,7 @@ import torch
 
 from vvtrt.errors import VvtrtError
 from vvtrt.serving.api import SAMPLE_RATE, Cancelled, Chunk, EngineBusy, EngineNotReady, EngineStats, SlowReader
-from vvtrt.serving.handle import StreamHandle
+from vvtrt.serving.handle import StreamHandle, wake_all
 from vvtrt.serving.health import Health
 
 log = logging.getLogger(__name__)
@@ -284,11 +284,18 @@ class EngineCore:
 
     def _deliver(self, events) -> None:
         now = time.perf_counter()
+        wakes: list = []  # the readers to wake: once per event loop after the step's chunks, not per stream
+        try:
+            self._deliver_events(events, now, wakes)
+        finally:
+            wake_all(wakes)
+
+    def _deliver_events(self, events, now: float, wakes: list) -> None:
         for ev in events:
             h: StreamHandle = ev.tag
             if ev.audio is not None:
                 self._frames_total += 1
-                if not h.push(Chunk(ev.index, ev.audio, now)):  # held runs never get here: a safety net
+                if not h.push(Chunk(ev.index, ev.audio, now), wakes):  # held runs never get here: a safety net
                     self._forget(h)
                     self._end(h, "cancelled: slow reader", SlowReader(f"request {h.request_id}: buffer overflow"))
                     continue

@@ -44,8 +44,10 @@ class StreamHandle:
         self.held_since = 0.0
 
     # -- engine side ------------------------------------------------------------------------------
-    def push(self, chunk: Chunk) -> bool:
-        """Buffer one chunk; False if the buffer is full (the reader fell behind) or the request ended."""
+    def push(self, chunk: Chunk, wakes: list | None = None) -> bool:
+        """Buffer one chunk; False if the buffer is full (the reader fell behind) or the request ended. With
+        `wakes`, the waiting readers are added to it for one `wake_all` after a whole step's chunks, instead
+        of one cross-thread wake-up per stream."""
         with self._cond:
             if self._finished:
                 return True  # cancelled meanwhile: the engine frees the slot at the next boundary
@@ -60,7 +62,11 @@ class StreamHandle:
             s.frames += 1
             self._chunks.append(chunk)
             self._cond.notify_all()
-        self._wake()
+            if wakes is not None:
+                wakes.extend(self._waiters)
+                self._waiters = []
+        if wakes is None:
+            self._wake()
         return True
 
     def finish(self, stop_reason: str, error: VvtrtError | None = None) -> bool:
@@ -88,11 +94,7 @@ class StreamHandle:
     def _wake(self) -> None:
         with self._cond:
             waiters, self._waiters = self._waiters, []
-        for loop, event in waiters:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # that event loop is closed: its reader is gone
-                pass
+        wake_all(waiters)
 
     # -- reader side ------------------------------------------------------------------------------
     def _next_or_none(self) -> Chunk | None:
@@ -152,3 +154,20 @@ class StreamHandle:
             s = self._summary
             return RequestSummary(s.request_id, s.stop_reason, s.frames, s.prompt_tokens, s.submitted_t, s.started_t,
                                   s.first_chunk_t, s.finished_t, list(s.chunk_gaps_s))
+
+
+def wake_all(waiters) -> None:
+    """Set the asyncio events of `(loop, event)` waiters: one `call_soon_threadsafe` per event loop."""
+    by_loop: dict = {}
+    for loop, event in waiters:
+        by_loop.setdefault(loop, []).append(event)
+    for loop, events in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, events)
+        except RuntimeError:  # that event loop is closed: its readers are gone
+            pass
+
+
+def _set_all(events) -> None:
+    for event in events:
+        event.set()
