@@ -279,7 +279,7 @@ cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a c
       --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 256 --max-context 1024 \
       --out "$RUN/results/serving_1.5b_compiled"
 }
-gpusrv() { python3 -m pytest -q -rA -m gpu tests/test_serving_gpu.py -p no:cacheprovider; }
+gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py -p no:cacheprovider; }
 rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs), this commit and the baseline
   local base=${BASE:-$PWD/.baseline} tree
   for tree in new base; do

@@ -1,4 +1,5 @@
-"""`vvtrt loadtest`: N concurrent async clients against a running `vvtrt serve` for S seconds.
+"""`vvtrt loadtest`: N concurrent async clients against a running `vvtrt serve` for S seconds, spread over
+`processes` client processes (`vvtrt.server.loadtest_procs`: their records merged, the client's CPU reported).
 
 Each client sends one streaming request after another (HTTP `stream: true` raw PCM, or WS one-shot) until
 the duration is over, then finishes the one it is on. A frame is one model frame of audio (6400 bytes of
