@@ -106,13 +106,33 @@ class TorchRunner(RunnerBase):
         super().__init__(spec, precision, device)
         self.module = spec.make_module(model, steps).eval()
         self.mode = compile if isinstance(compile, str) else None
-        # kernels for the compiled CUDA path, never exported: FlexAttention decoding in lm_decode, dense
-        # convolutions as GEMMs in the streaming steps (see LMDecode / AcousticDecoderStep). If they fail
-        # to compile, the first call falls back to the exported path's ops (logged).
+        # kernels for the compiled CUDA path, never exported: the gemm decode attention in lm_decode, the
+        # channels-last streaming conv steps (see LMDecode / conv_stream._FastSwitch; the conv steps check
+        # themselves against the exported ops first). If they fail to compile, the first call falls back to
+        # the exported path's ops (logged).
         self.fast_pending = bool(compile) and self.device.type == "cuda" and hasattr(self.module, "fast")
         if hasattr(self.module, "fast"):
             self.module.fast = self.fast_pending
+        if self.module_fast() and hasattr(self.module, "fast_error"):
+            self._check_fast()
         self.call = self._compiled() if compile else self.module
+
+    def module_fast(self) -> bool:
+        return bool(getattr(self.module, "fast", False))
+
+    def _check_fast(self) -> None:
+        """A component whose fast path can check itself (the streaming conv steps: `fast_error`) runs it
+        against the exported ops once, eagerly, before compiling it; beyond the component's tolerance it
+        stays off (logged) and the exported ops are compiled."""
+        tol = min(self.spec.tol(t.name, self.precision) for t in self.spec.outputs)
+        err = self.module.fast_error()
+        if err <= tol:
+            log.info("%s: fast path within %.2g of the exported ops (bound %.2g)", self.spec.name, err, tol)
+            return
+        log.warning("%s: the fast path differs from the exported ops by %.3g (rel-L2, bound %.3g); running the "
+                    "exported path's ops", self.spec.name, err, tol)
+        self.module.fast = False
+        self.fast_pending = False
 
     def _compiled(self):
         # Inductor fuses the many small elementwise ops (RMSNorm upcasts, RoPE, adaLN modulation,
