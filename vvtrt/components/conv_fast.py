@@ -12,6 +12,8 @@ output, so:
   `[B*T_out, C_in*K]` (unfold: a view of the window) with the weight as it is (`[C_out, C_in*K]`), bias in the
   GEMM; a conv much narrower out than in (the decoder's 1-channel head) multiplies first and sums the `K`
   shifted products instead (`[B*T, K*C_out]`, not a `K*C_in`-wide im2col);
+- on CUDA in bf16/fp16, a block of 32 ... 256 channels runs its feed-forward half (norm, GEMM, GELU, GEMM,
+  layer scale, residual) as one Triton kernel (`conv_triton`): the 4C-wide hidden rows never reach memory;
 - a transposed conv (stride r, kernel 2r) is one GEMM of the pairs `[x[j-1], x[j]]` with the weight laid out
   once as `[r*C_out, C_in*2]`: its output rows are already the `r` output samples of each input sample, so
   no overlap-add and no permute.
@@ -34,6 +36,8 @@ from transformers.models.vibevoice_acoustic_tokenizer.modeling_vibevoice_acousti
     VibeVoiceAcousticTokenizerCausalConvTranspose1d as CausalConvT1d,
     VibeVoiceAcousticTokenizerConvNext1dLayer as ConvNextLayer,
 )
+
+from vvtrt.components import conv_triton
 
 CONV_KERNELS = ("channels-last", "exported")
 
@@ -113,6 +117,10 @@ class _BlockStep(nn.Module):
             raise NotImplementedError(f"{block.mixer.cache_key}: only stride-1 depthwise mixers have a fused step")
         (self.k,), (self.dil,) = conv.kernel_size, conv.dilation
         self.register_buffer("w_dw", conv.weight.detach()[:, 0, :].t().contiguous(), persistent=False)  # [K, C]
+        self.fused_ffn = None
+        if conv_triton.usable(block):
+            self.fused_ffn = conv_triton.FusedFFN(block)
+        self.use_fused = self.fused_ffn is not None
 
     def forward(self, x, s):
         blk = self.block
@@ -125,7 +133,10 @@ class _BlockStep(nn.Module):
         bias = blk.mixer.conv.bias
         y = (y + bias.float()).to(x.dtype) if bias is not None else y.to(x.dtype)
         x = x + y * blk.gamma
-        x = x + blk.ffn(blk.ffn_norm(x)) * blk.ffn_gamma
+        if self.use_fused:
+            x = self.fused_ffn(x)
+        else:
+            x = x + blk.ffn(blk.ffn_norm(x)) * blk.ffn_gamma
         return x, xin[:, xin.shape[1] - s.shape[1]:]
 
 
@@ -147,6 +158,19 @@ class ChannelsLastTokenizer(nn.Module):
         super().__init__()
         self.layout = list(layout)
         self.steps = nn.ModuleList(_fast_op(op) for op in ops)
+
+    def fused_ffn_blocks(self) -> int:
+        """How many blocks run their feed-forward through the Triton kernel (`conv_triton`)."""
+        return sum(1 for s in self.steps if isinstance(s, _BlockStep) and s.use_fused)
+
+    def drop_fused_ffn(self, drop: bool = True) -> bool:
+        """Turn the Triton feed-forward off (the torch ops run instead; `drop=False`: back on where it was
+        built); whether any block ran it before."""
+        on = self.fused_ffn_blocks() > 0
+        for s in self.steps:
+            if isinstance(s, _BlockStep):
+                s.use_fused = not drop and s.fused_ffn is not None
+        return on
 
     def forward(self, x, state):
         b = x.shape[0]

@@ -130,6 +130,10 @@ class _FastSwitch(nn.Module):
             self.fast_stream = ChannelsLastTokenizer(_ops(tok), self.stream.layout)
         self._fast = on
 
+    def fast_fallback(self) -> bool:
+        """Drop the fast path's optional Triton kernels (the torch ops run instead); False if none was on."""
+        return self.fast_stream is not None and self.fast_stream.drop_fused_ffn()
+
     @torch.inference_mode()
     def fast_error(self, batch: int = 2, frames: int = 3) -> float:
         """The largest relative-L2 gap between the fast path and the exported ops (output or state) over

@@ -120,12 +120,25 @@ class TorchRunner(RunnerBase):
     def module_fast(self) -> bool:
         return bool(getattr(self.module, "fast", False))
 
+    def _fast_error(self) -> float:
+        try:
+            return self.module.fast_error()
+        except Exception as exc:  # noqa: BLE001 - a kernel that does not build is a failed check
+            log.warning("%s: the fast path's self-check failed (%s: %s)", self.spec.name, type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "")
+            return float("inf")
+
     def _check_fast(self) -> None:
         """A component whose fast path can check itself (the streaming conv steps: `fast_error`) runs it
-        against the exported ops once, eagerly, before compiling it; beyond the component's tolerance it
-        stays off (logged) and the exported ops are compiled."""
+        against the exported ops once, eagerly, before compiling it. Beyond the component's tolerance its
+        optional kernels go first (`fast_fallback`: the Triton feed-forward), then the whole fast path
+        (logged); the exported ops are compiled instead."""
         tol = min(self.spec.tol(t.name, self.precision) for t in self.spec.outputs)
-        err = self.module.fast_error()
+        err = self._fast_error()
+        while not err <= tol and self.module.fast_fallback():
+            log.warning("%s: fast path off by %.3g (rel-L2, bound %.3g) with its Triton kernels: running it "
+                        "without them", self.spec.name, err, tol)
+            err = self._fast_error()
         if err <= tol:
             log.info("%s: fast path within %.2g of the exported ops (bound %.2g)", self.spec.name, err, tol)
             return
@@ -147,13 +160,26 @@ class TorchRunner(RunnerBase):
         try:
             res = self.call(*args)
         except Exception as exc:  # noqa: BLE001 - inductor raises many types; the plain path still works
-            log.warning("%s: the compiled fast path failed (%s: %s); compiling the exported path's ops instead",
-                        self.spec.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            self.module.fast = False
-            self.call = self._compiled()
-            res = self.call(*args)
+            res = self._run_after_failure(args, exc)
         self.fast_pending = False
         return res
+
+    def _run_after_failure(self, args, exc):
+        """The compiled fast path failed: without its optional kernels if it has any, else the exported ops."""
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if getattr(self.module, "fast_fallback", lambda: False)():
+            log.warning("%s: the compiled fast path failed (%s); compiling it without its Triton kernels",
+                        self.spec.name, why)
+            self.call = self._compiled()
+            try:
+                return self.call(*args)
+            except Exception as again:  # noqa: BLE001
+                why = f"{type(again).__name__}: {str(again).splitlines()[0] if str(again) else ''}"
+        log.warning("%s: the compiled fast path failed (%s); compiling the exported path's ops instead",
+                    self.spec.name, why)
+        self.module.fast = False
+        self.call = self._compiled()
+        return self.call(*args)
 
     @torch.inference_mode()
     def infer(self, feed, out=None):
