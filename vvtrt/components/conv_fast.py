@@ -10,8 +10,8 @@ output, so:
   torch.compile fuses with the norm, its bias, the layer scale and the residual;
 - a dense causal conv (stem, strided down-sampling, head) is one GEMM of the im2col rows
   `[B*T_out, C_in*K]` (unfold: a view of the window) with the weight as it is (`[C_out, C_in*K]`), bias in the
-  GEMM; a conv much narrower out than in (the decoder's 1-channel head) multiplies first and sums the `K`
-  shifted products instead (`[B*T, K*C_out]`, not a `K*C_in`-wide im2col);
+  GEMM; a conv much narrower out than in multiplies first and sums the `K` shifted products instead; the
+  1-channel ends (the decoder's head, the encoder's stem) are fused multiply-adds, not GEMMs (`_DenseStep`);
 - on CUDA in bf16/fp16, a block of 32 ... 256 channels runs its feed-forward half (norm, GEMM, GELU, GEMM,
   layer scale, residual) as one Triton kernel (`conv_triton`): the 4C-wide hidden rows never reach memory;
 - a transposed conv (stride r, kernel 2r) is one GEMM of the pairs `[x[j-1], x[j]]` with the weight laid out
@@ -52,7 +52,11 @@ def conv_kernel() -> str:
 
 
 class _DenseStep(nn.Module):
-    """A dense causal Conv1d over `cat(state, x)` (`[B, P+T, C_in]`) -> `[B, T_out, C_out]`."""
+    """A dense causal Conv1d over `cat(state, x)` (`[B, P+T, C_in]`) -> `[B, T_out, C_out]`, one of:
+    "reduce" (C_out = 1: the window times the weight, summed: one fused reduction), "pointwise" (C_in*K <= 16,
+    the encoder's 1-channel stem: C_in*K fused multiply-adds instead of a GEMM of inner size 7), "shifted"
+    (stride 1, C_out*K < C_in: one GEMM to `[.., K*C_out]`, then the K shifted products summed) or "im2col"
+    (one GEMM of the unfolded window rows with the weight as it is)."""
 
     def __init__(self, op: CausalConv1d):
         super().__init__()
@@ -61,24 +65,45 @@ class _DenseStep(nn.Module):
             raise NotImplementedError(f"{op.cache_key}: only plain dense convolutions have a GEMM step")
         self.conv = c
         (self.k,), (self.stride,) = c.kernel_size, c.stride
-        # "shifted products" when the output is much narrower than the input (the decoder's 1-channel head)
-        self.shifted = self.stride == 1 and c.out_channels * self.k < c.in_channels
-        if self.shifted:  # [(k, co), ci]
-            w = c.weight.detach().permute(2, 0, 1).reshape(self.k * c.out_channels, c.in_channels)
-            self.register_buffer("w_shift", w.contiguous(), persistent=False)
+        c_in, c_out = c.in_channels, c.out_channels
+        w = c.weight.detach()
+        if c_out == 1:
+            self.mode = "reduce"
+            self.register_buffer("w_r", w[0], persistent=False)  # [C_in, K], as the unfolded window
+        elif c_in * self.k <= 16:
+            self.mode = "pointwise"
+            self.register_buffer("w_r", w.reshape(c_out, c_in * self.k).t().contiguous(), persistent=False)
+        elif self.stride == 1 and c_out * self.k < c_in:
+            self.mode = "shifted"  # [(k, co), ci]
+            self.register_buffer("w_r", w.permute(2, 0, 1).reshape(self.k * c_out, c_in).contiguous(),
+                                 persistent=False)
+        else:
+            self.mode = "im2col"
+
+    def _bias(self, y, dtype):
+        b = self.conv.bias
+        return (y + b.float()).to(dtype) if b is not None else y.to(dtype)
 
     def forward(self, xin):
         b = xin.shape[0]
         c = self.conv
-        if self.shifted:
+        if self.mode == "shifted":
             t = xin.shape[1] - self.k + 1
-            z = F.linear(xin, self.w_shift).view(b, xin.shape[1], self.k, c.out_channels).float()
+            z = F.linear(xin, self.w_r).view(b, xin.shape[1], self.k, c.out_channels).float()
             y = z[:, 0:t, 0]
             for i in range(1, self.k):
                 y = y + z[:, i:i + t, i]
-            return (y + c.bias.float()).to(xin.dtype) if c.bias is not None else y.to(xin.dtype)
+            return self._bias(y, xin.dtype)
         cols = xin.unfold(1, self.k, self.stride)  # [B, T_out, C_in, K]: (ci, k) as the weight's rows
+        if self.mode == "reduce":
+            return self._bias((cols.float() * self.w_r.float()).sum((-1, -2)).unsqueeze(-1), xin.dtype)
         cols = cols.reshape(b, cols.shape[1], c.in_channels * self.k)
+        if self.mode == "pointwise":
+            w = self.w_r.float()
+            y = cols[..., 0:1].float() * w[0]
+            for j in range(1, w.shape[0]):
+                y = y + cols[..., j:j + 1].float() * w[j]
+            return self._bias(y, xin.dtype)
         return F.linear(cols, c.weight.view(c.out_channels, c.in_channels * self.k), c.bias)
 
 
