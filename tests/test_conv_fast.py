@@ -161,7 +161,7 @@ def test_compiled_fast_steps_on_cuda_match_the_exported_steps(tiny_workdir, name
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("channels", [32, 64, 128, 256])
+@pytest.mark.parametrize("channels", [32, 64, 128])
 def test_triton_ffn_matches_the_modules(channels):
     """The Triton feed-forward (`conv_triton.FusedFFN`) against the block's own modules, bf16, on a row count
     that is no multiple of the kernel's row tile."""

@@ -12,7 +12,7 @@ output, so:
   `[B*T_out, C_in*K]` (unfold: a view of the window) with the weight as it is (`[C_out, C_in*K]`), bias in the
   GEMM; a conv much narrower out than in multiplies first and sums the `K` shifted products instead; the
   1-channel ends (the decoder's head, the encoder's stem) are fused multiply-adds, not GEMMs (`_DenseStep`);
-- on CUDA in bf16/fp16, a block of 32 ... 256 channels runs its feed-forward half (norm, GEMM, GELU, GEMM,
+- on CUDA in bf16/fp16, a block of 32 ... 128 channels runs its feed-forward half (norm, GEMM, GELU, GEMM,
   layer scale, residual) as one Triton kernel (`conv_triton`): the 4C-wide hidden rows never reach memory;
 - a transposed conv (stride r, kernel 2r) is one GEMM of the pairs `[x[j-1], x[j]]` with the weight laid out
   once as `[r*C_out, C_in*2]`: its output rows are already the `r` output samples of each input sample, so

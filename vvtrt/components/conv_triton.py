@@ -2,9 +2,9 @@
 
 `x + ffn_gamma * linear2(gelu(linear1(rmsnorm(x))))` over rows `x [M, C]`: each program loads `BM` rows once,
 normalises them, and walks the `4C` hidden units in chunks of `BH` (GEMM, bias, GELU, GEMM accumulated in
-fp32), so the `[M, 4C]` hidden activations never reach memory. In the tokenizers' late stages (C = 32 ... 256
-over 200 ... 3200 samples a frame) that tensor is most of a step's memory traffic: at 256 streams and C = 32 it
-is 210 MB per block written once and read twice by the GEMM / GELU / GEMM sequence.
+fp32), so the `[M, 4C]` hidden activations never reach memory. In the tokenizers' late stages (C = 32 ... 128
+over 800 ... 3200 samples a frame) that tensor is most of a step's memory traffic: at 256 streams and C = 32 it
+is 210 MB per block, written twice and read twice by the GEMM / GELU / GEMM sequence.
 
 It rounds where the modules round (the norm's output, linear1's output, GELU's output, linear2's output,
 the layer scale product and the residual sum, each to the activation dtype), accumulates in fp32, and is
@@ -19,7 +19,9 @@ import os
 import torch
 
 FFN_KERNELS = ("triton", "torch")
-MAX_CHANNELS = 256  # wider blocks run few samples a frame: plain GEMMs, the hidden tensor is small
+# Wider blocks run few samples a frame (the hidden tensor is small) and would read their weights from L2
+# more often than the hidden rows cost in HBM (see _launch_config): plain GEMMs there.
+MAX_CHANNELS = 128
 
 
 def ffn_kernel() -> str:
@@ -45,7 +47,7 @@ def triton_available() -> bool:
 
 def usable(block) -> bool:
     """Whether a ConvNeXt block (weights as loaded) can use the kernel: CUDA, bf16/fp16, exact GELU, C a power
-    of two in 32..256, 4C a multiple of 64, Triton importable, VVTRT_CONV_FFN not "torch"."""
+    of two in 32..128, 4C a multiple of 64, Triton importable, VVTRT_CONV_FFN not "torch"."""
     ffn = block.ffn
     w = ffn.linear1.weight
     c, h = ffn.linear1.in_features, ffn.linear1.out_features
@@ -87,12 +89,10 @@ def _kernel():
 
 
 def _launch_config(channels: int) -> tuple[int, int, int]:
-    """(rows per program, hidden chunk, warps): the fp32 accumulator [BM, C] stays in registers."""
-    if channels <= 64:
-        return 64, 64, 4
-    if channels <= 128:
-        return 64, 64, 8
-    return 32, 64, 8
+    """(rows per program, hidden chunk, warps). Every program reads both weights (16*C^2 bytes, from L2)
+    for its BM rows and saves ~32*C bytes of HBM traffic per row, so BM must be well above C/7; the fp32
+    accumulator [BM, C] stays in registers (<= 64 a thread)."""
+    return 128, 64, (4 if channels <= 64 else 8)
 
 
 class FusedFFN(torch.nn.Module):
