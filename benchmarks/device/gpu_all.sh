@@ -267,10 +267,14 @@ rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs
   done
 }
 convb() {  # the streaming conv steps alone: exported ops vs the channels-last fast path, compiled + CUDA graphs,
-  # bf16, batches 1..512 (1.5B decoder + semantic encoder, Realtime-0.5B decoder); then their GPU tests
+  # bf16, batches 1..512 (1.5B decoder + semantic encoder, Realtime-0.5B decoder: the 1.5B decoder's shapes,
+  # so its compiles mostly hit inductor's cache); the channels-last path without the Triton feed-forward at
+  # 256 (what the kernel itself buys); then the GPU tests of the fast path
   local rc=0
-  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_1.5b.json" --configs 1.5b || rc=1
-  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_rt.json" --configs realtime-0.5b || rc=1
+  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_1.5b.json" --configs 1.5b --paths exported,fast || rc=1
+  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_rt.json" --configs realtime-0.5b --paths exported,fast || rc=1
+  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_torchffn.json" --configs 1.5b --batches 256 \
+      --paths fast-torch || rc=1
   python3 -m pytest -q -rA -m gpu tests/test_conv_fast.py tests/test_gpu.py -k "conv" -p no:cacheprovider || rc=1
   return $rc
 }
