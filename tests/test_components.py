@@ -115,10 +115,10 @@ def test_schedule_matches_shared_doc_table():
     assert abs(k10[1].a - 0.963493) < 1e-5 and abs(-k10[1].b - 0.15712) < 1e-5
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["conv", "matmul-conv"])
+@pytest.mark.parametrize("fast", [False, True], ids=["conv", "channels-last"])
 def test_streaming_steps_match_transformers_cache(tiny_model, tiny_info, fast):
     """>= 16 consecutive frames of the explicit-state steps vs transformers' lazy padding caches, with
-    cuDNN-style Conv1d and with the dense convolutions as GEMMs (the compiled CUDA path)."""
+    cuDNN-style Conv1d and channels-last (`conv_fast`: the compiled CUDA path)."""
     m = tiny_model.model
     dec, sem = AcousticDecoderStep(tiny_model), SemanticEncoderStep(tiny_model)
     dec.fast = sem.fast = fast

@@ -142,8 +142,9 @@ def test_compiled_flex_decode_matches_sdpa(tiny_workdir):
 
 
 def test_compiled_matmul_convs_match_cudnn(tiny_workdir):
-    """The streaming steps as the compiled CUDA runner runs them (dense convolutions as GEMMs) against the
-    eager cuDNN convolutions, bf16, over 8 consecutive frames."""
+    """The streaming steps as the compiled CUDA runner runs them (channels-last: im2col GEMMs, fused depthwise
+    convs; `vvtrt.components.conv_fast`) against the eager cuDNN convolutions, bf16, over 8 consecutive
+    frames, within the components' bf16 bounds."""
     from vvtrt.components.conv_stream import AcousticDecoderStep, SemanticEncoderStep
     from vvtrt.model.resolve import load_model
 
@@ -162,5 +163,5 @@ def test_compiled_matmul_convs_match_cudnn(tiny_workdir):
             rsem, rs[1] = ref_sem(ra, rs[1])
             fa, fs[0] = dec(z[f], fs[0])
             fsem, fs[1] = sem(ra, fs[1])  # same input as the reference: errors do not compound
-            assert error_stats(fa.float(), ra.float()).rel_l2 < 2e-2
+            assert error_stats(fa.float(), ra.float()).rel_l2 < 3e-2  # acoustic_decoder_step's bf16 bound
             assert error_stats(fsem.float(), rsem.float()).rel_l2 < 2e-2

@@ -289,7 +289,19 @@ rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs
         --batches 1 --engine-streams 256,512)
   done
 }
-STAGE_NAMES=" cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+convb() {  # the streaming conv steps alone: exported ops vs the channels-last fast path, compiled + CUDA graphs,
+  # bf16, batches 1..512 (1.5B decoder + semantic encoder, Realtime-0.5B decoder: the 1.5B decoder's shapes,
+  # so its compiles mostly hit inductor's cache); the channels-last path without the Triton feed-forward at
+  # 256 (what the kernel itself buys); then the GPU tests of the fast path
+  local rc=0
+  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_1.5b.json" --configs 1.5b --paths exported,fast || rc=1
+  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_rt.json" --configs realtime-0.5b --paths exported,fast || rc=1
+  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_torchffn.json" --configs 1.5b --batches 256 \
+      --paths fast-torch || rc=1
+  python3 -m pytest -q -rA -m gpu tests/test_conv_fast.py tests/test_gpu.py -k "conv" -p no:cacheprovider || rc=1
+  return $rc
+}
+STAGE_NAMES=" convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

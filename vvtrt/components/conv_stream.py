@@ -39,27 +39,9 @@ def state_layout(tokenizer) -> list[tuple[str, int, int]]:
     return [_state_shape(op) for op in _ops(tokenizer)]
 
 
-def _conv_step(conv: CausalConv1d, x, state, fast: bool = False):
+def _conv_step(conv: CausalConv1d, x, state):
     xin = torch.cat([state, x], dim=-1)
-    c = conv.conv
-    y = _conv_as_matmul(c, xin) if fast and c.groups == 1 and c.padding == (0,) else c(xin)
-    return y, xin[..., xin.shape[-1] - conv.left_pad:]
-
-
-def _conv_as_matmul(conv: nn.Conv1d, x):
-    """A dense Conv1d over a few output samples as im2col + one GEMM. On the GPU cuDNN converts layouts
-    (NCHW <-> NHWC) around each of these small convolutions, which costs more than the convolution itself;
-    the GEMM reads the weight once (torch runtime only; the exported graphs keep their Conv nodes)."""
-    (k,), (st,), (dil,) = conv.kernel_size, conv.stride, conv.dilation
-    b, c_in, t = x.shape
-    t_out = (t - dil * (k - 1) - 1) // st + 1
-    span = (t_out - 1) * st + 1
-    cols = torch.stack([x[..., i * dil:i * dil + span:st] for i in range(k)], dim=-1)  # [B, C, T_out, k]
-    cols = cols.permute(0, 2, 1, 3).reshape(b, t_out, c_in * k)
-    y = torch.matmul(cols, conv.weight.reshape(conv.out_channels, c_in * k).t())
-    if conv.bias is not None:
-        y = y + conv.bias
-    return y.transpose(1, 2)  # [B, C_out, T_out]
+    return conv.conv(xin), xin[..., xin.shape[-1] - conv.left_pad:]
 
 
 def _convtr_step(conv: CausalConvT1d, x, state):
@@ -104,7 +86,7 @@ class _StreamingTokenizer(nn.Module):
         self.layout = state_layout(tokenizer)
         self.state_size = sum(c * p for _, c, p in self.layout)
 
-    def run(self, x, state, fast: bool = False):
+    def run(self, x, state):
         ops = _ops(self.tokenizer)
         b = x.shape[0]
         new_states = []
@@ -117,43 +99,106 @@ class _StreamingTokenizer(nn.Module):
             elif isinstance(op, CausalConvT1d):
                 x, ns = _convtr_step(op, x, s)
             else:
-                x, ns = _conv_step(op, x, s, fast)
+                x, ns = _conv_step(op, x, s)
             new_states.append(ns.reshape(b, c * p))
         return x, _cat_capturable(new_states)
 
 
-class AcousticDecoderStep(nn.Module):
+class _FastSwitch(nn.Module):
+    """`fast = True` (set by the torch runner when it compiles for CUDA; never exported) runs the step
+    channels-last (`vvtrt.components.conv_fast`: im2col GEMMs, depthwise convs as fused multiply-adds),
+    built once from the weights as they are when it is switched on; the flat state keeps its layout.
+    VVTRT_CONV_KERNEL=exported keeps the exported ops instead."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.stream = _StreamingTokenizer(tokenizer)
+        self.fast_stream = None
+        self._fast = False
+
+    @property
+    def fast(self) -> bool:
+        return self._fast
+
+    @fast.setter
+    def fast(self, on: bool) -> None:
+        from vvtrt.components.conv_fast import ChannelsLastTokenizer, conv_kernel
+
+        on = bool(on) and conv_kernel() == "channels-last"
+        if on and self.fast_stream is None:
+            tok = self.stream.tokenizer
+            self.fast_stream = ChannelsLastTokenizer(_ops(tok), self.stream.layout)
+        self._fast = on
+
+    def fast_fallback(self) -> bool:
+        """Drop the fast path's optional Triton kernels (the torch ops run instead); False if none was on."""
+        return self.fast_stream is not None and self.fast_stream.drop_fused_ffn()
+
+    @torch.inference_mode()
+    def fast_error(self, batch: int = 2, frames: int = 3) -> float:
+        """The largest relative-L2 gap between the fast path and the exported ops (output or state) over
+        `frames` streamed frames of random inputs, each path carrying its own state: the torch runner's
+        self-check before it compiles the fast path (on the device and in the dtype of the weights)."""
+        p = next(self.parameters())
+        gen = torch.Generator().manual_seed(0)
+        x, state = self.sample_inputs(batch, p.device, p.dtype, gen)
+        was, worst = self._fast, 0.0
+        s_ref = s_fast = state
+        try:
+            for _ in range(frames):
+                x = torch.randn(x.shape, generator=gen).to(x)
+                self.fast = False
+                y_ref, s_ref = self(x, s_ref)
+                self.fast = True
+                y_fast, s_fast = self(x, s_fast)
+                for a, b in ((y_fast, y_ref), (s_fast, s_ref)):
+                    ref = b.float().norm()
+                    gap = float((a.float() - b.float()).norm() / ref) if ref > 0 else float(a.float().norm())
+                    worst = max(worst, gap if gap == gap else float("inf"))
+        finally:
+            self.fast = was
+        return worst
+
+    def sample_inputs(self, batch: int, device, dtype, gen=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random `(input, state)` of this step's shapes (the fast path's self-check)."""
+        shape = (batch, 1, self.input_width)
+        x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+        state = (torch.randn((batch, self.stream.state_size), generator=gen) * 0.5).to(device=device, dtype=dtype)
+        return x, state
+
+
+class AcousticDecoderStep(_FastSwitch):
     """`latent [B, 1, 64]` (diffusion output, LLM latent space), `state [B, Nd]` ->
     `audio [B, 1, 3200]`, `state_out [B, Nd]`. Applies ``z / scale - bias`` first, as transformers does.
-
-    `fast = True` (set by the torch runner when it compiles for CUDA; never exported) runs the dense
-    convolutions as GEMMs (`_conv_as_matmul`)."""
-
-    fast = False
+    `fast`: see `_FastSwitch`."""
 
     def __init__(self, model):
-        super().__init__()
-        self.stream = _StreamingTokenizer(model.model.audio_tower.decoder)
+        super().__init__(model.model.audio_tower.decoder)
         self.scale = model.model.latent_scaling_factor
         self.bias = model.model.latent_bias_factor
+        self.input_width = self.stream.tokenizer.stem.conv.in_channels
 
     def forward(self, latent, state):
         z = latent / self.scale - self.bias
-        return self.stream.run(z.permute(0, 2, 1), state, self.fast)
+        if self._fast:  # [B, 1, Z] is already channels-last; the 1-channel audio [B, T, 1] is [B, 1, T]
+            audio, new_state = self.fast_stream(z, state)
+            return audio.transpose(1, 2), new_state
+        return self.stream.run(z.permute(0, 2, 1), state)
 
 
-class SemanticEncoderStep(nn.Module):
+class SemanticEncoderStep(_FastSwitch):
     """`audio [B, 1, 3200]`, `state [B, Ns]` -> `semantic [B, 1, Dsem]`, `state_out [B, Ns]`.
-    `fast`: as `AcousticDecoderStep`'s."""
-
-    fast = False
+    `fast`: see `_FastSwitch`."""
 
     def __init__(self, model):
-        super().__init__()
-        self.stream = _StreamingTokenizer(model.model.semantic_tokenizer_encoder)
+        super().__init__(model.model.semantic_tokenizer_encoder)
+        ratios = self.stream.tokenizer.config.downsampling_ratios
+        self.input_width = int(torch.tensor(list(ratios)).prod())
 
     def forward(self, audio, state):
-        h, new_state = self.stream.run(audio, state, self.fast)
+        if self._fast:  # [B, 1, T] mono audio is [B, T, 1] channels-last; the output [B, 1, Dsem] already is
+            return self.fast_stream(audio.transpose(1, 2), state)
+        h, new_state = self.stream.run(audio, state)
         return h.permute(0, 2, 1), new_state
 
 

@@ -113,13 +113,46 @@ class TorchRunner(RunnerBase):
         self.compiled = bool(compile)
         self._dynamic = tuple((t.name, i) for t in spec.inputs for i, d in enumerate(t.shape)
                               if isinstance(d, str) and d in dynamic_axes) if compile else ()
-        # kernels for the compiled CUDA path, never exported: FlexAttention decoding in lm_decode, dense
-        # convolutions as GEMMs in the streaming steps (see LMDecode / AcousticDecoderStep). If they fail
-        # to compile, the first call falls back to the exported path's ops (logged).
+        # kernels for the compiled CUDA path, never exported: the gemm decode attention in lm_decode, the
+        # channels-last streaming conv steps (see LMDecode / conv_stream._FastSwitch; the conv steps check
+        # themselves against the exported ops first). If they fail to compile, the first call falls back to
+        # the exported path's ops (logged).
         self.fast_pending = bool(compile) and self.device.type == "cuda" and hasattr(self.module, "fast")
         if hasattr(self.module, "fast"):
             self.module.fast = self.fast_pending
+        if self.module_fast() and hasattr(self.module, "fast_error"):
+            self._check_fast()
         self.call = self._compiled() if compile else self.module
+
+    def module_fast(self) -> bool:
+        return bool(getattr(self.module, "fast", False))
+
+    def _fast_error(self) -> float:
+        try:
+            return self.module.fast_error()
+        except Exception as exc:  # noqa: BLE001 - a kernel that does not build is a failed check
+            log.warning("%s: the fast path's self-check failed (%s: %s)", self.spec.name, type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "")
+            return float("inf")
+
+    def _check_fast(self) -> None:
+        """A component whose fast path can check itself (the streaming conv steps: `fast_error`) runs it
+        against the exported ops once, eagerly, before compiling it. Beyond the component's tolerance its
+        optional kernels go first (`fast_fallback`: the Triton feed-forward), then the whole fast path
+        (logged); the exported ops are compiled instead."""
+        tol = min(self.spec.tol(t.name, self.precision) for t in self.spec.outputs)
+        err = self._fast_error()
+        while not err <= tol and self.module.fast_fallback():
+            log.warning("%s: fast path off by %.3g (rel-L2, bound %.3g) with its Triton kernels: running it "
+                        "without them", self.spec.name, err, tol)
+            err = self._fast_error()
+        if err <= tol:
+            log.info("%s: fast path within %.2g of the exported ops (bound %.2g)", self.spec.name, err, tol)
+            return
+        log.warning("%s: the fast path differs from the exported ops by %.3g (rel-L2, bound %.3g); running the "
+                    "exported path's ops", self.spec.name, err, tol)
+        self.module.fast = False
+        self.fast_pending = False
 
     def _compiled(self):
         # Inductor fuses the many small elementwise ops (RMSNorm upcasts, RoPE, adaLN modulation,
@@ -134,11 +167,7 @@ class TorchRunner(RunnerBase):
         try:
             res = self.call(*args)
         except Exception as exc:  # noqa: BLE001 - inductor raises many types; the plain path still works
-            log.warning("%s: the compiled fast path failed (%s: %s); compiling the exported path's ops instead",
-                        self.spec.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            self.module.fast = False
-            self.call = self._compiled()
-            res = self.call(*args)
+            res = self._run_after_failure(args, exc)
         self.fast_pending = False
         return res
 
@@ -149,6 +178,23 @@ class TorchRunner(RunnerBase):
             x = feed[name]
             if x.shape[dim] >= 2:  # dynamo specialises sizes 0 and 1 anyway
                 maybe_mark_dynamic(x, dim)
+
+    def _run_after_failure(self, args, exc):
+        """The compiled fast path failed: without its optional kernels if it has any, else the exported ops."""
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if getattr(self.module, "fast_fallback", lambda: False)():
+            log.warning("%s: the compiled fast path failed (%s); compiling it without its Triton kernels",
+                        self.spec.name, why)
+            self.call = self._compiled()
+            try:
+                return self.call(*args)
+            except Exception as again:  # noqa: BLE001
+                why = f"{type(again).__name__}: {str(again).splitlines()[0] if str(again) else ''}"
+        log.warning("%s: the compiled fast path failed (%s); compiling the exported path's ops instead",
+                    self.spec.name, why)
+        self.module.fast = False
+        self.call = self._compiled()
+        return self.call(*args)
 
     @torch.inference_mode()
     def infer(self, feed, out=None):
