@@ -32,6 +32,8 @@ def summarize(spec, results: list, wall_s: float) -> dict:
     gaps = [g for r in ok for g in r.gaps_s]
     rtfs = [r.rtf for r in ok if r.rtf is not None]
     errors = collections.Counter(r.error for r in results if not r.ok)
+    # a fleet's front answers refusals itself ("front"): the spread is over the replicas that ran requests
+    replicas = collections.Counter(r.replica for r in results if r.replica and r.replica != "front")
     audio_s = sum(r.audio_s for r in ok)
     return {
         "spec": spec_dict(spec), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
@@ -46,6 +48,7 @@ def summarize(spec, results: list, wall_s: float) -> dict:
         "streams_in_real_time": sum(1 for x in rtfs if x < 1.0),
         "holds_real_time": bool(ok) and not errors and all(x < 1.0 for x in rtfs),
         "frame_s": FRAME_S,
+        "requests_per_replica": dict(sorted(replicas.items())),
         # of the client's machine and checkout (the server's when both run on one machine, as in the device runs)
         "environment": _environment(),
     }
@@ -85,4 +88,7 @@ def render_markdown(rep: dict) -> str:
         f"| per-stream RTF | {_fmt(rep['rtf']['p50'])} | {_fmt(rep['rtf']['p90'])} | {_fmt(rep['rtf']['max'])} |",
         "", "Errors by kind: " + (", ".join(f"{k}: {v}" for k, v in sorted(rep["errors"].items())) or "none"),
     ]
+    spread = rep.get("requests_per_replica")
+    if spread:
+        lines.append("Requests per replica: " + ", ".join(f"{k}: {v}" for k, v in spread.items()))
     return "\n".join(lines) + "\n"

@@ -1,0 +1,163 @@
+"""`vvtrt serve --ray` on a real local Ray cluster: two tiny CPU replicas behind one front process on a
+real port, driven by real HTTP clients. One cluster and server for the module (Ray starts slowly)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from cli_helpers import one_clear_line, run
+from server_fixtures import metric, start_server, wait_until
+
+if importlib.util.find_spec("ray") is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the `serve --ray` tests: install the `ray` extra (make test does)")
+    pytest.skip("needs the `ray` extra (pip install -e \".[ray]\")", allow_module_level=True)
+
+FRAME_BYTES = 3200 * 2
+READY_S = 900  # a local Ray cluster and two replicas on a busy 2-core machine
+SPEECH = "/v1/audio/speech"
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny_workdir, tmp_path_factory):
+    srv = start_server(tiny_workdir.root, tmp_path_factory.mktemp("ray"), "--ray", "--replicas", 2,
+                       "--max-streams", 2, "--stream-buffer", 4, ready_timeout=READY_S)
+    yield srv
+    code = srv.stop(timeout=120)
+    assert code == 0, srv.log()[-3000:]
+
+
+def _replicas(srv) -> dict:
+    data = httpx.get(srv.url + "/dashboard/data", timeout=30).json()
+    return {r["name"]: r for r in data["replicas"]}
+
+
+def _speech(srv, frames: int, seed: int = 0) -> httpx.Response:
+    return httpx.post(srv.url + SPEECH, timeout=300, json={"input": "Speaker 1: Hello there.", "frames": frames,
+                                                            "seed": seed, "stream": True, "response_format": "pcm"})
+
+
+def test_fleet_options_need_ray_and_fit_together(tiny_workdir):
+    r = run("serve", "-w", tiny_workdir.root, "--replicas", 2)
+    assert r.exit_code == 2 and "--ray" in one_clear_line(r)
+    r = run("serve", "-w", tiny_workdir.root, "--ray", "--min-replicas", 3, "--max-replicas", 2)
+    assert r.exit_code == 2 and "--min-replicas" in one_clear_line(r)
+
+
+def test_placement_shares_gpus_when_replicas_outnumber_them():
+    from vvtrt.server.fleet_config import FleetOptions, place
+
+    two_on_one = place(FleetOptions(replicas=2), 1, None)
+    assert (two_on_one.initial, two_on_one.device, two_on_one.num_gpus) == (2, "cuda", 0.5)
+    per_gpu = place(FleetOptions(), 4, None)
+    assert (per_gpu.initial, per_gpu.num_gpus) == (4, 1.0)
+    auto = place(FleetOptions(min_replicas=1, max_replicas=3), 2, None)
+    assert (auto.initial, auto.most, auto.num_gpus) == (1, 3, 0.5)
+    cpu = place(FleetOptions(replicas=2), 0, None)
+    assert (cpu.device, cpu.num_gpus) == ("cpu", 0.0)
+
+
+def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):
+    assert set(_replicas(fleet)) == {"r0", "r1"}
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: _speech(fleet, 3, seed=i), range(8)))
+    assert all(r.status_code == 200 and len(r.content) == 3 * FRAME_BYTES for r in responses)
+    served = [r.headers["x-vvtrt-replica"] for r in responses]
+    assert set(served) == {"r0", "r1"}, served
+    assert httpx.get(fleet.url + "/health").headers["x-vvtrt-replica"] == "front"
+
+    def both_counted():
+        text = httpx.get(fleet.url + "/metrics", timeout=30).text
+        return text if all(_requests(text, n) for n in ("r0", "r1")) else None
+    text = wait_until(both_counted, 60, "both replicas' requests in /metrics")
+    assert 'vvtrt_active_streams{replica="r0"}' in text and 'vvtrt_active_streams{replica="r1"}' in text
+    assert 'replica="front"' in text
+
+
+def test_streamed_bytes_equal_the_single_process_server(fleet, tiny_workdir, tmp_path):
+    single = start_server(tiny_workdir.root, tmp_path)
+    try:
+        want = httpx.post(single.url + SPEECH, timeout=300, json={
+            "input": "Speaker 1: Hello there.", "frames": 6, "seed": 7, "stream": True, "response_format": "pcm"})
+    finally:
+        single.stop()
+    got = _speech(fleet, 6, seed=7)
+    assert want.status_code == got.status_code == 200
+    assert len(got.content) == 6 * FRAME_BYTES and got.content == want.content
+
+
+def test_a_killed_replica_truncates_its_stream_and_the_other_completes(fleet):
+    pids = {name: r["pid"] for name, r in _replicas(fleet).items()}
+    out: dict = {}
+    opened = threading.Event()
+
+    def long_stream():  # held by flow control: the client reads one chunk, then waits for the kill
+        try:
+            with httpx.stream("POST", fleet.url + SPEECH, timeout=300, json={
+                    "input": "Speaker 1: a long story.", "frames": 700, "stream": True,
+                    "response_format": "pcm"}) as r:
+                out["victim"] = r.headers["x-vvtrt-replica"]
+                chunks = r.iter_raw()
+                out["bytes"] = len(next(chunks))
+                opened.set()
+                out["killed"].wait(120)
+                for b in chunks:
+                    out["bytes"] += len(b)
+            out["error"] = None
+        except httpx.HTTPError as exc:
+            out["error"] = exc
+        finally:
+            opened.set()
+
+    out["killed"] = threading.Event()
+    reader = threading.Thread(target=long_stream)
+    reader.start()
+    assert opened.wait(300) and "victim" in out, out
+    other = _speech_stream_start(fleet)
+    os.kill(pids[out["victim"]], signal.SIGKILL)
+    out["killed"].set()
+    reader.join(300)
+    with other as r:
+        assert r.headers["x-vvtrt-replica"] != out["victim"]
+        assert r.status_code == 200 and len(r.read()) == 60 * FRAME_BYTES
+    assert isinstance(out["error"], httpx.RemoteProtocolError), out  # an aborted body, never a short "whole" one
+    assert out["bytes"] < 700 * FRAME_BYTES
+    # Ray restarts the replica; it takes requests again
+    wait_until(lambda: _replicas(fleet)[out["victim"]]["ok"] and _replicas(fleet)[out["victim"]]["pid"] !=
+               pids[out["victim"]], READY_S, "the killed replica to restart")
+    text = httpx.get(fleet.url + "/metrics").text
+    assert metric(text, "vvtrt_streams_truncated_total", reason="error", replica="front") >= 1
+    with ThreadPoolExecutor(4) as pool:
+        assert all(r.status_code == 200 for r in pool.map(lambda i: _speech(fleet, 2, seed=i), range(4)))
+
+
+def _requests(text: str, replica: str) -> float:
+    """vvtrt_requests_total of one replica, every outcome."""
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith("vvtrt_requests_total{") and f'replica="{replica}"' in line)
+
+
+def _speech_stream_start(srv):
+    """A 60-frame stream, its headers read (the client reads the body later)."""
+    client = httpx.Client(timeout=300)
+    req = client.build_request("POST", srv.url + SPEECH, json={"input": "Speaker 1: Hello.", "frames": 60,
+                                                               "stream": True, "response_format": "pcm"})
+    return _Closing(client, client.send(req, stream=True))
+
+
+class _Closing:
+    def __init__(self, client, response):
+        self.client, self.response = client, response
+
+    def __enter__(self):
+        return self.response
+
+    def __exit__(self, *exc):
+        self.response.close()
+        self.client.close()
