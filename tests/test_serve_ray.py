@@ -21,13 +21,14 @@ if importlib.util.find_spec("ray") is None:
 
 FRAME_BYTES = 3200 * 2
 READY_S = 900  # a local Ray cluster and two replicas on a busy 2-core machine
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # what Ray gives a 1-CPU replica; the single-process server alike
 SPEECH = "/v1/audio/speech"
 
 
 @pytest.fixture(scope="module")
 def fleet(tiny_workdir, tmp_path_factory):
     srv = start_server(tiny_workdir.root, tmp_path_factory.mktemp("ray"), "--ray", "--replicas", 2,
-                       "--max-streams", 2, "--stream-buffer", 4, ready_timeout=READY_S)
+                       "--max-streams", 2, "--stream-buffer", 4, env=ONE_THREAD, ready_timeout=READY_S)
     yield srv
     code = srv.stop(timeout=120)
     assert code == 0, srv.log()[-3000:]
@@ -81,7 +82,7 @@ def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):
 
 
 def test_streamed_bytes_equal_the_single_process_server(fleet, tiny_workdir, tmp_path):
-    single = start_server(tiny_workdir.root, tmp_path)
+    single = start_server(tiny_workdir.root, tmp_path, env=ONE_THREAD)
     try:
         want = httpx.post(single.url + SPEECH, timeout=300, json={
             "input": "Speaker 1: Hello there.", "frames": 6, "seed": 7, "stream": True, "response_format": "pcm"})
