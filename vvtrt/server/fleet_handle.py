@@ -112,9 +112,12 @@ class RemoteHandle:
     def cancel(self) -> None:
         """Stop the request here and in its replica."""
         if self._finish("cancelled", Cancelled(f"request {self.request_id} was cancelled")):
+            import ray
+
             self._start.cancel()
             try:
-                self._replica.actor.cancel.remote(self.request_id)
+                self._replica.actor.cancel.remote(self.request_id)  # the engine frees its slot now
+                ray.cancel(self._gen)  # and the replica's generator stops (nobody reads it any more)
             except Exception as exc:  # the replica is gone: nothing runs there any more
                 log.debug("cancel on %s: %s", self.replica, exc)
 
