@@ -51,6 +51,15 @@ def test_fleet_options_need_ray_and_fit_together(tiny_workdir):
     assert r.exit_code == 2 and "--min-replicas" in one_clear_line(r)
 
 
+def test_without_ray_installed_serve_ray_names_the_extra(tiny_workdir, monkeypatch):
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    line = one_clear_line(run("serve", "-w", tiny_workdir.root, "--ray"))
+    assert "`ray` extra" in line and 'pip install -e ".[ray]"' in line, line
+
+
 def test_placement_shares_gpus_when_replicas_outnumber_them():
     from vvtrt.server.fleet_config import FleetOptions, place
 
@@ -79,6 +88,15 @@ def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):
     text = wait_until(both_counted, 60, "both replicas' requests in /metrics")
     assert 'vvtrt_active_streams{replica="r0"}' in text and 'vvtrt_active_streams{replica="r1"}' in text
     assert 'replica="front"' in text
+
+
+def test_loadtest_reports_requests_per_replica(fleet, tmp_path):
+    import json
+
+    r = run("loadtest", "--url", fleet.url, "--concurrency", 4, "--duration", 1, "--frames", 2, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    spread = json.loads((tmp_path / "loadtest.json").read_text())["requests_per_replica"]
+    assert set(spread) == {"r0", "r1"} and "Requests per replica: r0:" in r.output, r.output
 
 
 def test_streamed_bytes_equal_the_single_process_server(fleet, tiny_workdir, tmp_path):

@@ -41,7 +41,8 @@ def connect(options: FleetOptions, most_replicas: int) -> tuple[bool, float]:
     """Join `options.address` or start a local Ray cluster; (whether this process started it, its GPUs)."""
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for var in ("RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS", "RAY_COLOR_PREFIX"):  # replicas' log lines as written
+        os.environ.setdefault(var, "0")
     common = {"namespace": "vvtrt", "include_dashboard": False, "log_to_driver": True}
     try:
         if options.address is not None:
