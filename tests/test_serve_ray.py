@@ -75,6 +75,7 @@ def test_placement_shares_gpus_when_replicas_outnumber_them():
 
 def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):
     assert set(_replicas(fleet)) == {"r0", "r1"}
+    wait_until(lambda: all(r["ok"] for r in _replicas(fleet).values()), 120, "both replicas to take requests")
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda i: _speech(fleet, 3, seed=i), range(8)))
     assert all(r.status_code == 200 and len(r.content) == 3 * FRAME_BYTES for r in responses)

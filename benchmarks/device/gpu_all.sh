@@ -194,6 +194,8 @@ ray1() {  # vvtrt serve --ray on ONE GPU: the single-process server vs two repli
           --out "$RUN/results/ray1_${mode}_c$n" || break
       curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/ray1_${mode}_c${n}_metrics.txt"
     done
+    # ray2: each replica's GPU ids (both the same GPU), pid, slots and requests
+    curl -s "http://127.0.0.1:$port/dashboard/data?seconds=600" > "$RUN/results/ray1_${mode}_dashboard.json"
     nvidia-smi --query-gpu=memory.used,memory.total --format=csv > "$RUN/results/ray1_${mode}_gpu_memory.csv"
     kill -TERM $pid; wait $pid; echo "$mode serve exit code $?"
   done

@@ -34,6 +34,7 @@ POLL_S = 0.5
 STATUS_TIMEOUT_S = 5.0      # a replica that does not answer its status for this long gets no new requests
 START_TIMEOUT_S = 1800.0
 STOP_TIMEOUT_S = 30.0
+FIRST_STATUS_S = 60.0       # start-up waits this long for every first replica's status (then serves with those up)
 HISTORY = 600
 
 
@@ -130,7 +131,9 @@ class FleetEngine:
             raise VvtrtError(f"a replica failed to start: {_cause(exc)}") from None
         for r, info in zip(self.replicas, infos):
             r.info = info
-        self._poll_once()
+        deadline = time.monotonic() + FIRST_STATUS_S  # each has answered ready(): its status follows at once
+        while not all(r.ok for r in self.replicas) and time.monotonic() < deadline:
+            self._poll_once()
         self._started = True
         self._poller = threading.Thread(target=self._poll_forever, name="vvtrt-fleet-poll", daemon=True)
         self._poller.start()
