@@ -181,3 +181,16 @@ class _Closing:
     def __exit__(self, *exc):
         self.response.close()
         self.client.close()
+
+
+def test_sigterm_drains_running_streams_then_exits_0(fleet):
+    """Last in the module: SIGTERM stops admitting, a running stream finishes, the server exits 0."""
+    with httpx.stream("POST", fleet.url + SPEECH, timeout=300, json={
+            "input": "Speaker 1: Hello.", "frames": 40, "stream": True, "response_format": "pcm"}) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw()
+        got = len(next(chunks))
+        fleet.proc.send_signal(signal.SIGTERM)
+        got += sum(len(b) for b in chunks)
+    assert got == 40 * FRAME_BYTES
+    assert fleet.proc.wait(180) == 0, fleet.log()[-3000:]
