@@ -73,6 +73,20 @@ def test_placement_shares_gpus_when_replicas_outnumber_them():
     assert (cpu.device, cpu.num_gpus) == ("cpu", 0.0)
 
 
+def test_autoscaling_follows_the_queue():
+    from vvtrt.server.fleet_config import FleetOptions, ScaleTimer
+
+    timer = ScaleTimer(FleetOptions(min_replicas=1, max_replicas=2, upscale_after_s=5, downscale_after_s=60), 1, 2)
+    assert timer.decide([(2, 3, True)], 0.0) is None          # one request waits for a slot...
+    assert timer.decide([(2, 3, True)], 5.0) == "up"          # ...for 5 s: one more replica
+    assert timer.decide([(2, 3, True), (2, 0, False)], 20.0) is None   # never again while one is starting
+    assert timer.decide([(2, 3, True), (2, 3, True)], 21.0) is None
+    assert timer.decide([(2, 3, True), (2, 3, True)], 29.0) is None    # queued 8 s, but the most run already
+    assert timer.decide([(2, 0, True), (2, 1, True)], 30.0) is None    # a replica's worth idle...
+    assert timer.decide([(2, 0, True), (2, 1, True)], 90.0) == "down"  # ...for 60 s: one fewer
+    assert timer.decide([(2, 2, True)], 200.0) is None        # the least replicas
+
+
 def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):
     assert set(_replicas(fleet)) == {"r0", "r1"}
     wait_until(lambda: all(r["ok"] for r in _replicas(fleet).values()), 120, "both replicas to take requests")

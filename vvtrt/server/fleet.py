@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from vvtrt.errors import InputError, VvtrtError
-from vvtrt.server.fleet_config import FleetOptions, Placement
+from vvtrt.server.fleet_config import FleetOptions, Placement, ScaleTimer
 from vvtrt.serving.api import EngineBusy, EngineNotReady, EngineStats
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,7 @@ class FleetEngine:
         self._names = itertools.count(0)
         self._started = self._stopping = False
         self._poller: threading.Thread | None = None
-        self._busy_since: float | None = None
-        self._idle_since: float | None = None
+        self._scaler = ScaleTimer(options, placement.initial, placement.most)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @property
@@ -290,7 +289,7 @@ class FleetEngine:
         stats = status["stats"]
         if r.info.get("pid") not in (None, status["pid"]):
             log.warning("replica %s restarted (pid %s -> %s)", r.name, r.info.get("pid"), status["pid"])
-        r.info["pid"] = status["pid"]
+        r.info.update({k: status[k] for k in ("pid", "node", "device", "gpu_ids")})
         was_ok = r.ok
         r.ok = bool(stats["ready"] and stats["healthy"])
         r.slots, r.stats, r.exposition = int(stats["max_streams"]), stats, status["exposition"]
@@ -306,34 +305,26 @@ class FleetEngine:
             ray.kill(r.actor, no_restart=False)
 
     def _autoscale(self, now: float) -> None:
-        """One more replica after requests waited for a slot on every replica for `upscale_after_s`; one fewer
-        after a whole replica's slots stayed idle for `downscale_after_s` (it drains, then ends)."""
+        """`ScaleTimer`'s step: one more replica, or one drained (and ended once idle)."""
         import ray
 
         if not self.options.autoscaling or self._stopping:
             return
         with self._lock:
             live = [r for r in self.replicas if not r.draining]
-            queued = sum(max(0, r.in_flight - r.slots) for r in live if r.ok)
-            idle = sum(max(0, r.slots - r.in_flight) for r in live if r.ok)
             gone = [r for r in self.replicas if r.draining and r.in_flight == 0]
             for r in gone:
                 self.replicas.remove(r)
+            step = self._scaler.decide([(r.slots, r.in_flight, r.ok) for r in live], now)
+            if step == "down":
+                victim = min(live, key=lambda r: r.in_flight)
+                victim.draining = True
         for r in gone:
             log.info("replica %s drained: ending it", r.name)
             ray.kill(r.actor, no_restart=True)
-        self._busy_since = (self._busy_since or now) if queued else None
-        if self._busy_since is not None and now - self._busy_since >= self.options.upscale_after_s \
-                and len(live) < self.placement.most:
-            log.info("requests are queued on every replica: starting one more (%d -> %d)", len(live), len(live) + 1)
+        if step == "up":
+            log.info("requests wait for a slot on every replica: starting one more (%d -> %d)", len(live),
+                     len(live) + 1)
             self._spawn()
-            self._busy_since = None
-        one = max((r.slots for r in live), default=0)
-        spare = len(live) > self.placement.initial and not queued and one and idle >= one
-        self._idle_since = (self._idle_since or now) if spare else None
-        if self._idle_since is not None and now - self._idle_since >= self.options.downscale_after_s:
-            with self._lock:
-                victim = min(live, key=lambda r: r.in_flight)
-                victim.draining = True
+        elif step == "down":
             log.info("a replica's worth of slots is idle: draining %s", victim.name)
-            self._idle_since = None

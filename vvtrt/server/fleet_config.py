@@ -71,3 +71,33 @@ def place(options: FleetOptions, cluster_gpus: float, device: str | None) -> Pla
         return Placement(initial, most, "cpu", 0.0, 1.0)
     per_gpu = math.ceil(most / gpus)  # replicas sharing one GPU when there are more replicas than GPUs
     return Placement(initial, most, "cuda", 1.0 / per_gpu, 1.0)
+
+
+class ScaleTimer:
+    """Autoscaling on queue depth. `decide(live, now)` with `(slots, in_flight, ok)` of each replica not
+    draining: "up" once requests have waited for a slot for `upscale_after_s` (while no replica is still
+    starting and there are fewer than the most), "down" once a whole replica's slots have been idle for
+    `downscale_after_s` (and there are more than the least), else None."""
+
+    def __init__(self, options: FleetOptions, least: int, most: int):
+        self.options, self.least, self.most = options, least, most
+        self.busy_since: float | None = None
+        self.idle_since: float | None = None
+
+    def decide(self, live: list[tuple[int, int, bool]], now: float) -> str | None:
+        up = [(slots, busy) for slots, busy, ok in live if ok]
+        queued = sum(max(0, busy - slots) for slots, busy in up)
+        idle = sum(max(0, slots - busy) for slots, busy in up)
+        starting = len(up) < len(live)
+        self.busy_since = (now if self.busy_since is None else self.busy_since) if queued and not starting else None
+        if self.busy_since is not None and now - self.busy_since >= self.options.upscale_after_s \
+                and len(live) < self.most:
+            self.busy_since = None
+            return "up"
+        one = max((slots for slots, _ in up), default=0)
+        spare = len(live) > self.least and not queued and not starting and one > 0 and idle >= one
+        self.idle_since = (now if self.idle_since is None else self.idle_since) if spare else None
+        if self.idle_since is not None and now - self.idle_since >= self.options.downscale_after_s:
+            self.idle_since = None
+            return "down"
+        return None

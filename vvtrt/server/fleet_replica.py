@@ -67,6 +67,9 @@ class ReplicaServer:
         """Where this replica runs, once its engine takes requests; raises its start-up error."""
         if self.error is not None:
             raise VvtrtError(self.error)
+        return self._where()
+
+    def _where(self) -> dict:
         return {"pid": os.getpid(), "node": socket.gethostname(), "device": self.config.device,
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
@@ -75,7 +78,7 @@ class ReplicaServer:
         if self.engine is None:
             return {"ok": False, "error": self.error}
         s = self.engine.stats()
-        return {"ok": True, "pid": os.getpid(), "stats": dataclasses.asdict(s), "point": self.last_point,
+        return {"ok": True, **self._where(), "stats": dataclasses.asdict(s), "point": self.last_point,
                 "exposition": self.metrics.exposition().decode()}
 
     async def encode_voice(self, wav):
