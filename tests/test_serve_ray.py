@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from cli_helpers import one_clear_line, run
-from server_fixtures import metric, start_server, wait_until
+from server_fixtures import metric, start_server, wait_until, write_voice_clip
 
 if importlib.util.find_spec("ray") is None:
     if os.environ.get("CI"):
@@ -26,8 +26,15 @@ SPEECH = "/v1/audio/speech"
 
 
 @pytest.fixture(scope="module")
-def fleet(tiny_workdir, tmp_path_factory):
-    srv = start_server(tiny_workdir.root, tmp_path_factory.mktemp("ray"), "--ray", "--replicas", 2,
+def voices(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray_voices")
+    write_voice_clip(folder / "alice.wav", 1.0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny_workdir, tmp_path_factory, voices):
+    srv = start_server(tiny_workdir.root, tmp_path_factory.mktemp("ray"), "--ray", "--replicas", 2, "--voices", voices,
                        "--max-streams", 2, "--stream-buffer", 4, env=ONE_THREAD, ready_timeout=READY_S)
     yield srv
     code = srv.stop(timeout=120)
@@ -114,14 +121,15 @@ def test_loadtest_reports_requests_per_replica(fleet, tmp_path):
     assert set(spread) == {"r0", "r1"} and "Requests per replica: r0:" in r.output, r.output
 
 
-def test_streamed_bytes_equal_the_single_process_server(fleet, tiny_workdir, tmp_path):
-    single = start_server(tiny_workdir.root, tmp_path, env=ONE_THREAD)
+def test_streamed_bytes_equal_the_single_process_server(fleet, tiny_workdir, tmp_path, voices):
+    body = {"input": "Speaker 1: Hello there.", "voice": "alice", "frames": 6, "seed": 7, "stream": True,
+            "response_format": "pcm"}
+    single = start_server(tiny_workdir.root, tmp_path, "--voices", voices, env=ONE_THREAD)
     try:
-        want = httpx.post(single.url + SPEECH, timeout=300, json={
-            "input": "Speaker 1: Hello there.", "frames": 6, "seed": 7, "stream": True, "response_format": "pcm"})
+        want = httpx.post(single.url + SPEECH, timeout=300, json=body)
     finally:
         single.stop()
-    got = _speech(fleet, 6, seed=7)
+    got = httpx.post(fleet.url + SPEECH, timeout=300, json=body)
     assert want.status_code == got.status_code == 200
     assert len(got.content) == 6 * FRAME_BYTES and got.content == want.content
 
