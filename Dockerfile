@@ -11,7 +11,7 @@ COPY pyproject.toml README.md ./
 COPY vvtrt ./vvtrt
 # The base image's CUDA torch satisfies the torch requirement. Only the GPU flavour of ONNX Runtime goes
 # in: `onnxruntime` (CPU) and `onnxruntime-gpu` provide the same module and must never both be installed.
-RUN pip install --no-cache-dir -e ".[gpu,tensorrt,serve,dev]"; \
+RUN pip install --no-cache-dir -e ".[gpu,tensorrt,serve,ray,dev]"; \
     python -c "import importlib.metadata as m; d={x.metadata['Name'].lower() for x in m.distributions()}; \
 assert not {'onnxruntime','onnxruntime-gpu'} <= d, 'both onnxruntime and onnxruntime-gpu are installed'"; \
     python -c "import vvtrt.cli, vvtrt.server.app, onnxruntime, tensorrt, fastapi, uvicorn; \

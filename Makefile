@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml tools/install_torch.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python tools/install_torch.py "$(TORCH_SPEC)" --cpu-index "$(TORCH_CPU_INDEX)"
-	$(BIN)/python -m pip install -q -e ".[cpu,dev,tensorrt-rtx,serve]"
+	$(BIN)/python -m pip install -q -e ".[cpu,dev,tensorrt-rtx,serve,ray]"
 	touch $@
 
 install: $(BIN)/.installed

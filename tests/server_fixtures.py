@@ -63,7 +63,7 @@ class ServerProc:
         return self.proc.returncode
 
 
-def start_server(workdir, tmp: Path, *args, env=None) -> ServerProc:
+def start_server(workdir, tmp: Path, *args, env=None, ready_timeout: float = READY_TIMEOUT_S) -> ServerProc:
     """`python -m vvtrt serve -w WORKDIR --port FREE --device cpu ARGS...`, waited until /ready is 200."""
     port = free_port()
     log_path = tmp / f"serve-{port}.log"
@@ -75,7 +75,7 @@ def start_server(workdir, tmp: Path, *args, env=None) -> ServerProc:
                                  "--device", "cpu", *[str(a) for a in args]], env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT)
     srv = ServerProc(proc, f"http://127.0.0.1:{port}", log_path, (env or {}).get("VVTRT_API_KEY"))
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"vvtrt serve exited with {proc.returncode}:\n{srv.log()[-4000:]}")
@@ -86,7 +86,7 @@ def start_server(workdir, tmp: Path, *args, env=None) -> ServerProc:
             pass
         time.sleep(0.2)
     srv.stop()
-    raise RuntimeError(f"vvtrt serve not ready after {READY_TIMEOUT_S} s:\n{srv.log()[-4000:]}")
+    raise RuntimeError(f"vvtrt serve not ready after {ready_timeout} s:\n{srv.log()[-4000:]}")
 
 
 def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):

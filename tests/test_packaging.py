@@ -32,6 +32,13 @@ def test_make_installs_the_cpu_flavour_and_docker_the_gpu_one():
     assert installs and all("gpu" in i.split(",") and "cpu" not in i.split(",") for i in installs)
 
 
+def test_make_test_installs_the_ray_extra():
+    """CI (`make test`) runs the `serve --ray` tests: its install must bring Ray."""
+    assert _names(PYPROJECT["optional-dependencies"]["ray"]) == {"ray"}
+    installs = re.findall(r'-e "\.\[([^]]*)\]"', (ROOT / "Makefile").read_text())
+    assert installs and all("ray" in i.split(",") for i in installs)
+
+
 def test_installed_environment_has_one_onnxruntime_flavour():
     installed = {d.metadata["Name"].lower() for d in md.distributions()}
     assert not {"onnxruntime", "onnxruntime-gpu"} <= installed

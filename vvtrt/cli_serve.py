@@ -61,31 +61,65 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, workdir_opt
               help="Seconds a stream whose client reads nothing (its buffer full) is held before it is cancelled.")
 @click.option("--deterministic", is_flag=True,
               help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Serve with a fleet of replicas on a Ray cluster (one per GPU; the `ray` extra); "
+                   "--max-streams and --max-queue are per replica.")
+@click.option("--replicas", default=None, type=click.IntRange(1, 256),
+              help="With --ray: this many replicas (default: one per GPU; more than the GPUs share them).")
+@click.option("--min-replicas", default=None, type=click.IntRange(1, 256),
+              help="With --ray: autoscale on queue depth between --min-replicas and --max-replicas.")
+@click.option("--max-replicas", default=None, type=click.IntRange(1, 256), help="With --ray: see --min-replicas.")
+@click.option("--address", default=None,
+              help="With --ray: join this Ray cluster (e.g. auto, or HEAD:6379) instead of starting a local one.")
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
           backend, compile_shapes, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key,
-          header_timeout, body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic):
+          header_timeout, body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic, use_ray,
+          replicas, min_replicas, max_replicas, address):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
-    from vvtrt.server.serve import run_server
     from vvtrt.server.voices import check_serve_settings
 
+    fleet = _fleet_options(use_ray, replicas, min_replicas, max_replicas, address)
     check_serve_settings(workdir, voices_dir, max_context)  # what would fail every request: refused before start
 
     if api_key is not None:
         logging.getLogger("vvtrt.server").warning("--api-key on the command line is visible to other users (ps); "
                                                   "prefer the VVTRT_API_KEY environment variable")
-    run_server(ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
-                            max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key),
-                            backend=backend, compile_shapes=compile_shapes, device=device, dtype=dtype,
-                            max_input_chars=max_input_chars,
-                            queue_timeout_s=queue_timeout, grace_s=grace_s, max_frames=max_frames,
-                            allow_frames=allow_frames, buffer_chunks=stream_buffer,
-                            metrics_key=api_key_from_env(metrics_key, METRICS_KEY_ENV),
-                            header_timeout_s=header_timeout, body_timeout_s=body_timeout,
-                            ws_origins=tuple(ws_origins), ws_max_pending=ws_max_pending, insecure=insecure,
-                            stall_timeout_s=stall_timeout_s, deterministic=deterministic))
+    config = ServerConfig(workdir=workdir, host=host, port=port, voices_dir=voices_dir, max_streams=max_streams,
+                          max_context=max_context, max_queue=max_queue, api_key=api_key_from_env(api_key),
+                          backend=backend, compile_shapes=compile_shapes, device=device, dtype=dtype,
+                          max_input_chars=max_input_chars,
+                          queue_timeout_s=queue_timeout, grace_s=grace_s, max_frames=max_frames,
+                          allow_frames=allow_frames, buffer_chunks=stream_buffer,
+                          metrics_key=api_key_from_env(metrics_key, METRICS_KEY_ENV),
+                          header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                          ws_origins=tuple(ws_origins), ws_max_pending=ws_max_pending, insecure=insecure,
+                          stall_timeout_s=stall_timeout_s, deterministic=deterministic)
+    if fleet is not None:
+        from vvtrt.server.fleet_serve import run_ray_server
+
+        return run_ray_server(config, fleet)
+    from vvtrt.server.serve import run_server
+
+    run_server(config)
+
+
+def _fleet_options(use_ray, replicas, min_replicas, max_replicas, address):
+    """`FleetOptions` with --ray (the `ray` extra checked); without it, any fleet option is refused."""
+    given = [f"--{n}" for n, v in (("replicas", replicas), ("min-replicas", min_replicas),
+                                   ("max-replicas", max_replicas), ("address", address)) if v is not None]
+    if not use_ray:
+        if given:
+            from vvtrt.errors import InputError
+
+            raise InputError(f"{', '.join(given)} only apply with --ray")
+        return None
+    _require_extra("vvtrt serve --ray", "ray", "ray")
+    from vvtrt.server.fleet_config import FleetOptions
+
+    return FleetOptions(replicas, min_replicas, max_replicas, address).check()
 
 
 @click.command()

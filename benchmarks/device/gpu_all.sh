@@ -175,6 +175,31 @@ http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machin
       --out "$RUN/results/loadtest_1.5b_ws_c16"
   kill -TERM $pid; wait $pid; echo "serve exit code $?"
 }
+ray1() {  # vvtrt serve --ray on ONE GPU: the single-process server vs two replicas sharing it (0.5 GPU each, half
+  # the slots each, so the same total), 1.5B bf16 torch, vvtrt loadtest over HTTP at rising concurrency. Needs Ray
+  # importable (the `ray` extra; this machine has no network: carry it in /tmp/site). Results: ray1_<mode>_c<N>/
+  # (loadtest.json with requests_per_replica for ray2) and the metrics after each load.
+  local port=8124 pid n mode slots=${RAY_SLOTS:-64}
+  python3 -c "import ray" || { echo "ray is not importable: pip install --target /tmp/site 'ray[serve]>=2.40' elsewhere and carry it"; return 1; }
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  for mode in single ray2; do
+    local args=(--max-streams $slots)
+    [[ $mode == ray2 ]] && args=(--ray --replicas 2 --max-streams $((slots / 2)))
+    $VV serve -w "$RUN/wd15" --device cuda --max-context 1024 --max-queue 1024 --port $port "${args[@]}" \
+        > "$RUN/results/ray1_${mode}_server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$port/ready" > /dev/null && break; kill -0 $pid 2> /dev/null || break; sleep 1; done
+    for n in ${RAY_CONC:-8 32 64}; do
+      $VV loadtest --url "http://127.0.0.1:$port" --concurrency $n --duration 30 --frames 100 \
+          --out "$RUN/results/ray1_${mode}_c$n" || break
+      curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/ray1_${mode}_c${n}_metrics.txt"
+    done
+    # ray2: each replica's GPU ids (both the same GPU), pid, slots and requests
+    curl -s "http://127.0.0.1:$port/dashboard/data?seconds=600" > "$RUN/results/ray1_${mode}_dashboard.json"
+    nvidia-smi --query-gpu=memory.used,memory.total --format=csv > "$RUN/results/ray1_${mode}_gpu_memory.csv"
+    kill -TERM $pid; wait $pid; echo "$mode serve exit code $?"
+  done
+}
 dcost() {  # where long-context decode time goes: lm_decode by KV bucket and valid length, attention kernels
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/decode_cost.py "$RUN/wd15" "$RUN/results/decode_cost_1.5b.json" ${DCOST_ARGS:-}
@@ -301,7 +326,7 @@ convb() {  # the streaming conv steps alone: exported ops vs the channels-last f
   python3 -m pytest -q -rA -m gpu tests/test_conv_fast.py tests/test_gpu.py -k "conv" -p no:cacheprovider || rc=1
   return $rc
 }
-STAGE_NAMES=" convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

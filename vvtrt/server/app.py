@@ -86,8 +86,9 @@ async def _sample_forever(service: SpeechService) -> None:
         await asyncio.sleep(SAMPLE_EVERY_S)
 
 
-def create_app(config: ServerConfig, engine, on_fatal=None, service_cls=SpeechService) -> FastAPI:
-    service = service_cls(config, engine, VoiceLibrary(), ServerMetrics(GpuMonitor()))
+def create_app(config: ServerConfig, engine, on_fatal=None, service_cls=SpeechService, metrics=None) -> FastAPI:
+    """`metrics`: the server's `ServerMetrics` (default: a new one reading this host's GPUs)."""
+    service = service_cls(config, engine, VoiceLibrary(), metrics or ServerMetrics(GpuMonitor()))
     life = Lifecycle(service, on_fatal)
 
     @asynccontextmanager
@@ -161,9 +162,10 @@ def _add_pages(app: FastAPI, service: SpeechService) -> None:
 
     @app.get("/dashboard/data")
     async def dashboard_data(seconds: float = Query(300.0, ge=1.0, le=600.0, allow_inf_nan=False)):
+        extra = getattr(service.metrics, "dashboard_extra", None)  # a fleet's replicas (`serve --ray`)
         return {"series": service.metrics.recent(seconds), "gpu_available": bool(service.metrics.gpu and
                 service.metrics.gpu.available), "max_streams": service.config.max_streams,
-                "ready": service.ready}
+                "ready": service.ready, **(extra(seconds) if extra else {})}
 
     @app.get("/config")
     async def demo_config():

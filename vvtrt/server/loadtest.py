@@ -5,7 +5,9 @@ Each client sends one streaming request after another (HTTP `stream: true` raw P
 the duration is over, then finishes the one it is on. A frame is one model frame of audio (6400 bytes of
 int16 PCM); its arrival time is when its last byte was read. Per stream: TTFA (request sent -> first whole
 frame), inter-chunk gaps (between frame arrivals; frames read together give 0) and RTF (wall time / audio
-time). Errors are counted by kind (http_429, ws_close_1013, timeout, connect_error...).
+time). Errors are counted by kind (http_429, ws_close_1013, timeout, connect_error...). Against a
+`serve --ray` fleet, requests are also counted per replica (the `x-vvtrt-replica` header, or the WS
+completion event's `replica`).
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ class StreamResult:
     frames: int = 0
     wall_s: float = 0.0
     stop_reason: str = ""
+    replica: str | None = None  # `x-vvtrt-replica` (a `serve --ray` fleet): the replica that ran it
 
     @property
     def audio_s(self) -> float:
@@ -113,6 +116,7 @@ async def http_stream(client, spec: LoadSpec) -> StreamResult:
     clock = FrameClock(res, t0)
     async with client.stream("POST", spec.url.rstrip("/") + "/v1/audio/speech", json=_body(spec),
                              headers=_headers(spec)) as resp:
+        res.replica = resp.headers.get("x-vvtrt-replica")
         if resp.status_code != 200:
             await resp.aread()
             res.error = f"http_{resp.status_code}"
@@ -149,6 +153,7 @@ async def ws_stream(spec: LoadSpec) -> StreamResult:
                 event = json.loads(msg)
                 if event.get("event") == "backend_stream_complete":
                     res.stop_reason = event.get("data", {}).get("stop_reason", "")
+                    res.replica = event.get("data", {}).get("replica")
                 elif event.get("event") in ("backend_busy", "generation_error"):
                     res.error = event["event"]
     except ConnectionClosedError as exc:

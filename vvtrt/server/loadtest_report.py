@@ -32,6 +32,8 @@ def summarize(spec, results: list, wall_s: float) -> dict:
     gaps = [g for r in ok for g in r.gaps_s]
     rtfs = [r.rtf for r in ok if r.rtf is not None]
     errors = collections.Counter(r.error for r in results if not r.ok)
+    # a fleet's front answers refusals itself ("front"): the spread is over the replicas that ran requests
+    replicas = collections.Counter(r.replica for r in results if r.replica and r.replica != "front")
     audio_s = sum(r.audio_s for r in ok)
     return {
         "spec": spec_dict(spec), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
@@ -46,6 +48,7 @@ def summarize(spec, results: list, wall_s: float) -> dict:
         "streams_in_real_time": sum(1 for x in rtfs if x < 1.0),
         "holds_real_time": bool(ok) and not errors and all(x < 1.0 for x in rtfs),
         "frame_s": FRAME_S,
+        "requests_per_replica": dict(sorted(replicas.items())),
         # of the client's machine and checkout (the server's when both run on one machine, as in the device runs)
         "environment": _environment(),
     }
@@ -90,4 +93,7 @@ def render_markdown(rep: dict) -> str:
         lines += ["", f"Client: {c['processes']} process(es) ({'/'.join(map(str, c['streams_per_process']))} "
                       f"streams); CPU {_fmt(c['cpu_s_per_wall_s'])} s per wall second in all, busiest process "
                       f"{_fmt(c['busiest_process_cpu_s_per_wall_s'])} (near 1.0: that process limited the test)"]
+    spread = rep.get("requests_per_replica")
+    if spread:
+        lines.append("Requests per replica: " + ", ".join(f"{k}: {v}" for k, v in spread.items()))
     return "\n".join(lines) + "\n"

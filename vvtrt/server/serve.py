@@ -134,29 +134,54 @@ def draining_server(uv_config, life, grace_s: float):
 
 
 def run_server(config: ServerConfig) -> None:
-    import uvicorn
-
     from vvtrt.server.app import create_app
 
     config = resolve_runtime(config.check())
     configure_logging()
     check_port_free(config.host, config.port)
     engine = build_engine(config)
-    fatal: list[BaseException] = []
+    stopper = FatalStop()
+    app = create_app(config, engine, on_fatal=stopper, service_cls=workdir_kind(config.workdir).load("service_class"))
+    serve_app(config, app, on_server=stopper.attach)
+    stopper.raise_first()
 
-    def on_fatal(exc: BaseException) -> None:
-        fatal.append(exc)
-        server.should_exit = True
 
-    app = create_app(config, engine, on_fatal=on_fatal, service_cls=workdir_kind(config.workdir).load("service_class"))
-    life = app.state.lifecycle
+class FatalStop:
+    """The app's `on_fatal`: a start-up failure stops the server, and `raise_first()` raises it after."""
+
+    def __init__(self):
+        self.errors: list[BaseException] = []
+        self.server = None
+
+    def attach(self, server) -> None:
+        self.server = server
+
+    def __call__(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        if self.server is not None:
+            self.server.should_exit = True
+
+    def raise_first(self) -> None:
+        if self.errors:
+            exc = self.errors[0]
+            raise exc if isinstance(exc, VvtrtError) else VvtrtError(f"the engine failed to start: {exc}")
+
+
+def serve_app(config: ServerConfig, app, on_server=None):
+    """Run `app` under uvicorn until SIGTERM/SIGINT (draining first) or a fatal start-up error; the
+    uvicorn server. `on_server(server)` is called before it runs (so a fatal error can stop it)."""
+    import uvicorn
 
     from vvtrt.server.timeouts import header_timeout_protocol
+
+    life = app.state.lifecycle
 
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False,
                         timeout_graceful_shutdown=config.grace_s + 5, lifespan="on",
                         http=header_timeout_protocol(config.header_timeout_s) or "auto")
     server = draining_server(uv, life, config.grace_s)
+    if on_server is not None:
+        on_server(server)
     log.info("serving %s on http://%s:%d (max %d streams, queue %d)", config.workdir, config.host, config.port,
              config.max_streams, config.max_queue)
     if config.api_key is None and config.insecure:
@@ -164,6 +189,4 @@ def run_server(config: ServerConfig) -> None:
     server.run()
     life.drain()
     life.join(config.grace_s + 10)
-    if fatal:
-        exc = fatal[0]
-        raise exc if isinstance(exc, VvtrtError) else VvtrtError(f"the engine failed to start: {exc}")
+    return server

@@ -49,7 +49,8 @@ class SpeechService:
     def load_voices(self) -> VoiceLibrary:
         """The voices of `--voices` (start-up, off the event loop)."""
         c = self.config
-        return VoiceLibrary.load(c.voices_dir, self.engine, model_tag(c.workdir, c.backend, c.device, c.dtype), c.device)
+        where = getattr(self.engine, "voice_device", c.device)  # a fleet front holds voices on its CPU
+        return VoiceLibrary.load(c.voices_dir, self.engine, model_tag(c.workdir, c.backend, c.device, c.dtype), where)
 
     async def text_mode(self, ws) -> None:
         """WS /v1/audio/stream without `text`: text in several messages (`vvtrt.server.ws_text`)."""
@@ -110,6 +111,9 @@ class SpeechService:
         except asyncio.CancelledError:
             handle.cancel()
             raise
+        refusal = getattr(handle, "refusal", None)  # a replica of `serve --ray` that did not take it
+        if refusal is not None:
+            raise refusal
 
 
 class Stream:

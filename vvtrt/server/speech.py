@@ -18,6 +18,7 @@ from vvtrt.serving.api import Cancelled, EngineNotReady
 router = APIRouter()
 MODEL_ID = "vvtrt"
 STREAMING_ACCEPT = ("audio/pcm", "audio/l16")
+REPLICA_HEADER = "X-Vvtrt-Replica"
 _INT = {"strict": True}  # JSON true/false are not numbers
 
 
@@ -94,6 +95,9 @@ async def speech(body: SpeechBody, request: Request):
     req = service.build_request(body.input, body.voice, body.seed, body.cfg_scale, body.max_frames, body.frames)
     opened = await service.open(req)
     headers = {"X-Request-Id": opened.request_id, "Cache-Control": "no-store"}
+    replica = getattr(opened.handle, "replica", None)  # `serve --ray`: the replica that ran it
+    if replica is not None:
+        headers[REPLICA_HEADER] = replica
     if stream:
         return StreamingResponse(_stream_bytes(opened, enc, service), media_type=enc.media_type, headers=headers)
     return await _whole(opened, enc, request, headers)

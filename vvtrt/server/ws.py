@@ -109,6 +109,9 @@ async def pump_audio(ws: WebSocket, opened, progress: bool = True) -> int:
 def completion(opened, frames: int) -> dict:
     s = opened.summary
     out = {"stop_reason": opened.stop_reason(), "frames": frames, "request_id": opened.request_id}
+    replica = getattr(opened.handle, "replica", None)  # `serve --ray`: the replica that ran it
+    if replica is not None:
+        out["replica"] = replica
     if s is not None and s.frames:
         out.update(ttfa_ms=round(s.ttfa_s * 1000, 1), rtf=round(s.rtf, 4))
     return out

@@ -83,6 +83,19 @@ function setTiles(p) {
   $("v-gpu-power").textContent = has ? `${fmt(gpu0(p, "power"), 0)} W, ${fmt(gpu0(p, "sm_clock"), 0)} MHz` : "no GPU";
 }
 
+// `serve --ray`: one line per replica (its latest point's streams, and whether it takes requests)
+function showReplicas(replicas) {
+  const el = $("replicas");
+  el.hidden = !replicas;
+  if (!replicas) return;
+  el.textContent = "Replicas: " + replicas.map((r) => {
+    const p = r.series.length ? r.series[r.series.length - 1] : {};
+    const state = r.ok ? (r.draining ? "draining" : "ready") : "not ready";
+    return `${r.name} (${state}, pid ${r.pid} on ${r.node}): ${p.active ?? "–"} active / ${r.slots} slots, ` +
+      `${p.queued ?? "–"} queued, ${r.routed} requests`;
+  }).join(" · ");
+}
+
 async function tick() {
   try {
     const key = localStorage.getItem("vvtrt-api-key") || "";
@@ -92,6 +105,7 @@ async function tick() {
     const d = await r.json();
     const pts = d.series;
     $("state").textContent = d.ready ? "ready" : "not ready";
+    showReplicas(d.replicas);
     $("gpu-note").textContent = d.gpu_available ? "" : "No NVIDIA GPU visible to the server: GPU charts stay empty.";
     if (pts.length) {
       const last = pts[pts.length - 1];

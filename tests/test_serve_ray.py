@@ -1,0 +1,218 @@
+"""`vvtrt serve --ray` on a real local Ray cluster: two tiny CPU replicas behind one front process on a
+real port, driven by real HTTP clients. One cluster and server for the module (Ray starts slowly)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from cli_helpers import one_clear_line, run
+from server_fixtures import metric, start_server, wait_until, write_voice_clip
+
+if importlib.util.find_spec("ray") is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the `serve --ray` tests: install the `ray` extra (make test does)")
+    pytest.skip("needs the `ray` extra (pip install -e \".[ray]\")", allow_module_level=True)
+
+FRAME_BYTES = 3200 * 2
+READY_S = 900  # a local Ray cluster and two replicas on a busy 2-core machine
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # what Ray gives a 1-CPU replica; the single-process server alike
+SPEECH = "/v1/audio/speech"
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray_voices")
+    write_voice_clip(folder / "alice.wav", 1.0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny_workdir, tmp_path_factory, voices):
+    srv = start_server(tiny_workdir.root, tmp_path_factory.mktemp("ray"), "--ray", "--replicas", 2, "--voices", voices,
+                       "--max-streams", 2, "--stream-buffer", 4, env=ONE_THREAD, ready_timeout=READY_S)
+    yield srv
+    code = srv.stop(timeout=120)
+    assert code == 0, srv.log()[-3000:]
+
+
+def _replicas(srv) -> dict:
+    data = httpx.get(srv.url + "/dashboard/data", timeout=30).json()
+    return {r["name"]: r for r in data["replicas"]}
+
+
+def _speech(srv, frames: int, seed: int = 0) -> httpx.Response:
+    return httpx.post(srv.url + SPEECH, timeout=300, json={"input": "Speaker 1: Hello there.", "frames": frames,
+                                                            "seed": seed, "stream": True, "response_format": "pcm"})
+
+
+def test_fleet_options_need_ray_and_fit_together(tiny_workdir):
+    r = run("serve", "-w", tiny_workdir.root, "--replicas", 2)
+    assert r.exit_code == 2 and "--ray" in one_clear_line(r)
+    r = run("serve", "-w", tiny_workdir.root, "--ray", "--min-replicas", 3, "--max-replicas", 2)
+    assert r.exit_code == 2 and "--min-replicas" in one_clear_line(r)
+
+
+def test_without_ray_installed_serve_ray_names_the_extra(tiny_workdir, monkeypatch):
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    line = one_clear_line(run("serve", "-w", tiny_workdir.root, "--ray"))
+    assert "`ray` extra" in line and 'pip install -e ".[ray]"' in line, line
+
+
+def test_placement_shares_gpus_when_replicas_outnumber_them():
+    from vvtrt.server.fleet_config import FleetOptions, place
+
+    two_on_one = place(FleetOptions(replicas=2), 1, None)
+    assert (two_on_one.initial, two_on_one.device, two_on_one.num_gpus) == (2, "cuda", 0.5)
+    per_gpu = place(FleetOptions(), 4, None)
+    assert (per_gpu.initial, per_gpu.num_gpus) == (4, 1.0)
+    auto = place(FleetOptions(min_replicas=1, max_replicas=3), 2, None)
+    assert (auto.initial, auto.most, auto.num_gpus) == (1, 3, 0.5)
+    cpu = place(FleetOptions(replicas=2), 0, None)
+    assert (cpu.device, cpu.num_gpus) == ("cpu", 0.0)
+
+
+def test_autoscaling_follows_the_queue():
+    from vvtrt.server.fleet_config import FleetOptions, ScaleTimer
+
+    timer = ScaleTimer(FleetOptions(min_replicas=1, max_replicas=2, upscale_after_s=5, downscale_after_s=60), 1, 2)
+    assert timer.decide([(2, 3, True)], 0.0) is None          # one request waits for a slot...
+    assert timer.decide([(2, 3, True)], 5.0) == "up"          # ...for 5 s: one more replica
+    assert timer.decide([(2, 3, True), (2, 0, False)], 20.0) is None   # never again while one is starting
+    assert timer.decide([(2, 3, True), (2, 3, True)], 21.0) is None
+    assert timer.decide([(2, 3, True), (2, 3, True)], 29.0) is None    # queued 8 s, but the most run already
+    assert timer.decide([(2, 0, True), (2, 1, True)], 30.0) is None    # a replica's worth idle...
+    assert timer.decide([(2, 0, True), (2, 1, True)], 90.0) == "down"  # ...for 60 s: one fewer
+    assert timer.decide([(2, 2, True)], 200.0) is None        # the least replicas
+
+
+def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):
+    assert set(_replicas(fleet)) == {"r0", "r1"}
+    wait_until(lambda: all(r["ok"] for r in _replicas(fleet).values()), 120, "both replicas to take requests")
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: _speech(fleet, 3, seed=i), range(8)))
+    assert all(r.status_code == 200 and len(r.content) == 3 * FRAME_BYTES for r in responses)
+    served = [r.headers["x-vvtrt-replica"] for r in responses]
+    assert set(served) == {"r0", "r1"}, served
+    assert httpx.get(fleet.url + "/health").headers["x-vvtrt-replica"] == "front"
+
+    def both_counted():
+        text = httpx.get(fleet.url + "/metrics", timeout=30).text
+        return text if all(_requests(text, n) for n in ("r0", "r1")) else None
+    text = wait_until(both_counted, 60, "both replicas' requests in /metrics")
+    assert 'vvtrt_active_streams{replica="r0"}' in text and 'vvtrt_active_streams{replica="r1"}' in text
+    assert 'replica="front"' in text
+
+
+def test_loadtest_reports_requests_per_replica(fleet, tmp_path):
+    import json
+
+    r = run("loadtest", "--url", fleet.url, "--concurrency", 4, "--duration", 1, "--frames", 2, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    spread = json.loads((tmp_path / "loadtest.json").read_text())["requests_per_replica"]
+    assert set(spread) == {"r0", "r1"} and "Requests per replica: r0:" in r.output, r.output
+
+
+def test_streamed_bytes_equal_the_single_process_server(fleet, tiny_workdir, tmp_path, voices):
+    body = {"input": "Speaker 1: Hello there.", "voice": "alice", "frames": 6, "seed": 7, "stream": True,
+            "response_format": "pcm"}
+    single = start_server(tiny_workdir.root, tmp_path, "--voices", voices, env=ONE_THREAD)
+    try:
+        want = httpx.post(single.url + SPEECH, timeout=300, json=body)
+    finally:
+        single.stop()
+    got = httpx.post(fleet.url + SPEECH, timeout=300, json=body)
+    assert want.status_code == got.status_code == 200
+    assert len(got.content) == 6 * FRAME_BYTES and got.content == want.content
+
+
+def test_a_killed_replica_truncates_its_stream_and_the_other_completes(fleet):
+    pids = {name: r["pid"] for name, r in _replicas(fleet).items()}
+    out: dict = {}
+    opened = threading.Event()
+
+    def long_stream():  # held by flow control: the client reads one chunk, then waits for the kill
+        try:
+            with httpx.stream("POST", fleet.url + SPEECH, timeout=300, json={
+                    "input": "Speaker 1: a long story.", "frames": 700, "stream": True,
+                    "response_format": "pcm"}) as r:
+                out["victim"] = r.headers["x-vvtrt-replica"]
+                chunks = r.iter_raw()
+                out["bytes"] = len(next(chunks))
+                opened.set()
+                out["killed"].wait(120)
+                for b in chunks:
+                    out["bytes"] += len(b)
+            out["error"] = None
+        except httpx.HTTPError as exc:
+            out["error"] = exc
+        finally:
+            opened.set()
+
+    out["killed"] = threading.Event()
+    reader = threading.Thread(target=long_stream)
+    reader.start()
+    assert opened.wait(300) and "victim" in out, out
+    other = _speech_stream_start(fleet)
+    os.kill(pids[out["victim"]], signal.SIGKILL)
+    out["killed"].set()
+    reader.join(300)
+    with other as r:
+        assert r.headers["x-vvtrt-replica"] != out["victim"]
+        assert r.status_code == 200 and len(r.read()) == 60 * FRAME_BYTES
+    assert isinstance(out["error"], httpx.RemoteProtocolError), out  # an aborted body, never a short "whole" one
+    assert out["bytes"] < 700 * FRAME_BYTES
+    # Ray restarts the replica; it takes requests again
+    wait_until(lambda: _replicas(fleet)[out["victim"]]["ok"] and _replicas(fleet)[out["victim"]]["pid"] !=
+               pids[out["victim"]], READY_S, "the killed replica to restart")
+    text = httpx.get(fleet.url + "/metrics").text
+    assert metric(text, "vvtrt_streams_truncated_total", reason="error", replica="front") >= 1
+    with ThreadPoolExecutor(4) as pool:
+        assert all(r.status_code == 200 for r in pool.map(lambda i: _speech(fleet, 2, seed=i), range(4)))
+
+
+def _requests(text: str, replica: str) -> float:
+    """vvtrt_requests_total of one replica, every outcome."""
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith("vvtrt_requests_total{") and f'replica="{replica}"' in line)
+
+
+def _speech_stream_start(srv):
+    """A 60-frame stream, its headers read (the client reads the body later)."""
+    client = httpx.Client(timeout=300)
+    req = client.build_request("POST", srv.url + SPEECH, json={"input": "Speaker 1: Hello.", "frames": 60,
+                                                               "stream": True, "response_format": "pcm"})
+    return _Closing(client, client.send(req, stream=True))
+
+
+class _Closing:
+    def __init__(self, client, response):
+        self.client, self.response = client, response
+
+    def __enter__(self):
+        return self.response
+
+    def __exit__(self, *exc):
+        self.response.close()
+        self.client.close()
+
+
+def test_sigterm_drains_running_streams_then_exits_0(fleet):
+    """Last in the module: SIGTERM stops admitting, a running stream finishes, the server exits 0."""
+    with httpx.stream("POST", fleet.url + SPEECH, timeout=300, json={
+            "input": "Speaker 1: Hello.", "frames": 40, "stream": True, "response_format": "pcm"}) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw()
+        got = len(next(chunks))
+        fleet.proc.send_signal(signal.SIGTERM)
+        got += sum(len(b) for b in chunks)
+    assert got == 40 * FRAME_BYTES
+    assert fleet.proc.wait(180) == 0, fleet.log()[-3000:]
