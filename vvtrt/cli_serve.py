@@ -55,17 +55,25 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, workdir_opt
               help="Seconds a stream whose client reads nothing (its buffer full) is held before it is cancelled.")
 @click.option("--deterministic", is_flag=True,
               help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run.")
+@click.option("--allow-failed-quant", is_flag=True,
+              help="Serve a quantized work dir whose quality gate (vvtrt parity) failed or never ran.")
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
           backend, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key, header_timeout,
-          body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic):
+          body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic, allow_failed_quant):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
     from vvtrt.server.serve import run_server
+    from vvtrt.pipeline import is_realtime_workdir
     from vvtrt.server.voices import check_serve_settings
 
     check_serve_settings(workdir, voices_dir, max_context)  # what would fail every request: refused before start
+    if not is_realtime_workdir(workdir):
+        from vvtrt.quant.gate import check_gate
+        from vvtrt.workdir import Workdir
+
+        check_gate(Workdir.open(workdir), allow_failed_quant)
 
     if api_key is not None:
         logging.getLogger("vvtrt.server").warning("--api-key on the command line is visible to other users (ps); "

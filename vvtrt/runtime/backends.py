@@ -87,7 +87,7 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
             # the voice encoder sees a new length per prompt: keep it eager (the prefill runs lm_decode's
             # module eagerly, see vvtrt.runtime.prefill)
             r = TorchRunner(spec, precision, device, models.get(precision, device), steps,
-                            compile=compile if comp != "acoustic_encoder" else False)
+                            compile=compile if comp != "acoustic_encoder" else False, quant=wd.quant())
         elif which == "onnxruntime":
             path = wd.onnx_path(comp, precision)
             if not path.is_file():

@@ -102,9 +102,14 @@ class TorchRunner(RunnerBase):
     backend = "torch"
 
     def __init__(self, spec: ComponentSpec, precision: Precision, device, model, steps: int = 10,
-                 compile: bool | str = False):
+                 compile: bool | str = False, quant=None):
         super().__init__(spec, precision, device)
         self.module = spec.make_module(model, steps).eval()
+        self.quant = quant if spec.quant else None  # a QuantMode: the spec's GEMMs run quantized
+        if self.quant is not None:
+            from vvtrt.quant.torch_path import quantize_module
+
+            quantize_module(self.module, spec.quant, self.quant)
         self.mode = compile if isinstance(compile, str) else None
         # kernels for the compiled CUDA path, never exported: FlexAttention decoding in lm_decode, dense
         # convolutions as GEMMs in the streaming steps (see LMDecode / AcousticDecoderStep). If they fail
