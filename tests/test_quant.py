@@ -144,3 +144,39 @@ def test_synth_refuses_a_failed_or_ungated_quantization(wd_int8, tmp_path):
         gate.unlink(missing_ok=True)
         if saved is not None:
             gate.write_bytes(saved)
+
+
+def test_bench_compares_quantized_work_dirs_side_by_side(tiny_workdir, wd_int8, tmp_path):
+    from vvtrt.bench.run import run_bench_cli
+
+    paths = run_bench_cli(tiny_workdir.root, "torch", "cpu", "fp32", 3, 16, 1, 1.3, (), tmp_path,
+                          compare_workdirs=(wd_int8.root,))
+    report = json.loads(open(paths["json"]).read())
+    assert [r["label"] for r in report["results"]] == ["vvtrt-torch-none", "vvtrt-torch-int8"]
+    assert all(r["frame"]["p50"] > 0 for r in report["results"])
+    assert [q["quant"] for q in report["quant"]] == ["none", "int8"]
+    assert "## Quantization" in open(paths["md"]).read()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [QuantMode.INT8, QuantMode.FP8])
+def test_torch_quant_path_on_the_gpu_in_a_cuda_graph(mode):
+    from vvtrt.quant.torch_path import QuantLinear
+
+    lin = torch.nn.Linear(256, 512, device="cuda", dtype=torch.bfloat16)
+    q = QuantLinear(lin.weight, lin.bias, mode)
+    x = torch.randn(8, 256, device="cuda", dtype=torch.bfloat16)
+    want = lin(x).float()
+    eager = q(x)
+    graph, static_x = torch.cuda.CUDAGraph(), x.clone()
+    q(static_x)
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        out = q(static_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+    rel = ((eager.float() - want).norm() / want.norm()).item()
+    assert rel < (0.02 if mode is QuantMode.INT8 else 0.1)
+    if mode is QuantMode.FP8 and torch.cuda.get_device_capability() >= (8, 9):
+        assert q._scaled_mm_ok(x)  # the FP8 GEMM path, not the weight-only fallback

@@ -216,15 +216,19 @@ def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, 
               help="Concurrent streams batched into each frame step (throughput); baselines need 1. Realtime: "
                    "1, 2, 4 ... up to N streams, through one stepper and through the engine.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--compare-workdir", "compare", multiple=True, type=click.Path(file_okay=False),
+              help="Another work dir of the same model (e.g. exported with --quant int8 / fp8) whose variants run "
+                   "side by side in this bench, with their quantization gates (repeatable; long-form only).")
 @_friendly
-def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines, streams, out_dir):
+def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines, streams, out_dir,
+          compare):
     """Measure latency, RTF, time to first audio, memory and GPU telemetry. On a Realtime work dir (one
     --backend: torch, torch-compile, torch-max-autotune, onnxruntime or tensorrt): warm TTFA, the step and
     its components, memory, and streams through one stepper and through the engine, with a synthetic voice."""
     from vvtrt.pipeline import run_bench_verb
 
     paths = run_bench_verb(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines,
-                           streams, out_dir)
+                           streams, out_dir, compare)
     click.echo(f"bench report: {paths['md']}")
 
 

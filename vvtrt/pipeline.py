@@ -310,19 +310,24 @@ def check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens,
 
 
 def run_bench_verb(workdir, backends="torch", device=None, dtype=None, frames=60, prompt_tokens=None, repeats=None,
-                   cfg_scale=None, baselines=(), streams=1, out_dir=None) -> dict:
+                   cfg_scale=None, baselines=(), streams=1, out_dir=None, compare=()) -> dict:
     """`vvtrt bench`: a Realtime work dir's bench (`vvtrt.realtime.verbs.realtime_bench`) or the long-form one
     (defaults: 512 prompt tokens, 3 repeats, CFG 1.3); the written paths."""
     if is_realtime_workdir(workdir):
         from vvtrt.realtime.verbs import realtime_bench
 
+        if compare:
+            raise InputError("--compare-workdir is for long-form work dirs only")
         return realtime_bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines,
                               streams, out_dir)
     from vvtrt.bench.run import run_bench_cli
 
     device = check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens, streams, out_dir)
+    for other in compare:
+        check_bench_options(other, backends, device, dtype, frames, prompt_tokens, streams, out_dir)
     return run_bench_cli(workdir, backends, device, dtype, frames, 512 if prompt_tokens is None else prompt_tokens,
-                         repeats or 3, 1.3 if cfg_scale is None else cfg_scale, baselines, out_dir, streams)
+                         repeats or 3, 1.3 if cfg_scale is None else cfg_scale, baselines, out_dir, streams,
+                         compare_workdirs=compare)
 
 
 def run_demo(workdir="demo-out", frames=16, progress_factory=None) -> dict:

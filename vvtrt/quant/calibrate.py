@@ -10,8 +10,6 @@ from importlib import resources
 import torch
 from torch import nn
 
-from vvtrt.components.fused_linear import FusedLinear
-
 log = logging.getLogger(__name__)
 CALIBRATION_TEXT = ("vvtrt.bench", "data/dialogue.txt")
 DECODE_ROWS = 8  # decode steps (batch rows) at the prompt's last positions; also the diffusion conditions
@@ -31,9 +29,16 @@ def prompt_ids(tokenizer, vocab: int, max_tokens: int) -> list[int]:
     return ids[:max_tokens]
 
 
+def is_fused_linear(m: nn.Module) -> bool:
+    """`vvtrt.components.fused_linear.FusedLinear` (told by its shape: one weight, output `sizes`)."""
+    return type(m).__name__ == "FusedLinear" and hasattr(m, "sizes") and isinstance(getattr(m, "weight", None),
+                                                                                     torch.Tensor)
+
+
 def gemm_modules(module: nn.Module, qspec) -> dict[str, nn.Module]:
-    """The wrapper's quantizable GEMMs by name: `nn.Linear` and `FusedLinear` not excluded by `qspec`."""
-    return {n: m for n, m in module.named_modules() if isinstance(m, (nn.Linear, FusedLinear)) and n and qspec.wants(n)}
+    """The wrapper's quantizable GEMMs by name: `nn.Linear` and fused linears not excluded by `qspec`."""
+    return {n: m for n, m in module.named_modules()
+            if (isinstance(m, nn.Linear) or is_fused_linear(m)) and n and qspec.wants(n)}
 
 
 @torch.no_grad()

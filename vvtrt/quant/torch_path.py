@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vvtrt.components.fused_linear import FusedLinear
 from vvtrt.quant.config import QuantMode
 from vvtrt.quant.qdq import quantize_weight
 
@@ -56,13 +55,13 @@ class QuantLinear(nn.Module):
 
 def quantize_module(module: nn.Module, qspec, mode: QuantMode) -> int:
     """Replace the selected GEMMs of `module` (see the module doc); returns how many were replaced."""
-    from vvtrt.quant.calibrate import gemm_modules
+    from vvtrt.quant.calibrate import gemm_modules, is_fused_linear
 
     n = 0
     for name, child in list(gemm_modules(module, qspec).items()):
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        sizes = child.sizes if isinstance(child, FusedLinear) else None
+        sizes = child.sizes if is_fused_linear(child) else None
         setattr(parent, attr, QuantLinear(child.weight.detach(), child.bias, mode, sizes))
         n += 1
     return n
