@@ -122,7 +122,9 @@ def insert_qdq(path: Path, mode: QuantMode, precision, calibrated: dict, qspec) 
 
 
 def _save(model, path: Path) -> None:
-    big = model.ByteSize() > (1 << 31) - (1 << 26)
+    """Write the graph back; weights above 1 GiB go to `<graph>.onnx.data`, as the export writes them (a
+    protobuf cannot exceed 2 GiB)."""
+    big = sum(len(t.raw_data) for t in model.graph.initializer) > (1 << 30)
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()
