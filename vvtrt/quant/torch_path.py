@@ -8,7 +8,8 @@
 
 Both are plain tensor ops with no host sync, so they run inside the whole-frame CUDA graph. The module is
 replaced in place: the wrapper shares its submodules with the model, so the model's own Linears become
-`QuantLinear`s (done once; a second wrapper over the same model reuses them)."""
+`QuantLinear`s (done once; a second wrapper over the same model reuses them). The float weights stay in
+memory (`QuantLinear.weight`): the quantized path saves no memory yet."""
 from __future__ import annotations
 
 import torch
@@ -29,6 +30,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", q.to(weight.device))
         self.register_buffer("scale", scale.to(weight.device))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        # the float weight stays reachable: another wrapper over the same model (the sampler and the head step
+        # share the head) fuses its projections from it before quantizing its own copy
+        self.register_buffer("weight", weight.detach(), persistent=False)
 
     def _scaled_mm_ok(self, x: torch.Tensor) -> bool:
         return (self.mode is QuantMode.FP8 and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
