@@ -35,7 +35,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("weight", weight.detach(), persistent=False)
 
     def _scaled_mm_ok(self, x: torch.Tensor) -> bool:
-        return (self.mode is QuantMode.FP8 and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+        return (self.mode is QuantMode.FP8 and x.is_cuda and x.dtype == torch.bfloat16  # row-wise scales: bf16 out
                 and torch.cuda.get_device_capability(x.device) >= (8, 9) and self.in_features % 16 == 0
                 and self.out_features % 16 == 0)
 
@@ -44,8 +44,9 @@ class QuantLinear(nn.Module):
         amax = x2.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12)
         xs = amax / QuantMode.FP8.qmax
         xq = (x2.float() / xs).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
-        out = torch._scaled_mm(xq, self.qweight.t(), scale_a=xs, scale_b=self.scale.view(1, -1),
-                               out_dtype=x.dtype, bias=self.bias)
+        out = torch._scaled_mm(xq, self.qweight.t(), scale_a=xs, scale_b=self.scale.view(1, -1), out_dtype=x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x):
