@@ -71,11 +71,12 @@ def export_key(spec: ComponentSpec, precision: Precision, source: dict, kind: st
 
 @functools.lru_cache(maxsize=1)
 def quant_code_hash() -> str:
-    """sha256 over vvtrt/quant/*.py (calibration and Q/DQ insertion): editing them re-exports quantized graphs."""
+    """sha256 over the code that makes quantized graphs (vvtrt/quant: config, calibration, Q/DQ insertion):
+    editing it re-exports them."""
     from vvtrt import quant
 
     h = hashlib.sha256()
-    for f in sorted(Path(quant.__file__).parent.glob("*.py")):
+    for f in (Path(quant.__file__).parent / n for n in ("config.py", "calibrate.py", "qdq.py")):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 
