@@ -81,15 +81,17 @@ def cli(verbose: int):
               help="Longest prompt in tokens (default: the model's context less 1024; tiny: 512).")
 @click.option("--kv-buckets", default=None, help="KV cache lengths, ascending, e.g. 1024,8192,65536 (default: "
               "powers of two from 1024 up to the model's context; each is one TensorRT profile).")
+@click.option("--quant", default=None, type=click.Choice(["none", "int8", "fp8"]),
+              help="Quantize the LLM's and the diffusion head's GEMMs (W8A8, Q/DQ graphs; README: Quantization).")
 @click.option("--force", is_flag=True, help="Re-export even when up to date; remove stray files from onnx/.")
 @_friendly
-def export(model_spec, workdir, dtypes, steps, components, seed, tokenizer, max_prompt, kv_buckets, force):
+def export(model_spec, workdir, dtypes, steps, components, seed, tokenizer, max_prompt, kv_buckets, quant, force):
     """Export every component to ONNX with explicit state (graphs the new settings make stale, too)."""
     from vvtrt.components.specs import parse_kv_buckets
     from vvtrt.pipeline import run_export
 
     recs = run_export(model_spec, workdir, dtypes, steps, components, seed, force, _progress, tokenizer,
-                      max_prompt, parse_kv_buckets(kv_buckets))
+                      max_prompt, parse_kv_buckets(kv_buckets), quant)
     done = sum(not r.get("skipped") for r in recs)
     click.echo(f"exported {done} graph(s), {len(recs) - done} up to date, in {workdir}/onnx")
 
@@ -177,14 +179,17 @@ def parity(workdir, backend, device, dtypes, frames, no_e2e, json_path):
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the diffusion noise.")
 @click.option("--stream", is_flag=True, help="Write audio chunk by chunk as frames are produced.")
 @click.option("--no-cuda-graph", is_flag=True, help="Run the frame step eagerly.")
+@click.option("--allow-failed-quant", is_flag=True,
+              help="Use a quantized work dir whose quality gate (vvtrt parity) failed or never ran.")
 @_friendly
 def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, output, frames, max_frames,
-          cfg_scale, seed, stream, no_cuda_graph):
+          cfg_scale, seed, stream, no_cuda_graph, allow_failed_quant):
     """Synthesize speech to a wav file."""
     from vvtrt.pipeline import run_synth
 
     res = run_synth(workdir, backend, fallback, device, dtype, text, script_file, voices, output, frames,
-                    max_frames, cfg_scale, seed, stream, False if no_cuda_graph else "auto")
+                    max_frames, cfg_scale, seed, stream, False if no_cuda_graph else "auto",
+                    allow_failed_quant=allow_failed_quant)
     forced = " (speech_diffusion forced by --frames)" if res.forced else ""
     click.echo(f"wrote {output}: {res.frames} frames, {res.audio_seconds:.2f} s of audio{forced}; "
                f"stop: {res.stop_reason}; RTF {res.rtf:.3f}; time to first audio {res.ttfa_s * 1000:.1f} ms")
@@ -211,15 +216,19 @@ def synth(workdir, backend, fallback, device, dtype, text, script_file, voices, 
               help="Concurrent streams batched into each frame step (throughput); baselines need 1. Realtime: "
                    "1, 2, 4 ... up to N streams, through one stepper and through the engine.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--compare-workdir", "compare", multiple=True, type=click.Path(file_okay=False),
+              help="Another work dir of the same model (e.g. exported with --quant int8 / fp8) whose variants run "
+                   "side by side in this bench, with their quantization gates (repeatable; long-form only).")
 @_friendly
-def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines, streams, out_dir):
+def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines, streams, out_dir,
+          compare):
     """Measure latency, RTF, time to first audio, memory and GPU telemetry. On a Realtime work dir (one
     --backend: torch, torch-compile, torch-max-autotune, onnxruntime or tensorrt): warm TTFA, the step and
     its components, memory, and streams through one stepper and through the engine, with a synthetic voice."""
     from vvtrt.pipeline import run_bench_verb
 
     paths = run_bench_verb(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines,
-                           streams, out_dir)
+                           streams, out_dir, compare)
     click.echo(f"bench report: {paths['md']}")
 
 

@@ -71,18 +71,26 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, workdir_opt
 @click.option("--max-replicas", default=None, type=click.IntRange(1, 256), help="With --ray: see --min-replicas.")
 @click.option("--address", default=None,
               help="With --ray: join this Ray cluster (e.g. auto, or HEAD:6379) instead of starting a local one.")
+@click.option("--allow-failed-quant", is_flag=True,
+              help="Serve a quantized work dir whose quality gate (vvtrt parity) failed or never ran.")
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
           backend, compile_shapes, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key,
           header_timeout, body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic, use_ray,
-          replicas, min_replicas, max_replicas, address):
+          replicas, min_replicas, max_replicas, address, allow_failed_quant):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
+    from vvtrt.pipeline import is_realtime_workdir
     from vvtrt.server.voices import check_serve_settings
 
     fleet = _fleet_options(use_ray, replicas, min_replicas, max_replicas, address)
     check_serve_settings(workdir, voices_dir, max_context)  # what would fail every request: refused before start
+    if not is_realtime_workdir(workdir):
+        from vvtrt.quant.gate import check_gate
+        from vvtrt.workdir import Workdir
+
+        check_gate(Workdir.open(workdir), allow_failed_quant)
 
     if api_key is not None:
         logging.getLogger("vvtrt.server").warning("--api-key on the command line is visible to other users (ps); "

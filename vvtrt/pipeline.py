@@ -31,13 +31,15 @@ def is_realtime_workdir(workdir) -> bool:
 
 def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int | None = None, components="",
                seed: int = 0, force: bool = False, progress_factory=None, tokenizer=None, max_prompt: int | None = None,
-               kv_buckets: tuple[int, ...] | None = None) -> list[dict]:
+               kv_buckets: tuple[int, ...] | None = None, quant=None) -> list[dict]:
     """Resolve the model (one pass through `vvtrt.model.resolve`: source, tokenizer, validated weights,
     `ModelInfo`), write the work dir's metadata and export every (component, dtype), holding the work-dir
     lock; graphs already there that the new settings make stale are re-exported too. `model_spec`: a
     preset, a checkpoint directory or a Hugging Face Hub id. `steps`: the sampler's K (default 10;
-    Realtime models 5)."""
+    Realtime models 5). `quant`: "int8" / "fp8" quantizes the GEMMs the component specs name (recorded in
+    workdir.json and each quantized graph's export record; calibration: `vvtrt.quant.calibrate`)."""
     from vvtrt.components.specs import ExportOptions, build_specs, check_components
+    from vvtrt.quant.config import QuantMode
     from vvtrt.export.onnx_export import clear_strays, export_all, sweep_export_temporaries
     from vvtrt.model.hub import local_source
     from vvtrt.export_checks import check_prompt_room, check_workdir_kind, source_context
@@ -45,7 +47,10 @@ def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int | N
     from vvtrt.model.text_tokenizer import load_text_tokenizer
 
     model_spec = local_source(model_spec)  # a Hub id: its snapshot in the Hub cache (downloaded when online)
+    quant = QuantMode.parse(quant)
     if model_kind(model_spec) == "realtime":
+        if quant is not None:
+            raise InputError("--quant is not supported for VibeVoice-Realtime models yet: export without --quant")
         from vvtrt.realtime.verbs import run_realtime_export
 
         return run_realtime_export(model_spec, workdir, dtypes, steps, components, seed, force, progress_factory,
@@ -56,7 +61,8 @@ def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int | N
     source = parse_source(model_spec, check_seed(seed), tokenizer)  # quick checks, before the work dir
     # what can be refused before the model loads or the work dir is touched (context from the config alone)
     options = ExportOptions.for_preset(source.preset, steps, source_context(source), max_prompt, kv_buckets)
-    check_prompt_room(options, load_text_tokenizer(source))
+    text_tokenizer = load_text_tokenizer(source)
+    check_prompt_room(options, text_tokenizer)
     check_workdir_kind(workdir, "longform")
     wd = Workdir.create(workdir)
     with WorkdirLock(wd.root, "export", wait_s=lock_wait_s()):
@@ -65,14 +71,35 @@ def run_export(model_spec: str, workdir, dtypes="fp32,fp16,bf16", steps: int | N
         resolved = resolve(source)
         # long-context sizes follow the model's context (ExportOptions.for_preset); --max-prompt/--kv-buckets
         options = ExportOptions.for_preset(source.preset, steps, resolved.info.context, max_prompt, kv_buckets)
-        wd.write_meta(resolved.source, options, resolved.info)
-        specs = {n: s for n, s in build_specs(resolved.info, options).items() if n in names}
+        wd.write_meta(resolved.source, options, resolved.info, quant)
+        from vvtrt.quant.gate import GATE_FILE
+
+        (wd.root / GATE_FILE).unlink(missing_ok=True)  # graphs may change: the gate must run again
+        catalog = build_specs(resolved.info, options)
+        specs = {n: s for n, s in catalog.items() if n in names}
         tick = progress_factory(len(precisions) * len(specs), "export") if progress_factory else None
+        calibrate = _calibrator(catalog, options, resolved.info, text_tokenizer) if quant else None
         try:
-            return export_all(wd, _models_by_precision(resolved), specs, precisions, options.steps, force, tick)
+            return export_all(wd, _models_by_precision(resolved), specs, precisions, options.steps, force, tick,
+                              calibrate)
         finally:
             if tick:
                 tick.close()
+
+
+def _calibrator(catalog, options, info, tokenizer):
+    """`calibrate(model, precision)`: the quantized components' calibration feeds from the model's own run on
+    the packaged prompt (`vvtrt.quant.calibrate`), plus what the export record says about them."""
+    from vvtrt.quant.calibrate import CALIBRATION_TEXT, calibration_feeds, prompt_ids
+
+    ids = prompt_ids(tokenizer, info.vocab, min(options.prefill_chunk, options.max_prompt))
+
+    def calibrate(model, precision):
+        feeds = calibration_feeds(model, catalog, options.steps, precision, ids)
+        return {**feeds, "_about": {"text": "/".join(CALIBRATION_TEXT), "tokens": len(ids),
+                                    "decode_rows": len(feeds["lm_decode"][1][0]), "seed": 0}}
+
+    return calibrate
 
 
 def _models_by_precision(resolved):
@@ -153,6 +180,10 @@ def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", fram
                          "frames": frames, "environment": collect_environment()},
               # where vvtrt follows Microsoft's original rather than transformers' port, and why
               "departures": [] if realtime else list(PORT_DEPARTURES), **body}
+    if wd.quant() is not None:
+        from vvtrt.quant.gate import write_gate
+
+        report["quant_gate"] = write_gate(wd, report)
     paths = write_report(report, wd.reports_dir, f"parity_{backend}_{dev.replace(':', '')}")
     if json_out:
         atomic_write_json(json_out, to_jsonable(report))
@@ -161,7 +192,7 @@ def run_parity_cli(workdir, backend="onnxruntime", device="cpu", dtypes="", fram
 
 def run_synth(workdir, backend="torch", fallback=(), device=None, dtype=None, text=None, script_file=None,
               voices=(), output="out.wav", frames=None, max_frames=None, cfg_scale=None, seed=0, stream=False,
-              cuda_graph="auto"):
+              cuda_graph="auto", allow_failed_quant: bool = False):
     """Speech from a work dir into a wav. `cfg_scale`: default 1.3 (long-form), 1.5 (Realtime). On a
     Realtime work dir `voices` is at most one voice preset (.safetensors; none: a synthetic voice for
     random-weight presets) and `frames` forces the end of speech after that many frames."""
@@ -192,6 +223,9 @@ def run_synth(workdir, backend="torch", fallback=(), device=None, dtype=None, te
     cfg_scale = check_cfg(cfg_scale)
     output = check_output_file(output, "output file", ".wav")
     wd = Workdir.open(workdir)
+    from vvtrt.quant.gate import check_gate
+
+    check_gate(wd, allow_failed_quant)
     dev = resolve_device(device)
     precision = Precision.parse(dtype or ("bf16" if dev.type == "cuda" else "fp32"))
     fallback = parse_fallback(fallback)
@@ -276,19 +310,24 @@ def check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens,
 
 
 def run_bench_verb(workdir, backends="torch", device=None, dtype=None, frames=60, prompt_tokens=None, repeats=None,
-                   cfg_scale=None, baselines=(), streams=1, out_dir=None) -> dict:
+                   cfg_scale=None, baselines=(), streams=1, out_dir=None, compare=()) -> dict:
     """`vvtrt bench`: a Realtime work dir's bench (`vvtrt.realtime.verbs.realtime_bench`) or the long-form one
     (defaults: 512 prompt tokens, 3 repeats, CFG 1.3); the written paths."""
     if is_realtime_workdir(workdir):
         from vvtrt.realtime.verbs import realtime_bench
 
+        if compare:
+            raise InputError("--compare-workdir is for long-form work dirs only")
         return realtime_bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_scale, baselines,
                               streams, out_dir)
     from vvtrt.bench.run import run_bench_cli
 
     device = check_bench_options(workdir, backends, device, dtype, frames, prompt_tokens, streams, out_dir)
+    for other in compare:
+        check_bench_options(other, backends, device, dtype, frames, prompt_tokens, streams, out_dir)
     return run_bench_cli(workdir, backends, device, dtype, frames, 512 if prompt_tokens is None else prompt_tokens,
-                         repeats or 3, 1.3 if cfg_scale is None else cfg_scale, baselines, out_dir, streams)
+                         repeats or 3, 1.3 if cfg_scale is None else cfg_scale, baselines, out_dir, streams,
+                         compare_workdirs=compare)
 
 
 def run_demo(workdir="demo-out", frames=16, progress_factory=None) -> dict:

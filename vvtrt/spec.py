@@ -72,6 +72,7 @@ class ComponentSpec:
     state: tuple[tuple[str, str], ...] = ()
     tolerance_notes: str = ""
     default_dims: Mapping[str, int] = field(default_factory=dict)  # sizes of axes a caller may leave out
+    quant: object = None  # a `vvtrt.quant.config.QuantSpec`: the GEMMs `--quant int8|fp8` quantizes (None: none)
 
     @property
     def axis_names(self) -> tuple[str, ...]:

@@ -125,11 +125,13 @@ class Workdir:
     def meta_path(self) -> Path:
         return self.root / "workdir.json"
 
-    def write_meta(self, source: ModelSource, options, info) -> None:
-        """workdir.json of a long-form model (`ExportOptions`, `ModelInfo`) or a Realtime one
-        (`RealtimeExportOptions`, `RealtimeConfig`)."""
+    def write_meta(self, source: ModelSource, options, info, quant=None) -> None:
+        """workdir.json of a long-form model (`ExportOptions`, `ModelInfo`, the `QuantMode` or None) or a
+        Realtime one (`RealtimeExportOptions`, `RealtimeConfig`)."""
         if isinstance(options, ExportOptions):
             meta = {"model": source.to_json(), "options": options.to_json(), "info": dataclasses.asdict(info)}
+            if quant is not None:
+                meta["quant"] = quant.value
         else:
             meta = kinds.get(kinds.REALTIME).load("to_meta")(source, options, info)
         atomic_write_json(self.meta_path, meta)
@@ -148,6 +150,12 @@ class Workdir:
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError, VvtrtError) as exc:
             raise WorkdirError(f"{p} is corrupt ({type(exc).__name__}: {_first_line(exc)}): {redo}") from None
         return meta
+
+    def quant(self):
+        """The work dir's `QuantMode` (`vvtrt export --quant`), None when it is not quantized."""
+        from vvtrt.quant.config import QuantMode
+
+        return QuantMode.parse(self.meta().get("quant"))
 
     @property
     def kind(self) -> str:
@@ -197,6 +205,8 @@ class Workdir:
             cmd += f" --max-prompt {options.max_prompt}"
         if options.kv_buckets != default.kv_buckets:
             cmd += f" --kv-buckets {','.join(map(str, options.kv_buckets))}"
+        if meta.get("quant"):
+            cmd += f" --quant {meta['quant']}"
         return cmd + export_command_tail(source, component, precision)
 
     # -- exported graphs --------------------------------------------------------------------------
@@ -329,6 +339,9 @@ def _parse_meta(meta) -> tuple:
     if not all(type(v) is int or (isinstance(v, list) and all(type(x) is int for x in v)) for v in opts.values()):
         raise TypeError("options must be integers")
     options = ExportOptions.from_json(opts)
+    from vvtrt.quant.config import QuantMode
+
+    QuantMode.parse(meta.get("quant"))  # an unknown mode: InputError, i.e. a corrupt workdir.json
     info = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["info"].items()}
     for f in dataclasses.fields(ModelInfo):
         if not _valid_field(str(f.type), info.get(f.name)):

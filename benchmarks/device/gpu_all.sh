@@ -326,7 +326,32 @@ convb() {  # the streaming conv steps alone: exported ops vs the channels-last f
   python3 -m pytest -q -rA -m gpu tests/test_conv_fast.py tests/test_gpu.py -k "conv" -p no:cacheprovider || rc=1
   return $rc
 }
-STAGE_NAMES=" ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+# Quantization (README: Quantization): bf16 vs int8 vs fp8 of one model. Exports a work dir per mode (every
+# component in bf16; --quant adds the Q/DQ GEMMs of lm_decode and the diffusion head), runs the quality gate
+# (vvtrt parity: ONNX Runtime CUDA, then the torch path, whose result stays in quant_gate.json), builds the
+# quantized engines with full TensorRT (layer report in the manifest), then one bench with the three work dirs
+# side by side (torch-compile and tensorrt variants). $1: model preset, $2: results tag.
+quant_stage() {
+  local model=$1 tag=$2 rc=0 q wd
+  $VV export --model $model -w "$RUN/wdq${tag}_none" --dtype bf16 || return 1
+  for q in int8 fp8; do
+    wd="$RUN/wdq${tag}_$q"
+    $VV export --model $model -w "$wd" --dtype bf16 --quant $q || { rc=1; continue; }
+    $VV parity -w "$wd" --backend onnxruntime --device cuda --dtype bf16 --json "$RUN/results/parity_${tag}_${q}_ort_cuda.json" || rc=1
+    $VV build -w "$wd" --flavor tensorrt --dtype bf16 --components lm_decode,diffusion_sampler,diffusion_head || rc=1
+    cp "$wd"/engines/*/manifest.json "$RUN/results/manifest_${tag}_${q}.json" 2>/dev/null
+    $VV parity -w "$wd" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_${tag}_${q}_torch_cuda.json" || rc=1
+    cp "$wd/quant_gate.json" "$RUN/results/quant_gate_${tag}_${q}.json" 2>/dev/null
+  done
+  $VV bench -w "$RUN/wdq${tag}_none" --compare-workdir "$RUN/wdq${tag}_int8" --compare-workdir "$RUN/wdq${tag}_fp8" \
+      --backend torch-compile --device cuda --dtype bf16 --frames 60 --prompt-tokens 512 --repeats 3 \
+      --out "$RUN/results/bench_${tag}_quant" || rc=1
+  python3 -m pytest -q -rA -m gpu tests/test_quant.py -p no:cacheprovider || rc=1
+  return $rc
+}
+q15() { quant_stage 1.5b 1.5b; }
+q7() { quant_stage 7b 7b; }
+STAGE_NAMES=" q15 q7 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

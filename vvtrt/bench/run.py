@@ -7,6 +7,8 @@ variant alone (no baselines) that fails is the command's error.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -91,9 +93,27 @@ def _job(wd: Workdir, s: BenchSettings, inputs, kind: str, name: str) -> BenchJo
                     s.prompt_tokens, s.streams, inputs.script, inputs.voices, logging.getLogger().getEffectiveLevel())
 
 
-def _jobs(wd: Workdir, s: BenchSettings, inputs) -> list[BenchJob]:
-    return ([_job(wd, s, inputs, "variant", b) for b in s.backends]
-            + [_job(wd, s, inputs, "baseline", b) for b in s.baselines])
+def _jobs(wd: Workdir, s: BenchSettings, inputs, compare=()) -> list[BenchJob]:
+    """The variants and baselines on `wd`, then the variants on each compared work dir (`--compare-workdir`:
+    e.g. the bf16, int8 and fp8 exports of one model side by side), labelled with their quantization."""
+    tag = (lambda w: (w.quant().value if w.quant() else "none")) if compare else (lambda w: "")
+    jobs = [dataclasses.replace(_job(wd, s, inputs, "variant", b), tag=tag(wd)) for b in s.backends]
+    jobs += [_job(wd, s, inputs, "baseline", b) for b in s.baselines]
+    for other in compare:
+        jobs += [dataclasses.replace(_job(other, s, inputs, "variant", b), tag=tag(other)) for b in s.backends]
+    return jobs
+
+
+def quant_summary(workdirs) -> list[dict]:
+    """Per work dir of a comparison: its quantization and the quality gate's verdict (`vvtrt.quant.gate`)."""
+    from vvtrt.quant.gate import read_gate
+
+    out = []
+    for w in workdirs:
+        gate = read_gate(w) if w.quant() else None
+        out.append({"workdir": str(w.root), "quant": w.quant().value if w.quant() else "none",
+                    "gate": None if gate is None else {k: gate.get(k) for k in ("passed", "k", "worst", "e2e")}})
+    return out
 
 
 def _run_jobs(jobs, scratch: Path, tel) -> tuple[list, list, list, list]:
@@ -105,7 +125,10 @@ def _run_jobs(jobs, scratch: Path, tel) -> tuple[list, list, list, list]:
         spans.append({"label": job.label, "kind": job.kind, "pid": reply.get("pid"), "t_start_s": t0,
                       "t_end_s": tel.elapsed(), "ok": "result" in reply})
         if "result" in reply:
-            (results if job.kind == "variant" else baselines).append({**reply["result"], "pid": reply["pid"]})
+            res = {**reply["result"], "pid": reply["pid"]}
+            if job.tag:
+                res.update(label=job.label, quant=job.tag, workdir=job.workdir)
+            (results if job.kind == "variant" else baselines).append(res)
         else:
             log.error("bench %s failed: %s", job.label, reply["error"])
             failed.append({"label": job.label, "error": reply["error"], "error_type": reply.get("error_type"),
@@ -133,11 +156,11 @@ def _raise_failure(fail: dict) -> None:
     raise VvtrtError(f"bench {fail['label']} failed: {fail['error']}")
 
 
-def run_bench(wd: Workdir, s: BenchSettings, inputs, prompt: dict, scratch: Path) -> dict:
+def run_bench(wd: Workdir, s: BenchSettings, inputs, prompt: dict, scratch: Path, compare=()) -> dict:
     from vvtrt.reports.environment import collect_environment
     from vvtrt.reports.telemetry import TelemetrySampler
 
-    jobs = _jobs(wd, s, inputs)
+    jobs = _jobs(wd, s, inputs, compare)
     index = s.device.partition(":")[2]
     with TelemetrySampler(interval_s=TELEMETRY_INTERVAL_S, device_index=int(index or 0)) as tel:
         results, base, failed, spans = _run_jobs(jobs, scratch, tel)
@@ -160,18 +183,25 @@ def run_bench(wd: Workdir, s: BenchSettings, inputs, prompt: dict, scratch: Path
                        "environment": collect_environment()},
             "results": results, "baselines": base, "failed": failed,
             "telemetry": {"interval_s": TELEMETRY_INTERVAL_S, "samples": list(tel.samples)}, "jobs": spans,
-            "floor": floor}
+            "floor": floor, **({"quant": quant_summary([wd, *compare])} if compare else {})}
 
 
 def run_bench_cli(workdir, backends="torch", device=None, dtype=None, frames=60, prompt_tokens=512, repeats=3,
-                  cfg_scale=1.3, baselines=(), out_dir=None, streams: int = 1, script=None, voices=()) -> dict:
+                  cfg_scale=1.3, baselines=(), out_dir=None, streams: int = 1, script=None, voices=(),
+                  compare_workdirs=()) -> dict:
     """`vvtrt bench`: validate, measure, write ``bench_<preset>_<dtype>_k<steps>[_xN].{json,md,png}``.
     `script`: a script file (default: the packaged dialogue); `voices`: one wav per speaker (default: the
-    packaged clips)."""
+    packaged clips). `compare_workdirs`: more work dirs of the same model (e.g. exported with --quant int8 and
+    fp8) whose variants run in the same bench, side by side, with their quality gates in the report."""
     from vvtrt.bench.inputs import prompt_size, resolve_inputs
     from vvtrt.reports import write_report
 
     wd = Workdir.open(workdir)
+    compare = tuple(Workdir.open(w) for w in compare_workdirs or ())
+    for other in compare:
+        if other.source().identity() != wd.source().identity() or other.options() != wd.options():
+            raise InputError(f"--compare-workdir {other.root} holds another model or other export settings than "
+                             f"{wd.root}: compare exports of one model")
     s = validate_settings(backends, tuple(baselines or ()), device, dtype, frames, prompt_tokens, repeats,
                           cfg_scale, streams)
     with tempfile.TemporaryDirectory(prefix="vvtrt-bench-") as tmp:
@@ -179,9 +209,11 @@ def run_bench_cli(workdir, backends="torch", device=None, dtype=None, frames=60,
         inputs = resolve_inputs(script, voices, wd.options().max_voice_frames, wd.info().hop, scratch)
         n_prompt, n_voice = prompt_size(inputs, wd)
         _check_sizes(wd, s, n_prompt)
-        report = run_bench(wd, s, inputs, inputs.to_config(n_prompt, n_voice), scratch)
+        report = run_bench(wd, s, inputs, inputs.to_config(n_prompt, n_voice), scratch, compare)
     out = Path(out_dir) if out_dir else wd.reports_dir
     stem = f"bench_{report['config']['preset']}_{s.precision}_k{report['config']['steps']}"
     if s.streams > 1:
         stem += f"_x{s.streams}"
+    if compare:
+        stem += "_quant"
     return write_report(report, out, stem)

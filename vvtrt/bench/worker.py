@@ -41,10 +41,12 @@ class BenchJob:
     script: str  # the script's text
     voices: tuple[str, ...]  # voice files, in speaker order
     log_level: int = logging.WARNING
+    tag: str = ""  # a compared work dir's quantization ("int8", "fp8", "none"); "" for the main work dir
 
     @property
     def label(self) -> str:
-        return f"vvtrt-{self.name}" if self.kind == "variant" else self.name
+        base = f"vvtrt-{self.name}" if self.kind == "variant" else self.name
+        return f"{base}-{self.tag}" if self.tag else base
 
     def device_index(self) -> int:
         head, _, index = self.device.partition(":")

@@ -11,6 +11,7 @@ from vvtrt.components import conv_stream, diffusion, lm
 from vvtrt.components.info import ModelInfo
 from vvtrt.errors import InputError
 from vvtrt.precision import Precision
+from vvtrt.quant.config import QuantSpec
 from vvtrt.spec import AxisRange, ComponentSpec, TensorSpec as T
 
 
@@ -136,6 +137,16 @@ BF16_TOL = {"lm_decode": 4.5e-2, "diffusion_sampler": 5e-2, "diffusion_head": 9.
             "acoustic_decoder_step": 3e-2}
 BF16_NOTE = ("bf16 bound ~1.25x PyTorch's own bf16-vs-fp32 error on the 1.5B preset "
              "(benchmarks/results/cpu/precision_floor_1.5b_bf16.json)")
+
+
+# What `vvtrt export --quant int8|fp8` quantizes: the LLM's and the diffusion head's GEMMs (q|k|v, o_proj,
+# gate|up, down_proj; the head's cond/noisy projections, adaLN modulations, SwiGLU and final layer). The head's
+# timestep MLP stays in the model dtype (bf16 already costs it most of its error, see BF16_TOL's note), as do
+# the 4-row control-token head, norms, attention and the sampler's arithmetic. The convolutional tokenizers
+# (acoustic/semantic encoders and decoder), the connectors and the token embedding are not quantized.
+QUANTIZED = {"lm_decode": QuantSpec(note="LLM GEMMs"),
+             "diffusion_sampler": QuantSpec(exclude=("timestep",), note="diffusion head GEMMs, all K steps"),
+             "diffusion_head": QuantSpec(exclude=("timestep",), note="diffusion head GEMMs")}
 
 
 def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[str, ComponentSpec]:
@@ -268,6 +279,8 @@ def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[
     ))
     out = {}
     for s in specs:
+        if s.name in QUANTIZED:
+            s = dataclasses.replace(s, quant=QUANTIZED[s.name])
         if s.name in BF16_TOL:
             s = dataclasses.replace(s, tolerance={**s.tolerance, Precision.BF16: BF16_TOL[s.name]},
                                     tolerance_notes=BF16_NOTE)

@@ -302,7 +302,7 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
         "engine_sha256": hashlib.sha256(view).hexdigest(), "onnx": onnx_path.name,
         "onnx_sha256": record["onnx_sha256"], "flavor": tm.flavor, "trt_version": tm.version,
         "target": target.target, "compute_capabilities": list(target.compute_capabilities),
-        "gpu_name": target.gpu_name, "strongly_typed": True, "decomposable_attention": n_attention,
+        "gpu_name": target.gpu_name, "strongly_typed": True, "quant": (record.get("quant") or {}).get("mode"), "decomposable_attention": n_attention,
         **settings, "build_seconds": round(seconds, 3),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timing_cache": cache_note,
         "profiles": [{a: [r.min, r.opt, r.max] for a, r in p.items()} for p in spec.profiles],

@@ -56,14 +56,29 @@ def wrapper_code_hash(kind: str = "longform") -> str:
     return h.hexdigest()[:16]
 
 
-def export_key(spec: ComponentSpec, precision: Precision, source: dict, kind: str = "longform") -> str:
+def export_key(spec: ComponentSpec, precision: Precision, source: dict, kind: str = "longform",
+               quant=None) -> str:
     """What an export depends on. The spec's JSON carries every shape and profile derived from the export
     options (and the sampler's step count), so changing --steps re-exports the sampler alone; the wrapper
-    code hash re-exports everything after a change to the traced code."""
+    code hash re-exports everything after a change to the traced code. `quant` (a `QuantMode`, only for a
+    component the spec quantizes) re-exports the quantized components when --quant changes."""
+    extra = {"quant": quant.value, "quant_code": quant_code_hash()} if quant is not None and spec.quant else {}
     blob = json.dumps({"spec": spec.to_json(), "precision": precision.value, "source": source,
-                       "format": EXPORT_FORMAT, "torch": torch.__version__, "code": wrapper_code_hash(kind)},
-                      sort_keys=True)
+                       "format": EXPORT_FORMAT, "torch": torch.__version__, "code": wrapper_code_hash(kind),
+                       **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def quant_code_hash() -> str:
+    """sha256 over the code that makes quantized graphs (vvtrt/quant: config, calibration, Q/DQ insertion):
+    editing it re-exports them."""
+    from vvtrt import quant
+
+    h = hashlib.sha256()
+    for f in (Path(quant.__file__).parent / n for n in ("config.py", "calibrate.py", "qdq.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _disk_full(exc: BaseException) -> OSError | None:
@@ -77,9 +92,12 @@ def _disk_full(exc: BaseException) -> OSError | None:
     return None
 
 
-def export_component(spec: ComponentSpec, model, precision: Precision, steps: int, path: Path) -> dict:
+def export_component(spec: ComponentSpec, model, precision: Precision, steps: int, path: Path, quant=None,
+                     calibration=None) -> dict:
     """Trace `spec`'s wrapper on `model` (already cast to `precision`) and write `path` (plus `path`.data
-    when the weights exceed `EXTERNAL_DATA_BYTES`). Returns a record without the file list."""
+    when the weights exceed `EXTERNAL_DATA_BYTES`). Returns a record without the file list. `quant` (a
+    `QuantMode`, for a component whose spec quantizes): calibrate the wrapper on `calibration[spec.name]` and
+    insert Q/DQ nodes (`vvtrt.quant.qdq`); the record gets a "quant" entry."""
     module = spec.make_module(model, steps).eval()
     gen = torch.Generator().manual_seed(0)
     sample = spec.sample(spec.export_dims, precision, gen)
@@ -105,14 +123,30 @@ def export_component(spec: ComponentSpec, model, precision: Precision, steps: in
         log.debug("export of %s.%s failed", spec.name, precision.value, exc_info=True)
         raise ExportError(f"ONNX export of {spec.name} ({precision.value}) failed: {first} "
                           "(run with -vv for the exporter's details)") from exc
+    quant_entry = _quantize(spec, module, precision, path, quant, calibration) if quant and spec.quant else None
     seconds = time.perf_counter() - t0
     validate_onnx(spec, precision, path)
-    return {"component": spec.name, "precision": precision.value, "opset": OPSET,
-            "export_seconds": round(seconds, 2), "spec": spec.to_json(), "export_dims": dict(spec.export_dims),
-            "torch": torch.__version__}
+    rec = {"component": spec.name, "precision": precision.value, "opset": OPSET,
+           "export_seconds": round(seconds, 2), "spec": spec.to_json(), "export_dims": dict(spec.export_dims),
+           "torch": torch.__version__}
+    return {**rec, "quant": quant_entry} if quant_entry else rec
 
 
-def _install(wd: Workdir, spec: ComponentSpec, model, precision: Precision, steps: int, key: str) -> dict:
+def _quantize(spec: ComponentSpec, module, precision: Precision, path: Path, quant, calibration) -> dict:
+    """Calibrate `module` on the component's calibration feeds and rewrite the graph at `path` with Q/DQ."""
+    from vvtrt.quant.calibrate import collect_amax
+    from vvtrt.quant.qdq import insert_qdq
+
+    feeds = (calibration or {}).get(spec.name)
+    if not feeds:
+        raise ExportError(f"{spec.name}: no calibration data for --quant {quant.value}")
+    calibrated = collect_amax(module, spec.quant, feeds)
+    entry = insert_qdq(path, quant, precision, calibrated, spec.quant)
+    return {**entry, "calibration": calibration.get("_about", {})}
+
+
+def _install(wd: Workdir, spec: ComponentSpec, model, precision: Precision, steps: int, key: str, quant=None,
+             calibration=None) -> dict:
     """Export one graph into a temporary folder, then move it into onnx/ and write its record (module doc)."""
     final = wd.graph_path(spec.name, precision)
     record_path = wd.export_record_path(spec.name, precision)
@@ -121,7 +155,7 @@ def _install(wd: Workdir, spec: ComponentSpec, model, precision: Precision, step
     except OSError as exc:
         raise WorkdirError(f"cannot write {final.parent}: {exc.strerror or exc}") from None
     try:
-        rec = export_component(spec, model, precision, steps, stage / final.name)
+        rec = export_component(spec, model, precision, steps, stage / final.name, quant, calibration)
         staged = sorted(stage.iterdir(), key=lambda f: f.name == final.name)  # the graph last
         files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in staged}
         record_path.unlink(missing_ok=True)  # from here on, nothing of this graph is current
@@ -164,16 +198,17 @@ def clear_strays(wd: Workdir, force: bool) -> None:
 
 
 def export_all(wd: Workdir, model_factory, specs: dict[str, ComponentSpec], precisions, steps: int,
-               force: bool = False, progress=None) -> list[dict]:
+               force: bool = False, progress=None, calibrate=None) -> list[dict]:
     """Export every (component, precision) of `specs` x `precisions` that is not current (all of them with
     `force`), and every other graph already in the work dir that is no longer current, e.g. one exported
     with another --steps than workdir.json now says, so that no two current graphs disagree on settings.
 
     A graph is current when its record matches the export key and every file matches the record's size and
     sha256. `model_factory(precision)` returns the model cast to that precision (called once per precision,
-    fp32 first). The caller holds the work-dir lock.
+    fp32 first). The caller holds the work-dir lock. A quantized work dir (`Workdir.quant`) quantizes the
+    components whose spec says so; `calibrate(model, precision)` gives their calibration feeds.
     """
-    identity, kind = wd.source().identity(), wd.kind
+    identity, kind, quant = wd.source().identity(), wd.kind, wd.quant()
     sweep_export_temporaries(wd)
     clear_strays(wd, force)
     scan = wd.scan()
@@ -181,7 +216,7 @@ def export_all(wd: Workdir, model_factory, specs: dict[str, ComponentSpec], prec
     wanted = [(spec.name, p) for p in precisions for spec in specs.values()]
     todo, records = [], []
     for comp, p in wanted + sorted(set(scan.entries) - set(wanted), key=lambda cp: (cp[1].value, cp[0])):
-        key = export_key(catalog[comp], p, identity, kind)
+        key = export_key(catalog[comp], p, identity, kind, quant)
         entry = scan.entries.get((comp, p))
         why = _stale_reason(wd, entry, key)
         if why is None and not (force and (comp, p) in wanted):
@@ -193,14 +228,16 @@ def export_all(wd: Workdir, model_factory, specs: dict[str, ComponentSpec], prec
         todo.append((p, catalog[comp], key))
     wd.onnx_dir.mkdir(parents=True, exist_ok=True)
     todo.sort(key=lambda t: list(Precision).index(t[0]))  # fp32 first, from the fresh model
-    model, model_p = None, None
+    model, model_p, calibration = None, None, None
     for p, spec, key in todo:
         if model_p != p:
-            model = None
+            model = calibration = None
             model, model_p = model_factory(p), p
+        if quant and spec.quant and calibration is None:
+            calibration = calibrate(model, p)
         if progress:
             progress(f"{spec.name}.{p.value}")
-        rec = _install(wd, spec, model, p, steps, key)
+        rec = _install(wd, spec, model, p, steps, key, quant if spec.quant else None, calibration)
         log.info("exported %s.%s in %.1fs", spec.name, p.value, rec["export_seconds"])
         records.append(rec)
     return records

@@ -283,6 +283,12 @@ def _precision_rows(synth, backend: str, precision: Precision, refs: _References
     compare = partial(compare_run, backend=backend, precision=precision, hop=hop)
     free_bounds = (E2E_LATENT_TOL[precision], E2E_MIN_SNR_DB[precision]) if precision in E2E_LATENT_TOL else None
     tf_bounds = TF_LATENT_TOL[precision], TF_MIN_SNR_DB[precision]
+    quant = synth.wd.quant()
+    if quant is not None:  # quantized GEMMs: free-running is informational, teacher-forced gets K x bf16's bounds
+        from vvtrt.quant.gate import e2e_bounds
+
+        free_bounds = None
+        tf_bounds = e2e_bounds(quant, TF_LATENT_TOL[Precision.BF16], TF_MIN_SNR_DB[Precision.BF16])
     ref, ref32 = refs.get(precision, ids), refs.get(Precision.FP32, ids)
     eps, script_note = sensitivity_eps(precision), SCRIPT_NOTE.format(script=script_text(DECISION_SCRIPT))
     yield compare(f"free-running-{p}", ours=ours(frames=n), ref=ref["forced"], n_frames=n, bounds=free_bounds,
@@ -326,7 +332,7 @@ def e2e_rows(wd: Workdir, opts, models, progress=None) -> list[dict]:
             synth = Synthesizer.from_workdir(wd.root, backend=backend, device=device, precision=precision,
                                              models=models)
             for row in _precision_rows(synth, backend, precision, refs, opts, wd.info().hop):
-                rows.append(row)
+                rows.append({**row, "quant": wd.quant().value} if wd.quant() else row)
         except VvtrtError as exc:
             log.warning("e2e %s %s could not run: %s", backend, precision.value, exc)
             have = {r["name"] for r in rows[done:]}

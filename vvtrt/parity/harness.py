@@ -29,6 +29,8 @@ def _check_component(wd: Workdir, spec, precision: Precision, opts: ParityOption
     runner = make_runner(wd, spec, precision, opts.backend, device, model)
     runner.activate()
     ref = TorchRunner(spec, Precision.FP32, device, ref_model, wd.options().steps)
+    quant = wd.quant() if spec.quant else None
+    bf16 = TorchRunner(spec, Precision.BF16, device, _bf16_model(wd, device), wd.options().steps) if quant else None
     rows = []
     try:
         for i, dims in enumerate(spec.parity_grid):
@@ -37,15 +39,37 @@ def _check_component(wd: Workdir, spec, precision: Precision, opts: ParityOption
             feed32 = {k: (v.float() if v.is_floating_point() else v) for k, v in feed.items()}
             want = ref.infer(feed32)
             got = runner.infer(feed)
+            own = bf16.infer({k: (v.bfloat16() if v.is_floating_point() and spec.input(k).dtype == "model" else v)
+                              for k, v in feed32.items()}) if bf16 else None
             for t in spec.outputs:
                 st = error_stats(got[t.name], want[t.name])
                 tol = spec.tol(t.name, precision)
+                extra = {}
+                if own is not None:
+                    from vvtrt.quant.gate import bound
+
+                    b16 = error_stats(own[t.name].float(), want[t.name]).rel_l2
+                    tol, extra = bound(quant, b16), {"quant": quant.value, "bf16_rel_l2": b16}
                 rows.append({"component": spec.name, "precision": precision.value, "backend": opts.backend,
                              "method": method, "dims": dict(dims), "output": t.name, **st.to_json(),
-                             "tolerance": tol, "passed": st.passed(tol)})
+                             "tolerance": tol, "passed": st.passed(tol), **extra})
     finally:
         runner.deactivate()
     return rows
+
+
+_BF16_MODELS: dict = {}
+
+
+def _bf16_model(wd: Workdir, device):
+    """The model in bf16 (PyTorch's own bf16 error sets a quantized component's bound), one per work dir."""
+    key = (str(wd.root), str(device))
+    if key not in _BF16_MODELS:
+        from vvtrt.model.resolve import load_model
+
+        _BF16_MODELS.clear()
+        _BF16_MODELS[key] = load_model(wd.source()).to(device=device, dtype=torch.bfloat16)
+    return _BF16_MODELS[key]
 
 
 def component_rows(wd: Workdir, model32, opts: ParityOptions, models, progress=None) -> list[dict]:

@@ -41,7 +41,7 @@ def make_runner(wd: Workdir, spec, precision: Precision, backend: str, device, m
     device = torch.device(device)
     if backend == "torch":
         return TorchRunner(spec, precision, device, model.to(device=device, dtype=precision.torch_dtype),
-                           wd.options().steps)
+                           wd.options().steps, quant=wd.quant())
     if backend == "onnxruntime":
         if device.type == "cpu" and precision is Precision.BF16:
             return _ReferenceEvalRunner(spec, precision, wd.onnx_path(spec.name, precision))

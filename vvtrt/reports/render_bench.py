@@ -158,6 +158,22 @@ def _bench_telemetry(report: dict) -> list[str]:
             f"over {span:.1f} s, across every process of the run.", "", table(["series", "unit", "mean", "max"], body), ""]
 
 
+def _bench_quant(report: dict) -> list[str]:
+    """The compared work dirs (`vvtrt bench --compare-workdir`): quantization and quality-gate verdict."""
+    rows = report.get("quant") or []
+    if not rows:
+        return []
+
+    def verdict(g):
+        if g is None:
+            return "not gated"
+        worst = max(((w.get("rel_l2") or 0) / (w.get("tolerance") or 1) for w in g.get("worst") or []), default=None)
+        return ("passed" if g.get("passed") else "FAILED") + (f" (worst {worst:.2f}× its bound)" if worst else "")
+
+    body = [[r["quant"], r["workdir"], "—" if r["quant"] == "none" else verdict(r["gate"])] for r in rows]
+    return ["## Quantization", "", table(["quant", "work dir", "quality gate (vvtrt parity)"], body), ""]
+
+
 def render_bench(report: dict, images) -> str:
     results, baselines, floor = report["results"], report["baselines"], report.get("floor")
     out = _header(report, "vvtrt benchmark report")
@@ -167,7 +183,7 @@ def render_bench(report: dict, images) -> str:
                for b in baselines if speedup(b["frame"]["p50"], best["frame"]["p50"]) is not None]
         out += [f"Fastest: **{best['label']}** at {fmt(best['frame']['p50'], '.2f')} ms/frame p50, "
                 f"RTF {fmt(best['rtf'], '.3f')}" + (f" — {', '.join(ups)}." if ups else "."), ""]
-    out += _bench_speed(report) + _bench_ttfa(report)
+    out += _bench_speed(report) + _bench_ttfa(report) + _bench_quant(report)
     if report.get("failed"):
         out += ["### Failed variants", ""] + [f"- **{f['label']}**: {f['error']}" for f in report["failed"]] + [""]
     out += _bench_memory(report) + _bench_components(report)

@@ -91,7 +91,8 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
         spec = specs[comp]
         if which == "torch":
             r = TorchRunner(spec, precision, device, models.get(precision, device), steps,
-                            compile=compile if comp in compiled else False, dynamic_axes=dynamic_axes)
+                            compile=compile if comp in compiled else False, dynamic_axes=dynamic_axes,
+                            quant=wd.quant())
         elif which == "onnxruntime":
             path = wd.onnx_path(comp, precision)
             if not path.is_file():

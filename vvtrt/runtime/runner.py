@@ -106,9 +106,14 @@ class TorchRunner(RunnerBase):
     backend = "torch"
 
     def __init__(self, spec: ComponentSpec, precision: Precision, device, model, steps: int = 10,
-                 compile: bool | str = False, dynamic_axes: tuple[str, ...] = ()):
+                 compile: bool | str = False, dynamic_axes: tuple[str, ...] = (), quant=None):
         super().__init__(spec, precision, device)
         self.module = spec.make_module(model, steps).eval()
+        self.quant = quant if spec.quant else None  # a QuantMode: the spec's GEMMs run quantized
+        if self.quant is not None:
+            from vvtrt.quant.torch_path import quantize_module
+
+            quantize_module(self.module, spec.quant, self.quant)
         self.mode = compile if isinstance(compile, str) else None
         self.compiled = bool(compile)
         self._dynamic = tuple((t.name, i) for t in spec.inputs for i, d in enumerate(t.shape)
