@@ -29,6 +29,7 @@ PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 PHILOX_W = (0x9E3779B9, 0xBB67AE85)
 ROUNDS = 10
 DIFFUSION_STREAM = 0  # the counter's 4th word: the diffusion sampler's starting noise
+NOISE_SOURCES = ("host", "device")  # where a frame loop's noise comes from (see vvtrt.runtime.frame_loop)
 
 
 def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
