@@ -32,29 +32,31 @@ DIFFUSION_STREAM = 0  # the counter's 4th word: the diffusion sampler's starting
 NOISE_SOURCES = ("host", "device")  # where a frame loop's noise comes from (see vvtrt.runtime.frame_loop)
 
 
-def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(high, low) 32-bit halves of `a * m` for `a` int64 in [0, 2**32) and a 32-bit constant `m`, without
-    leaving int64 (16-bit partial products)."""
-    a0, a1 = a & 0xFFFF, a >> 16
-    m0, m1 = m & 0xFFFF, m >> 16
-    mid = a1 * m0 + a0 * m1  # < 2**33
-    t = a0 * m0 + ((mid & 0xFFFF) << 16)  # < 2**33
-    hi = (a1 * m1 + (mid >> 16) + (t >> 32)) & M32
-    return hi, t & M32
+def _pair(first: int, second: int, like: torch.Tensor) -> torch.Tensor:
+    """`[first, second]` int64 on `like`'s device, built by a kernel (no host copy: capturable)."""
+    return first + (second - first) * torch.arange(2, dtype=torch.int64, device=like.device)
 
 
 def philox4x32(counter: torch.Tensor, key: torch.Tensor, rounds: int = ROUNDS) -> torch.Tensor:
     """Philox-4x32 of `counter [..., 4]` under `key [..., 2]` (int64 tensors holding 32-bit words;
-    broadcastable) -> `[..., 4]` int64 words in [0, 2**32)."""
-    c0, c1, c2, c3 = (counter[..., i] & M32 for i in range(4))
-    k0, k1 = key[..., 0] & M32, key[..., 1] & M32
-    for r in range(rounds):
-        if r:
-            k0, k1 = (k0 + PHILOX_W[0]) & M32, (k1 + PHILOX_W[1]) & M32
-        hi0, lo0 = _mulhilo(c0, PHILOX_M[0])
-        hi1, lo1 = _mulhilo(c2, PHILOX_M[1])
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return torch.stack(torch.broadcast_tensors(c0, c1, c2, c3), dim=-1)
+    broadcastable) -> `[..., 4]` int64 words in [0, 2**32).
+
+    The two multiplications of a round run as one on the pair `(c0, c2)` against `(M0, M1)`; each 32x32-bit
+    product is taken as `lo16(a) * m + (hi16(a) * m) << 16` (both partial products < 2**48), so nothing leaves
+    int64 and a round is 15 tensor operations."""
+    counter, key = counter & M32, key & M32
+    a = counter[..., 0::2]  # (c0, c2): multiplied
+    b = counter[..., 1::2]  # (c1, c3): xored
+    m = _pair(*PHILOX_M, counter)
+    r = torch.arange(rounds, dtype=torch.int64, device=counter.device).view(-1, 1)
+    keys = (key.unsqueeze(-2) + r * _pair(*PHILOX_W, counter)) & M32  # [..., rounds, 2]: every round's key
+    for i in range(rounds):
+        x, y = (a & 0xFFFF) * m, (a >> 16) * m
+        t = x + ((y & 0xFFFF) << 16)
+        hi, lo = (y >> 16) + (t >> 32), t & M32  # (hi0, hi1), (lo0, lo1)
+        a, b = hi.flip(-1) ^ b ^ keys[..., i, :], lo.flip(-1)  # (hi1^c1^k0, hi0^c3^k1), (lo1, lo0)
+    out = torch.stack(torch.broadcast_tensors(a, b), dim=-1)  # [..., pair, (a, b)]: c0, c1, c2, c3
+    return out.reshape(*out.shape[:-2], 4)
 
 
 def frame_words(seed: torch.Tensor, frame: torch.Tensor, width: int, stream: int = DIFFUSION_STREAM) -> torch.Tensor:
