@@ -7,16 +7,16 @@ Per B (p50/p90 of `--repeats`):
 
 - `step_ms` / `deliver_ms`: wall time of `SlotStepper.step()` (host + device, as the engine runs it) and of the
   engine's `_deliver` of the chunks to the requests' handles (no reader attached);
-- `split` (instrumented steps): host before the launch (`_feed`: decisions, noise, H2D copies), the launch, the
-  device step (CUDA events around `FrameLoop.step`; CPU: its wall time), the wait, and the host after (token
-  read-back, audio copy, per-slot bookkeeping);
+- `split` (instrumented steps): host before the launch (`_feed`: the bucket, host noise and teacher copies), the
+  launch, the device step (CUDA events around `FrameLoop.step`; CPU: its wall time), the wait, and the host after
+  (status read-back, audio copy, events of the slots that made a frame or ended);
 - `components`: device time of each runner of the frame on the loop's own buffers (`FrameLoop.component_calls`
   at the selected (batch, KV) bucket): eager with CUDA events (launch gaps included) and, on CUDA, each alone
   in a CUDA graph (`graph_ms`: kernels only, comparable with the graphed step);
 - `host_pieces_ms`: host calls that `step()` / `_feed` make, timed alone; `memory`: the allocator's peak.
 
     python benchmarks/serving_step_profile.py WORKDIR OUT_DIR [--device cuda] [--batches 1,16,64,128,256]
-        [--backend torch|torch-compile] [--max-context 1024] [--repeats 20] [--full-pool-only]
+        [--backend torch|torch-compile] [--max-context 1024] [--repeats 20] [--full-pool-only] [--noise device|host]
 
 Writes OUT_DIR/serving_step_profile_<model>_<dtype>_<backend>.{json,md,png} atomically (the JSON with the command,
 commit and device: `vvtrt.reports.environment`, which honours VVTRT_GIT_COMMIT). With torch-compile, pass
@@ -69,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--full-pool-only", action="store_true",
                     help="capture only the (B, KV) graphs, not the engine's smaller batch buckets too")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise", default="device", choices=("device", "host"),
+                    help="the engine's noise source (EngineConfig.noise)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     if not args.batches or min(args.batches) < 1 or args.repeats < 1 or args.warmup < 0 or args.prompt_tokens < 2:
@@ -130,7 +132,7 @@ def build_engine(synth, args, batch: int):
     from vvtrt.serving.engine import Engine
 
     buckets = {"batch_buckets": ()} if args.full_pool_only else {}
-    cfg = EngineConfig(max_streams=batch, max_context=args.max_context,
+    cfg = EngineConfig(max_streams=batch, max_context=args.max_context, noise=args.noise,
                        buffer_chunks=args.warmup + 2 * args.repeats + 8, **buckets)
     engine = Engine(synth, cfg)
     t0 = time.perf_counter()
@@ -239,21 +241,27 @@ def time_components(loop, clock: Clock, repeats: int) -> dict:
 
 
 def host_pieces(stepper, clock: Clock, repeats: int) -> dict:
-    """The per-step host calls of `SlotStepper.step()` and `_feed`, timed alone (ms per step, all slots)."""
+    """The per-step host calls of `SlotStepper.step()` and `_feed`, timed alone (ms per step, all slots):
+    the status read-back (the one sync), the audio read-back and per-slot copies, the noise (host draws
+    per slot and their copy with `--noise host`; the device draw, host time of its launch, with "device")."""
+    from vvtrt.runtime.noise import frame_normals
+    from vvtrt.runtime.slot_state import FRAME, SEED
+
     loop, runs = stepper.loop, list(stepper.runs.items())
     z = loop.info.latent_dim
     audio = loop.audio[:, 0].float().cpu().numpy()
 
-    def noise():
+    def host_noise():
         for slot, run in runs:
             run.draw_noise(z)
             stepper._noise[slot] = run.noise
+        loop.noise.copy_(stepper._noise[:loop.n])
 
-    pieces = {"token_readback": lambda: loop.token.cpu().tolist(),
+    pieces = {"status_readback": lambda: loop.status.cpu().numpy(),
               "audio_readback": lambda: loop.audio[:, 0].float().cpu().numpy(),
-              "noise_draws_per_slot": noise, "audio_copies_per_slot": lambda: [audio[s].copy() for s, _ in runs],
-              "h2d_feed_copies": lambda: (loop.decide.copy_(stepper._decide[:loop.n]),
-                                          loop.noise.copy_(stepper._noise[:loop.n]))}
+              "audio_copies_per_slot": lambda: [audio[s].copy() for s, _ in runs],
+              "noise": host_noise if stepper.host_noise else
+              lambda: loop.noise.copy_(frame_normals(loop.state[:, SEED], loop.state[:, FRAME], z))}
     return {name: [clock.host_ms(fn) for _ in range(repeats)] for name, fn in pieces.items()}
 
 
@@ -328,7 +336,7 @@ def run(args) -> dict:
            "command": shlex.join([Path(sys.executable).name, *sys.argv]), "workdir": str(wd.root),
            "model": wd.source().label, "dtype": synth.precision.value, "backend": args.backend,
            "device": str(synth.device), "cuda_graph": synth.cuda_graph, "load_s": time.perf_counter() - t0,
-           "prompt_tokens": args.prompt_tokens, "max_context": args.max_context, "repeats": args.repeats,
+           "noise": args.noise, "prompt_tokens": args.prompt_tokens, "max_context": args.max_context, "repeats": args.repeats,
            "warmup": args.warmup, "steps": synth.options.steps, "budget_ms": BUDGET_MS, "rows": []}
     clock = Clock(synth.device)
     with torch.inference_mode():

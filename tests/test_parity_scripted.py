@@ -23,7 +23,7 @@ FREE = (E2E_LATENT_TOL[FP32], E2E_MIN_SNR_DB[FP32])
 class KeepsStatesOnSpeechEnd(FrameLoop):
     """Wrong: the conv states carry over speech_end (the transformers port's behaviour)."""
 
-    def _advance_states(self, tok, is_diff):
+    def _advance_states(self, tok, is_diff, act):
         keep = is_diff.view(self.n, 1)
         self.dec_state.copy_(torch.where(keep, self.o_ad["state_out"], self.dec_state))
         self.sem_state.copy_(torch.where(keep, self.o_se["state_out"], self.sem_state))
@@ -32,7 +32,7 @@ class KeepsStatesOnSpeechEnd(FrameLoop):
 class KeepsNegativeContextOnSpeechStart(FrameLoop):
     """Wrong: speech_start does not empty the negative branch's context."""
 
-    def _commit_kv(self, tok, is_diff):
+    def _commit_kv(self, tok, is_diff, act):
         n, kv = self.n, self.kv
         kv.write_step(self.o_dec["new_k"], self.o_dec["new_v"])
         kv.lengths.copy_(torch.cat([kv.lengths[:n] + 1, kv.lengths[n:] + is_diff.to(torch.int64)]))

@@ -1,6 +1,7 @@
 """The serving engine on the tiny model (CPU): independent requests interleaved in one batched frame step
-reproduce their solo runs bit for bit (torch and ONNX Runtime), join/leave/cancel, slot reuse, a slow
-reader that cannot stall the others, the memory refusal, the async iterator and shutdown."""
+reproduce their solo runs bit for bit (torch and ONNX Runtime; the device noise of each request's own seed),
+the host-noise option matches the single-request Synthesizer, join/leave/cancel, slot reuse, a slow reader
+that cannot stall the others, the memory refusal, the async iterator and shutdown."""
 from __future__ import annotations
 
 import asyncio
@@ -71,9 +72,10 @@ def test_interleaved_requests_equal_their_solo_runs_bit_for_bit(synths, backend)
 
 def test_batch_buckets_and_the_synthesizer_agree_within_rounding(synths):
     """With per-bucket shapes (1, 2, 4 slots; KV 256/1024) a request's numbers may change by GEMM
-    rounding with the batch size only; the single-request Synthesizer (same step, one slot) agrees too."""
+    rounding with the batch size only; with the host noise, the single-request Synthesizer (same step, one
+    slot, the same generator draws) agrees too."""
     synth = synths["torch"]
-    eng = _engine(synth)
+    eng = _engine(synth, noise="host")
     try:
         assert eng.plan.batch_buckets == (1, 2, 4) and eng.plan.kv_buckets == (256, 1024)
         mixed = _interleaved(eng)
@@ -84,6 +86,34 @@ def test_batch_buckets_and_the_synthesizer_agree_within_rounding(synths):
         want = np.concatenate(list(synth.generate(ids, emb, frames=r.frames, cfg_scale=r.cfg_scale, seed=r.seed,
                                                   decisions=r.decisions)))
         assert error_stats(torch.from_numpy(got), torch.from_numpy(want)).rel_l2 < 1e-4
+
+
+def test_device_noise_is_the_requests_own_and_not_the_synthesizers(synths):
+    """The default device noise: a request alone (slot 0) and among three others (slot 3, joined last) gives the
+    same audio bit for bit, and a different seed changes it; it is not the host generator's noise."""
+    synth = synths["torch"]
+    r = SpeechRequest("Speaker 1: my own noise", seed=77, frames=5)
+    eng = _engine(synth, **FIXED)
+    try:
+        assert eng.config.noise == "device" and eng.stepper.loop.device_noise
+        alone = _audio(eng.submit(r))
+        others = [eng.submit(SpeechRequest(f"Speaker 0: neighbour {i}", seed=i, frames=30)) for i in range(3)]
+        mine = eng.submit(r)
+        mixed = _audio(mine)
+        assert mine.slot == 3 and all(len(_audio(h)) == 30 * 3200 for h in others)
+        other_seed = _audio(eng.submit(SpeechRequest(r.script, seed=78, frames=5)))
+    finally:
+        eng.stop()
+    assert np.array_equal(alone, mixed)
+    assert error_stats(torch.from_numpy(other_seed), torch.from_numpy(alone)).rel_l2 > 0.1
+    ids, emb = synth.prompt_embeds(r.script, seed=r.seed)
+    host = np.concatenate(list(synth.generate(ids, emb, frames=5, seed=r.seed)))
+    assert error_stats(torch.from_numpy(host), torch.from_numpy(alone)).rel_l2 > 0.1
+
+
+def test_noise_option_is_checked():
+    with pytest.raises(InputError, match="noise must be one of host, device"):
+        EngineConfig(noise="gpu")
 
 
 def test_cancel_frees_the_slot_and_reuse_is_clean(synths):

@@ -1,7 +1,8 @@
 """GPU tier (marked `gpu`): the serving engine on CUDA with graphs per (batch, KV) bucket, bf16. With one
 fixed shape, interleaved requests equal their solo runs bit for bit; with per-bucket shapes a request's
 numbers change only by batch-size-dependent GEMM rounding: measured here and bounded (the measured figure
-is printed and, with VVTRT_SERVING_BOUND_OUT=FILE, written as JSON)."""
+is printed and, with VVTRT_SERVING_BOUND_OUT=FILE, written as JSON). The step's device noise, drawn inside
+the captured graph, is the CPU generator's."""
 from __future__ import annotations
 
 import os
@@ -69,3 +70,26 @@ def test_bucketed_interleaving_bound_bf16(synth):
                                 "environment": collect_environment()})  # commit and device of the run
     assert all(a.shape == b.shape for a, b in zip(mixed, solo))
     assert max(errs) < BF16_BOUND
+
+
+def test_the_captured_step_draws_the_cpu_generators_noise(synth):
+    """The default device noise inside the CUDA graph of the step: after a request's last frame, its slot's
+    noise buffer holds `frame_normals(seed, 5)` of the CPU (the draw of the step that made frame 5) and its
+    counters say 6 frames in 6 steps."""
+    from vvtrt.runtime.noise import frame_normals
+    from vvtrt.runtime.slot_state import FRAME, STEPS
+
+    eng = Engine(synth, EngineConfig(max_streams=4, batch_buckets=(), kv_buckets=()))
+    eng.start()
+    try:
+        loop = eng.stepper.loop
+        assert loop.device_noise and loop.capture_error is None and len(loop.graphs) == 1
+        h = eng.submit(SpeechRequest("Speaker 1: graph noise", seed=123, frames=6))
+        assert len([c for c in h]) == 6 and h.slot == 0
+        torch.cuda.synchronize()
+        noise, state = loop.all["noise"][0].cpu(), loop.all["state"][0].cpu()
+    finally:
+        eng.stop()
+    want = frame_normals(torch.tensor([123]), torch.tensor([5]), noise.shape[-1])[0]
+    torch.testing.assert_close(noise, want, rtol=2 ** -22, atol=2 ** -22)
+    assert int(state[FRAME]) == 6 and int(state[STEPS]) == 6

@@ -15,7 +15,7 @@ from vvtrt.serving.config import FRAME_COMPONENTS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serving_step_profile.py"
 SPLIT = ("feed_ms", "launch_ms", "device_ms", "wait_ms", "post_ms", "total_ms")
-PIECES = ("token_readback", "audio_readback", "noise_draws_per_slot", "audio_copies_per_slot", "h2d_feed_copies")
+PIECES = ("status_readback", "audio_readback", "audio_copies_per_slot", "noise")
 
 
 def _run(*args, env=None, timeout=300) -> subprocess.CompletedProcess:

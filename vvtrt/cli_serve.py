@@ -73,11 +73,16 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, workdir_opt
               help="With --ray: join this Ray cluster (e.g. auto, or HEAD:6379) instead of starting a local one.")
 @click.option("--allow-failed-quant", is_flag=True,
               help="Serve a quantized work dir whose quality gate (vvtrt parity) failed or never ran.")
+@click.option("--noise", default="device", show_default=True, type=click.Choice(["device", "host"]),
+              help="Long-form models: where each request's diffusion noise is drawn. device: in the step, from the "
+                   "request's seed and frame index (no host work per frame); host: the generator `vvtrt synth` "
+                   "draws from, so a seed gives `vvtrt synth`'s audio.")
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
           backend, compile_shapes, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key,
           header_timeout, body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic, use_ray,
-          replicas, min_replicas, max_replicas, address, allow_failed_quant):
+          replicas, min_replicas, max_replicas, address, allow_failed_quant,
+          noise):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
@@ -104,7 +109,7 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
                           metrics_key=api_key_from_env(metrics_key, METRICS_KEY_ENV),
                           header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                           ws_origins=tuple(ws_origins), ws_max_pending=ws_max_pending, insecure=insecure,
-                          stall_timeout_s=stall_timeout_s, deterministic=deterministic)
+                          stall_timeout_s=stall_timeout_s, deterministic=deterministic, noise=noise)
     if fleet is not None:
         from vvtrt.server.fleet_serve import run_ray_server
 

@@ -38,7 +38,7 @@ gputests() {  # test_gpu.py one process per test (a native crash cannot take the
   local ids rc=0 i=0
   export VVTRT_TINY_WORKDIR="$RUN/wd_tiny_tests"
   ids=$(python3 -m pytest -q --collect-only -m gpu tests/test_gpu.py -p no:cacheprovider | grep "::")
-  for t in $ids tests/test_ort_runner.py tests/test_longform_gpu.py tests/test_serving_gpu.py tests/test_realtime_runtime.py; do i=$((i + 1))
+  for t in $ids tests/test_ort_runner.py tests/test_longform_gpu.py tests/test_serving_gpu.py tests/test_noise.py tests/test_realtime_runtime.py; do i=$((i + 1))
     python3 -X faulthandler -m pytest -q -rA -m gpu "$t" --junitxml="$RUN/results/gputests_$i.xml" -p no:cacheprovider || { rc=1; echo "FAILED: $t"; }
   done
   return $rc
@@ -304,7 +304,22 @@ cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a c
       --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 256 --max-context 1024 \
       --out "$RUN/results/serving_1.5b_compiled"
 }
-gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py -p no:cacheprovider; }
+gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py tests/test_noise.py -p no:cacheprovider; }
+gpunoise() {  # device noise: CUDA bits == CPU bits, the draw in a CUDA graph, the captured serving step's noise
+  python3 -m pytest -q -rA -m gpu tests/test_noise.py tests/test_serving_gpu.py -p no:cacheprovider
+}
+noise15() {  # the serving step's host work (device noise, on-device stops, one status read-back) by batch, 1.5B
+  # bf16: this tree with --noise device and host, then the baseline tree (BASE), all on this GPU
+  local base=${BASE:-$PWD/.baseline} nz
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  for nz in device host; do
+    python3 benchmarks/serving_step_profile.py "$RUN/wd15" "$RUN/results/serving_step_noise_$nz" --device cuda \
+        --batches ${PROF_BATCHES:-1,64,256} --max-context 1024 --repeats 10 --noise $nz || return 1
+  done
+  (cd "$base" && VVTRT_GIT_COMMIT=${BASE_COMMIT:-unknown} PYTHONPATH=/tmp/site:$base python3 benchmarks/serving_step_profile.py \
+      "$RUN/wd15" "$RUN/results/serving_step_noise_base" --device cuda --batches ${PROF_BATCHES:-1,64,256} \
+      --max-context 1024 --repeats 10)
+}
 rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs), this commit and the baseline
   local base=${BASE:-$PWD/.baseline} tree
   for tree in new base; do
@@ -351,7 +366,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" q15 q7 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

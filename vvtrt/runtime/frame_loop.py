@@ -7,20 +7,27 @@ embedding (the negative branch sees every diffusion step's input, as in the orig
 
 1. `lm_decode` on the 2b rows (against the first `kv_len` slots of the cache) -> hidden, control logits,
    new K/V (written at each row's length).
-2. token = argmax of the slot's positive row's 4 control logits, unless the host decided it for this step
-   (`decide[s] >= 0`: a forced frame budget, a decision script, or a parked slot).
+2. token = argmax of the slot's positive row's 4 control logits, unless the slot's mode decides it
+   (a forced frame budget or a decision script: `vvtrt.runtime.slot_state.decide`).
 3. Positive rows always commit their K/V; negative rows only on `speech_diffusion`; `speech_start`
    empties the negative context (transformers masks it to the new token only: the same by RoPE's
    relative positions).
 4. Speculatively: sampler(h+, h-, noise, cfg per slot) -> latent -> decoder step -> semantic step ->
    connectors. The conv states advance only on `speech_diffusion` and are zeroed on `speech_end`.
 5. Next input = connectors output on diffusion, else `token_embed(token)`.
+6. The slot's counters and stop are booked on the device (`vvtrt.runtime.slot_state.advance`), leaving one
+   small `status` tensor for the host to read.
 
-A slot whose `active` flag is False (free, prefilling, or held because its reader is behind) commits
-nothing: its KV lengths, conv states and next input stay as they were, so it resumes exactly where it
-stopped. Every per-slot input (decision, noise, teacher latent, active) is written by the host before the
-step into a static buffer (`vvtrt.runtime.slots` drives it), so slots are independent: a slot's numbers depend only on
-its own rows. Teacher forcing (parity only): the decoder, semantic encoder and connectors of a slot with
+A slot whose ACTIVE flag is 0 (free, prefilling, finished, or held because its reader is behind) commits
+nothing: its KV lengths, conv states, counters and next input stay as they were, so it resumes exactly
+where it stopped. The host writes a slot's state row when it arms it (`arm_slot`) and its ACTIVE flag when
+it holds or frees it (`vvtrt.runtime.slots` drives it), so slots are independent: a slot's numbers depend
+only on its own rows.
+
+Noise. `noise="host"` (the single-request `Synthesizer`, parity): the host writes each slot's next noise
+into `noise` before the step (the original's `torch.Generator` draws). `noise="device"` (the serving
+engine): the step draws it itself from the slot's seed and frame counter (`vvtrt.runtime.noise`), so no
+host work and no copy per step, and a request's noise depends on its seed alone. Teacher forcing (parity only): the decoder, semantic encoder and connectors of a slot with
 `use_teacher` get the host's reference latent instead of the sampler's; `latent` still holds the
 sampler's own output.
 """
@@ -33,11 +40,13 @@ import torch
 
 from vvtrt.components.info import ModelInfo
 from vvtrt.runtime.kv_cache import StaticKVCache
+from vvtrt.runtime.noise import NOISE_SOURCES, frame_normals
+from vvtrt.runtime.slot_state import ACTIVE, COLUMNS, FRAME, SEED, advance, decide
 
 log = logging.getLogger(__name__)
 
-_VIEWED = ("embeds", "dec_state", "sem_state", "noise", "cfg", "decide", "active", "teacher", "use_teacher",
-           "token", "audio", "latent")
+_VIEWED = ("embeds", "dec_state", "sem_state", "noise", "cfg", "state", "script", "status", "teacher",
+           "use_teacher", "token", "audio", "latent")
 _ROWS2 = ("embeds",)  # two rows per slot
 
 
@@ -50,7 +59,10 @@ class FrameLoop:
     """
 
     def __init__(self, runners: dict, info: ModelInfo, streams: int, kv_len: int, dtype, device,
-                 teacher: bool = False, batch_buckets=None, kv_buckets=None):
+                 teacher: bool = False, batch_buckets=None, kv_buckets=None, noise: str = "host"):
+        if noise not in NOISE_SOURCES:
+            raise ValueError(f"noise must be one of {NOISE_SOURCES}, got {noise!r}")
+        self.device_noise = noise == "device"
         self.r = runners
         self.info = info
         self.slots = streams
@@ -64,14 +76,16 @@ class FrameLoop:
         self.diff_idx = info.control_index("speech_diffusion")
         self.start_idx = info.control_index("speech_start")
         self.end_idx = info.control_index("speech_end")
+        self.eos_idx = info.control_index("eos")
         self.all = {
             "embeds": torch.zeros(2 * n, 1, h, dtype=dtype, device=dev),
             "dec_state": torch.zeros(n, info.decoder_state, dtype=dtype, device=dev),
             "sem_state": torch.zeros(n, info.semantic_state, dtype=dtype, device=dev),
-            "noise": torch.zeros(n, z, dtype=torch.float32, device=dev),  # host-fed, per step
+            "noise": torch.zeros(n, z, dtype=torch.float32, device=dev),  # host-fed per step, or drawn
             "cfg": torch.full((n,), 1.3, dtype=torch.float32, device=dev),  # host-fed, per request
-            "decide": torch.full((n,), -1, dtype=torch.int64, device=dev),  # host-fed: -1 = the model's own
-            "active": torch.ones(n, dtype=torch.bool, device=dev),  # host-fed: False = commit nothing
+            "state": torch.zeros(n, COLUMNS, dtype=torch.int64, device=dev),  # slot_state columns
+            "script": torch.full((n, kv_len), -1, dtype=torch.int8, device=dev),  # decision scripts
+            "status": torch.zeros(n, dtype=torch.int64, device=dev),  # token + 8 * stop code, per step
             "teacher": torch.zeros(n, 1, z, dtype=dtype, device=dev) if teacher else None,
             "use_teacher": torch.zeros(n, 1, 1, dtype=torch.bool, device=dev) if teacher else None,
             "token": torch.zeros(n, dtype=torch.int64, device=dev),  # control index chosen this step
@@ -128,16 +142,34 @@ class FrameLoop:
         self.all["sem_state"][s].zero_()
         self.all["cfg"][s] = float(cfg_scale)
 
+    def arm_slot(self, s: int, row: torch.Tensor, script=None) -> None:
+        """Write slot `s`'s state row (`slot_state.slot_row`) and decision script (control indices, or None)."""
+        if script is not None:
+            if len(script) > self.kv_len:
+                raise ValueError(f"a decision script of {len(script)} steps exceeds the loop's {self.kv_len}")
+            line = torch.full((self.kv_len,), -1, dtype=torch.int8)
+            line[:len(script)] = torch.tensor(script, dtype=torch.int8)
+            self.all["script"][s].copy_(line)
+        self.all["state"][s].copy_(row)
+
+    def set_active(self, s: int, active: bool) -> None:
+        """Let slot `s` run (True) or freeze it (False: held, free or finished) from the next step on."""
+        self.all["state"][s, ACTIVE] = int(active)
+
     # -- the step ---------------------------------------------------------------------------------
     def _step(self) -> None:
         n, kv = self.n, self.kv
+        act = self.state[:, ACTIVE] > 0
+        if self.device_noise:
+            self.noise.copy_(frame_normals(self.state[:, SEED], self.state[:, FRAME], self.info.latent_dim))
         self.r["lm_decode"].infer({"embeds": self.embeds, "past_k": kv.k, "past_v": kv.v,
                                    "cache_len": kv.lengths}, self.o_dec)
         hidden, logits = self.o_dec["hidden"], self.o_dec["logits"]
-        tok = torch.where(self.decide >= 0, self.decide, logits[0::2].argmax(dim=-1))
+        forced = decide(self.state, self.script, self.diff_idx)
+        tok = torch.where(forced >= 0, forced, logits[0::2].argmax(dim=-1))
         self.token.copy_(tok)
         is_diff = tok == self.diff_idx
-        self._commit_kv(tok, is_diff)
+        self._commit_kv(tok, is_diff, act)
         self.r["diffusion_sampler"].infer({"cond_pos": hidden[0::2, 0].contiguous(),
                                            "cond_neg": hidden[1::2, 0].contiguous(),
                                            "noise": self.noise, "cfg_scale": self.cfg}, self.o_smp)
@@ -149,14 +181,15 @@ class FrameLoop:
         self.r["semantic_encoder_step"].infer({"audio": audio, "state": self.sem_state}, self.o_se)
         self.r["connectors"].infer({"latent": latent, "semantic": self.o_se["semantic"]}, self.o_cn)
         self.r["token_embed"].infer({"token": self.control_ids[tok]}, self.o_te)
-        self._advance_states(tok, is_diff)
+        self._advance_states(tok, is_diff, act)
         e = torch.where(is_diff.view(n, 1, 1), self.o_cn["embeds"], self.o_te["embeds"])
-        act2 = self.active.repeat_interleave(2).view(2 * n, 1, 1)
+        act2 = act.repeat_interleave(2).view(2 * n, 1, 1)
         self.embeds.copy_(torch.where(act2, e.repeat_interleave(2, dim=0), self.embeds))  # [pos0, neg0, ...]
         self.audio.copy_(audio)
         self.latent.copy_(self.o_smp["latent"])
+        advance(self.state, tok, self.status, self.diff_idx, self.eos_idx)
 
-    def _commit_kv(self, tok: torch.Tensor, is_diff: torch.Tensor) -> None:
+    def _commit_kv(self, tok: torch.Tensor, is_diff: torch.Tensor, act: torch.Tensor) -> None:
         """Positive rows always keep the step's K/V; negative rows only on speech_diffusion, and
         speech_start empties their context (the next negative step attends to itself only). Inactive slots
         keep their lengths (the entry written at their length is overwritten when they next commit)."""
@@ -165,11 +198,11 @@ class FrameLoop:
         lens = kv.lengths.view(self.n, 2)
         neg = torch.where(tok == self.start_idx, torch.zeros_like(lens[:, 1]), lens[:, 1] + is_diff.to(torch.int64))
         new = torch.stack([lens[:, 0] + 1, neg], dim=1)
-        kv.lengths.copy_(torch.where(self.active.view(self.n, 1), new, lens).view(-1))
+        kv.lengths.copy_(torch.where(act.view(self.n, 1), new, lens).view(-1))
 
-    def _advance_states(self, tok: torch.Tensor, is_diff: torch.Tensor) -> None:
+    def _advance_states(self, tok: torch.Tensor, is_diff: torch.Tensor, act: torch.Tensor) -> None:
         """The conv states advance on speech_diffusion and are zeroed on speech_end (as the original)."""
-        act = self.active.view(self.n, 1)
+        act = act.view(self.n, 1)
         keep = is_diff.view(self.n, 1) & act
         reset = (tok == self.end_idx).view(self.n, 1) & act
         zero = torch.zeros((), dtype=self.dec_state.dtype, device=self.device)
@@ -252,7 +285,7 @@ class FrameLoop:
 
     def _buffers(self) -> list[torch.Tensor]:
         return [self.kv.k, self.kv.v, self.kv.lengths, self.embeds, self.dec_state, self.sem_state, self.token,
-                self.audio, self.latent]
+                self.audio, self.latent, self.noise, self.state, self.status]
 
     def _snapshot(self) -> list[torch.Tensor]:
         return [b.clone() for b in self._buffers()]

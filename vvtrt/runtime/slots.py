@@ -1,14 +1,23 @@
 """The host side of the batched frame step: requests running in slots of one `FrameLoop`.
 
 `SlotStepper` is the one loop both the single-request `Synthesizer` and the serving engine drive. Each
-slot holds a `SlotRun`: its own prompt length, noise generator (seeded from the request alone: per
-diffusion frame `randn(2, 64)[:1]` of `torch.Generator().manual_seed(seed)`, as transformers draws it),
-guidance scale, frame budget, decision script or forced frames, teacher latents, step/frame counters and
-stop reason. A slot can be held (`hold`: its reader is behind): its row then commits nothing and draws no
-noise until it is resumed. Before each step the host writes every slot's decision, next noise and active
-flag into the loop's static buffers; after it, one host sync reads the tokens (and the audio, when a slot made a frame). The step runs
-the smallest (batch, KV) bucket holding the highest busy slot and the longest context, so a slot's numbers
-never depend on which other slots are busy (up to batch-size-dependent GEMM kernels on GPUs).
+slot holds a `SlotRun`: its own prompt length, seed, guidance scale, frame budget, decision script or
+forced frames, teacher latents and, once it ends, its stop reason. Decisions, step and frame counters and
+stops live on the device (`vvtrt.runtime.slot_state`) and advance inside the step; the host reads back
+one packed status tensor per step (token and stop code of every slot), then the audio when a slot made a
+frame. Per step the host does a fixed number of tensor and numpy operations whatever the number of slots,
+plus one event per slot that made a frame or ended (`events="all"`: every running slot, every step, for
+the `Synthesizer`'s token log).
+
+Noise. With the loop's `noise="host"` (the `Synthesizer`: parity with the original) each slot draws its
+next noise on the host after each of its frames, from a generator seeded from the request alone (per
+diffusion frame `randn(2, 64)[:1]` of `torch.Generator().manual_seed(seed)`, as transformers draws it).
+With `noise="device"` (the serving engine) the step draws it from the seed and the slot's frame counter.
+
+A slot can be held (`hold`: its reader is behind): its row then commits nothing and draws no noise until
+it is resumed. The step runs the smallest (batch, KV) bucket holding the highest busy slot and the longest
+context, so a slot's numbers never depend on which other slots are busy (up to batch-size-dependent GEMM
+kernels on GPUs).
 """
 from __future__ import annotations
 
@@ -18,8 +27,9 @@ import numpy as np
 import torch
 
 from vvtrt.runtime.frame_loop import FrameLoop
+from vvtrt.runtime.slot_state import FORCED, MODEL, NO_SPEECH, SCRIPTED, STOP_REASONS, TOKEN_BITS, slot_row
 
-NO_SPEECH = "no speech (random weights never choose to speak: pass --frames N)"
+__all__ = ["NO_SPEECH", "SlotEvent", "SlotRun", "SlotStepper"]
 
 
 @dataclass
@@ -36,34 +46,21 @@ class SlotRun:
     teacher: list | None = None  # reference latent [64] per diffusion frame (parity)
     keep_latents: bool = False
     tag: object = None  # the caller's handle for this run
-    steps: int = 0
+    steps: int = 0  # LLM steps taken (brought up to date at each of its events)
     produced: int = 0
-    tokens: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # with events="all" only
     stop_reason: str = ""
     gen: torch.Generator | None = None
-    noise: torch.Tensor | None = None  # [64]: the next diffusion frame's noise
+    noise: torch.Tensor | None = None  # [64]: the next diffusion frame's noise (host noise only)
+
+    @property
+    def mode(self) -> int:
+        return FORCED if self.forced else SCRIPTED if self.script is not None else MODEL
 
     def draw_noise(self, z: int) -> None:
         if self.gen is None:
             self.gen = torch.Generator().manual_seed(int(self.seed))
         self.noise = torch.randn(2, z, generator=self.gen)[0]
-
-    def finish(self, token: str) -> str:
-        """Book one step's token; return the stop reason if the run ends here ("" otherwise)."""
-        self.steps += 1
-        self.tokens.append(token)
-        scripted = self.script is not None
-        if token == "speech_diffusion":
-            self.produced += 1
-            if self.produced >= self.limit and not scripted:
-                return "frame budget" if self.forced else "max frames"
-        elif token == "eos":
-            return "eos"
-        if not scripted and self.steps >= self.limit * 4 + 16 and self.produced == 0:
-            return NO_SPEECH
-        if self.steps >= self.max_steps:
-            return "end of decision script" if scripted else "length limit"
-        return ""
 
 
 @dataclass
@@ -79,25 +76,33 @@ class SlotEvent:
 
 
 class SlotStepper:
-    """Runs requests in the slots of `loop`; `prefill(body [1,T,H]) -> (k, v)` fills a joining slot's cache."""
+    """Runs requests in the slots of `loop`; `prefill(body [1,T,H]) -> (k, v)` fills a joining slot's cache.
+    `events`: "changes" (a slot's event only when it made a frame or ended) or "all" (every running slot,
+    every step)."""
 
-    def __init__(self, loop: FrameLoop, prefill):
+    def __init__(self, loop: FrameLoop, prefill, events: str = "changes"):
+        if events not in ("changes", "all"):
+            raise ValueError(f"events must be 'changes' or 'all', got {events!r}")
         self.loop = loop
         self.prefill = prefill
+        self.every_step = events == "all"
         self.names = loop.info.control_token_names
         self.runs: dict[int, SlotRun] = {}
-        z = loop.info.latent_dim
-        self._noise = torch.zeros(loop.slots, z)
-        self._decide = torch.full((loop.slots,), loop.end_idx, dtype=torch.int64)  # free slots: speech_end
-        self._teacher = torch.zeros(loop.slots, 1, z) if loop.teacher_forcing else None
-        self._use_teacher = torch.zeros(loop.slots, 1, 1, dtype=torch.bool) if loop.teacher_forcing else None
-        self._active = torch.zeros(loop.slots, dtype=torch.bool)
+        n, z = loop.slots, loop.info.latent_dim
+        self.host_noise = not loop.device_noise
+        self._noise = torch.zeros(n, z) if self.host_noise else None
+        self._teacher = torch.zeros(n, 1, z) if loop.teacher_forcing else None
+        self._use_teacher = torch.zeros(n, 1, 1, dtype=torch.bool) if loop.teacher_forcing else None
+        self._busy = np.zeros(n, dtype=bool)    # a run holds the slot
+        self._active = np.zeros(n, dtype=bool)  # ... and computes this step (not held)
+        self._steps = np.zeros(n, dtype=np.int64)
+        self._base = np.zeros(n, dtype=np.int64)  # prompt tokens + 1: KV need = base + steps
         self.held: set[int] = set()
         self.prefill_tokens = 0
         self.last_active = 0  # slots that computed in the last step
 
     def free_slots(self) -> list[int]:
-        return [s for s in range(self.loop.slots) if s not in self.runs]
+        return [int(s) for s in np.flatnonzero(~self._busy)]
 
     def join(self, slot: int, run: SlotRun, emb: torch.Tensor, kv=None) -> None:
         """Prefill `emb [1, L0, H]` (all but its final speech_start; or take the given `kv`) into `slot`
@@ -108,14 +113,18 @@ class SlotStepper:
             body = emb[:, :-1]
             kv = self.prefill(body) if body.shape[1] > 0 else (None, None)
             self.prefill_tokens += body.shape[1]
-        self.loop.reset_slot(slot, kv[0], kv[1], emb[:, -1:], run.cfg_scale)
-        run.draw_noise(self.loop.info.latent_dim)
-        self._noise[slot] = run.noise
+        loop = self.loop
+        loop.reset_slot(slot, kv[0], kv[1], emb[:, -1:], run.cfg_scale)
+        if self.host_noise:
+            run.draw_noise(loop.info.latent_dim)
+            self._noise[slot] = run.noise
         if self._use_teacher is not None:
             self._use_teacher[slot] = run.teacher is not None
             self._set_teacher(slot, run)
+        loop.arm_slot(slot, slot_row(run.seed, run.limit, run.max_steps, run.mode), run.script)
         self.held.discard(slot)
-        self._active[slot] = True
+        self._busy[slot] = self._active[slot] = True
+        self._steps[slot], self._base[slot] = 0, run.n_prompt + 1
         self.runs[slot] = run
 
     def hold(self, slot: int, held: bool) -> None:
@@ -124,13 +133,16 @@ class SlotStepper:
             self.held.add(slot)
         else:
             self.held.discard(slot)
-        self._active[slot] = slot in self.runs and slot not in self.held
+        active = slot in self.runs and slot not in self.held
+        if active != self._active[slot]:
+            self._active[slot] = active
+            self.loop.set_active(slot, active)
 
     def leave(self, slot: int) -> SlotRun | None:
         """Free `slot` (cancellation, or its run ended): it commits nothing until the next run joins, and its
         lengths are zeroed so no step of a smaller KV bucket ever reads past the bucket for it."""
-        self._decide[slot] = self.loop.end_idx
-        self._active[slot] = False
+        self.loop.set_active(slot, False)
+        self._busy[slot] = self._active[slot] = False
         self.held.discard(slot)
         self.loop.cache.lengths[2 * slot:2 * slot + 2] = 0
         if self._use_teacher is not None:
@@ -142,22 +154,14 @@ class SlotStepper:
         self._teacher[slot] = 0 if ref is None else torch.as_tensor(np.asarray(ref), dtype=torch.float32).reshape(1, -1)
 
     def _feed(self) -> None:
-        """Write every slot's decision, noise (and teacher latent) for the next step; select the bucket."""
+        """Select the bucket (highest busy slot, longest context); copy host noise and teacher latents."""
         loop = self.loop
-        kv_needed = max(r.n_prompt + r.steps + 1 for r in self.runs.values())
-        loop.select(*loop.bucket_for(max(self.runs) + 1, kv_needed))
-        diff = loop.diff_idx
-        for slot, run in self.runs.items():
-            if run.forced:
-                self._decide[slot] = diff
-            elif run.script is not None:
-                self._decide[slot] = run.script[run.steps] if run.steps < len(run.script) else -1
-            else:
-                self._decide[slot] = -1
+        busy = np.flatnonzero(self._busy)
+        kv_needed = int((self._base[busy] + self._steps[busy]).max())
+        loop.select(*loop.bucket_for(int(busy[-1]) + 1, kv_needed))
         b = loop.n
-        loop.active.copy_(self._active[:b])
-        loop.decide.copy_(self._decide[:b])
-        loop.noise.copy_(self._noise[:b])
+        if self._noise is not None:
+            loop.noise.copy_(self._noise[:b])
         if self._teacher is not None:
             loop.teacher.copy_(self._teacher[:b])
             loop.use_teacher.copy_(self._use_teacher[:b])
@@ -170,29 +174,37 @@ class SlotStepper:
         self._feed()
         loop = self.loop
         loop.step()
-        tokens = loop.token.cpu().tolist()  # the one host sync per step
-        diff = loop.diff_idx
-        made = any(tokens[s] == diff for s in self.runs if s not in self.held)
-        audio = loop.audio[:, 0].float().cpu().numpy() if made else None
-        keep = made and any(r.keep_latents for r in self.runs.values())
+        status = loop.status.cpu().numpy()  # the one host sync per step: token + 8 * stop code per slot
+        b = len(status)
+        tok, stop = status % TOKEN_BITS, status // TOKEN_BITS
+        act = self._active[:b]
+        self._steps[:b] += act
+        made = act & (tok == loop.diff_idx)
+        audio = loop.audio[:, 0].float().cpu().numpy() if made.any() else None
+        keep = audio is not None and any(r.keep_latents for r in self.runs.values())
         latents = loop.latent[:, 0].float().cpu().numpy() if keep else None
-        events = []
-        for slot, run in list(self.runs.items()):
-            if slot in self.held:
-                continue
-            ev = SlotEvent(slot, run, self.names[tokens[slot]])
-            if tokens[slot] == diff:
-                ev.audio = audio[slot].copy()
-                if run.keep_latents:
-                    ev.latent = latents[slot].copy()
-            ev.stop_reason = run.finish(ev.token)
-            if ev.stop_reason:
-                run.stop_reason = ev.stop_reason
-                self.leave(slot)
-            elif ev.audio is not None:
-                run.draw_noise(loop.info.latent_dim)
+        which = act if self.every_step else act & (made | (stop > 0))
+        return [self._event(int(s), int(tok[s]), int(stop[s]), audio, latents) for s in np.flatnonzero(which)]
+
+    def _event(self, slot: int, tok: int, stop: int, audio, latents) -> SlotEvent:
+        """Slot `slot`'s event of this step; its run leaves on a stop, else draws its next host noise."""
+        run = self.runs[slot]
+        run.steps = int(self._steps[slot])
+        ev = SlotEvent(slot, run, self.names[tok], stop_reason=STOP_REASONS[stop])
+        if self.every_step:
+            run.tokens.append(ev.token)
+        if tok == self.loop.diff_idx:
+            run.produced += 1
+            ev.audio = audio[slot].copy()
+            if run.keep_latents:
+                ev.latent = latents[slot].copy()
+        if ev.stop_reason:
+            run.stop_reason = ev.stop_reason
+            self.leave(slot)
+        elif ev.audio is not None:
+            if self.host_noise:
+                run.draw_noise(self.loop.info.latent_dim)
                 self._noise[slot] = run.noise
-                if self._teacher is not None:
-                    self._set_teacher(slot, run)
-            events.append(ev)
-        return events
+            if self._teacher is not None:
+                self._set_teacher(slot, run)
+        return ev

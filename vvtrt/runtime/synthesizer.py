@@ -243,7 +243,7 @@ class Synthesizer:
         res = result if result is not None else SynthesisResult(np.zeros(0, np.float32), 0, [], False, "", 0, 0, 0)
         res.forced, res.prompt_tokens, res.streams = frames is not None, n_prompt, streams
         max_steps = len(script) if script is not None else kv_len - n_prompt - 1
-        stepper = SlotStepper(loop, self.prefill)
+        stepper = SlotStepper(loop, self.prefill, events="all")  # every step's token goes to res.tokens
         runs = [SlotRun(n_prompt, limit, max_steps, seed + s, cfg_scale, forced=frames is not None, script=script,
                         teacher=list(teacher_latents[:limit]) if teacher_latents is not None else None,
                         keep_latents=keep_latents) for s in range(streams)]

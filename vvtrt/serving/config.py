@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from vvtrt.errors import InputError
+from vvtrt.runtime.noise import NOISE_SOURCES
 from vvtrt.runtime.kv_cache import kv_bytes_per_row
 from vvtrt.serving.api import CapacityError
 
@@ -33,7 +34,13 @@ class EngineConfig:
     `deterministic`: every step runs the full pool's shapes (one batch and one KV bucket), so a request's
     audio is bit-equal to its solo run whatever runs beside it (other buckets may differ by GEMM rounding).
     `memory_headroom_gib` (CUDA): memory left free after the KV pool, for graphs, activations and the
-    prefill. `max_pool_gib` (CPU, or a CUDA cap): the KV pool's size limit."""
+    prefill. `max_pool_gib` (CPU, or a CUDA cap): the KV pool's size limit.
+    `noise`: where each request's diffusion noise comes from. "device" (default): drawn inside the step from
+    the request's seed and frame index (`vvtrt.runtime.noise`, Philox-4x32-10): no host work or copy per step,
+    and a request's audio for a seed never depends on the other requests. "host": the original's
+    `torch.Generator(seed)` draws on the host, as the single-request `Synthesizer` (and `vvtrt synth`, parity)
+    makes them, so a request's audio matches `vvtrt synth` with the same seed (one host draw and one copy per
+    frame)."""
 
     max_streams: int = 64
     max_queue: int = 256
@@ -48,6 +55,7 @@ class EngineConfig:
     memory_headroom_gib: float = 4.0
     max_pool_gib: float | None = None
     cuda_graph: bool | str = "auto"
+    noise: str = "device"
 
     def __post_init__(self):
         for name in ("max_streams", "max_queue", "prefill_budget_tokens", "buffer_chunks", "max_step_failures"):
@@ -59,6 +67,8 @@ class EngineConfig:
             raise InputError(f"stall_timeout_s must be > 0, got {self.stall_timeout_s}")
         if self.memory_headroom_gib < 0 or (self.max_pool_gib is not None and self.max_pool_gib <= 0):
             raise InputError("memory_headroom_gib must be >= 0 and max_pool_gib > 0")
+        if self.noise not in NOISE_SOURCES:
+            raise InputError(f"noise must be one of {', '.join(NOISE_SOURCES)}, got {self.noise!r}")
         for name in ("batch_buckets", "kv_buckets"):
             vals = getattr(self, name)
             if vals is not None and any(int(v) < 1 for v in vals):

@@ -5,7 +5,9 @@ A request is checked and sized on the caller's thread (`prepare`: script, voices
 admitted into a reserved slot on the engine thread, where its voice clips are encoded and its prompt
 body becomes a `PrefillJob`; the core then advances prompt work chunk by chunk between frame steps
 (`prefill(budget)`), and a run whose prompt is done joins the step. Each request's audio depends only on
-its own inputs and seed (with `deterministic`, bit for bit: every step runs the full pool's shapes).
+its own inputs and seed (with `deterministic`, bit for bit: every step runs the full pool's shapes). Its
+noise is drawn on the device from its seed and frame index (`EngineConfig.noise = "device"`), or on the
+host as the single-request `Synthesizer` draws it (`"host"`).
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ class LongformStepper:
         s = self.synth
         self.plan = p = plan_pool(self.config, s.info, s.options, s.runners, s.device, s.precision.torch_dtype.itemsize)
         loop = FrameLoop(s.runners, s.info, p.slots, p.kv_len, s.precision.torch_dtype, s.device,
-                         batch_buckets=p.batch_buckets, kv_buckets=p.kv_buckets)
+                         batch_buckets=p.batch_buckets, kv_buckets=p.kv_buckets, noise=self.config.noise)
         if s.cuda_graph:
             loop.capture_all()
             loop.cache.reset()
@@ -87,7 +89,8 @@ class LongformStepper:
         p, loop = self.plan, self.slot_stepper.loop
         err = f" (capture failed: {loop.capture_error})" if loop.capture_error else ""
         return (f"serving engine: {p.slots} slots, KV {p.kv_len} tokens a slot ({p.pool_bytes / (1 << 30):.2f} GiB "
-                f"pool), buckets {p.batch_buckets} x {p.kv_buckets}, graphs {len(loop.graphs)}{err}")
+                f"pool), buckets {p.batch_buckets} x {p.kv_buckets}, graphs {len(loop.graphs)}{err}, "
+                f"{self.config.noise} noise")
 
     @property
     def loop(self) -> FrameLoop:
