@@ -12,7 +12,7 @@ import sys
 import click
 
 from vvtrt.cli_errors import one_line_errors
-from vvtrt.cli_types import CFG, COUNT, SEED, WORKDIR, non_empty as _non_empty, workdir_opt
+from vvtrt.cli_types import CFG, COUNT, SEED, WORKDIR, non_empty as _non_empty, serving_backend_opts, workdir_opt
 from vvtrt.option_checks import REPEATS_MAX
 
 
@@ -234,14 +234,7 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
 
 @cli.command("bench-serving")
 @workdir_opt
-@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "torch-compile",
-                                                                                  "onnxruntime", "tensorrt"]),
-              help="Runtime of the serving engine (torch-compile: torch.compile'd frame step, its compiled code "
-                   "cached in the work dir's compile-cache).")
-@click.option("--compile-shapes", default="dynamic-batch", show_default=True,
-              type=click.Choice(["dynamic-batch", "dynamic", "static"]),
-              help="torch-compile: graphs compiled with the batch axis dynamic (one graph for every batch bucket "
-                   "of 2+ streams, one for 1), also the KV length (dynamic), or one per bucket (static).")
+@serving_backend_opts
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--mode", default="concurrency", show_default=True, type=click.Choice(["concurrency", "rate"]),

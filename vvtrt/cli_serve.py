@@ -6,7 +6,7 @@ import logging
 import click
 
 from vvtrt.cli_errors import one_line_errors as _friendly, require_extra as _require_extra
-from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, workdir_opt
+from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_opts, workdir_opt
 
 
 @click.command()
@@ -27,14 +27,7 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, workdir_opt
               help="On SIGTERM, seconds running streams get to finish before they are cancelled.")
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on every route but /health and "
               "/ready. Prefer the VVTRT_API_KEY environment variable: a command line is visible to every user.")
-@click.option("--backend", default="torch", show_default=True,
-              type=click.Choice(["torch", "torch-compile", "onnxruntime", "tensorrt"]),
-              help="Runtime of the serving engine (torch-compile: torch.compile'd frame step, its compiled code "
-                   "cached in the work dir's compile-cache for the next start).")
-@click.option("--compile-shapes", default="dynamic-batch", show_default=True,
-              type=click.Choice(["dynamic-batch", "dynamic", "static"]),
-              help="torch-compile: graphs compiled with the batch axis dynamic (one graph for every batch bucket "
-                   "of 2+ streams, one for 1), also the KV length (dynamic), or one per bucket (static).")
+@serving_backend_opts
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda when available).")
 @click.option("--dtype", "dtype", default=None, help="Precision (default: bf16 on cuda, fp32 on cpu).")
 @click.option("--max-input-chars", default=4096, show_default=True, type=COUNT, help="Longest `input` text.")

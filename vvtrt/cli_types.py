@@ -41,3 +41,16 @@ def non_empty(ctx, param, value):
 WORKDIR = click.Path(file_okay=False)
 workdir_opt = click.option("-w", "--workdir", "workdir", required=True, type=WORKDIR, callback=non_empty,
                            help="Work directory holding every stage's files.")
+
+
+def serving_backend_opts(fn):
+    """--backend and --compile-shapes of the serving engine (`vvtrt serve`, `vvtrt bench-serving`)."""
+    fn = click.option("--compile-shapes", default="dynamic-batch", show_default=True,
+                      type=click.Choice(["dynamic-batch", "dynamic", "static"]),
+                      help="torch-compile: graphs compiled with the batch axis dynamic (one graph for every batch "
+                           "bucket of 2+ streams, one for 1), also the KV length (dynamic), or one per bucket "
+                           "(static).")(fn)
+    return click.option("--backend", default="torch", show_default=True,
+                        type=click.Choice(["torch", "torch-compile", "onnxruntime", "tensorrt"]),
+                        help="Runtime of the serving engine (torch-compile: torch.compile'd frame step, its "
+                             "compiled code cached in the work dir's compile-cache for the next start).")(fn)
