@@ -80,10 +80,14 @@ def test_the_estimated_cost_weighs_weights_against_kv(tiny_info):
     assert c.fixed > c.per_slot > 0
 
 
-def test_kv_groups_option_is_checked():
+def test_kv_groups_option_is_checked(tiny_workdir):
+    from cli_helpers import one_clear_line, run
+
     for bad in (0, 3, True):
         with pytest.raises(InputError, match="kv_groups must be 1 or 2"):
             EngineConfig(kv_groups=bad)
+    for verb in ("bench-serving", "serve"):
+        assert "--kv-groups" in one_clear_line(run(verb, "-w", tiny_workdir.root, "--kv-groups", "3"))
 
 
 LONG = "Speaker 0: " + " ".join(["a long opening line about rivers and stones"] * 7)
