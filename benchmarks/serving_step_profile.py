@@ -183,14 +183,19 @@ def time_steps(engine, clock: Clock, repeats: int) -> dict:
 
 
 def time_split(stepper, clock: Clock, repeats: int) -> dict:
-    """`step()` with `_feed` and `FrameLoop.step` wrapped (instance attributes, removed afterwards): host before
-    the launch, the launch, the device step (events), the wait for it (one extra sync) and the host after."""
-    loop, feed0, step0, t = stepper.loop, stepper._feed, stepper.loop.step, {}
+    """`step()` with `_plan`, `_feed` and `FrameLoop.step` wrapped (instance attributes, removed afterwards): host
+    before the launch (the bucket or KV groups, host inputs), the launch, the device step (events), the wait for
+    it (one extra sync) and the host after. A step split in KV groups launches twice: its figures are the last
+    group's launch and wait."""
+    loop, plan0, feed0, step0, t = stepper.loop, stepper._plan, stepper._feed, stepper.loop.step, {}
     events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if clock.cuda else None
 
-    def feed():
+    def plan():
         t["feed0"] = time.perf_counter()
-        feed0()
+        return plan0()
+
+    def feed(top):
+        feed0(top)
         t["feed1"] = time.perf_counter()
 
     def step():
@@ -204,7 +209,7 @@ def time_split(stepper, clock: Clock, repeats: int) -> dict:
         t["done"] = time.perf_counter()
 
     out = {k: [] for k in SPLIT + ("total_ms",)}
-    stepper._feed, loop.step = feed, step
+    stepper._plan, stepper._feed, loop.step = plan, feed, step
     try:
         for _ in range(repeats):
             clock.sync()
@@ -218,7 +223,7 @@ def time_split(stepper, clock: Clock, repeats: int) -> dict:
             for k, v in ms.items():
                 out[k].append(v)
     finally:
-        del stepper._feed, loop.step
+        del stepper._plan, stepper._feed, loop.step
     return out
 
 

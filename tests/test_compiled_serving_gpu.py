@@ -30,7 +30,7 @@ def _serve(engine: Engine) -> list[np.ndarray]:
     try:
         loop = engine.stepper.loop
         assert loop.capture_error is None, loop.capture_error
-        assert len(loop.graphs) == len(engine.plan.batch_buckets) * len(engine.plan.kv_buckets)
+        assert len(loop.graphs) == len(loop.shapes.all())  # the (batch, KV) buckets and the KV groups
         handles = [engine.submit(r) for r in REQUESTS]
         return [np.concatenate([c.audio for c in h]) for h in handles]
     finally:

@@ -35,7 +35,7 @@ def _run(synth, **cfg):
     eng.start()
     try:
         assert eng.stepper.loop.capture_error is None, eng.stepper.loop.capture_error
-        assert len(eng.stepper.loop.graphs) == len(eng.plan.batch_buckets) * len(eng.plan.kv_buckets)
+        assert len(eng.stepper.loop.graphs) == len(eng.stepper.loop.shapes.all())  # buckets and KV groups
         solo = [np.concatenate([c.audio for c in eng.submit(r)]) for r in REQUESTS]
         first = eng.submit(REQUESTS[0])
         it = iter(first)

@@ -248,10 +248,14 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
               help="KV slots per stream (prompt + generated steps); default: the largest exported KV bucket. "
                    "Smaller contexts fit more streams in the KV pool.")
 @click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG, help="Diffusion CFG scale (0-20).")
+@click.option("--kv-groups", default=1, show_default=True, type=click.IntRange(1, 2),
+              help="Long-form models: KV groups a step may run as. 2: short streams attend over their own KV bucket "
+                   "beside long ones when that costs less (more CUDA graphs); 1: every step reads the longest "
+                   "stream's bucket (the default until 2 is measured on a GPU). --deterministic runs one.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @_friendly
 def bench_serving(workdir, backend, compile_shapes, device, dtype, mode, levels, requests, frames, prompt_words,
-                  max_streams, max_context, cfg_scale, out_dir):
+                  max_streams, max_context, cfg_scale, kv_groups, out_dir):
     """Open-loop load on the serving engine: TTFA, inter-chunk gaps and RTF vs load."""
     from vvtrt.bench.serving import ServingLoad, run_serving_bench
     from vvtrt.errors import InputError
@@ -267,7 +271,7 @@ def bench_serving(workdir, backend, compile_shapes, device, dtype, mode, levels,
     check_max_context(workdir, max_context, frames)  # every request would fail: refused before the engine loads
     paths = run_serving_bench(workdir, backend.replace("-compile", ""), device, dtype, load, out_dir,
                               compile=backend.endswith("-compile"), compile_shapes=compile_shapes,
-                              max_streams=max_streams, max_context=max_context)
+                              max_streams=max_streams, max_context=max_context, kv_groups=kv_groups)
     click.echo(f"serving bench report: {paths['json']}")
 
 

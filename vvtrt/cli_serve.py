@@ -70,12 +70,16 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_
               help="Long-form models: where each request's diffusion noise is drawn. device: in the step, from the "
                    "request's seed and frame index (no host work per frame); host: the generator `vvtrt synth` "
                    "draws from, so a seed gives `vvtrt synth`'s audio.")
+@click.option("--kv-groups", default=1, show_default=True, type=click.IntRange(1, 2),
+              help="Long-form models: KV groups a step may run as. 2: short streams attend over their own KV bucket "
+                   "beside long ones when that costs less (more CUDA graphs); 1: every step reads the longest "
+                   "stream's bucket (the default until 2 is measured on a GPU). --deterministic runs one.")
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
           backend, compile_shapes, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key,
           header_timeout, body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic, use_ray,
           replicas, min_replicas, max_replicas, address, allow_failed_quant,
-          noise):
+          noise, kv_groups):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
@@ -102,7 +106,8 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
                           metrics_key=api_key_from_env(metrics_key, METRICS_KEY_ENV),
                           header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                           ws_origins=tuple(ws_origins), ws_max_pending=ws_max_pending, insecure=insecure,
-                          stall_timeout_s=stall_timeout_s, deterministic=deterministic, noise=noise)
+                          stall_timeout_s=stall_timeout_s, deterministic=deterministic, noise=noise,
+                          kv_groups=kv_groups)
     if fleet is not None:
         from vvtrt.server.fleet_serve import run_ray_server
 

@@ -281,6 +281,16 @@ srvlong() {  # 64 held streams, one prompt in three of 3000 words (several prefi
         --out "$RUN/results/serving_1.5b_long_$tree"
   done
 }
+srvmix() {  # held streams of mixed prompt lengths (one in three of 3000 words, KV up to 8192), 1.5B bf16: the
+  # step split in two KV groups (short streams at their own KV bucket) against one group, same GPU, same call
+  local g
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  for g in 2 1; do
+    $VV bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${SRVMIX_LEVELS:-128} \
+        --prompt-words 8,48,3000 --requests ${SRVMIX_REQUESTS:-256} --frames 64 --max-streams 128 \
+        --max-context 8192 --kv-groups $g --out "$RUN/results/serving_1.5b_mix_g$g"
+  done
+}
 cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a cold start (empty compile cache) and a
   # warm one (the cache the first wrote), each start's own record from /ready and /metrics; then bench-serving compiled
   local port=8125 pid i t0 t1 ms
@@ -304,7 +314,7 @@ cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a c
       --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 256 --max-context 1024 \
       --out "$RUN/results/serving_1.5b_compiled"
 }
-gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py tests/test_noise.py -p no:cacheprovider; }
+gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py tests/test_noise.py tests/test_kv_groups.py -p no:cacheprovider; }
 gpunoise() {  # device noise: CUDA bits == CPU bits, the draw in a CUDA graph, the captured serving step's noise
   python3 -m pytest -q -rA -m gpu tests/test_noise.py tests/test_serving_gpu.py -p no:cacheprovider
 }
@@ -366,7 +376,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

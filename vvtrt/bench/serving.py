@@ -196,7 +196,9 @@ def run_serving_bench(workdir, backend="torch", device=None, dtype=None, load: S
                          "steps": meta["options"]["steps"], "load": asdict(load),
                          "engine": {**asdict(engine.config), "slots": plan.slots, "kv_len": plan.kv_len,
                                     "batch_buckets": plan.batch_buckets, "kv_buckets": plan.kv_buckets,
-                                    "pool_bytes": plan.pool_bytes, "graphs": len(engine.stepper.loop.graphs)},
+                                    "pool_bytes": plan.pool_bytes, "graphs": len(engine.stepper.loop.graphs),
+                                    "split_steps": getattr(getattr(engine.stepper, "slot_stepper", None),
+                                                           "split_steps", None)},
                          "setup_s": setup_s, "startup": engine.startup, "environment": collect_environment()},
               "levels": levels, "realtime_criterion": "p99 inter-chunk gap < 133 ms and TTFA p99 < 1 s",
               "max_realtime_concurrency": max(ok, default=None)}

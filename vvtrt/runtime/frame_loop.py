@@ -40,6 +40,7 @@ import torch
 
 from vvtrt.components.info import ModelInfo
 from vvtrt.runtime.kv_cache import StaticKVCache
+from vvtrt.runtime.kv_groups import GroupShapes
 from vvtrt.runtime.noise import NOISE_SOURCES, frame_normals
 from vvtrt.runtime.slot_state import ACTIVE, COLUMNS, FRAME, SEED, advance, decide
 
@@ -54,12 +55,15 @@ class FrameLoop:
     """Owns every per-frame buffer for `streams` slots and runs/captures one step on the first slots.
 
     `batch_buckets` (slot counts, ascending, the last = `streams`) and `kv_buckets` (cache lengths, the last
-    = `kv_len`) are the shapes a step may run with; `select(b, s)` picks one. Attributes named in
-    `_VIEWED` (and `kv`, `n`, the `o_*` outputs) are views of the selected bucket; `*_all` the full buffers.
+    = `kv_len`) are the shapes a step may run with; `select(b, s)` picks one. With `kv_groups` 2 a step may
+    also run as two groups of slots (`vvtrt.runtime.kv_groups`): `select(b, s, first)` then picks `b` slots
+    from slot `first`. Attributes named in `_VIEWED` (and `kv`, `n`, the `o_*` outputs) are views of the
+    selected shape; `all` holds the full buffers.
     """
 
     def __init__(self, runners: dict, info: ModelInfo, streams: int, kv_len: int, dtype, device,
-                 teacher: bool = False, batch_buckets=None, kv_buckets=None, noise: str = "host"):
+                 teacher: bool = False, batch_buckets=None, kv_buckets=None, noise: str = "host",
+                 kv_groups: int = 1):
         if noise not in NOISE_SOURCES:
             raise ValueError(f"noise must be one of {NOISE_SOURCES}, got {noise!r}")
         self.device_noise = noise == "device"
@@ -70,6 +74,7 @@ class FrameLoop:
         self.device = dev = torch.device(device)
         self.batch_buckets = tuple(sorted({b for b in (batch_buckets or ()) if b < streams} | {streams}))
         self.kv_buckets = tuple(sorted({s for s in (kv_buckets or ()) if s < kv_len} | {kv_len}))
+        self.shapes = GroupShapes.for_pool(self.batch_buckets, self.kv_buckets, kv_groups)
         n, z, h = streams, info.latent_dim, info.hidden
         self.cache = StaticKVCache(info, 2 * n, kv_len, dtype, dev)
         self.control_ids = torch.tensor(info.control_token_ids, device=dev)
@@ -94,8 +99,8 @@ class FrameLoop:
         }
         self.teacher_forcing = teacher
         self._outs: dict[int, dict] = {}
-        self._views: dict[tuple[int, int], StaticKVCache] = {}
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._views: dict[tuple, StaticKVCache] = {}
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}  # (b, s) from slot 0, (b, s, first) above
         self._pool = None
         self.capture_seconds = 0.0
         self.capture_error: str | None = None
@@ -108,16 +113,19 @@ class FrameLoop:
         s = next((x for x in self.kv_buckets if x >= kv_needed), self.kv_len)
         return b, s
 
-    def select(self, b: int, s: int) -> None:
-        """Point the step's views at the first `b` slots and `s` cache slots."""
-        self.key = (b, s)
+    def select(self, b: int, s: int, first: int = 0) -> None:
+        """Point the step's views at `b` slots from slot `first` (default: the first `b`) and `s` cache slots."""
+        if first < 0 or first + b > self.slots:
+            raise ValueError(f"{b} slots from slot {first} exceed the loop's {self.slots}")
+        self.key = key = (b, s) if first == 0 else (b, s, first)
         self.n = b
-        if (b, s) not in self._views:
-            self._views[(b, s)] = self.cache.view(2 * b, s)
-        self.kv = self._views[(b, s)]
+        if key not in self._views:
+            self._views[key] = self.cache.view(2 * b, s, 2 * first)
+        self.kv = self._views[key]
         for name in _VIEWED:
             full = self.all[name]
-            setattr(self, name, None if full is None else full[:2 * b if name in _ROWS2 else b])
+            two = 2 if name in _ROWS2 else 1
+            setattr(self, name, None if full is None else full[two * first:two * (first + b)])
         if b not in self._outs:
             alloc = lambda name, dims: self.r[name].alloc_outputs(dims)  # noqa: E731
             self._outs[b] = {"dec": alloc("lm_decode", {"batch": 2 * b, "kv_len": s}),
@@ -269,19 +277,18 @@ class FrameLoop:
         self.capture_seconds += time.perf_counter() - t0
 
     def capture_all(self) -> None:
-        """Capture every (batch, KV) bucket, largest first so the smaller graphs reuse its pool memory."""
-        for b in reversed(self.batch_buckets):
-            for s in reversed(self.kv_buckets):
-                self.select(b, s)
-                self.capture(snapshot=False)
+        """Capture every shape a step may run (`shapes.all()`: the (batch, KV) buckets, then the groups'),
+        largest first so the smaller graphs reuse its pool memory."""
+        for shape in self.shapes.all():
+            self.select(*shape)
+            self.capture(snapshot=False)
 
     def warm_all(self) -> None:
-        """Run one step of every (batch, KV) bucket, largest first, so compiled runners compile each shape
-        now rather than at a request's first step (where graphs are captured, the capture did this)."""
-        for b in reversed(self.batch_buckets):
-            for s in reversed(self.kv_buckets):
-                self.select(b, s)
-                self._step()
+        """Run one step of every shape, largest first, so compiled runners compile each shape now rather
+        than at a request's first step (where graphs are captured, the capture did this)."""
+        for shape in self.shapes.all():
+            self.select(*shape)
+            self._step()
 
     def _buffers(self) -> list[torch.Tensor]:
         return [self.kv.k, self.kv.v, self.kv.lengths, self.embeds, self.dec_state, self.sem_state, self.token,

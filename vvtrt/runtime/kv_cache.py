@@ -40,14 +40,15 @@ class StaticKVCache:
             self.lengths = torch.zeros(rows, dtype=torch.int64, device=device)
         self.capacity = length
 
-    def view(self, rows: int, length: int) -> "StaticKVCache":
-        """The first `rows` rows and `length` slots, sharing this cache's storage (no copy)."""
-        if rows > self.k.shape[1] or length > self.capacity:
-            raise ValueError(f"view ({rows} rows, {length} slots) exceeds the cache "
+    def view(self, rows: int, length: int, first: int = 0) -> "StaticKVCache":
+        """`rows` rows from row `first` and the first `length` slots, sharing this cache's storage (no copy)."""
+        end = first + rows
+        if first < 0 or end > self.k.shape[1] or length > self.capacity:
+            raise ValueError(f"view ({rows} rows from {first}, {length} slots) exceeds the cache "
                              f"({self.k.shape[1]} rows, {self.capacity} slots)")
         return StaticKVCache(None, rows, length, None, None,
-                             _views=(self.k[:, :rows, :, :length], self.v[:, :rows, :, :length],
-                                     self.lengths[:rows]))
+                             _views=(self.k[:, first:end, :, :length], self.v[:, first:end, :, :length],
+                                     self.lengths[first:end]))
 
     def write_prefix(self, row: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write a prefill's entries `k, v [L, 1, Hkv, T, D]` into slots 0..T-1 of `row`."""

@@ -17,7 +17,8 @@ With `noise="device"` (the serving engine) the step draws it from the seed and t
 A slot can be held (`hold`: its reader is behind): its row then commits nothing and draws no noise until
 it is resumed. The step runs the smallest (batch, KV) bucket holding the highest busy slot and the longest
 context, so a slot's numbers never depend on which other slots are busy (up to batch-size-dependent GEMM
-kernels on GPUs).
+kernels on GPUs). With a loop of two KV groups (`vvtrt.runtime.kv_groups`) and a `GroupCost`, the step may
+run as a low and a high group of slots, each at its own KV bucket (`plan_groups` decides on the host).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from vvtrt.runtime.frame_loop import FrameLoop
+from vvtrt.runtime.kv_groups import GroupCost, KVGroup, plan_groups
 from vvtrt.runtime.slot_state import FORCED, MODEL, NO_SPEECH, SCRIPTED, STOP_REASONS, TOKEN_BITS, slot_row
 
 __all__ = ["NO_SPEECH", "SlotEvent", "SlotRun", "SlotStepper"]
@@ -78,14 +80,18 @@ class SlotEvent:
 class SlotStepper:
     """Runs requests in the slots of `loop`; `prefill(body [1,T,H]) -> (k, v)` fills a joining slot's cache.
     `events`: "changes" (a slot's event only when it made a frame or ended) or "all" (every running slot,
-    every step)."""
+    every step). `cost`: the `GroupCost` that splits a step in KV groups where the loop has their shapes
+    (None: one group, as the `Synthesizer` runs)."""
 
-    def __init__(self, loop: FrameLoop, prefill, events: str = "changes"):
+    def __init__(self, loop: FrameLoop, prefill, events: str = "changes", cost: GroupCost | None = None):
         if events not in ("changes", "all"):
             raise ValueError(f"events must be 'changes' or 'all', got {events!r}")
         self.loop = loop
         self.prefill = prefill
         self.every_step = events == "all"
+        self.cost = cost if loop.shapes.top else None
+        self.groups: tuple[KVGroup, ...] = ()  # the last step's runs
+        self.split_steps = 0  # steps run as two KV groups
         self.names = loop.info.control_token_names
         self.runs: dict[int, SlotRun] = {}
         n, z = loop.slots, loop.info.latent_dim
@@ -153,36 +159,47 @@ class SlotStepper:
         ref = run.teacher[run.produced] if run.teacher is not None and run.produced < len(run.teacher) else None
         self._teacher[slot] = 0 if ref is None else torch.as_tensor(np.asarray(ref), dtype=torch.float32).reshape(1, -1)
 
-    def _feed(self) -> None:
-        """Select the bucket (highest busy slot, longest context); copy host noise and teacher latents."""
+    def _plan(self) -> tuple[KVGroup, ...]:
+        """This step's runs: one bucket (highest busy slot, longest context), or the KV groups' split."""
         loop = self.loop
+        if self.cost is not None:
+            return plan_groups(np.where(self._busy, self._base + self._steps, 0), loop.shapes, self.cost)
         busy = np.flatnonzero(self._busy)
         kv_needed = int((self._base[busy] + self._steps[busy]).max())
-        loop.select(*loop.bucket_for(int(busy[-1]) + 1, kv_needed))
-        b = loop.n
+        b, s = loop.bucket_for(int(busy[-1]) + 1, kv_needed)
+        return (KVGroup(0, b, s),)
+
+    def _feed(self, top: int) -> None:
+        """Copy host noise and teacher latents of the first `top` slots."""
+        a = self.loop.all
         if self._noise is not None:
-            loop.noise.copy_(self._noise[:b])
+            a["noise"][:top].copy_(self._noise[:top])
         if self._teacher is not None:
-            loop.teacher.copy_(self._teacher[:b])
-            loop.use_teacher.copy_(self._use_teacher[:b])
+            a["teacher"][:top].copy_(self._teacher[:top])
+            a["use_teacher"][:top].copy_(self._use_teacher[:top])
 
     def step(self) -> list[SlotEvent]:
         """One frame step for every busy, unheld slot; finished runs leave their slots."""
         self.last_active = len(self.runs) - len(self.held)
         if not self.last_active:
             return []
-        self._feed()
         loop = self.loop
-        loop.step()
-        status = loop.status.cpu().numpy()  # the one host sync per step: token + 8 * stop code per slot
-        b = len(status)
+        self.groups = groups = self._plan()
+        b = max(g.stop for g in groups)  # every busy slot is in a group; slots between groups are free
+        self._feed(b)
+        self.split_steps += len(groups) > 1
+        for g in groups:
+            loop.select(g.batch, g.kv, g.first)
+            loop.step()
+        a = loop.all
+        status = a["status"][:b].cpu().numpy()  # the one host sync per step: token + 8 * stop code per slot
         tok, stop = status % TOKEN_BITS, status // TOKEN_BITS
         act = self._active[:b]
         self._steps[:b] += act
         made = act & (tok == loop.diff_idx)
-        audio = loop.audio[:, 0].float().cpu().numpy() if made.any() else None
+        audio = a["audio"][:b, 0].float().cpu().numpy() if made.any() else None
         keep = audio is not None and any(r.keep_latents for r in self.runs.values())
-        latents = loop.latent[:, 0].float().cpu().numpy() if keep else None
+        latents = a["latent"][:b, 0].float().cpu().numpy() if keep else None
         which = act if self.every_step else act & (made | (stop > 0))
         return [self._event(int(s), int(tok[s]), int(stop[s]), audio, latents) for s in np.flatnonzero(which)]
 

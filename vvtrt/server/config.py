@@ -43,6 +43,7 @@ class ServerConfig:
     stall_timeout_s: float = 30.0      # a stream whose client reads nothing is held this long, then cancelled
     deterministic: bool = False        # full-pool shapes: a request's audio equals its solo run bit for bit
     noise: str = "device"              # long-form: diffusion noise drawn in the step ("device") or on the host
+    kv_groups: int = 1                 # long-form: KV groups a step may run as (short streams at their own bucket)
 
     def check(self) -> "ServerConfig":
         """Self, or an InputError naming the option to fix."""
@@ -58,6 +59,8 @@ class ServerConfig:
             raise InputError("--header-timeout and --body-timeout must be > 0 seconds")
         if self.max_frames is not None and self.max_frames < 1:
             raise InputError(f"--max-frames must be positive, got {self.max_frames}")
+        if self.kv_groups not in (1, 2):
+            raise InputError(f"--kv-groups must be 1 or 2, got {self.kv_groups}")
         if self.noise not in ("device", "host"):
             raise InputError(f"--noise must be device or host, got {self.noise!r}")
         if self.api_key is None and not self.insecure and not is_loopback(self.host):

@@ -9,6 +9,7 @@ import torch
 from vvtrt.errors import InputError
 from vvtrt.runtime.noise import NOISE_SOURCES
 from vvtrt.runtime.kv_cache import kv_bytes_per_row
+from vvtrt.runtime.kv_groups import MAX_KV_GROUPS
 from vvtrt.serving.api import CapacityError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,10 @@ class EngineConfig:
     and a request's audio for a seed never depends on the other requests. "host": the original's
     `torch.Generator(seed)` draws on the host, as the single-request `Synthesizer` (and `vvtrt synth`, parity)
     makes them, so a request's audio matches `vvtrt synth` with the same seed (one host draw and one copy per
-    frame)."""
+    frame).
+    `kv_groups`: 1 or 2 KV groups a step may run as (`vvtrt.runtime.kv_groups`): with 2, short streams run at
+    their own KV bucket beside long ones when the cost model says it pays, at the price of up to twice the
+    CUDA graphs. `deterministic` runs one group."""
 
     max_streams: int = 64
     max_queue: int = 256
@@ -56,6 +60,7 @@ class EngineConfig:
     max_pool_gib: float | None = None
     cuda_graph: bool | str = "auto"
     noise: str = "device"
+    kv_groups: int = 1
 
     def __post_init__(self):
         for name in ("max_streams", "max_queue", "prefill_budget_tokens", "buffer_chunks", "max_step_failures"):
@@ -67,6 +72,8 @@ class EngineConfig:
             raise InputError(f"stall_timeout_s must be > 0, got {self.stall_timeout_s}")
         if self.memory_headroom_gib < 0 or (self.max_pool_gib is not None and self.max_pool_gib <= 0):
             raise InputError("memory_headroom_gib must be >= 0 and max_pool_gib > 0")
+        if self.kv_groups not in (1, MAX_KV_GROUPS) or isinstance(self.kv_groups, bool):
+            raise InputError(f"kv_groups must be 1 or {MAX_KV_GROUPS}, got {self.kv_groups!r}")
         if self.noise not in NOISE_SOURCES:
             raise InputError(f"noise must be one of {', '.join(NOISE_SOURCES)}, got {self.noise!r}")
         for name in ("batch_buckets", "kv_buckets"):

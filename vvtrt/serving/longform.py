@@ -8,6 +8,10 @@ body becomes a `PrefillJob`; the core then advances prompt work chunk by chunk b
 its own inputs and seed (with `deterministic`, bit for bit: every step runs the full pool's shapes). Its
 noise is drawn on the device from its seed and frame index (`EngineConfig.noise = "device"`), or on the
 host as the single-request `Synthesizer` draws it (`"host"`).
+
+KV groups (`EngineConfig.kv_groups`, 2 by default, 1 with `deterministic`): a request whose prompt alone needs
+more than the smallest KV bucket takes the highest free slot, the others the lowest, and each step may run
+the low and the high slots as two groups, each at its own KV bucket (`vvtrt.runtime.kv_groups`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from vvtrt.errors import InputError
 from vvtrt.runtime.frame_loop import FrameLoop
 from vvtrt.runtime.kv_cache import pick_bucket
+from vvtrt.runtime.kv_groups import estimate_cost
 from vvtrt.runtime.prefill import PrefillJob
 from vvtrt.runtime.slots import SlotRun, SlotStepper
 from vvtrt.serving.api import SAMPLE_RATE, CapacityError, SpeechRequest, VoiceEmbedding
@@ -75,22 +80,28 @@ class LongformStepper:
         s = self.synth
         self.plan = p = plan_pool(self.config, s.info, s.options, s.runners, s.device, s.precision.torch_dtype.itemsize)
         loop = FrameLoop(s.runners, s.info, p.slots, p.kv_len, s.precision.torch_dtype, s.device,
-                         batch_buckets=p.batch_buckets, kv_buckets=p.kv_buckets, noise=self.config.noise)
+                         batch_buckets=p.batch_buckets, kv_buckets=p.kv_buckets, noise=self.config.noise,
+                         kv_groups=self.kv_groups)
         if s.cuda_graph:
             loop.capture_all()
             loop.cache.reset()
         elif any(getattr(r, "compiled", False) for r in s.runners.values()):
             loop.warm_all()  # compile every bucket's shapes before the first request
             loop.cache.reset()
-        self.slot_stepper = SlotStepper(loop, s.prefill)
+        self.slot_stepper = SlotStepper(loop, s.prefill, cost=estimate_cost(s.info))
         self.slots = p.slots
 
     def describe(self) -> str:
         p, loop = self.plan, self.slot_stepper.loop
         err = f" (capture failed: {loop.capture_error})" if loop.capture_error else ""
         return (f"serving engine: {p.slots} slots, KV {p.kv_len} tokens a slot ({p.pool_bytes / (1 << 30):.2f} GiB "
-                f"pool), buckets {p.batch_buckets} x {p.kv_buckets}, graphs {len(loop.graphs)}{err}, "
+                f"pool), buckets {p.batch_buckets} x {p.kv_buckets}, {self.kv_groups} KV group(s) a step, "
+                f"graphs {len(loop.graphs)}{err}, "
                 f"{self.config.noise} noise")
+
+    @property
+    def kv_groups(self) -> int:
+        return 1 if self.config.deterministic else self.config.kv_groups
 
     @property
     def loop(self) -> FrameLoop:
@@ -150,13 +161,23 @@ class LongformStepper:
         return len(self.slot_stepper.runs)
 
     def admit(self, work: LongformWork, tag) -> int:
-        slot = next(s for s in range(self.slots) if s not in self.slot_stepper.runs and s not in self._reserved)
+        slot = self._free_slot(work)
         emb = self.synth.embed_prompt(work.plan, work.request.seed)  # encodes the voice clips
         body = emb[:, :-1]
         job = PrefillJob(self.synth.prefill, body) if body.shape[1] > 0 else None
         self._reserved.add(slot)
         self._pending[tag] = _Pending(slot, work, emb, job)
         return slot
+
+    def _free_slot(self, work: LongformWork) -> int:
+        """The lowest free slot; with KV groups, the highest for a prompt longer than the smallest KV bucket
+        (long streams gather in the high group)."""
+        taken = self.slot_stepper.runs.keys() | self._reserved
+        order = range(self.slots)
+        loop = self.loop
+        if loop.shapes.top and work.prompt_tokens + 1 > loop.kv_buckets[0]:
+            order = reversed(order)
+        return next(s for s in order if s not in taken)
 
     def prefill(self, budget: int | None) -> list[StepEvent]:
         """Advance the oldest prompts within `budget` tokens (at least one chunk; None: all of them). Prompts
