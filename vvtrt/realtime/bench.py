@@ -139,8 +139,8 @@ def measure_step(rt, voice, s: RealtimeBenchSettings) -> tuple[dict, dict, dict]
         for _ in range(7):  # one window and its six frames: the buckets of a running stream
             stepper.tick()
         loop = stepper.loop
-        run = next(iter(stepper.runs.values()))
-        need = {"tts": run.pos_len + 5, "lm": run.lm_len}
+        lm, pos = stepper.lengths(next(iter(stepper.runs.values())))
+        need = {"tts": pos + 5, "lm": lm}
         s_tts, s_lm = loop.kv_bucket(need["tts"]), loop.kv_bucket(need["lm"])
         parts = measure_components(loop, 1, s_tts, s_lm, s.replays)
         graphs = sorted(str(k) for k in loop.graphs)
