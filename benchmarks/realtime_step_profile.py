@@ -1,11 +1,14 @@
 """Host time per step of the Realtime serving stepper, batch size by batch size.
 
 Per B: a `RealtimeServingStepper` of B slots (what `RealtimeEngine`'s thread drives) on a random-weight
-preset, every slot running a long text with a forced end far away; after `--warmup` steps, `--steps`
-steps are timed. `step_ms` is the wall time of `step()` (host and device, as the engine runs it),
+preset, every slot running a long text with a forced end far away. After `--warmup` steps, `--steps`
+steps are timed: `step_ms` is the wall time of `step()` (host and device, as the engine runs it) and
 `device_ms` the time inside the loop's text-window and speech steps (on the CPU, where they run
-synchronously; on CUDA the launch/replay only), `host_ms = step_ms - device_ms`: the tick's planning,
-staging, noise, the status and audio read-back, the stops and the events handed to the core.
+synchronously; on CUDA the launch/replay only). Then the host alone: `--host-steps` steps with the loop's
+device steps skipped (every stream goes on as after the last real step: the same windows, noise, stops
+and events), `host_ms` (median) and `host_ms_min`: the tick's planning, staging, host noise, the status
+and audio read-back, the stops and the events handed to the core, free of the device's time (which a
+busy CPU makes noisy).
 
     python benchmarks/realtime_step_profile.py --batches 1,64,256 [--noise device|host] [--device cpu]
 
@@ -31,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--batches", default="1,64,256")
-    p.add_argument("--warmup", type=int, default=8)
-    p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--host-steps", type=int, default=60)
     p.add_argument("--noise", default=None, choices=("device", "host"), help="default: the engine's default")
     p.add_argument("--out", type=Path, default=None)
     return p
@@ -74,12 +78,17 @@ def profile_batch(runner, voice, b: int, args) -> dict:
             steps.append(dt * 1e3)
             devs.append(spent[0] * 1e3)
             events.append(len(out))
-    hosts = [s - d for s, d in zip(steps, devs)]
+    stepper.loop._run = lambda key: None  # the host alone
+    hosts = []
+    for _ in range(args.host_steps):
+        t0 = time.perf_counter()
+        stepper.step()
+        hosts.append((time.perf_counter() - t0) * 1e3)
     runner.checkin(stepper.inner, keep=False)
     med = statistics.median
     return {"batch": b, "noise": args.noise or "default", "step_ms": round(med(steps), 3),
-            "device_ms": round(med(devs), 3), "host_ms": round(med(hosts), 3),
-            "host_ms_per_stream": round(med(hosts) / b, 4), "events_per_step": med(events)}
+            "device_ms": round(med(devs), 3), "host_ms": round(med(hosts), 3), "host_ms_min": round(min(hosts), 3),
+            "host_us_per_stream": round(1e3 * med(hosts) / b, 2), "events_per_step": med(events)}
 
 
 def main(argv=None) -> list:

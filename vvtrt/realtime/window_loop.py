@@ -171,11 +171,14 @@ class RealtimeLoop:
 
     def fetch(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         """`(audio [b, hop], stop code [b])` of the last speech step (`stream_state.STOP_REASONS`): one
-        copy, the frame's one host sync. Views of a host buffer the next fetch overwrites."""
-        self._out_host[:b].copy_(self.out[:b], non_blocking=True)
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
-        out = self._out_host[:b].numpy()
+        copy, the frame's one host sync (none on the CPU). Views of a buffer the next step overwrites."""
+        if self.device.type == "cpu":  # already host memory: no copy
+            out = self.out[:b].numpy()
+        else:
+            self._out_host[:b].copy_(self.out[:b], non_blocking=True)
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+            out = self._out_host[:b].numpy()
         return out[:, :-1], out[:, -1].astype(np.int64)
 
     # -- the steps ------------------------------------------------------------------------------------
