@@ -133,6 +133,37 @@ def test_injected_noise_needs_host_noise_and_the_engine_checks_its_option(rt, vo
     assert RealtimeEngineConfig().noise == "device"
 
 
+def test_serve_noise_option_reaches_the_realtime_engine(tmp_path):
+    """`vvtrt serve --noise` on a Realtime work dir: host gives `stream()`'s audio for the seed (the host
+    draws `vvtrt synth` makes), device (the default) other audio."""
+    from vvtrt.model.resolve import ModelSource
+    from vvtrt.realtime.engine import RealtimeSpeechRequest
+    from vvtrt.realtime.presets import preset_config
+    from vvtrt.realtime.specs import RealtimeExportOptions
+    from vvtrt.server.config import ServerConfig
+    from vvtrt.server.serve import build_engine
+    from vvtrt.workdir import Workdir
+
+    cfg = preset_config("tiny-realtime")
+    Workdir.create(tmp_path / "wd").write_meta(ModelSource(preset="tiny-realtime"),
+                                               RealtimeExportOptions.for_config(cfg), cfg)
+    audio = {}
+    for noise in ("host", "device"):
+        eng = build_engine(ServerConfig(str(tmp_path / "wd"), device="cpu", dtype="fp32", max_streams=1, noise=noise))
+        assert eng.config.noise == noise
+        eng.start()
+        try:
+            handle = eng.submit(RealtimeSpeechRequest(TEXTS[0], None, seed=12, max_frames=6))
+            audio[noise] = np.concatenate([c.audio for c in handle])
+            want = np.concatenate(list(eng.runner.stream(TEXTS[0], eng.voices[eng.default_voice], seed=12,
+                                                         max_frames=6)))
+        finally:
+            eng.stop()
+        peak = float(np.abs(want).max())
+        err = float(np.abs(audio[noise] - want).max())
+        assert (err <= 1e-5 * peak) == (noise == "host"), (noise, err / peak)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("solver", ["dpmsolver++", "sde-dpmsolver++"])
 def test_cuda_graph_step_draws_the_cpu_noise(solver):

@@ -74,8 +74,8 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, workdir_opt
 @click.option("--allow-failed-quant", is_flag=True,
               help="Serve a quantized work dir whose quality gate (vvtrt parity) failed or never ran.")
 @click.option("--noise", default="device", show_default=True, type=click.Choice(["device", "host"]),
-              help="Long-form models: where each request's diffusion noise is drawn. device: in the step, from the "
-                   "request's seed and frame index (no host work per frame); host: the generator `vvtrt synth` "
+              help="Where each request's diffusion noise is drawn (long-form and Realtime). device: in the step, from "
+                   "the request's seed and frame index (no host work per frame); host: the generator `vvtrt synth` "
                    "draws from, so a seed gives `vvtrt synth`'s audio.")
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
