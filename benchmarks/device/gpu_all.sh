@@ -38,7 +38,7 @@ gputests() {  # test_gpu.py one process per test (a native crash cannot take the
   local ids rc=0 i=0
   export VVTRT_TINY_WORKDIR="$RUN/wd_tiny_tests"
   ids=$(python3 -m pytest -q --collect-only -m gpu tests/test_gpu.py -p no:cacheprovider | grep "::")
-  for t in $ids tests/test_ort_runner.py tests/test_longform_gpu.py tests/test_serving_gpu.py tests/test_noise.py tests/test_realtime_runtime.py; do i=$((i + 1))
+  for t in $ids tests/test_ort_runner.py tests/test_longform_gpu.py tests/test_serving_gpu.py tests/test_noise.py tests/test_realtime_runtime.py tests/test_realtime_noise.py; do i=$((i + 1))
     python3 -X faulthandler -m pytest -q -rA -m gpu "$t" --junitxml="$RUN/results/gputests_$i.xml" -p no:cacheprovider || { rc=1; echo "FAILED: $t"; }
   done
   return $rc

@@ -8,10 +8,11 @@
     for chunk in handle: play(chunk.audio)          # float32 [3200] at 24 kHz, from the first text window
 
 The serving core (`vvtrt.serving.core`: lifecycle, admission, cancellation, flow control, health) driving
-a `RealtimeServingStepper` (one frame per tick for every stream whose text allows it). Each request's audio depends only on its text, voice, seed and
-cfg_scale (its noise is drawn on the device from its seed and frame index, or on the host as
-`RealtimeRunner.stream` draws it: `RealtimeEngineConfig.noise`); requests with different cfg_scale run together (each slot keeps its own guidance scale), and
-queued requests take free slots first come, first served.
+a `RealtimeServingStepper` (one frame per tick for every stream whose text allows it). Each request's
+audio depends only on its text, voice, seed and cfg_scale (its noise is drawn on the device from its seed
+and frame index, or on the host as `RealtimeRunner.stream` draws it: `RealtimeEngineConfig.noise`);
+requests with different cfg_scale run together (each slot keeps its own guidance scale), and queued
+requests take free slots first come, first served.
 """
 from __future__ import annotations
 

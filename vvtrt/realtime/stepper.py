@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vvtrt.errors import InputError
-from vvtrt.realtime.config import SPEECH_WINDOW, TEXT_WINDOW
+from vvtrt.realtime.config import SPEECH_WINDOW
 from vvtrt.realtime.stream_state import STOP_REASONS, stream_row
 from vvtrt.realtime.streams import FrameNoise, PieceSource, StreamRequest, StreamRun, attach_async, attach_text
 from vvtrt.realtime.text_feed import TextFeed
