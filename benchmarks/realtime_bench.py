@@ -9,7 +9,8 @@ how: its module doc); `vvtrt bench -w <Realtime work dir>` runs the same measure
         --batches 1,2,4 --requests 3 --frames 12                                     # CPU plumbing
 
 Random weights (seeded) and a synthetic voice (`vvtrt.realtime.synthetic`, lengths like the real presets').
-K = 5, CFG 1.5, `dpmsolver++`; torch runners with CUDA graphs on a GPU (`--no-graphs`: eager;
+K = 5, CFG 1.5, `dpmsolver++`, noise drawn on the device in the batch and engine runs (`--noise host`: the
+reference's host draws, as before); torch runners with CUDA graphs on a GPU (`--no-graphs`: eager;
 `--compile`: torch.compile'd components). Writes `realtime_bench.json` (with the environment),
 `realtime_bench.md` and `realtime_bench.png` into `--out`.
 """
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--voice-tts-len", type=int, default=192)
     p.add_argument("--no-graphs", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the components (inductor)")
+    p.add_argument("--noise", default="device", choices=("device", "host"),
+                   help="where the batch and engine runs draw each stream's noise (the engine's --noise)")
     return p
 
 
@@ -58,7 +61,7 @@ def settings_of(args) -> RealtimeBenchSettings:
         requests=args.requests, warmup=args.warmup, ttfa_frames=args.ttfa_frames, frames=args.frames,
         batches=parse_counts(args.batches, "--batches"), engine_streams=parse_counts(engine, "--engine-streams"),
         engine_frames=args.engine_frames, engine_reader=args.engine_reader, capacity=args.capacity,
-        replays=args.replays, cfg_scale=args.cfg)
+        replays=args.replays, cfg_scale=args.cfg, noise=args.noise)
 
 
 def main(argv=None) -> dict:

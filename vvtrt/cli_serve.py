@@ -67,8 +67,8 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_
 @click.option("--allow-failed-quant", is_flag=True,
               help="Serve a quantized work dir whose quality gate (vvtrt parity) failed or never ran.")
 @click.option("--noise", default="device", show_default=True, type=click.Choice(["device", "host"]),
-              help="Long-form models: where each request's diffusion noise is drawn. device: in the step, from the "
-                   "request's seed and frame index (no host work per frame); host: the generator `vvtrt synth` "
+              help="Where each request's diffusion noise is drawn (long-form and Realtime). device: in the step, from "
+                   "the request's seed and frame index (no host work per frame); host: the generator `vvtrt synth` "
                    "draws from, so a seed gives `vvtrt synth`'s audio.")
 @click.option("--kv-groups", default=1, show_default=True, type=click.IntRange(1, 2),
               help="Long-form models: KV groups a step may run as. 2: short streams attend over their own KV bucket "

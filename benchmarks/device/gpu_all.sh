@@ -38,7 +38,7 @@ gputests() {  # test_gpu.py one process per test (a native crash cannot take the
   local ids rc=0 i=0
   export VVTRT_TINY_WORKDIR="$RUN/wd_tiny_tests"
   ids=$(python3 -m pytest -q --collect-only -m gpu tests/test_gpu.py -p no:cacheprovider | grep "::")
-  for t in $ids tests/test_ort_runner.py tests/test_longform_gpu.py tests/test_serving_gpu.py tests/test_noise.py tests/test_realtime_runtime.py; do i=$((i + 1))
+  for t in $ids tests/test_ort_runner.py tests/test_longform_gpu.py tests/test_serving_gpu.py tests/test_noise.py tests/test_realtime_runtime.py tests/test_realtime_noise.py; do i=$((i + 1))
     python3 -X faulthandler -m pytest -q -rA -m gpu "$t" --junitxml="$RUN/results/gputests_$i.xml" -p no:cacheprovider || { rc=1; echo "FAILED: $t"; }
   done
   return $rc
@@ -339,6 +339,21 @@ rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs
         --batches 1 --engine-streams 256,512)
   done
 }
+rtnoise() {  # Realtime engine with device noise and on-device stops: the GPU tests (CUDA graph step's noise ==
+  # the CPU's, graphs == eager), then the engine bench at 256/512/768 streams (this tree; RTNOISE_BASE=1 also
+  # runs the same with --noise host, the host draws, on this GPU)
+  local rc=0
+  python3 -m pytest -q -rA -m gpu tests/test_realtime_noise.py tests/test_realtime_runtime.py tests/test_noise.py \
+      --junitxml="$RUN/results/rtnoise_tests.xml" -p no:cacheprovider || rc=1
+  python3 benchmarks/realtime_step_profile.py --device cuda --dtype bf16 --preset realtime-0.5b --batches 1,64,256 \
+      --noise device --out "$RUN/results/realtime_step_profile_device.json" || rc=1
+  python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_devnoise" --batches 1 --engine-streams 256,512,768 || rc=1
+  if [[ ${RTNOISE_BASE:-0} == 1 ]]; then
+    python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_hostnoise" --batches 1 \
+        --engine-streams 256,512,768 --noise host || rc=1
+  fi
+  return $rc
+}
 convb() {  # the streaming conv steps alone: exported ops vs the channels-last fast path, compiled + CUDA graphs,
   # bf16, batches 1..512 (1.5B decoder + semantic encoder, Realtime-0.5B decoder: the 1.5B decoder's shapes,
   # so its compiles mostly hit inductor's cache); the channels-last path without the Triton feed-forward at
@@ -376,7 +391,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

@@ -41,7 +41,9 @@ class RealtimeBenchSettings:
     """What one Realtime bench run measures (see module doc). `engine_frames`: frames per engine stream
     (None: `frames`); `engine_reader`: "asyncio" (one thread reads every stream as chunks come) or
     "buffer" (streams are read one after another, the rest buffered); `gap_p99_bound_ms`: the engine's
-    inter-chunk gap p99 limit for real time (None: one frame of audio)."""
+    inter-chunk gap p99 limit for real time (None: one frame of audio); `noise`: where the batch and engine
+    runs draw their noise ("device" as the serving engine by default, or "host"; the one-stream TTFA and
+    step runs draw on the host, as `RealtimeRunner.stream`)."""
 
     requests: int = 20
     warmup: int = 3
@@ -58,6 +60,7 @@ class RealtimeBenchSettings:
     solver: str = "dpmsolver++"
     gap_p99_bound_ms: float | None = None
     breakdown_largest: bool = True
+    noise: str = "device"
 
     def __post_init__(self):
         from vvtrt.option_checks import check_cfg, check_counts
@@ -70,6 +73,8 @@ class RealtimeBenchSettings:
         check_counts(self, ("engine_frames",), optional=True)
         if self.engine_reader not in READERS:
             raise InputError(f"engine_reader must be one of {', '.join(READERS)}, got {self.engine_reader!r}")
+        if self.noise not in ("device", "host"):
+            raise InputError(f"noise must be device or host, got {self.noise!r}")
         check_cfg(self.cfg_scale)
 
 
@@ -139,8 +144,8 @@ def measure_step(rt, voice, s: RealtimeBenchSettings) -> tuple[dict, dict, dict]
         for _ in range(7):  # one window and its six frames: the buckets of a running stream
             stepper.tick()
         loop = stepper.loop
-        run = next(iter(stepper.runs.values()))
-        need = {"tts": run.pos_len + 5, "lm": run.lm_len}
+        lm, pos = stepper.lengths(next(iter(stepper.runs.values())))
+        need = {"tts": pos + 5, "lm": lm}
         s_tts, s_lm = loop.kv_bucket(need["tts"]), loop.kv_bucket(need["lm"])
         parts = measure_components(loop, 1, s_tts, s_lm, s.replays)
         graphs = sorted(str(k) for k in loop.graphs)
@@ -155,7 +160,7 @@ def measure_step(rt, voice, s: RealtimeBenchSettings) -> tuple[dict, dict, dict]
 
 
 def _batch_pass(rt, voice, n: int, s: RealtimeBenchSettings):
-    stepper = rt.checkout(n, s.steps, s.solver, capacity=s.capacity)
+    stepper = rt.checkout(n, s.steps, s.solver, capacity=s.capacity, noise=s.noise)
     ticks, kinds = [], []
     try:
         for i in range(n):

@@ -37,7 +37,7 @@ def _config(rt, n: int, frames: int, s):
     from vvtrt.realtime.engine import RealtimeEngineConfig
 
     return RealtimeEngineConfig(max_streams=n, max_queue=max(n, 1), buffer_chunks=frames + 8, steps=s.steps,
-                                solver=s.solver, capacity=s.capacity, capture=not rt.compile)
+                                solver=s.solver, capacity=s.capacity, capture=not rt.compile, noise=s.noise)
 
 
 def _submit(engine, text: str, n: int, frames: int, s, seed0: int) -> list:

@@ -8,9 +8,11 @@
     for chunk in handle: play(chunk.audio)          # float32 [3200] at 24 kHz, from the first text window
 
 The serving core (`vvtrt.serving.core`: lifecycle, admission, cancellation, flow control, health) driving
-a `RealtimeServingStepper` (one frame per tick for every stream whose text allows it). Each request's audio depends only on its text, voice, seed and
-cfg_scale; requests with different cfg_scale run together (each slot keeps its own guidance scale), and
-queued requests take free slots first come, first served.
+a `RealtimeServingStepper` (one frame per tick for every stream whose text allows it). Each request's
+audio depends only on its text, voice, seed and cfg_scale (its noise is drawn on the device from its seed
+and frame index, or on the host as `RealtimeRunner.stream` draws it: `RealtimeEngineConfig.noise`);
+requests with different cfg_scale run together (each slot keeps its own guidance scale), and queued
+requests take free slots first come, first served.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from vvtrt.realtime.serving_stepper import RealtimeServingStepper
 from vvtrt.realtime.speech_request import RealtimeSpeechRequest  # noqa: F401 - re-exported
 from vvtrt.realtime.streams import PieceSource, Starved
 from vvtrt.realtime.voices import VoicePreset, check_voice
+from vvtrt.runtime.noise import NOISE_SOURCES
 from vvtrt.serving.core import CoreLimits, EngineCore
 
 log = logging.getLogger(__name__)
@@ -35,7 +38,13 @@ class RealtimeEngineConfig:
     `steps` / `solver`: the sampler every request runs; `capacity`: cache positions a stream may use
     (None: the model's context); `capture`: capture the loop's CUDA graphs at start (else at first use);
     `stall_timeout_s`, `max_step_failures`: as the long-form `EngineConfig`; `memory_headroom_gib`
-    (CUDA): memory left free after the streams' caches (fewer streams are served when they do not fit)."""
+    (CUDA): memory left free after the streams' caches (fewer streams are served when they do not fit).
+    `noise`: where each request's diffusion noise comes from. "device" (default): drawn inside the speech
+    step from the request's seed and frame index (`vvtrt.runtime.noise`, Philox-4x32-10): no host work or
+    copy per frame, and a request's audio for a seed never depends on the other requests. "host": the
+    reference's `torch.Generator(seed)` draws on the host, as `RealtimeRunner.stream` (and `vvtrt synth`,
+    parity) makes them, so a request's audio matches theirs for the same seed (one host draw and copy per
+    frame)."""
 
     max_streams: int = 64
     max_queue: int = 256
@@ -47,6 +56,7 @@ class RealtimeEngineConfig:
     stall_timeout_s: float = 30.0
     max_step_failures: int = 3
     memory_headroom_gib: float = 2.0
+    noise: str = "device"
 
     def __post_init__(self):
         from vvtrt.option_checks import check_counts
@@ -57,6 +67,8 @@ class RealtimeEngineConfig:
         if not self.stall_timeout_s > 0 or self.memory_headroom_gib < 0:
             raise InputError("stall_timeout_s must be > 0 and memory_headroom_gib >= 0")
         LoopOptions(steps=self.steps, algorithm=self.solver)  # an unknown solver is an InputError
+        if self.noise not in NOISE_SOURCES:
+            raise InputError(f"noise must be one of {', '.join(NOISE_SOURCES)}, got {self.noise!r}")
 
 
 class TextInput(PieceSource):

@@ -163,21 +163,23 @@ class RealtimeRunner:
             return self._runners[key]
 
     def checkout(self, streams: int, steps: int = 5, solver: str = "dpmsolver++",
-                 capacity: int | None = None) -> RealtimeStepper:
+                 capacity: int | None = None, noise: str = "host") -> RealtimeStepper:
         """A stepper over a loop of `streams` slots for K = `steps` and `solver` with `capacity` cache
-        positions per row (default: the runner's), a kept one if free."""
+        positions per row (default: the runner's), a kept one if free. `noise`: "host" (the reference's
+        `torch.Generator(seed)` draws: `stream`, `stream_many`, parity) or "device" (drawn in the step from
+        (seed, frame): the serving engine)."""
         LoopOptions(steps=steps, algorithm=solver)  # validates the solver
         if self.max_streams is not None and streams > self.max_streams:
             raise InputError(f"{streams} streams in one loop, but the exported graphs take at most "
                              f"{self.max_streams}: re-export with a larger batch or run fewer streams")
         cap = min(capacity or self.capacity, self.cfg.context)
-        key = (streams, steps, solver, cap)
+        key = (streams, steps, solver, cap, noise)
         with self._lock:
             free = self._free.get(key)
             if free:
                 return free.pop()
         loop = RealtimeLoop(self.runners(steps, solver), self.cfg, streams, cap, self.dtype,
-                            self.device, steps, self.batch_buckets, self.kv_buckets, self.graphs)
+                            self.device, steps, self.batch_buckets, self.kv_buckets, self.graphs, noise)
         return RealtimeStepper(loop, self.tok)
 
     def checkin(self, stepper: RealtimeStepper, keep: bool = True) -> None:
@@ -187,7 +189,8 @@ class RealtimeRunner:
         if not keep:
             return
         loop = stepper.loop
-        key = (loop.streams, loop.steps, "sde-dpmsolver++" if loop.stochastic else "dpmsolver++", loop.capacity)
+        key = (loop.streams, loop.steps, "sde-dpmsolver++" if loop.stochastic else "dpmsolver++", loop.capacity,
+               "device" if loop.device_noise else "host")
         with self._lock:
             self._free.setdefault(key, []).append(stepper)
 

@@ -47,7 +47,6 @@ class RealtimeServingStepper:
         self.slots = min(config.max_streams, runner.max_streams or config.max_streams)
         self.inner = None
         self._runs: dict = {}  # tag -> StreamRun
-        self._fed: dict = {}   # tag -> text tokens already counted
         self.prompt_tokens = 0
         self.last_active = 0
 
@@ -55,7 +54,8 @@ class RealtimeServingStepper:
     def build(self, wake=None) -> None:
         c = self.config
         self.slots = self._fit_memory(self.slots)
-        self.inner = self.runner.checkout(self.slots, c.steps, c.solver, c.capacity)
+        self.inner = self.runner.checkout(self.slots, c.steps, c.solver, c.capacity, c.noise)
+        self._tokens0 = self.inner.text_tokens  # a kept stepper counted its earlier streams' tokens
         if wake is not None:
             self.inner.wake = wake  # text arriving wakes the engine thread at once
         loop = self.inner.loop
@@ -83,7 +83,7 @@ class RealtimeServingStepper:
         loop = self.inner.loop
         err = f" (capture failed: {loop.capture_error})" if loop.capture_error else ""
         return (f"Realtime engine: {loop.streams} streams, {loop.capacity} cache positions each, K={loop.steps} "
-                f"{self.config.solver}, graphs {len(loop.graphs)}{err}")
+                f"{self.config.solver}, graphs {len(loop.graphs)}{err}, {self.config.noise} noise")
 
     @property
     def loop(self):
@@ -139,30 +139,24 @@ class RealtimeServingStepper:
         if failed:
             raise failed[0].error
         self._runs[tag] = run
-        self._fed[tag] = run.lm_len
         return run.slot
 
     def prefill(self, budget):
         return []  # a voice's caches are written when its slot is armed
 
     def step(self) -> list[StepEvent]:
+        """One tick of the inner stepper; its events become the core's `StepEvent`s directly (one object a
+        stream), and the streams that ended are forgotten."""
         inner = self.inner
         try:
-            events = inner.tick()
+            events = inner.tick(_step_event)
         except Exception as exc:
             raise StepFailed([r.request.tag for r in inner.runs.values()], exc) from exc
         self.last_active = inner.last_active
-        out = []
-        for ev in events:
-            tag = ev.tag
-            self.prompt_tokens += ev.run.lm_len - self._fed.get(tag, ev.run.lm_len)
-            self._fed[tag] = ev.run.lm_len
-            ended = bool(ev.stop_reason or ev.error)
-            if ended:
-                self._forget(tag)
-            error = ev.error
-            out.append(StepEvent(tag, ev.index, ev.audio, "" if error is not None else ev.stop_reason, error))
-        return out
+        self.prompt_tokens = inner.text_tokens - self._tokens0
+        for run in inner.ended:
+            self._forget(run.request.tag)
+        return events
 
     def hold(self, tag, held: bool) -> None:
         run = self._runs.get(tag)
@@ -177,10 +171,13 @@ class RealtimeServingStepper:
 
     def _forget(self, tag) -> None:
         self._runs.pop(tag, None)
-        self._fed.pop(tag, None)
         text = getattr(getattr(tag, "request", None), "text", None)
         if hasattr(text, "close") and hasattr(text, "push"):  # a TextInput: its producer learns the end
             text.close()
+
+
+def _step_event(run, index: int, audio, stop_reason: str, error: BaseException | None = None) -> StepEvent:
+    return StepEvent(run.request.tag, index, audio, "" if error is not None else stop_reason, error)
 
 
 def _as_realtime(request, cls):

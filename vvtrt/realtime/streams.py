@@ -1,6 +1,6 @@
 """The host side of one Realtime stream: its request, its text (arriving as a string, an iterator or an
-async iterator of pieces, never blocking the batch it runs in), its noise (drawn from its own seed) and
-its progress (lengths, window phase, frame counter, stop reason).
+async iterator of pieces, never blocking the batch it runs in), its host noise (drawn from its own seed) and
+its end (stop reason).
 
 Text. A `PieceSource` is a thread-safe queue of pieces that a `TextFeed` (the reference loop's own
 tokenization, so the ids equal the whole text's) pulls from; when the queue is empty but the text has not
@@ -8,23 +8,24 @@ ended, the pull raises `Starved`, `TextFeed.take` leaves its state as it was, an
 for its window while the other streams go on. Pieces come from a feeder thread (a plain iterator), a
 task on the caller's event loop (an async iterator, `attach_async`) or at once (a string, a list).
 
-Noise. Per frame `randn(64)` and, for `sde-dpmsolver++`, `randn(K, 64)` from `torch.Generator()
-.manual_seed(seed)`, exactly the reference's `SeededNoise`, drawn `BLOCK` frames at a time (one draw of
-n·64 normals equals n draws of 64 on the CPU generator), or an injected `NoiseSource` (parity).
+Noise, when the loop draws it on the host (`FrameNoise`). Per frame `randn(64)` and, for
+`sde-dpmsolver++`, `randn(K, 64)` from `torch.Generator().manual_seed(seed)`, exactly the reference's
+`SeededNoise`, drawn `BLOCK` frames at a time (one draw of n·64 normals equals n draws of 64 on the CPU
+generator), or an injected `NoiseSource` (parity). A loop that draws noise on the device needs none.
 """
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from vvtrt.errors import InputError
-from vvtrt.realtime.config import SPEECH_WINDOW, TEXT_WINDOW
+from vvtrt.realtime.config import TEXT_WINDOW
 from vvtrt.realtime.reference import LoopOptions, NoiseSource
 from vvtrt.realtime.text_feed import TextFeed
 from vvtrt.realtime.voices import VoicePreset
@@ -167,27 +168,23 @@ class StreamRequest:
 
 @dataclass
 class StreamRun:
-    """A stream's progress on the host; the device holds its caches (slot `slot`)."""
+    """A stream on the host; the device holds its caches (slot `slot`) and the `RealtimeStepper` its
+    lengths and frame counter while it runs (`frames` is brought up to date when it ends). `noise`: its
+    host noise (None when the loop draws noise on the device)."""
 
     request: StreamRequest
     feed: TextFeed
     source: PieceSource
-    noise: FrameNoise
-    lm_len: int
-    pos_len: int
-    neg_len: int
+    noise: FrameNoise | None
     slot: int = -1
     frames: int = 0
     text_done: bool = False
     stop_reason: str = ""
     error: BaseException | None = None
-    window: list[int] = field(default_factory=list)  # ids of the window this tick (empty: none)
 
-    def due_window(self) -> list[int] | None:
-        """At a window boundary while text remains: the window's ids ([] when the text is used up),
-        or None when its 5 tokens have not arrived yet (the stream waits). Not at a boundary: []."""
-        if self.text_done or self.frames % SPEECH_WINDOW:
-            return []
+    def take_window(self) -> list[int] | None:
+        """At a window boundary while text remains: the window's ids ([] when the text is used up), or
+        None when its 5 tokens have not arrived yet (the stream waits)."""
         try:
             ids = self.feed.take(TEXT_WINDOW)
         except Starved:

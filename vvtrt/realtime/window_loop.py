@@ -13,14 +13,22 @@ Steps (b = batch bucket, s = KV bucket: the first s cache slots are read):
 - text window, once per distinct window length t among the rows due: `rt_text_window` over the first b
   text-LM rows and the positive TTS rows; rows with `win_n == t` commit their t entries, take the
   window's last hidden state as their positive condition and advance both lengths by t.
-- speech: `rt_sampler[_sde]` (noise from the host) -> `rt_decoder_step` (audio) and `rt_connector` ->
-  `rt_tts_decode` on the 2b TTS rows (the same input for both rows of a stream) -> new conditions and the
-  EOS probability. Rows with `active` set commit; the others keep every state unchanged.
+- speech: `rt_sampler[_sde]` -> `rt_decoder_step` (audio) and `rt_connector` -> `rt_tts_decode` on the
+  2b TTS rows (the same input for both rows of a stream) -> new conditions and the EOS probability. Rows
+  with `active` set commit; the others keep every state unchanged. Then each stream's frame counter and
+  stop are booked on the device (`vvtrt.realtime.stream_state`).
+
+Noise. `noise="host"` (the single-request and parity paths): the host writes each stream's frame noise
+(and SDE step noise) into `noise` / `step_noise` before the step (`torch.Generator(seed)` draws, as the
+reference). `noise="device"` (the serving engine): the speech step draws it itself from the stream's
+seed and frame counter (`vvtrt.runtime.noise`, Philox keyed by (seed, frame)): no host work and no copy
+per step, and a stream's noise depends on its seed alone.
 
 A step only commits rows the host marked, so a capture's warm-up runs (with nothing marked) leave every
-stream's state as it was; the host marks rows by writing `active`, `win_n`, `win_ids`, `noise` before a
-step and reads `audio_out`/`eos_out` after it (`fetch`: the one host sync of a frame); `latent_out`
-keeps the step's latents for parity checks.
+stream's state as it was; the host marks rows by writing `active`, `win_n`, `win_ids` (and host noise)
+before a step and reads `out` after it (`fetch`: the one host sync and the one copy of a frame: every
+stream's audio with its stop code in the last column); `latent_out` keeps the step's latents for parity
+checks.
 """
 from __future__ import annotations
 
@@ -32,6 +40,8 @@ import numpy as np
 import torch
 
 from vvtrt.realtime.config import TEXT_WINDOW, RealtimeConfig
+from vvtrt.realtime.stream_state import COLUMNS, FRAME, SEED, book_frame
+from vvtrt.runtime.noise import NOISE_SOURCES, frame_normals
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("rt_sampler", "rt_sampler_sde")
@@ -58,7 +68,10 @@ class RealtimeLoop:
     """Buffers and steps of up to `streams` Realtime streams on one device (see module doc)."""
 
     def __init__(self, runners: Mapping, cfg: RealtimeConfig, streams: int, capacity: int, dtype, device,
-                 steps: int, batch_buckets=None, kv_buckets=None, graphs: bool = True):
+                 steps: int, batch_buckets=None, kv_buckets=None, graphs: bool = True, noise: str = "host"):
+        if noise not in NOISE_SOURCES:
+            raise ValueError(f"noise must be one of {NOISE_SOURCES}, got {noise!r}")
+        self.device_noise = noise == "device"
         missing = [n for n in NEEDED if n not in runners]
         samplers = [n for n in SAMPLERS if n in runners]
         if missing or len(samplers) != 1:
@@ -67,6 +80,7 @@ class RealtimeLoop:
         self.sampler = samplers[0]
         self.stochastic = self.sampler == "rt_sampler_sde"
         self.cfg, self.streams, self.capacity = cfg, streams, capacity
+        self.limit = min(cfg.context, capacity)  # a stream's positions (its "length" stop)
         self.dtype, self.device = dtype, torch.device(device)
         self.batch_buckets = tuple(sorted({b for b in (batch_buckets or default_buckets(streams)) if b < streams}
                                           | {streams}))
@@ -100,7 +114,9 @@ class RealtimeLoop:
         self.h_neg = z(n, c.hidden, dtype=dt, device=dev)
         self.dec_state = z(n, nd, dtype=dt, device=dev)
         self.cfg_scale = torch.full((n,), 1.5, dtype=torch.float32, device=dev)  # each slot's guidance scale
-        self.audio_out = z(n, c.hop, dtype=torch.float32, device=dev)
+        self.state = z(n, COLUMNS, dtype=torch.int64, device=dev)  # stream_state columns
+        self.out = z(n, c.hop + 1, dtype=torch.float32, device=dev)  # audio, then the stop code
+        self.audio_out = self.out[:, :c.hop]
         self.latent_out = z(n, c.latent_dim, dtype=torch.float32, device=dev)  # the last step's latents (parity)
         self.eos_out = z(n, dtype=torch.float32, device=dev)
         # host-fed inputs of a step: device buffers and (pinned on CUDA) host staging with numpy views
@@ -112,8 +128,8 @@ class RealtimeLoop:
         self.inputs = {k: z(s, dtype=d, device=dev) for k, (s, d) in shapes.items()}
         self._staged = {k: z(s, dtype=d, pin_memory=pin) for k, (s, d) in shapes.items()}
         self.host = {k: t.numpy() for k, t in self._staged.items()}
-        self._audio_host = z(n, c.hop, dtype=torch.float32, pin_memory=pin)
-        self._eos_host = z(n, dtype=torch.float32, pin_memory=pin)
+        self._out_host = z(n, c.hop + 1, dtype=torch.float32, pin_memory=pin)
+        self._uploaded = tuple(k for k in shapes if not (self.device_noise and k in ("noise", "step_noise")))
 
     def kv_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.lm_k, self.lm_v, self.tts_k, self.tts_v))
@@ -135,6 +151,10 @@ class RealtimeLoop:
         self.dec_state[s].zero_()
         self.cfg_scale[s] = float(cfg_scale)
 
+    def arm_stream(self, s: int, row: torch.Tensor) -> None:
+        """Write slot `s`'s stream state row (`stream_state.stream_row`: seed, no frame yet, its limits)."""
+        self.state[s].copy_(row)
+
     # -- buckets --------------------------------------------------------------------------------------
     def batch_bucket(self, slots_needed: int) -> int:
         return next(b for b in self.batch_buckets if b >= slots_needed)
@@ -144,17 +164,22 @@ class RealtimeLoop:
 
     # -- host <-> device ------------------------------------------------------------------------------
     def upload(self, b: int) -> None:
-        """Copy the host-staged inputs of the first `b` slots to the device (asynchronous on CUDA)."""
-        for k, dev in self.inputs.items():
-            dev[:b].copy_(self._staged[k][:b], non_blocking=True)
+        """Copy the host-staged inputs of the first `b` slots to the device (asynchronous on CUDA); with
+        device noise the noise is not the host's to send."""
+        for k in self._uploaded:
+            self.inputs[k][:b].copy_(self._staged[k][:b], non_blocking=True)
 
     def fetch(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """`(audio [b, hop], eos probability [b])` of the last speech step: the frame's one host sync."""
-        self._audio_host[:b].copy_(self.audio_out[:b], non_blocking=True)
-        self._eos_host[:b].copy_(self.eos_out[:b], non_blocking=True)
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
-        return self._audio_host[:b].numpy(), self._eos_host[:b].numpy()
+        """`(audio [b, hop], stop code [b])` of the last speech step (`stream_state.STOP_REASONS`): one
+        copy, the frame's one host sync (none on the CPU). Views of a buffer the next step overwrites."""
+        if self.device.type == "cpu":  # already host memory: no copy
+            out = self.out[:b].numpy()
+        else:
+            self._out_host[:b].copy_(self.out[:b], non_blocking=True)
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+            out = self._out_host[:b].numpy()
+        return out[:, :-1], out[:, -1].astype(np.int64)
 
     # -- the steps ------------------------------------------------------------------------------------
     def text_step(self, b: int, s_lm: int, s_tts: int, t: int) -> None:
@@ -197,8 +222,20 @@ class RealtimeLoop:
         h = self.h_pos[:b]
         h.copy_(torch.where(commit[:, None], o["hidden"][:, 0], h))
 
+    def _draw_noise(self, b: int) -> None:
+        """The frame's noise (and SDE step noise) of the first `b` slots from their seeds and frame
+        counters, into the sampler's input buffers (device noise)."""
+        z, inp = self.cfg.latent_dim, self.inputs
+        width = z * (1 + self.steps) if self.stochastic else z
+        draw = frame_normals(self.state[:b, SEED], self.state[:b, FRAME], width)
+        inp["noise"][:b].copy_(draw[:, :z])
+        if self.stochastic:
+            inp["step_noise"][:b].copy_(draw[:, z:].view(b, self.steps, z))
+
     def _speech(self, b: int, s: int) -> None:
         inp = self.inputs
+        if self.device_noise:
+            self._draw_noise(b)
         feed = {"cond_pos": self.h_pos[:b], "cond_neg": self.h_neg[:b], "noise": inp["noise"][:b],
                 "cfg_scale": self.cfg_scale[:b]}
         if self.stochastic:
@@ -226,7 +263,10 @@ class RealtimeLoop:
             mine.copy_(torch.where(act[:, None], new, mine))
         self.audio_out[:b].copy_(o_dec["audio"][:, 0])
         self.latent_out[:b].copy_(latent[:, 0])
-        self.eos_out[:b].copy_(torch.sigmoid(o_tts["eos_logit"][0::2]))
+        eos = self.eos_out[:b]
+        eos.copy_(torch.sigmoid(o_tts["eos_logit"][0::2]))
+        stop = book_frame(self.state[:b], act, lens[0::2], eos, self.limit)
+        self.out[:b, -1].copy_(stop)
 
     def _call(self, key) -> None:
         if key[0] == "text":

@@ -42,7 +42,7 @@ class ServerConfig:
     insecure: bool = False             # allow a non-loopback --host without an API key
     stall_timeout_s: float = 30.0      # a stream whose client reads nothing is held this long, then cancelled
     deterministic: bool = False        # full-pool shapes: a request's audio equals its solo run bit for bit
-    noise: str = "device"              # long-form: diffusion noise drawn in the step ("device") or on the host
+    noise: str = "device"              # diffusion noise drawn in the step ("device") or on the host
     kv_groups: int = 1                 # long-form: KV groups a step may run as (short streams at their own bucket)
 
     def check(self) -> "ServerConfig":

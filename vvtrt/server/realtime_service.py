@@ -49,7 +49,8 @@ def _engine_config(config, runner):
 
     return RealtimeEngineConfig(max_streams=config.max_streams, max_queue=config.max_queue,
                                 stall_timeout_s=config.stall_timeout_s, buffer_chunks=config.buffer_chunks,
-                                steps=runner.workdir.options().steps, capacity=config.max_context)
+                                steps=runner.workdir.options().steps, capacity=config.max_context,
+                                noise=config.noise)
 
 
 def load_presets(folder, runner) -> dict:
