@@ -95,3 +95,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def three_slot_runner():
+    """A tiny-realtime runner with one batch bucket (3) and one KV bucket (256): a stream runs the same kernels
+    alone and with others, so its audio is bit-identical (other buckets pick other GEMM kernels: ~1e-5)."""
+    from vvtrt.realtime.runtime import RealtimeRunner
+
+    return RealtimeRunner.from_preset("tiny-realtime", batch_buckets=(3,), kv_buckets=(256,), capacity=256)
+
+
+def three_voices(model) -> list:
+    """Three synthetic voices of different prompt lengths, named v0..v2."""
+    from vvtrt.realtime.synthetic import make_voice
+
+    return [make_voice(model, f"v{i}", lm_len=lm, tts_len=tts, seed=i)
+            for i, (lm, tts) in enumerate([(12, 30), (5, 21), (17, 40)])]

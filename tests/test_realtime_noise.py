@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from realtime_fixtures import one_torch_thread  # noqa: F401 - a fixture
+from realtime_fixtures import one_torch_thread, three_slot_runner, three_voices  # noqa: F401 - a fixture
 from vvtrt.errors import InputError
 
 TEXTS = ("Hello there, this is a test of streaming speech.", "Short one.", "Another voice speaks here, slowly!")
@@ -18,18 +18,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def rt():
-    from vvtrt.realtime.runtime import RealtimeRunner
-
-    # one batch and one KV bucket: a stream runs the same kernels alone and with others (bit-identical)
-    return RealtimeRunner.from_preset("tiny-realtime", batch_buckets=(3,), kv_buckets=(256,), capacity=256)
+    return three_slot_runner()
 
 
 @pytest.fixture(scope="module")
 def voices(rt):
-    from vvtrt.realtime.synthetic import make_voice
-
-    return [make_voice(rt.model, f"v{i}", lm_len=lm, tts_len=tts, seed=i)
-            for i, (lm, tts) in enumerate([(12, 30), (5, 21), (17, 40)])]
+    return three_voices(rt.model)
 
 
 def _run(rt, reqs, noise: str, streams: int = 3) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from realtime_fixtures import one_torch_thread  # noqa: F401 - a fixture
+from realtime_fixtures import one_torch_thread, three_slot_runner, three_voices  # noqa: F401 - a fixture
 from server_fixtures import start_server, wait_until
 
 TEXTS = ("Hello there, this is a test of streaming speech.", "Short one.", "Another voice speaks here, slowly!",
@@ -25,19 +25,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def rt():
-    from vvtrt.realtime.runtime import RealtimeRunner
-
-    # one batch bucket and one KV bucket: a stream runs the same kernels alone and with others, so its
-    # audio is bit-identical (other buckets pick other GEMM kernels: equal to ~1e-5 only)
-    return RealtimeRunner.from_preset("tiny-realtime", batch_buckets=(3,), kv_buckets=(256,), capacity=256)
+    return three_slot_runner()
 
 
 @pytest.fixture(scope="module")
 def voices(rt):
-    from vvtrt.realtime.synthetic import make_voice
-
-    return {f"v{i}": make_voice(rt.model, f"v{i}", lm_len=lm, tts_len=tts, seed=i)
-            for i, (lm, tts) in enumerate([(12, 30), (5, 21), (17, 40)])}
+    return {v.name: v for v in three_voices(rt.model)}
 
 
 def _engine(rt, voices, **config):
