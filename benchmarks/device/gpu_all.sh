@@ -314,7 +314,7 @@ cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a c
       --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 256 --max-context 1024 \
       --out "$RUN/results/serving_1.5b_compiled"
 }
-gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py tests/test_noise.py tests/test_kv_groups.py -p no:cacheprovider; }
+gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py tests/test_noise.py tests/test_kv_groups.py tests/test_realtime_noise.py tests/test_conv_fast.py -p no:cacheprovider; }
 gpunoise() {  # device noise: CUDA bits == CPU bits, the draw in a CUDA graph, the captured serving step's noise
   python3 -m pytest -q -rA -m gpu tests/test_noise.py tests/test_serving_gpu.py -p no:cacheprovider
 }
