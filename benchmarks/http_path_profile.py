@@ -110,7 +110,8 @@ def main() -> None:
     text = io.StringIO()
     if not args.no_cprofile:
         pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
-    report = {"command": " ".join(sys.argv), "cprofile": not args.no_cprofile, "environment": collect_environment(), "wall_s": result["wall_s"],
+    report = {"command": " ".join(sys.argv), "cprofile": not args.no_cprofile, "environment": collect_environment(),
+              "wall_s": result["wall_s"],
               "frames": frames, "thread_cpu_s": cpu,
               "thread_cpu_s_per_wall_s": {k: round(v / result["wall_s"], 3) for k, v in cpu.items()},
               "thread_cpu_us_per_frame": {k: round(v / frames * 1e6, 1) for k, v in cpu.items()} if frames else None,
