@@ -43,7 +43,7 @@ class EngineConfig:
     makes them, so a request's audio matches `vvtrt synth` with the same seed (one host draw and one copy per
     frame).
     `kv_groups`: 1 or 2 KV groups a step may run as (`vvtrt.runtime.kv_groups`): with 2, short streams run at
-    their own KV bucket beside long ones when the cost model says it pays, at the price of up to twice the
+    their own KV bucket beside long ones when the cost model says it pays, at the price of up to three times the
     CUDA graphs. `deterministic` runs one group."""
 
     max_streams: int = 64

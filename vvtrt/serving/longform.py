@@ -9,9 +9,10 @@ its own inputs and seed (with `deterministic`, bit for bit: every step runs the 
 noise is drawn on the device from its seed and frame index (`EngineConfig.noise = "device"`), or on the
 host as the single-request `Synthesizer` draws it (`"host"`).
 
-KV groups (`EngineConfig.kv_groups`, 2 by default, 1 with `deterministic`): a request whose prompt alone needs
-more than the smallest KV bucket takes the highest free slot, the others the lowest, and each step may run
-the low and the high slots as two groups, each at its own KV bucket (`vvtrt.runtime.kv_groups`).
+KV groups (`EngineConfig.kv_groups = 2`; 1, the default, until measured on a GPU; always 1 with
+`deterministic`): a request whose prompt alone needs more than the smallest KV bucket takes the highest free
+slot, the others the lowest, and each step may run the low and the high slots as two groups, each at its own
+KV bucket (`vvtrt.runtime.kv_groups`).
 """
 from __future__ import annotations
 
