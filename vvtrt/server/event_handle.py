@@ -85,7 +85,11 @@ class EventHandle:
         except EngineLost as exc:
             event = ("refused", "EngineNotReady", f"{exc}: retry")
         if event is None or event[0] != "started":
-            kind, message = (event[1], event[2]) if event and event[0] == "refused" else ("EngineNotReady", "")
+            kind, message = ("EngineNotReady", "")
+            if event and event[0] == "refused":
+                kind, message = event[1], event[2]
+            elif event and event[0] == "end" and event[2]:  # it ended in the queue (e.g. the engine stopped)
+                kind, message = event[2], event[3]
             self.refusal = error_of(kind, message or f"{self.where} did not start the request: retry")
             self._finish("refused", self.refusal)
             return

@@ -137,6 +137,17 @@ class StreamHandle:
                 continue
             yield chunk
 
+    def next_or_wait(self, waiter) -> Chunk | None:
+        """Without blocking: the next buffered chunk, or None after registering `waiter`, a `(loop, event)` pair
+        as an async reader's (`loop.call_soon_threadsafe` is called at the next push or the end); raises
+        StopIteration / the request's error once it ended and its buffer is empty. For a reader that serves
+        many handles from one thread (the engine process of `vvtrt serve --engine-process`)."""
+        with self._cond:
+            chunk = self._next_or_none()
+            if chunk is None and waiter not in self._waiters:
+                self._waiters.append(waiter)
+            return chunk
+
     def cancel(self) -> None:
         """Stop the request (the client's call, e.g. on disconnect); its slot is freed at the next frame."""
         self._on_cancel(self)
