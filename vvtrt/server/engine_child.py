@@ -1,5 +1,6 @@
-"""The engine process of `vvtrt serve --engine-process`: the ordinary serving engine (`build_engine` with
-the server's config), started in a process of its own, driven by the front over one pipe.
+"""The engine process of `vvtrt serve --engine-process`: the ordinary serving engine (the builder the work
+dir's kind registers, with the server's config), started in a process of its own, driven by the front over
+one pipe.
 
 Front -> engine (pickled tuples):
     ("submit", request_id, request)      ("cancel", request_id)      ("ack", {request_id: chunks read})
@@ -219,8 +220,9 @@ class EngineChild:
 
 def child_main(config, conn, ring_spec) -> None:
     """The engine process's entry point (`multiprocessing`'s spawn context)."""
+    from vvtrt.model import kinds
     from vvtrt.server.chunk_ring import ChunkRing
-    from vvtrt.server.serve import build_engine
+    from vvtrt.workdir import Workdir
 
     # Ctrl-C in a terminal, or a SIGTERM to the whole process group (timeout, systemd) reaches this process too:
     # the front stops it over the pipe once its streams drained (and a closed pipe ends it)
@@ -231,7 +233,7 @@ def child_main(config, conn, ring_spec) -> None:
         logging.getLogger(name).setLevel(logging.INFO)
     ring = ChunkRing.attach(ring_spec)
     try:
-        engine = build_engine(config)
+        engine = kinds.get(Workdir.open(config.workdir).kind).load("build_engine")(config)  # as `serve.build_engine`
         engine.start()
     except Exception as exc:  # the front reports it as the server's start-up error
         conn.send_bytes(dumps(("failed", str(exc) if isinstance(exc, VvtrtError) else f"{type(exc).__name__}: {exc}")))
