@@ -96,7 +96,10 @@ class EngineChild:
                 msg = pickle.loads(self.conn.recv_bytes())
             except (EOFError, OSError):  # the front went away
                 break
-            getattr(self, "_on_" + msg[0])(*msg[1:])
+            try:
+                getattr(self, "_on_" + msg[0])(*msg[1:])
+            except Exception:  # one message's failure must not end the process
+                log.exception("engine process: the front's %r message failed", msg[0])
         log.warning("the server process went away: the engine process cancels its requests and ends")
         self.engine.stop(0.0)
 
@@ -159,6 +162,10 @@ class EngineChild:
         except (OSError, EOFError) as exc:  # the front went away: the main thread ends the process
             log.debug("pump: %s", exc)
             return
+        except Exception:  # no chunk would move any more: end the process, so the front starts a new one
+            log.exception("engine process: the pump failed")
+            logging.shutdown()
+            os._exit(1)
         logging.shutdown()
         os._exit(0)  # stopped and said so: the front reads the end of the pipe
 

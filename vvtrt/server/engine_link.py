@@ -53,6 +53,9 @@ class EngineLink:
         msg = self._first_message()
         if msg[0] != "ready":
             self.proc.join(30)
+            self.kill()
+            self.conn.close()
+            self.stopped.set()
             raise VvtrtError(msg[1])
         self.info, self.alive = msg[1], True
         threading.Thread(target=self._read_forever, name="vvtrt-engine-reader", daemon=True).start()
