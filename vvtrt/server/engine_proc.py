@@ -193,7 +193,8 @@ class ProcessEngine:
         return EngineStats(self.ready, int(s.get("active", 0)), int(s.get("queued", 0)),
                            int(s.get("max_streams", self.config.max_streams)), int(s.get("frames_total", 0)),
                            int(s.get("prefill_tokens_total", 0)), dict(s.get("requests_by_outcome", {})),
-                           healthy=self.health.ok, held=int(s.get("held", 0)), step_failures=int(s.get("step_failures", 0)))
+                           healthy=self.health.ok, held=int(s.get("held", 0)),
+                           step_failures=int(s.get("step_failures", 0)))
 
     # -- the reader thread's callbacks ----------------------------------------------------------------
     def _on_events(self, batch) -> None:
