@@ -172,6 +172,7 @@ def test_sigterm_drains_then_exits_0_without_an_orphan(eproc):
     assert got == 40 * FRAME_BYTES
     assert eproc.proc.wait(180) == 0, eproc.log()[-3000:]
     wait_until(lambda: not _running(child), 30, "the engine process to end")
+    assert f"engine process (pid {child}) ended (exit code 0)" in eproc.log()
 
 
 def _running(pid: int) -> bool:

@@ -131,9 +131,12 @@ class ProcessEngine:
         then are cancelled), end the process and free the shared memory."""
         from vvtrt.serving.api import Cancelled
 
+        from vvtrt.server.engine_link import describe_exit
+
         self._stopping = True
         if self.link is not None:
             self.link.stop(grace_s)
+            log.info("the engine process (pid %s) ended (%s)", self.link.pid, describe_exit(self.link.proc.exitcode))
         self._end_all(Cancelled, "the server shut down")
         deadline = time.monotonic() + 5.0
         while self.in_flight() and time.monotonic() < deadline:  # the streams hear their end
