@@ -181,3 +181,20 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.gpu
+def test_on_cuda_a_stream_is_bit_equal_to_the_in_process_server(tiny_workdir, tmp_path, voices):
+    """The engine process owns the GPU (the HTTP process never touches it): the same bytes as one process."""
+    body = _body(8, seed=5, voice="alice")
+    got = {}
+    for mode in ("in-process", "engine-process"):
+        extra = ("--engine-process",) if mode == "engine-process" else ()
+        srv = start_server(tiny_workdir.root, tmp_path, "--device", "cuda", "--voices", voices, "--max-streams", 4, *extra)
+        try:
+            got[mode] = httpx.post(srv.url + SPEECH, timeout=300, json=body)
+        finally:
+            assert srv.stop() == 0, srv.log()[-3000:]
+    assert got["in-process"].status_code == got["engine-process"].status_code == 200
+    assert len(got["engine-process"].content) == 8 * FRAME_BYTES
+    assert got["engine-process"].content == got["in-process"].content
