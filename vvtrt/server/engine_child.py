@@ -36,7 +36,7 @@ from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, request_on_device
 
 log = logging.getLogger(__name__)
 IDLE_S = 0.5          # the pump's longest sleep
-START_POLL_S = 0.01   # while a request waits for its slot, how often the pump looks whether it started
+FULL_POLL_S = 0.005   # while the ring is full, how often the pump looks again
 DRAIN_EXTRA_S = 5.0   # after the engine stopped, how long buffered chunks get to reach the front
 
 
@@ -183,21 +183,22 @@ class EngineChild:
         if self.stopped:
             self.send(("stopped",))
             return True
-        self.wake.wait(START_POLL_S if busy else IDLE_S)
+        self.wake.wait(FULL_POLL_S if busy else IDLE_S)
         self.wake.clear()
         return False
 
     def _pump(self, rid: str, fwd: _Forward, events: list) -> bool:
-        """Move the request's chunks the front may have; True if it must be looked at again soon (not
-        started yet, or the ring is full)."""
+        """Move the request's chunks the front may have; True if it must be looked at again soon (the ring
+        is full)."""
         h = fwd.handle
         if not fwd.started:
-            s = h.summary()
-            if s.started_t:
-                fwd.started = True
-                events.append(("started", rid, s.prompt_tokens))
-            elif not h.done():
-                return True
+            if not (h.is_started or h.done()):
+                h.watch(self.waiter)  # before looking again: a start in between wakes the pump
+                if not (h.is_started or h.done()):
+                    return False  # queued
+            fwd.started = h.is_started  # else it ended in the queue: its end follows
+            if fwd.started:
+                events.append(("started", rid, h.summary().prompt_tokens))
         while fwd.sent - fwd.acked < BACKPRESSURE_CHUNKS:
             if not self.ring.has_room(self.head):
                 return True
