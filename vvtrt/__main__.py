@@ -1,3 +1,4 @@
 from vvtrt.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process (the engine process) imports it as __mp_main__
+    main()

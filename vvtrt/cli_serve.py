@@ -54,6 +54,9 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_
               help="Seconds a stream whose client reads nothing (its buffer full) is held before it is cancelled.")
 @click.option("--deterministic", is_flag=True,
               help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run.")
+@click.option("--engine-process", is_flag=True,
+              help="Run the serving engine in a process of its own, so this process's interpreter does only the HTTP "
+                   "and WebSocket work (long-form work dirs; not with --ray).")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Serve with a fleet of replicas on a Ray cluster (one per GPU; the `ray` extra); "
                    "--max-streams and --max-queue are per replica.")
@@ -77,8 +80,8 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
           backend, compile_shapes, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key,
-          header_timeout, body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic, use_ray,
-          replicas, min_replicas, max_replicas, address, allow_failed_quant,
+          header_timeout, body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic,
+          engine_process, use_ray, replicas, min_replicas, max_replicas, address, allow_failed_quant,
           noise, kv_groups):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
@@ -86,6 +89,10 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
     from vvtrt.pipeline import is_realtime_workdir
     from vvtrt.server.voices import check_serve_settings
 
+    if engine_process and use_ray:
+        from vvtrt.errors import InputError
+
+        raise InputError("--engine-process and --ray exclude each other: a Ray replica is its own engine process")
     fleet = _fleet_options(use_ray, replicas, min_replicas, max_replicas, address)
     check_serve_settings(workdir, voices_dir, max_context)  # what would fail every request: refused before start
     if not is_realtime_workdir(workdir):
@@ -114,7 +121,7 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
         return run_ray_server(config, fleet)
     from vvtrt.server.serve import run_server
 
-    run_server(config)
+    run_server(config, engine_process=engine_process)
 
 
 def _fleet_options(use_ray, replicas, min_replicas, max_replicas, address):

@@ -200,6 +200,31 @@ ray1() {  # vvtrt serve --ray on ONE GPU: the single-process server vs two repli
     kill -TERM $pid; wait $pid; echo "$mode serve exit code $?"
   done
 }
+eproc() {  # vvtrt serve with the engine in a process of its own (--engine-process) against the single-process
+  # server (inproc), 1.5B bf16 torch on one GPU, vvtrt loadtest over HTTP at 64, 200 and 300 clients (8 client
+  # processes). Results: eproc_<mode>_c<N>/ (loadtest.json), the metrics after each load, and top's view of
+  # the server's processes (front and engine) during each load: eproc_<mode>_c<N>_top.txt
+  local port=8125 pid n mode slots=${EPROC_SLOTS:-128} pids
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  for mode in inproc eproc; do
+    local args=()
+    [[ $mode == eproc ]] && args=(--engine-process)
+    $VV serve -w "$RUN/wd15" --device cuda --max-streams $slots --max-context 1024 --max-queue 1024 --port $port \
+        "${args[@]}" > "$RUN/results/eproc_${mode}_server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$port/ready" > /dev/null && break; kill -0 $pid 2> /dev/null || break; sleep 1; done
+    for n in ${EPROC_CONC:-64 200 300}; do
+      pids=$(echo $pid $(pgrep -P $pid) | tr ' ' ',')
+      top -b -d 5 -n 7 -p "$pids" > "$RUN/results/eproc_${mode}_c${n}_top.txt" 2>&1 &
+      $VV loadtest --url "http://127.0.0.1:$port" --concurrency $n --duration 30 --frames 100 \
+          --processes ${EPROC_CLIENT_PROCS:-8} --out "$RUN/results/eproc_${mode}_c$n" || break
+      wait $!
+      curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/eproc_${mode}_c${n}_metrics.txt"
+    done
+    curl -s "http://127.0.0.1:$port/dashboard/data?seconds=600" > "$RUN/results/eproc_${mode}_dashboard.json"
+    kill -TERM $pid; wait $pid; echo "$mode serve exit code $?"
+  done
+}
 dcost() {  # where long-context decode time goes: lm_decode by KV bucket and valid length, attention kernels
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/decode_cost.py "$RUN/wd15" "$RUN/results/decode_cost_1.5b.json" ${DCOST_ARGS:-}
@@ -391,7 +416,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" eproc rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

@@ -5,7 +5,7 @@ each holding a serving engine on its own GPU (or the CPU).
     connect(options, most)                  # join --address, or start a local Ray cluster
     fleet = FleetEngine(config, options, placement)
     fleet.start()                           # replicas up and ready (or the first start-up error)
-    handle = fleet.submit(request)          # a RemoteHandle on the replica with the most free slots
+    handle = fleet.submit(request)          # an EventHandle on the replica with the most free slots
 
 Routing: a request goes to the ready replica with the most free slots (its slots minus the requests the
 front has running or queued there; ties: the one that got fewer requests); a replica that is starting,
@@ -176,8 +176,8 @@ class FleetEngine:
 
     # -- requests ------------------------------------------------------------------------------------
     def submit(self, request):
-        """A `RemoteHandle` of `request` on the chosen replica (EngineBusy / EngineNotReady as the engine)."""
-        from vvtrt.server.fleet_handle import RemoteHandle
+        """A `remote_handle` of `request` on the chosen replica (EngineBusy / EngineNotReady as the engine)."""
+        from vvtrt.server.fleet_handle import remote_handle
 
         if not self._started or self._stopping:
             raise EngineNotReady("the replicas are not running (starting or shutting down)")
@@ -188,7 +188,7 @@ class FleetEngine:
         except Exception as exc:
             self._release(replica)
             raise EngineNotReady(f"replica {replica.name} is unreachable ({type(exc).__name__}): retry") from None
-        return RemoteHandle(rid, replica, gen, on_end=lambda h: self._release(replica, h.lost))
+        return remote_handle(rid, replica, gen, on_end=lambda h: self._release(replica, h.lost))
 
     def _pick(self) -> Replica:
         with self._lock:

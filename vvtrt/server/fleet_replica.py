@@ -23,10 +23,10 @@ import time
 import ray
 
 from vvtrt.errors import VvtrtError
+from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, request_on_device
 from vvtrt.server.metrics import ServerMetrics, outcome_label
 
 log = logging.getLogger(__name__)
-BACKPRESSURE_CHUNKS = 8   # chunks a replica runs ahead of the front's reader (then its own buffer holds it)
 SAMPLE_EVERY_S = 1.0
 _POLL_S = 0.01
 
@@ -98,7 +98,7 @@ class ReplicaServer:
     async def stream(self, request):
         """The request's events (see module doc)."""
         try:
-            handle = self.engine.submit(self._on_device(request))
+            handle = self.engine.submit(request_on_device(request, self.config.device))
         except Exception as exc:
             self.metrics.observe_done(outcome_label(type(exc).__name__))
             yield ("refused", type(exc).__name__, str(exc))
@@ -136,23 +136,3 @@ class ReplicaServer:
         self.metrics.observe_done(outcome_label(reason), s.rtf if s.frames else None)
         if reason.startswith(("error", "cancelled: slow")):
             self.metrics.observe_truncated("error" if reason.startswith("error") else "slow_reader")
-
-    def _on_device(self, request):
-        """The request with its encoded voices on this replica's device (the front holds them on the CPU)."""
-        if not request.voices:
-            return request
-        voices = tuple(dataclasses.replace(v, embeds=v.embeds.to(self.config.device)) if hasattr(v, "embeds") else v
-                       for v in request.voices)
-        return dataclasses.replace(request, voices=voices)
-
-
-def error_of(type_name: str | None, message: str):
-    """The engine's typed error named `type_name` (a `VvtrtError` for any other name)."""
-    from vvtrt import errors
-    from vvtrt.serving import api
-
-    cls = getattr(api, type_name or "", None) or getattr(errors, type_name or "", None)
-    if not (isinstance(cls, type) and issubclass(cls, VvtrtError)):
-        cls = VvtrtError
-    return cls(message)
-

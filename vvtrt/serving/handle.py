@@ -90,6 +90,11 @@ class StreamHandle:
     def started(self, prompt_tokens: int) -> None:
         self._summary.started_t = time.perf_counter()
         self._summary.prompt_tokens = prompt_tokens
+        self._wake()  # a reader serving many handles (`next_or_wait`) hears it; async readers find no chunk yet
+
+    @property
+    def is_started(self) -> bool:
+        return bool(self._summary.started_t)
 
     def _wake(self) -> None:
         with self._cond:
@@ -136,6 +141,26 @@ class StreamHandle:
                 await event.wait()
                 continue
             yield chunk
+
+    def next_or_wait(self, waiter) -> Chunk | None:
+        """Without blocking: the next buffered chunk, or None after registering `waiter`, a `(loop, event)` pair
+        as an async reader's (`loop.call_soon_threadsafe` is called at the start, the next push or the end); raises
+        StopIteration / the request's error once it ended and its buffer is empty. For a reader that serves
+        many handles from one thread (the engine process of `vvtrt serve --engine-process`)."""
+        with self._cond:
+            chunk = self._next_or_none()
+            if chunk is None:
+                self._watch(waiter)
+            return chunk
+
+    def watch(self, waiter) -> None:
+        """Register `waiter` (as `next_or_wait`) without taking a chunk."""
+        with self._cond:
+            self._watch(waiter)
+
+    def _watch(self, waiter) -> None:
+        if waiter not in self._waiters:
+            self._waiters.append(waiter)
 
     def cancel(self) -> None:
         """Stop the request (the client's call, e.g. on disconnect); its slot is freed at the next frame."""
