@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,22 @@ import httpx
 import numpy as np
 
 READY_TIMEOUT_S = 240
+FRAME_BYTES = 3200 * 2                 # one model frame of 16-bit PCM
+SPEECH = "/v1/audio/speech"
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}   # what Ray gives a 1-CPU replica; a server compared with one alike
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def one_voice_folder(tmp_path_factory, name: str) -> Path:
+    """A folder holding one 1-second voice clip, `alice.wav` (for `--voices`)."""
+    folder = tmp_path_factory.mktemp(name)
+    write_voice_clip(folder / "alice.wav", 1.0)
+    return folder
 
 
 def write_voice_clip(path: Path, seconds: float = 1.0, seed: int = 0) -> Path:
@@ -110,3 +121,62 @@ def metric(text: str, name: str, **labels) -> float:
         if key == (f"{name}{{{want}}}" if want else name):
             return float(val)
     return 0.0
+
+
+class HeldStream:
+    """A streamed speech request read in a thread: its first chunk, then nothing until `finish()` (flow
+    control holds the request in the engine meanwhile), then the rest. After `finish()`: `bytes` read,
+    `headers`, and `error` (the client's httpx error, None for a clean end)."""
+
+    def __init__(self, url: str, body: dict, timeout: float = 300):
+        self.bytes, self.headers, self.error = 0, None, None
+        self._opened, self._go = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(url, body, timeout), daemon=True)
+        self._thread.start()
+        assert self._opened.wait(timeout) and self.headers is not None, self.error
+
+    def _read(self, url: str, body: dict, timeout: float) -> None:
+        try:
+            with httpx.stream("POST", url + SPEECH, timeout=timeout, json=body) as r:
+                self.headers = r.headers
+                chunks = r.iter_raw()
+                self.bytes = len(next(chunks))
+                self._opened.set()
+                self._go.wait(120)
+                for b in chunks:
+                    self.bytes += len(b)
+        except httpx.HTTPError as exc:
+            self.error = exc
+        finally:
+            self._opened.set()
+
+    def finish(self, timeout: float = 300) -> "HeldStream":
+        self._go.set()
+        self._thread.join(timeout)
+        return self
+
+
+def assert_same_stream_as_one_process(url: str, workdir, tmp: Path, body: dict, frames: int, *args) -> None:
+    """The server at `url` streams the bytes a plain single-process server (started with `args`) streams for
+    `body`, `frames` whole frames."""
+    single = start_server(workdir, tmp, *args, env=ONE_THREAD)
+    try:
+        want = httpx.post(single.url + SPEECH, timeout=300, json=body)
+    finally:
+        single.stop()
+    got = httpx.post(url + SPEECH, timeout=300, json=body)
+    assert want.status_code == got.status_code == 200
+    assert len(got.content) == frames * FRAME_BYTES and got.content == want.content
+
+
+def assert_sigterm_drains(srv: ServerProc, body: dict, frames: int) -> None:
+    """SIGTERM while a `frames`-frame stream of `body` runs: the stream still gets every frame, the server
+    exits 0."""
+    with httpx.stream("POST", srv.url + SPEECH, timeout=300, json=body) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw()
+        got = len(next(chunks))
+        srv.proc.send_signal(signal.SIGTERM)
+        got += sum(len(b) for b in chunks)
+    assert got == frames * FRAME_BYTES
+    assert srv.proc.wait(180) == 0, srv.log()[-3000:]

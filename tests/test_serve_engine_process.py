@@ -6,25 +6,20 @@ import asyncio
 import os
 import re
 import signal
-import threading
 import time
 
 import httpx
 import pytest
 
 from cli_helpers import one_clear_line, run
-from server_fixtures import metric, start_server, wait_until, write_voice_clip
+from server_fixtures import (FRAME_BYTES, ONE_THREAD, SPEECH, HeldStream, assert_same_stream_as_one_process,
+                             assert_sigterm_drains, metric, one_voice_folder, start_server, wait_until)
 
-FRAME_BYTES = 3200 * 2
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-SPEECH = "/v1/audio/speech"
 
 
 @pytest.fixture(scope="module")
 def voices(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("eproc_voices")
-    write_voice_clip(folder / "alice.wav", 1.0)
-    return folder
+    return one_voice_folder(tmp_path_factory, "eproc_voices")
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +54,8 @@ def test_engine_process_excludes_ray_and_serves_long_form_only(tiny_workdir):
 
 def test_stream_is_bit_equal_to_the_in_process_server(eproc, tiny_workdir, tmp_path, voices):
     body = _body(6, seed=7, voice="alice")
-    single = start_server(tiny_workdir.root, tmp_path, "--voices", voices, "--max-streams", 2, "--stream-buffer", 4,
-                          env=ONE_THREAD)
-    try:
-        want = httpx.post(single.url + SPEECH, timeout=300, json=body)
-    finally:
-        single.stop()
-    got = httpx.post(eproc.url + SPEECH, timeout=300, json=body)
-    assert want.status_code == got.status_code == 200
-    assert len(got.content) == 6 * FRAME_BYTES and got.content == want.content
+    assert_same_stream_as_one_process(eproc.url, tiny_workdir.root, tmp_path, body, 6, "--voices", voices,
+                                      "--max-streams", 2, "--stream-buffer", 4)
 
 
 def test_bad_requests_get_their_4xx_while_another_stream_completes(eproc):
@@ -125,33 +113,12 @@ def test_the_engine_process_holds_a_reader_that_stops_reading(tiny_workdir):
 
 def test_a_killed_engine_process_truncates_its_stream_and_is_replaced(eproc):
     first = _engine_pids(eproc)[-1]
-    out: dict = {"killed": threading.Event()}
-    opened = threading.Event()
-
-    def long_stream():  # held by flow control: the client reads one chunk, then waits for the kill
-        try:
-            with httpx.stream("POST", eproc.url + SPEECH, timeout=300, json=_body(700)) as r:
-                chunks = r.iter_raw()
-                out["bytes"] = len(next(chunks))
-                opened.set()
-                out["killed"].wait(120)
-                for b in chunks:
-                    out["bytes"] += len(b)
-            out["error"] = None
-        except httpx.HTTPError as exc:
-            out["error"] = exc
-        finally:
-            opened.set()
-
-    reader = threading.Thread(target=long_stream)
-    reader.start()
-    assert opened.wait(300) and "bytes" in out, out
+    held = HeldStream(eproc.url, _body(700))  # held by flow control: one chunk read, then nothing until the kill
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: httpx.get(eproc.url + "/ready").status_code == 503, 60, "/ready to answer 503")
-    out["killed"].set()
-    reader.join(300)
-    assert isinstance(out["error"], httpx.RemoteProtocolError), out  # an aborted body, never a short "whole" one
-    assert out["bytes"] < 700 * FRAME_BYTES
+    held.finish()
+    assert isinstance(held.error, httpx.RemoteProtocolError), held.error  # an aborted body, never a short "whole" one
+    assert held.bytes < 700 * FRAME_BYTES
     wait_until(lambda: httpx.get(eproc.url + "/ready").status_code == 200, 240, "a new engine process")
     assert _engine_pids(eproc)[-1] != first
     assert metric(httpx.get(eproc.url + "/metrics").text, "vvtrt_streams_truncated_total", reason="error") >= 1
@@ -163,14 +130,7 @@ def test_sigterm_drains_then_exits_0_without_an_orphan(eproc):
     """Last in the module: SIGTERM stops admitting, a running stream finishes, the server exits 0 and its
     engine process is gone."""
     child = _engine_pids(eproc)[-1]
-    with httpx.stream("POST", eproc.url + SPEECH, timeout=300, json=_body(40)) as r:
-        assert r.status_code == 200
-        chunks = r.iter_raw()
-        got = len(next(chunks))
-        eproc.proc.send_signal(signal.SIGTERM)
-        got += sum(len(b) for b in chunks)
-    assert got == 40 * FRAME_BYTES
-    assert eproc.proc.wait(180) == 0, eproc.log()[-3000:]
+    assert_sigterm_drains(eproc, _body(40), 40)
     wait_until(lambda: not _running(child), 30, "the engine process to end")
     assert f"engine process (pid {child}) ended (exit code 0)" in eproc.log()
 
@@ -190,7 +150,8 @@ def test_on_cuda_a_stream_is_bit_equal_to_the_in_process_server(tiny_workdir, tm
     got = {}
     for mode in ("in-process", "engine-process"):
         extra = ("--engine-process",) if mode == "engine-process" else ()
-        srv = start_server(tiny_workdir.root, tmp_path, "--device", "cuda", "--voices", voices, "--max-streams", 4, *extra)
+        srv = start_server(tiny_workdir.root, tmp_path, "--device", "cuda", "--voices", voices, "--max-streams", 4,
+                           *extra)
         try:
             got[mode] = httpx.post(srv.url + SPEECH, timeout=300, json=body)
         finally:

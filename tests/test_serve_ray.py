@@ -5,31 +5,26 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from cli_helpers import one_clear_line, run
-from server_fixtures import metric, start_server, wait_until, write_voice_clip
+from server_fixtures import (FRAME_BYTES, ONE_THREAD, SPEECH, HeldStream, assert_same_stream_as_one_process,
+                             assert_sigterm_drains, metric, one_voice_folder, start_server, wait_until)
 
 if importlib.util.find_spec("ray") is None:
     if os.environ.get("CI"):
         raise RuntimeError("CI must run the `serve --ray` tests: install the `ray` extra (make test does)")
     pytest.skip("needs the `ray` extra (pip install -e \".[ray]\")", allow_module_level=True)
 
-FRAME_BYTES = 3200 * 2
 READY_S = 900  # a local Ray cluster and two replicas on a busy 2-core machine
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # what Ray gives a 1-CPU replica; the single-process server alike
-SPEECH = "/v1/audio/speech"
 
 
 @pytest.fixture(scope="module")
 def voices(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ray_voices")
-    write_voice_clip(folder / "alice.wav", 1.0)
-    return folder
+    return one_voice_folder(tmp_path_factory, "ray_voices")
 
 
 @pytest.fixture(scope="module")
@@ -124,55 +119,26 @@ def test_loadtest_reports_requests_per_replica(fleet, tmp_path):
 def test_streamed_bytes_equal_the_single_process_server(fleet, tiny_workdir, tmp_path, voices):
     body = {"input": "Speaker 1: Hello there.", "voice": "alice", "frames": 6, "seed": 7, "stream": True,
             "response_format": "pcm"}
-    single = start_server(tiny_workdir.root, tmp_path, "--voices", voices, env=ONE_THREAD)
-    try:
-        want = httpx.post(single.url + SPEECH, timeout=300, json=body)
-    finally:
-        single.stop()
-    got = httpx.post(fleet.url + SPEECH, timeout=300, json=body)
-    assert want.status_code == got.status_code == 200
-    assert len(got.content) == 6 * FRAME_BYTES and got.content == want.content
+    assert_same_stream_as_one_process(fleet.url, tiny_workdir.root, tmp_path, body, 6, "--voices", voices)
 
 
 def test_a_killed_replica_truncates_its_stream_and_the_other_completes(fleet):
     pids = {name: r["pid"] for name, r in _replicas(fleet).items()}
-    out: dict = {}
-    opened = threading.Event()
-
-    def long_stream():  # held by flow control: the client reads one chunk, then waits for the kill
-        try:
-            with httpx.stream("POST", fleet.url + SPEECH, timeout=300, json={
-                    "input": "Speaker 1: a long story.", "frames": 700, "stream": True,
-                    "response_format": "pcm"}) as r:
-                out["victim"] = r.headers["x-vvtrt-replica"]
-                chunks = r.iter_raw()
-                out["bytes"] = len(next(chunks))
-                opened.set()
-                out["killed"].wait(120)
-                for b in chunks:
-                    out["bytes"] += len(b)
-            out["error"] = None
-        except httpx.HTTPError as exc:
-            out["error"] = exc
-        finally:
-            opened.set()
-
-    out["killed"] = threading.Event()
-    reader = threading.Thread(target=long_stream)
-    reader.start()
-    assert opened.wait(300) and "victim" in out, out
+    # held by flow control: one chunk read, then nothing until the kill
+    held = HeldStream(fleet.url, {"input": "Speaker 1: a long story.", "frames": 700, "stream": True,
+                                  "response_format": "pcm"})
+    victim = held.headers["x-vvtrt-replica"]
     other = _speech_stream_start(fleet)
-    os.kill(pids[out["victim"]], signal.SIGKILL)
-    out["killed"].set()
-    reader.join(300)
+    os.kill(pids[victim], signal.SIGKILL)
+    held.finish()
     with other as r:
-        assert r.headers["x-vvtrt-replica"] != out["victim"]
+        assert r.headers["x-vvtrt-replica"] != victim
         assert r.status_code == 200 and len(r.read()) == 60 * FRAME_BYTES
-    assert isinstance(out["error"], httpx.RemoteProtocolError), out  # an aborted body, never a short "whole" one
-    assert out["bytes"] < 700 * FRAME_BYTES
+    assert isinstance(held.error, httpx.RemoteProtocolError), held.error  # an aborted body, never a short "whole" one
+    assert held.bytes < 700 * FRAME_BYTES
     # Ray restarts the replica; it takes requests again
-    wait_until(lambda: _replicas(fleet)[out["victim"]]["ok"] and _replicas(fleet)[out["victim"]]["pid"] !=
-               pids[out["victim"]], READY_S, "the killed replica to restart")
+    wait_until(lambda: _replicas(fleet)[victim]["ok"] and _replicas(fleet)[victim]["pid"] !=
+               pids[victim], READY_S, "the killed replica to restart")
     text = httpx.get(fleet.url + "/metrics").text
     assert metric(text, "vvtrt_streams_truncated_total", reason="error", replica="front") >= 1
     with ThreadPoolExecutor(4) as pool:
@@ -207,12 +173,5 @@ class _Closing:
 
 def test_sigterm_drains_running_streams_then_exits_0(fleet):
     """Last in the module: SIGTERM stops admitting, a running stream finishes, the server exits 0."""
-    with httpx.stream("POST", fleet.url + SPEECH, timeout=300, json={
-            "input": "Speaker 1: Hello.", "frames": 40, "stream": True, "response_format": "pcm"}) as r:
-        assert r.status_code == 200
-        chunks = r.iter_raw()
-        got = len(next(chunks))
-        fleet.proc.send_signal(signal.SIGTERM)
-        got += sum(len(b) for b in chunks)
-    assert got == 40 * FRAME_BYTES
-    assert fleet.proc.wait(180) == 0, fleet.log()[-3000:]
+    assert_sigterm_drains(fleet, {"input": "Speaker 1: Hello.", "frames": 40, "stream": True, "response_format": "pcm"},
+                          40)
