@@ -40,16 +40,9 @@ def _body(frames: int, seed: int = 0, **extra) -> dict:
             "response_format": "pcm", **extra}
 
 
-def test_engine_process_excludes_ray_and_serves_long_form_only(tiny_workdir):
-    from vvtrt.errors import InputError
-    from vvtrt.model import kinds
-    from vvtrt.server.serve import check_engine_process_kind
-
+def test_engine_process_excludes_ray(tiny_workdir):
     r = run("serve", "-w", tiny_workdir.root, "--engine-process", "--ray")
     assert r.exit_code == 2 and "--engine-process" in one_clear_line(r) and "--ray" in one_clear_line(r)
-    check_engine_process_kind(kinds.get(kinds.LONGFORM), "wd")
-    with pytest.raises(InputError, match="long-form"):
-        check_engine_process_kind(kinds.get(kinds.REALTIME), "wd")
 
 
 def test_stream_is_bit_equal_to_the_in_process_server(eproc, tiny_workdir, tmp_path, voices):

@@ -56,7 +56,7 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_
               help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run.")
 @click.option("--engine-process", is_flag=True,
               help="Run the serving engine in a process of its own, so this process's interpreter does only the HTTP "
-                   "and WebSocket work (long-form work dirs; not with --ray).")
+                   "and WebSocket work (long-form and Realtime work dirs; not with --ray).")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Serve with a fleet of replicas on a Ray cluster (one per GPU; the `ray` extra); "
                    "--max-streams and --max-queue are per replica.")

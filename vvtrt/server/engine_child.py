@@ -5,8 +5,11 @@ one pipe.
 Front -> engine (pickled tuples):
     ("submit", request_id, request)      ("cancel", request_id)      ("ack", {request_id: chunks read})
     ("status",)                          ("encode", token, wav)      ("stop", grace_s)
+    ("text", request_id, piece)          ("text_end", request_id, error | None)
+                                         (a text still arriving: `vvtrt.server.piped_text`)
 Engine -> front:
-    ("ready", info) or ("failed", message)       once, after the engine started (or did not)
+    ("ready", info) or ("failed", message)       once, after the engine started (or did not); `info`
+                                         holds what the endpoints read of the engine (`facts`)
     ("events", [event, ...])             each `(kind, request_id, ...)`: ("refused", rid, error_type, message),
                                          ("started", rid, prompt_tokens), ("chunk", rid, index, seq, samples),
                                          ("chunk", rid, index, -1, audio) (a chunk larger than a ring slot),
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 
 from vvtrt.errors import VvtrtError
 from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, request_on_device
+from vvtrt.server.piped_text import PipedText
 
 log = logging.getLogger(__name__)
 IDLE_S = 0.5          # the pump's longest sleep
@@ -60,6 +64,7 @@ class _Forward:
     sent: int = 0
     acked: int = 0
     started: bool = False
+    text: PipedText | None = None  # the request's text while it still arrives
 
 
 class EngineChild:
@@ -104,13 +109,17 @@ class EngineChild:
         self.engine.stop(0.0)
 
     def _on_submit(self, rid: str, request) -> None:
+        text = getattr(request, "text", None)
+        text = text if isinstance(text, PipedText) else None
         try:
             handle = self.engine.submit(request_on_device(request, self.device))
         except Exception as exc:  # the front raises it at admission: 429, 400, 503...
+            if text is not None:
+                text.close()
             self._post(event=("refused", rid, type(exc).__name__, str(exc)))
             return
         with self.lock:
-            self.forwards[rid] = _Forward(handle)
+            self.forwards[rid] = _Forward(handle, text=text)
         self.wake.set()
 
     def _on_cancel(self, rid: str) -> None:
@@ -118,6 +127,18 @@ class EngineChild:
             fwd = self.forwards.pop(rid, None)  # the front reads nothing more of it
         if fwd is not None:
             fwd.handle.cancel()
+            if fwd.text is not None:
+                fwd.text.close()
+
+    def _on_text(self, rid: str, piece: str) -> None:
+        fwd = self.forwards.get(rid)
+        if fwd is not None and fwd.text is not None:  # else: the request ended meanwhile
+            fwd.text.push(piece)
+
+    def _on_text_end(self, rid: str, error: str | None) -> None:
+        fwd = self.forwards.get(rid)
+        if fwd is not None and fwd.text is not None:
+            fwd.text.close(error)
 
     def _on_ack(self, acks: dict) -> None:
         with self.lock:
@@ -222,7 +243,9 @@ class EngineChild:
     def _ended(self, rid: str, events: list, reason: str, exc: VvtrtError | None) -> bool:
         events.append(("end", rid, reason, type(exc).__name__ if exc else None, str(exc) if exc else ""))
         with self.lock:
-            self.forwards.pop(rid, None)
+            fwd = self.forwards.pop(rid, None)
+        if fwd is not None and fwd.text is not None:
+            fwd.text.close()
         return False
 
 
@@ -241,13 +264,15 @@ def child_main(config, conn, ring_spec) -> None:
         logging.getLogger(name).setLevel(logging.INFO)
     ring = ChunkRing.attach(ring_spec)
     try:
-        engine = kinds.get(Workdir.open(config.workdir).kind).load("build_engine")(config)  # as `serve.build_engine`
+        kind = kinds.get(Workdir.open(config.workdir).kind)
+        engine = kind.load("build_engine")(config)  # as `serve.build_engine`
         engine.start()
+        facts = kind.load("service_class").engine_facts(engine)
     except Exception as exc:  # the front reports it as the server's start-up error
         conn.send_bytes(dumps(("failed", str(exc) if isinstance(exc, VvtrtError) else f"{type(exc).__name__}: {exc}")))
         return
     child = EngineChild(engine, conn, ring, config.device)
-    child.send(("ready", {"pid": os.getpid(), "startup": getattr(engine, "startup", None)}))
+    child.send(("ready", {"pid": os.getpid(), "startup": getattr(engine, "startup", None), "facts": facts}))
     log.info("engine process ready (pid %d)", os.getpid())
     child.serve()
     logging.shutdown()

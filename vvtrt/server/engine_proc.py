@@ -24,6 +24,7 @@ import threading
 import time
 
 from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, EngineLost, EventHandle
+from vvtrt.server.piped_text import end_text, forward_text, live_text, with_piped_text
 from vvtrt.serving.api import EngineNotReady, EngineStats
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class ProcessSource:
         self.events: collections.deque = collections.deque()
         self.arrived = asyncio.Event()
         self.unacked = 0
+        self.text = None  # the request's text while it still arrives
 
     def push(self, events) -> None:
         self.events.extend(events)
@@ -84,6 +86,7 @@ class ProcessEngine:
         self.link = None
         self.ring = None
         self.startup: dict | None = None
+        self.facts: dict = {}  # what the endpoints read of the engine (`SpeechService.engine_facts`), at start-up
         self._sources: dict[str, ProcessSource] = {}
         self._acks: dict = {}
         self._ack_loops: set = set()
@@ -118,7 +121,7 @@ class ProcessEngine:
 
         link = EngineLink(self.config, self.ring, self._on_events, self._on_status, self._on_lost)
         link.start()
-        self.link, self.startup = link, link.info.get("startup")
+        self.link, self.startup, self.facts = link, link.info.get("startup"), link.info.get("facts") or {}
         self._child_healthy, self._stats = True, {}
         link.send(("status",))
         deadline = time.monotonic() + 30.0
@@ -156,14 +159,21 @@ class ProcessEngine:
         with self._lock:
             self._sources[rid] = source
         handle = EventHandle(rid, source, self._release, where=WHERE)
+        text = live_text(request)  # text still arriving (the Realtime WS text mode): its pieces follow
+        if text is not None:
+            source.text, request = text, with_piped_text(request)
         if not link.send(("submit", rid, dataclasses.replace(request, request_id=rid))):
             source.push([("lost", f"{WHERE} ended before it got request {rid}")])
+        elif text is not None:
+            forward_text(text, link.send, rid, loop)
         return handle
 
     def _release(self, handle) -> None:
         with self._lock:
-            self._sources.pop(handle.request_id, None)
+            source = self._sources.pop(handle.request_id, None)
             self._acks.pop(handle.request_id, None)
+        if source is not None and source.text is not None:
+            end_text(source.text)  # its producer learns the end, as from the engine in one process
 
     def cancel_remote(self, rid: str) -> None:
         if self.link is not None:

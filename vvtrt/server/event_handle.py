@@ -44,7 +44,7 @@ def request_on_device(request, device):
     """`request` with its encoded voices on the engine's `device` (the front holds them on the CPU)."""
     import dataclasses
 
-    if not request.voices:
+    if not getattr(request, "voices", None):  # none, or a request of one named voice (Realtime)
         return request
     voices = tuple(dataclasses.replace(v, embeds=v.embeds.to(device)) if hasattr(v, "embeds") else v
                    for v in request.voices)

@@ -88,13 +88,19 @@ class PresetLibrary(VoiceLibrary):
 
     @classmethod
     def of(cls, engine) -> "PresetLibrary":
-        lib = cls(voices=dict(engine.voices))
+        return cls.described(describe_presets(engine.voices))
+
+    @classmethod
+    def described(cls, presets: list[dict]) -> "PresetLibrary":
+        """The library of `describe_presets`' list (what an engine process reports of its presets)."""
+        lib = cls(voices={p["name"]: p for p in presets})
         names = lib.names()
         lib.aliases = {alias: names[i % len(names)] for i, alias in enumerate(OPENAI_VOICES) if alias not in names}
         return lib
 
     def describe(self) -> list[dict]:
-        out = [{"name": n, "kind": "preset", "source": v.source, "lengths": v.lengths()} for n, v in self.voices.items()]
+        out = [{"name": n, "kind": "preset", "source": v["source"], "lengths": v["lengths"]}
+               for n, v in self.voices.items()]
         return out + [{"name": a, "alias_of": n} for a, n in self.aliases.items()]
 
     def resolve(self, spec, speakers: int = 1) -> str:
@@ -106,18 +112,27 @@ class PresetLibrary(VoiceLibrary):
         return self._canonical(names[0])
 
 
+def describe_presets(voices: dict) -> list[dict]:
+    """name, source and lengths of each `VoicePreset` (requests name their voice; the engine holds it)."""
+    return [{"name": n, "source": v.source, "lengths": v.lengths()} for n, v in voices.items()]
+
+
 class RealtimeSpeechService(SpeechService):
     """`SpeechService` over a `RealtimeEngine`: plain text (a string, or a `TextInput` in the WS text
     mode), one preset voice, Realtime's default cfg_scale."""
 
     default_cfg = REALTIME_CFG
 
+    @staticmethod
+    def engine_facts(engine) -> dict:
+        return {"diffusion_steps": engine.config.steps, "voices": describe_presets(engine.voices)}
+
     @property
     def diffusion_steps(self) -> int | None:
-        return self.engine.config.steps
+        return self.facts().get("diffusion_steps")
 
     def load_voices(self) -> VoiceLibrary:
-        return PresetLibrary.of(self.engine)
+        return PresetLibrary.described(self.facts().get("voices", []))
 
     async def text_mode(self, ws) -> None:
         from vvtrt.server.ws_text import text_mode

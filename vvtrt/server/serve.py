@@ -134,7 +134,7 @@ def draining_server(uv_config, life, grace_s: float):
 
 
 def run_server(config: ServerConfig, engine_process: bool = False) -> None:
-    """`engine_process`: the engine in a process of its own (`vvtrt.server.engine_proc`; long-form)."""
+    """`engine_process`: the engine in a process of its own (`vvtrt.server.engine_proc`; either kind)."""
     from vvtrt.server.app import create_app
 
     config = resolve_runtime(config.check())
@@ -144,7 +144,6 @@ def run_server(config: ServerConfig, engine_process: bool = False) -> None:
     if engine_process:
         from vvtrt.server.engine_proc import ProcessEngine
 
-        check_engine_process_kind(kind, config.workdir)
         engine = ProcessEngine(config)
     else:
         engine = build_engine(config)
@@ -152,16 +151,6 @@ def run_server(config: ServerConfig, engine_process: bool = False) -> None:
     app = create_app(config, engine, on_fatal=stopper, service_cls=kind.load("service_class"))
     serve_app(config, app, on_server=stopper.attach)
     stopper.raise_first()
-
-
-def check_engine_process_kind(kind, workdir) -> None:
-    """`--engine-process` serves long-form work dirs (a Realtime request's text may still be arriving while
-    it runs, which this mode does not carry between processes)."""
-    from vvtrt.model.kinds import LONGFORM
-
-    if kind.name != LONGFORM:
-        raise InputError(f"--engine-process serves long-form work dirs; {workdir} is a {kind.name} work dir: serve "
-                         "it without --engine-process")
 
 
 class FatalStop:

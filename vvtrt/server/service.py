@@ -69,6 +69,17 @@ class SpeechService:
         return SpeechRequest(script=text, voices=voices, seed=int(seed), cfg_scale=float(cfg_scale),
                              max_frames=max_frames, frames=frames)
 
+    @staticmethod
+    def engine_facts(engine) -> dict:
+        """What the endpoints read of `engine` beyond its contract, as plain data (an engine in its own
+        process reports it once at start-up: `facts`); none for the long-form engine."""
+        return {}
+
+    def facts(self) -> dict:
+        """The engine's `engine_facts`, from the engine process when it runs in one."""
+        got = getattr(self.engine, "facts", None)
+        return got if isinstance(got, dict) else self.engine_facts(self.engine)
+
     @property
     def diffusion_steps(self) -> int | None:
         """The sampler's steps, fixed at export (WS `steps` must match)."""
