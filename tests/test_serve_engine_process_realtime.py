@@ -138,3 +138,21 @@ def test_piped_text_carries_pieces_then_its_end():
     failed.close("ValueError: the producer broke")
     with pytest.raises(ValueError, match="producer broke"):
         next(failed)
+
+
+@pytest.mark.gpu
+def test_on_cuda_speech_and_text_mode_equal_the_in_process_server(rt_serve_dirs, tmp_path):
+    """The engine process owns the GPU: POST speech and the WS text mode give the single-process bytes."""
+    got = {}
+    for mode in ("in-process", "engine-process"):
+        extra = ("--engine-process",) if mode == "engine-process" else ()
+        srv = start_server(rt_serve_dirs / "wd", tmp_path, "--device", "cuda", "--voices", rt_serve_dirs / "voices",
+                           *ARGS, *extra)
+        try:
+            got[mode] = (_speech(srv, 12), _text_mode(srv, 20))
+        finally:
+            assert srv.stop() == 0, srv.log()[-3000:]
+    (post, ws), (want_post, want_ws) = got["engine-process"], got["in-process"]
+    assert post.status_code == want_post.status_code == 200 and len(post.content) == 12 * FRAME_BYTES
+    assert post.content == want_post.content
+    assert ws[2] == want_ws[2] == 1000 and len(ws[0]) == 20 * FRAME_BYTES and ws[0] == want_ws[0]

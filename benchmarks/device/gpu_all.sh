@@ -225,6 +225,11 @@ eproc() {  # vvtrt serve with the engine in a process of its own (--engine-proce
     kill -TERM $pid; wait $pid; echo "$mode serve exit code $?"
   done
 }
+eprocgpu() {  # the --engine-process GPU tests (tiny long-form and tiny-realtime on CUDA: the engine process's
+  # bytes equal the single-process server's; the Realtime one also through the WS text mode)
+  python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_serve_engine_process.py \
+      tests/test_serve_engine_process_realtime.py --junitxml="$RUN/results/eprocgpu.xml" -p no:cacheprovider
+}
 dcost() {  # where long-context decode time goes: lm_decode by KV bucket and valid length, attention kernels
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/decode_cost.py "$RUN/wd15" "$RUN/results/decode_cost_1.5b.json" ${DCOST_ARGS:-}
@@ -416,7 +421,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" eproc rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
