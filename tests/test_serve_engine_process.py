@@ -112,8 +112,9 @@ def test_a_killed_engine_process_truncates_its_stream_and_is_replaced(eproc):
     held.finish()
     assert isinstance(held.error, httpx.RemoteProtocolError), held.error  # an aborted body, never a short "whole" one
     assert held.bytes < 700 * FRAME_BYTES
-    wait_until(lambda: httpx.get(eproc.url + "/ready").status_code == 200, 240, "a new engine process")
-    assert _engine_pids(eproc)[-1] != first
+    # a new engine process (its "ready" line is logged just after its first status reaches the server)
+    wait_until(lambda: _engine_pids(eproc)[-1] != first, 240, "a new engine process")
+    wait_until(lambda: httpx.get(eproc.url + "/ready").status_code == 200, 60, "/ready to answer 200 again")
     assert metric(httpx.get(eproc.url + "/metrics").text, "vvtrt_streams_truncated_total", reason="error") >= 1
     again = httpx.post(eproc.url + SPEECH, timeout=300, json=_body(4, seed=1))
     assert again.status_code == 200 and len(again.content) == 4 * FRAME_BYTES
