@@ -128,6 +128,44 @@ def test_sigterm_drains_then_exits_0_without_an_orphan(eproc):
     assert f"engine process (pid {child}) ended (exit code 0)" in eproc.log()
 
 
+def test_sigterm_while_a_new_engine_process_starts_ends_it_too(tiny_workdir, tmp_path):
+    """SIGTERM while a crashed engine process is being replaced: the server exits 0 (not waiting forever on
+    the one starting), that one ends too, and the shared memory is gone."""
+    srv = start_server(tiny_workdir.root, tmp_path, "--engine-process", "--max-streams", 1, env=ONE_THREAD)
+    try:
+        first = _engine_pids(srv)[-1]
+        segment = _shm_segment(first)
+        os.kill(first, signal.SIGKILL)
+        second = wait_until(lambda: _child_mapping(srv.proc.pid, segment, but=first), 120, "a new engine process")
+        srv.proc.send_signal(signal.SIGTERM)  # most often before the new one is ready (either way: a clean end)
+        assert srv.proc.wait(120) == 0, srv.log()[-3000:]
+    finally:
+        srv.stop()
+    wait_until(lambda: not _running(second), 30, "the new engine process to end")
+    assert not os.path.exists(f"/dev/shm/{segment}")
+
+
+def _shm_segment(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return next(line.split("/dev/shm/")[1].split()[0] for line in f if "/dev/shm/psm_" in line)
+
+
+def _child_mapping(parent: int, segment: str, but: int) -> int | None:
+    """A child process of `parent` (other than `but`) that has mapped the shared memory `segment`."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == but:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/maps") as f:
+                if ppid == parent and segment in f.read():
+                    return int(entry)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return None
+
+
 def _running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

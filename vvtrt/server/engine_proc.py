@@ -97,6 +97,9 @@ class ProcessEngine:
         self._started = self._stopping = False
         self._lost_since: float | None = None
         self._failed_starts = 0
+        self._link_lock = threading.Lock()  # `stop` against a restart: no new engine process once stopping
+        self._starting = None               # the link whose process is starting
+        self._poll_thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @property
@@ -114,13 +117,25 @@ class ProcessEngine:
             self.ring.close()
             raise
         self._started = True
-        threading.Thread(target=self._poll_forever, name="vvtrt-engine-poll", daemon=True).start()
+        self._poll_thread = threading.Thread(target=self._poll_forever, name="vvtrt-engine-poll", daemon=True)
+        self._poll_thread.start()
 
     def _start_link(self) -> None:
         from vvtrt.server.engine_link import EngineLink
 
         link = EngineLink(self.config, self.ring, self._on_events, self._on_status, self._on_lost)
-        link.start()
+        with self._link_lock:
+            if self._stopping:
+                raise EngineNotReady("the server is shutting down")
+            self._starting = link
+        try:
+            link.start()  # `stop` meanwhile kills its process: then this raises
+        finally:
+            with self._link_lock:
+                self._starting, stopping = None, self._stopping
+        if stopping:  # `stop` ran while it started: it must not outlive the server
+            link.stop(0.0)
+            raise EngineNotReady("the server is shutting down")
         self.link, self.startup, self.facts = link, link.info.get("startup"), link.info.get("facts") or {}
         self._child_healthy, self._stats = True, {}
         link.send(("status",))
@@ -136,7 +151,12 @@ class ProcessEngine:
 
         from vvtrt.server.engine_link import describe_exit
 
-        self._stopping = True
+        with self._link_lock:
+            self._stopping, starting = True, self._starting
+        if starting is not None:  # a new engine process is starting (a restart): it is not wanted any more
+            starting.abort()
+        if self._poll_thread is not None and self._poll_thread is not threading.current_thread():
+            self._poll_thread.join(60.0)  # no restart runs once the shared memory goes
         if self.link is not None:
             self.link.stop(grace_s)
             log.info("the engine process (pid %s) ended (%s)", self.link.pid, describe_exit(self.link.proc.exitcode))
@@ -267,6 +287,8 @@ class ProcessEngine:
             self._start_link()
             self._failed_starts = 0
         except Exception as exc:
+            if self._stopping:
+                return
             self._failed_starts += 1
             self._lost_since = time.monotonic()
             if self._failed_starts >= MAX_FAILED_STARTS:
