@@ -145,6 +145,16 @@ def test_sigterm_while_a_new_engine_process_starts_ends_it_too(tiny_workdir, tmp
     assert not os.path.exists(f"/dev/shm/{segment}")
 
 
+def test_a_killed_server_process_takes_its_engine_process_and_shared_memory_along(tiny_workdir, tmp_path):
+    srv = start_server(tiny_workdir.root, tmp_path, "--engine-process", "--max-streams", 1, env=ONE_THREAD)
+    child = _engine_pids(srv)[-1]
+    segment = _shm_segment(child)
+    srv.proc.kill()
+    srv.proc.wait(30)
+    wait_until(lambda: not _running(child), 60, "the engine process to end")
+    wait_until(lambda: not os.path.exists(f"/dev/shm/{segment}"), 60, "the shared memory to be removed")
+
+
 def _shm_segment(pid: int) -> str:
     with open(f"/proc/{pid}/maps") as f:
         return next(line.split("/dev/shm/")[1].split()[0] for line in f if "/dev/shm/psm_" in line)

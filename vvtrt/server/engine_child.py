@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 IDLE_S = 0.5          # the pump's longest sleep
 FULL_POLL_S = 0.005   # while the ring is full, how often the pump looks again
 DRAIN_EXTRA_S = 5.0   # after the engine stopped, how long buffered chunks get to reach the front
+ORPHAN_STOP_S = 30.0  # once the front went away, how long the engine gets to stop before the process ends
 
 
 def dumps(msg) -> bytes:
@@ -106,7 +107,9 @@ class EngineChild:
             except Exception:  # one message's failure must not end the process
                 log.exception("engine process: the front's %r message failed", msg[0])
         log.warning("the server process went away: the engine process cancels its requests and ends")
-        self.engine.stop(0.0)
+        stopping = threading.Thread(target=self.engine.stop, args=(0.0,), name="vvtrt-stop", daemon=True)
+        stopping.start()
+        stopping.join(ORPHAN_STOP_S)  # an engine stuck in a device call must not keep an orphan alive
 
     def _on_submit(self, rid: str, request) -> None:
         text = getattr(request, "text", None)
