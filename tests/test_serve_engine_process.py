@@ -104,6 +104,35 @@ def test_the_engine_process_holds_a_reader_that_stops_reading(tiny_workdir):
     assert not summary.stop_reason.startswith(("error", "cancelled")), summary.stop_reason
 
 
+def test_a_request_the_engine_ended_is_not_in_flight_while_its_reader_is_stuck(tiny_workdir):
+    """A reader stuck (a socket that takes nothing) past the stall timeout: the engine process cancels the
+    request and the front stops counting it in flight at once, as in one process; the reader that reads on
+    gets the buffered frames, then `SlowReader`."""
+    from vvtrt.server.config import ServerConfig
+    from vvtrt.server.engine_proc import ProcessEngine
+    from vvtrt.server.serve import resolve_runtime
+    from vvtrt.serving.api import SlowReader, SpeechRequest
+
+    engine = ProcessEngine(resolve_runtime(ServerConfig(workdir=str(tiny_workdir.root), device="cpu", max_streams=1,
+                                                        buffer_chunks=2, stall_timeout_s=1.0)))
+    engine.start()
+
+    async def read_then_get_stuck():
+        handle = engine.submit(SpeechRequest(script="Speaker 1: Hello there.", frames=60, seed=3))
+        chunks = handle.__aiter__()
+        await chunks.__anext__()
+        while engine.in_flight():  # the stall timeout ends it in the engine process
+            await asyncio.sleep(0.05)
+        with pytest.raises(SlowReader):
+            async for _ in chunks:
+                pass
+
+    try:
+        asyncio.run(asyncio.wait_for(read_then_get_stuck(), 120))
+    finally:
+        engine.stop(0.0)
+
+
 def test_a_killed_engine_process_truncates_its_stream_and_is_replaced(eproc):
     first = _engine_pids(eproc)[-1]
     held = HeldStream(eproc.url, _body(700))  # held by flow control: one chunk read, then nothing until the kill

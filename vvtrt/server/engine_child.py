@@ -13,7 +13,9 @@ Engine -> front:
     ("events", [event, ...])             each `(kind, request_id, ...)`: ("refused", rid, error_type, message),
                                          ("started", rid, prompt_tokens), ("chunk", rid, index, seq, samples),
                                          ("chunk", rid, index, -1, audio) (a chunk larger than a ring slot),
-                                         ("end", rid, stop_reason, error_type | None, message)
+                                         ("end", rid, stop_reason, error_type | None, message),
+                                         ("finished", rid) (the engine ended it while the front's reader
+                                         is behind: it no longer counts as in flight; its end follows)
     ("status", stats)   ("reply", token, ok, value)   ("stopped",)
 
 Chunks travel through the shared-memory ring (`vvtrt.server.chunk_ring`). Flow control is the engine's
@@ -65,6 +67,7 @@ class _Forward:
     sent: int = 0
     acked: int = 0
     started: bool = False
+    finished: bool = False          # ("finished", rid) was sent
     text: PipedText | None = None  # the request's text while it still arrives
 
 
@@ -223,6 +226,12 @@ class EngineChild:
             fwd.started = h.is_started  # else it ended in the queue: its end follows
             if fwd.started:
                 events.append(("started", rid, h.summary().prompt_tokens))
+        if fwd.sent - fwd.acked >= BACKPRESSURE_CHUNKS:  # the front's reader is behind (e.g. a stuck socket)
+            h.watch(self.waiter)  # the engine may end it meanwhile (a stall): the front counts it out then
+            if h.done() and not fwd.finished:
+                fwd.finished = True
+                events.append(("finished", rid))
+            return False
         while fwd.sent - fwd.acked < BACKPRESSURE_CHUNKS:
             if not self.ring.has_room(self.head):
                 return True

@@ -55,6 +55,7 @@ class ProcessSource:
         self.arrived = asyncio.Event()
         self.unacked = 0
         self.text = None  # the request's text while it still arrives
+        self.engine_done = False  # the engine ended it; its last chunks and end wait for the reader
 
     def push(self, events) -> None:
         self.events.extend(events)
@@ -213,8 +214,10 @@ class ProcessEngine:
             self.link.send(("ack", acks))
 
     def in_flight(self) -> int:
+        """Requests queued or running in the engine: released when one ends there, whoever still holds
+        its socket."""
         with self._lock:
-            return len(self._sources)
+            return sum(1 for s in self._sources.values() if not s.engine_done)
 
     def encode_voice(self, wav):
         if self.link is None:
@@ -236,7 +239,9 @@ class ProcessEngine:
         with self._lock:
             for rid, event in batch:
                 source = self._sources.get(rid)
-                if source is not None:  # else: cancelled here meanwhile
+                if source is not None and event[0] == "finished":
+                    source.engine_done = True
+                elif source is not None:  # else: cancelled here meanwhile
                     by_loop.setdefault(source.loop, {}).setdefault(source, []).append(event)
         for loop, items in by_loop.items():
             _deliver_threadsafe(loop, items)
