@@ -104,6 +104,35 @@ def test_the_engine_process_holds_a_reader_that_stops_reading(tiny_workdir):
     assert not summary.stop_reason.startswith(("error", "cancelled")), summary.stop_reason
 
 
+def test_a_request_the_engine_ended_is_not_in_flight_while_its_reader_is_stuck(tiny_workdir):
+    """A reader stuck (a socket that takes nothing) past the stall timeout: the engine process cancels the
+    request and the front stops counting it in flight at once, as in one process; the reader that reads on
+    gets the buffered frames, then `SlowReader`."""
+    from vvtrt.server.config import ServerConfig
+    from vvtrt.server.engine_proc import ProcessEngine
+    from vvtrt.server.serve import resolve_runtime
+    from vvtrt.serving.api import SlowReader, SpeechRequest
+
+    engine = ProcessEngine(resolve_runtime(ServerConfig(workdir=str(tiny_workdir.root), device="cpu", max_streams=1,
+                                                        buffer_chunks=2, stall_timeout_s=1.0)))
+    engine.start()
+
+    async def read_then_get_stuck():
+        handle = engine.submit(SpeechRequest(script="Speaker 1: Hello there.", frames=60, seed=3))
+        chunks = handle.__aiter__()
+        await chunks.__anext__()
+        while engine.in_flight():  # the stall timeout ends it in the engine process
+            await asyncio.sleep(0.05)
+        with pytest.raises(SlowReader):
+            async for _ in chunks:
+                pass
+
+    try:
+        asyncio.run(asyncio.wait_for(read_then_get_stuck(), 120))
+    finally:
+        engine.stop(0.0)
+
+
 def test_a_killed_engine_process_truncates_its_stream_and_is_replaced(eproc):
     first = _engine_pids(eproc)[-1]
     held = HeldStream(eproc.url, _body(700))  # held by flow control: one chunk read, then nothing until the kill
@@ -127,6 +156,54 @@ def test_sigterm_drains_then_exits_0_without_an_orphan(eproc):
     assert_sigterm_drains(eproc, _body(40), 40)
     wait_until(lambda: not _running(child), 30, "the engine process to end")
     assert f"engine process (pid {child}) ended (exit code 0)" in eproc.log()
+
+
+def test_sigterm_while_a_new_engine_process_starts_ends_it_too(tiny_workdir, tmp_path):
+    """SIGTERM while a crashed engine process is being replaced: the server exits 0 (not waiting forever on
+    the one starting), that one ends too, and the shared memory is gone."""
+    srv = start_server(tiny_workdir.root, tmp_path, "--engine-process", "--max-streams", 1, env=ONE_THREAD)
+    try:
+        first = _engine_pids(srv)[-1]
+        segment = _shm_segment(first)
+        os.kill(first, signal.SIGKILL)
+        second = wait_until(lambda: _child_mapping(srv.proc.pid, segment, but=first), 120, "a new engine process")
+        srv.proc.send_signal(signal.SIGTERM)  # most often before the new one is ready (either way: a clean end)
+        assert srv.proc.wait(120) == 0, srv.log()[-3000:]
+    finally:
+        srv.stop()
+    wait_until(lambda: not _running(second), 30, "the new engine process to end")
+    assert not os.path.exists(f"/dev/shm/{segment}")
+
+
+def test_a_killed_server_process_takes_its_engine_process_and_shared_memory_along(tiny_workdir, tmp_path):
+    srv = start_server(tiny_workdir.root, tmp_path, "--engine-process", "--max-streams", 1, env=ONE_THREAD)
+    child = _engine_pids(srv)[-1]
+    segment = _shm_segment(child)
+    srv.proc.kill()
+    srv.proc.wait(30)
+    wait_until(lambda: not _running(child), 60, "the engine process to end")
+    wait_until(lambda: not os.path.exists(f"/dev/shm/{segment}"), 60, "the shared memory to be removed")
+
+
+def _shm_segment(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return next(line.split("/dev/shm/")[1].split()[0] for line in f if "/dev/shm/psm_" in line)
+
+
+def _child_mapping(parent: int, segment: str, but: int) -> int | None:
+    """A child process of `parent` (other than `but`) that has mapped the shared memory `segment`."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == but:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/maps") as f:
+                if ppid == parent and segment in f.read():
+                    return int(entry)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return None
 
 
 def _running(pid: int) -> bool:

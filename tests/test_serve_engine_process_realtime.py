@@ -140,6 +140,22 @@ def test_piped_text_carries_pieces_then_its_end():
         next(failed)
 
 
+def test_a_text_input_is_forwarded_as_pushed_without_a_thread_of_its_own():
+    """The WS text mode's `TextInput` is relayed by its producer's pushes: no thread per open request."""
+    from vvtrt.realtime.engine import TextInput
+    from vvtrt.server.piped_text import forward_text
+
+    text, sent = TextInput(), []
+    text.push("early ")
+    before = threading.active_count()
+    forward_text(text, lambda msg: sent.append(msg) or True, "r1", loop=None)
+    assert threading.active_count() == before and sent == [("text", "r1", "early ")]
+    text.push("late")
+    text.close()
+    text.close()  # the request's end closes it again: one end only
+    assert sent[1:] == [("text", "r1", "late"), ("text_end", "r1", None)]
+
+
 @pytest.mark.gpu
 def test_on_cuda_speech_and_text_mode_equal_the_in_process_server(rt_serve_dirs, tmp_path):
     """The engine process owns the GPU: POST speech and the WS text mode give the single-process bytes."""

@@ -46,16 +46,35 @@ class PieceSource:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self.wake = wake or threading.Event()
+        self._on_change = None
 
     def push(self, piece) -> None:
         with self._lock:
             self._q.append(piece)
-        self.wake.set()
+        self._changed()
 
     def close(self, error: BaseException | None = None) -> None:
         with self._lock:
             self._closed, self._error = True, error
+        self._changed()
+
+    def follow(self, on_change) -> None:
+        """Call `on_change()` after every later push and the close, on the pusher's thread (a reader that
+        pulls with `poll` then, without a thread of its own waiting on the text)."""
+        self._on_change = on_change
+
+    def poll(self):
+        """The next piece without waiting: None while none is queued; StopIteration (or the text's error)
+        once it ended."""
+        try:
+            return PieceSource.__next__(self)
+        except Starved:
+            return None
+
+    def _changed(self) -> None:
         self.wake.set()
+        if self._on_change is not None:
+            self._on_change()
 
     @property
     def closed(self) -> bool:

@@ -13,7 +13,9 @@ Engine -> front:
     ("events", [event, ...])             each `(kind, request_id, ...)`: ("refused", rid, error_type, message),
                                          ("started", rid, prompt_tokens), ("chunk", rid, index, seq, samples),
                                          ("chunk", rid, index, -1, audio) (a chunk larger than a ring slot),
-                                         ("end", rid, stop_reason, error_type | None, message)
+                                         ("end", rid, stop_reason, error_type | None, message),
+                                         ("finished", rid) (the engine ended it while the front's reader
+                                         is behind: it no longer counts as in flight; its end follows)
     ("status", stats)   ("reply", token, ok, value)   ("stopped",)
 
 Chunks travel through the shared-memory ring (`vvtrt.server.chunk_ring`). Flow control is the engine's
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 IDLE_S = 0.5          # the pump's longest sleep
 FULL_POLL_S = 0.005   # while the ring is full, how often the pump looks again
 DRAIN_EXTRA_S = 5.0   # after the engine stopped, how long buffered chunks get to reach the front
+ORPHAN_STOP_S = 30.0  # once the front went away, how long the engine gets to stop before the process ends
 
 
 def dumps(msg) -> bytes:
@@ -64,6 +67,7 @@ class _Forward:
     sent: int = 0
     acked: int = 0
     started: bool = False
+    finished: bool = False          # ("finished", rid) was sent
     text: PipedText | None = None  # the request's text while it still arrives
 
 
@@ -106,7 +110,9 @@ class EngineChild:
             except Exception:  # one message's failure must not end the process
                 log.exception("engine process: the front's %r message failed", msg[0])
         log.warning("the server process went away: the engine process cancels its requests and ends")
-        self.engine.stop(0.0)
+        stopping = threading.Thread(target=self.engine.stop, args=(0.0,), name="vvtrt-stop", daemon=True)
+        stopping.start()
+        stopping.join(ORPHAN_STOP_S)  # an engine stuck in a device call must not keep an orphan alive
 
     def _on_submit(self, rid: str, request) -> None:
         text = getattr(request, "text", None)
@@ -220,6 +226,12 @@ class EngineChild:
             fwd.started = h.is_started  # else it ended in the queue: its end follows
             if fwd.started:
                 events.append(("started", rid, h.summary().prompt_tokens))
+        if fwd.sent - fwd.acked >= BACKPRESSURE_CHUNKS:  # the front's reader is behind (e.g. a stuck socket)
+            h.watch(self.waiter)  # the engine may end it meanwhile (a stall): the front counts it out then
+            if h.done() and not fwd.finished:
+                fwd.finished = True
+                events.append(("finished", rid))
+            return False
         while fwd.sent - fwd.acked < BACKPRESSURE_CHUNKS:
             if not self.ring.has_room(self.head):
                 return True

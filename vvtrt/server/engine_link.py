@@ -36,6 +36,7 @@ class EngineLink:
         self._replies: dict[int, Future] = {}
         self._tokens = iter(range(1, 1 << 62))
         self._stopping = False
+        self._aborted = False
 
     def start(self) -> None:
         """Spawn the engine process and wait until its engine takes requests; raises its start-up error."""
@@ -63,6 +64,9 @@ class EngineLink:
     def _first_message(self):
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.conn.poll(1.0):
+            if self._aborted:
+                self.kill()
+                return ("failed", "the engine process was stopped during start-up")
             if not self.proc.is_alive():
                 return ("failed", f"the engine process exited during start-up ({describe_exit(self.proc.exitcode)})")
             if time.monotonic() > deadline:
@@ -175,6 +179,11 @@ class EngineLink:
         if self.conn is not None:
             self.stopped.wait(5.0)  # the reader has seen the end of the pipe
             self.conn.close()
+
+    def abort(self) -> None:
+        """End a process that is starting (`start` raises): the server shuts down meanwhile."""
+        self._aborted = True
+        self.kill()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.is_alive():

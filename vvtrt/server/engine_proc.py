@@ -55,6 +55,7 @@ class ProcessSource:
         self.arrived = asyncio.Event()
         self.unacked = 0
         self.text = None  # the request's text while it still arrives
+        self.engine_done = False  # the engine ended it; its last chunks and end wait for the reader
 
     def push(self, events) -> None:
         self.events.extend(events)
@@ -97,6 +98,9 @@ class ProcessEngine:
         self._started = self._stopping = False
         self._lost_since: float | None = None
         self._failed_starts = 0
+        self._link_lock = threading.Lock()  # `stop` against a restart: no new engine process once stopping
+        self._starting = None               # the link whose process is starting
+        self._poll_thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @property
@@ -114,13 +118,25 @@ class ProcessEngine:
             self.ring.close()
             raise
         self._started = True
-        threading.Thread(target=self._poll_forever, name="vvtrt-engine-poll", daemon=True).start()
+        self._poll_thread = threading.Thread(target=self._poll_forever, name="vvtrt-engine-poll", daemon=True)
+        self._poll_thread.start()
 
     def _start_link(self) -> None:
         from vvtrt.server.engine_link import EngineLink
 
         link = EngineLink(self.config, self.ring, self._on_events, self._on_status, self._on_lost)
-        link.start()
+        with self._link_lock:
+            if self._stopping:
+                raise EngineNotReady("the server is shutting down")
+            self._starting = link
+        try:
+            link.start()  # `stop` meanwhile kills its process: then this raises
+        finally:
+            with self._link_lock:
+                self._starting, stopping = None, self._stopping
+        if stopping:  # `stop` ran while it started: it must not outlive the server
+            link.stop(0.0)
+            raise EngineNotReady("the server is shutting down")
         self.link, self.startup, self.facts = link, link.info.get("startup"), link.info.get("facts") or {}
         self._child_healthy, self._stats = True, {}
         link.send(("status",))
@@ -136,7 +152,12 @@ class ProcessEngine:
 
         from vvtrt.server.engine_link import describe_exit
 
-        self._stopping = True
+        with self._link_lock:
+            self._stopping, starting = True, self._starting
+        if starting is not None:  # a new engine process is starting (a restart): it is not wanted any more
+            starting.abort()
+        if self._poll_thread is not None and self._poll_thread is not threading.current_thread():
+            self._poll_thread.join(60.0)  # no restart runs once the shared memory goes
         if self.link is not None:
             self.link.stop(grace_s)
             log.info("the engine process (pid %s) ended (%s)", self.link.pid, describe_exit(self.link.proc.exitcode))
@@ -193,8 +214,10 @@ class ProcessEngine:
             self.link.send(("ack", acks))
 
     def in_flight(self) -> int:
+        """Requests queued or running in the engine: released when one ends there, whoever still holds
+        its socket."""
         with self._lock:
-            return len(self._sources)
+            return sum(1 for s in self._sources.values() if not s.engine_done)
 
     def encode_voice(self, wav):
         if self.link is None:
@@ -216,7 +239,9 @@ class ProcessEngine:
         with self._lock:
             for rid, event in batch:
                 source = self._sources.get(rid)
-                if source is not None:  # else: cancelled here meanwhile
+                if source is not None and event[0] == "finished":
+                    source.engine_done = True
+                elif source is not None:  # else: cancelled here meanwhile
                     by_loop.setdefault(source.loop, {}).setdefault(source, []).append(event)
         for loop, items in by_loop.items():
             _deliver_threadsafe(loop, items)
@@ -267,6 +292,8 @@ class ProcessEngine:
             self._start_link()
             self._failed_starts = 0
         except Exception as exc:
+            if self._stopping:
+                return
             self._failed_starts += 1
             self._lost_since = time.monotonic()
             if self._failed_starts >= MAX_FAILED_STARTS:

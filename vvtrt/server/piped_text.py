@@ -78,11 +78,45 @@ def with_piped_text(request):
 
 def forward_text(text, send, rid: str, loop) -> None:
     """Send the pieces of `text` for request `rid` as they arrive (`send(msg)` -> False once the engine
-    process is gone): an async iterable from a task on `loop`, any other from a thread."""
-    if hasattr(text, "__aiter__"):
+    process is gone): a `TextInput` (`follow` / `poll`) as its producer pushes them, on that thread; an
+    async iterable from a task on `loop`; any other from a thread."""
+    if hasattr(text, "follow") and hasattr(text, "poll"):
+        _Relay(text, send, rid).start()
+    elif hasattr(text, "__aiter__"):
         loop.create_task(_forward_async(text, send, rid))
     else:
         threading.Thread(target=_forward, args=(text, send, rid), name="vvtrt-text", daemon=True).start()
+
+
+class _Relay:
+    """Sends a followed text's pieces as they are pushed (no thread waits on a text that is still open)."""
+
+    def __init__(self, text, send, rid: str):
+        self.text, self.send, self.rid = text, send, rid
+        self.lock = threading.Lock()  # pieces leave in the order they were queued
+        self.done = False
+
+    def start(self) -> None:
+        self.text.follow(self.relay)
+        self.relay()  # what was pushed before
+
+    def relay(self) -> None:
+        with self.lock:
+            while not self.done:
+                try:
+                    piece = self.text.poll()
+                except StopIteration:
+                    self._end(None)
+                except Exception as exc:  # noqa: BLE001 - the producer's failure ends its request
+                    self._end(f"{type(exc).__name__}: {exc}")
+                else:
+                    if piece is None:
+                        return
+                    self.done = not self.send(("text", self.rid, piece))
+
+    def _end(self, error: str | None) -> None:
+        self.done = True
+        self.send(("text_end", self.rid, error))
 
 
 def _forward(text, send, rid: str) -> None:
