@@ -2,6 +2,7 @@
 CPU) as a subprocess for the server and browser tests."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -180,3 +181,27 @@ def assert_sigterm_drains(srv: ServerProc, body: dict, frames: int) -> None:
         got += sum(len(b) for b in chunks)
     assert got == frames * FRAME_BYTES
     assert srv.proc.wait(180) == 0, srv.log()[-3000:]
+
+
+async def ws_session(url: str, first=(), after_audio=()):
+    """(binary frames, log events, close code) of one WebSocket session: `first` sent at once, `after_audio`
+    only once the first binary frame came back (the request is running in the engine then)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    got = []
+    async with connect(url, max_size=None) as ws:
+        for m in first:
+            await ws.send(m)
+        if after_audio:
+            while not got or not isinstance(got[-1], bytes):
+                got.append(await ws.recv())
+            for m in after_audio:
+                await ws.send(m)
+        try:
+            async for m in ws:
+                got.append(m)
+        except ConnectionClosed:
+            pass
+        code = ws.close_code
+    return [m for m in got if isinstance(m, bytes)], [json.loads(m) for m in got if isinstance(m, str)], code

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from realtime_fixtures import one_torch_thread, three_slot_runner, three_voices  # noqa: F401 - a fixture
-from server_fixtures import start_server, wait_until
+from server_fixtures import start_server, wait_until, ws_session
 
 TEXTS = ("Hello there, this is a test of streaming speech.", "Short one.", "Another voice speaks here, slowly!",
          "A fourth request waits for a free slot.")
@@ -244,28 +244,7 @@ def test_probes_voices_models_metrics(server):
     assert 'vvtrt_requests_total{outcome="max_frames"}' in httpx.get(server.url + "/metrics").text
 
 
-async def _ws(url: str, first=(), after_audio=()):
-    """(binary frames, log events, close code) of one session: `first` sent at once, `after_audio` only
-    once the first binary frame came back."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
-
-    got = []
-    async with connect(url, max_size=None) as ws:
-        for m in first:
-            await ws.send(m)
-        if after_audio:
-            while not got or not isinstance(got[-1], bytes):
-                got.append(await ws.recv())
-            for m in after_audio:
-                await ws.send(m)
-        try:
-            async for m in ws:
-                got.append(m)
-        except ConnectionClosed:
-            pass
-        code = ws.close_code
-    return [m for m in got if isinstance(m, bytes)], [json.loads(m) for m in got if isinstance(m, str)], code
+_ws = ws_session
 
 
 def _run(coro):

@@ -11,7 +11,7 @@ import threading
 import httpx
 import pytest
 
-from server_fixtures import FRAME_BYTES, ONE_THREAD, SPEECH, HeldStream, start_server
+from server_fixtures import FRAME_BYTES, ONE_THREAD, SPEECH, HeldStream, start_server, ws_session
 
 PIECES = ["Hello th", "ere, this is", json.dumps({"type": "text", "text": " a test of streaming"}), " speech.",
           json.dumps({"type": "end"})]
@@ -57,26 +57,9 @@ def _speech(srv, frames: int, **extra) -> httpx.Response:
 
 
 async def _ws(url: str, first=(), after_audio=()):
-    """(audio bytes, log events, close code) of one WS session: `first` sent at once, `after_audio` once the
-    first binary frame came back (the request is running in the engine then)."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
-
-    got = []
-    async with connect(url, max_size=None) as ws:
-        for m in first:
-            await ws.send(m)
-        while after_audio and not any(isinstance(m, bytes) for m in got):
-            got.append(await ws.recv())
-        for m in after_audio:
-            await ws.send(m)
-        try:
-            async for m in ws:
-                got.append(m)
-        except ConnectionClosed:
-            pass
-        code = ws.close_code
-    return b"".join(m for m in got if isinstance(m, bytes)), [json.loads(m) for m in got if isinstance(m, str)], code
+    """(audio bytes, log events, close code) of one WS session (`ws_session`)."""
+    frames, events, code = await ws_session(url, first, after_audio)
+    return b"".join(frames), events, code
 
 
 def _text_mode(srv, frames: int):
