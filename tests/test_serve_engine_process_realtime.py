@@ -102,13 +102,14 @@ def test_bad_text_is_refused_while_another_stream_completes(eproc_rt):
     assert httpx.get(eproc_rt.url + "/ready").status_code == 200
 
 
-def test_piped_text_carries_pieces_then_its_end():
-    from vvtrt.server.piped_text import PipedText, live_text
+def test_a_text_input_reaches_the_engine_process_empty_and_open_then_carries_pieces_and_its_end():
+    from vvtrt.errors import InputError
+    from vvtrt.realtime.engine import TextInput
 
-    text = PipedText()
+    text = TextInput()
     text.push("gone")
     far = pickle.loads(pickle.dumps(text))  # what the engine process gets: empty, open
-    assert not far.closed and live_text(type("R", (), {"text": far})()) is None
+    assert type(far) is TextInput and not far.closed
     got = []
     reader = threading.Thread(target=lambda: got.extend(far))
     reader.start()
@@ -117,9 +118,9 @@ def test_piped_text_carries_pieces_then_its_end():
     far.close()
     reader.join(10)
     assert got == ["a", "b"] and not far.push("late")
-    failed = PipedText()
-    failed.close("ValueError: the producer broke")
-    with pytest.raises(ValueError, match="producer broke"):
+    failed = TextInput()
+    failed.close(InputError("ValueError: the producer broke"))
+    with pytest.raises(InputError, match="producer broke"):
         next(failed)
 
 
@@ -131,7 +132,7 @@ def test_a_text_input_is_forwarded_as_pushed_without_a_thread_of_its_own():
     text, sent = TextInput(), []
     text.push("early ")
     before = threading.active_count()
-    forward_text(text, lambda msg: sent.append(msg) or True, "r1", loop=None)
+    forward_text(text, lambda msg: sent.append(msg) or True, "r1")
     assert threading.active_count() == before and sent == [("text", "r1", "early ")]
     text.push("late")
     text.close()

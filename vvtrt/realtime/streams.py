@@ -48,6 +48,11 @@ class PieceSource:
         self.wake = wake or threading.Event()
         self._on_change = None
 
+    def __reduce__(self):
+        """Pickles to a fresh, open, empty text of its class (a request sent to another process: its
+        pieces follow as messages)."""
+        return (type(self), ())
+
     def push(self, piece) -> None:
         with self._lock:
             self._q.append(piece)

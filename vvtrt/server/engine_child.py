@@ -36,9 +36,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from vvtrt.errors import VvtrtError
+from vvtrt.errors import InputError, VvtrtError
 from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, request_on_device
-from vvtrt.server.piped_text import PipedText
 
 log = logging.getLogger(__name__)
 IDLE_S = 0.5          # the pump's longest sleep
@@ -68,7 +67,7 @@ class _Forward:
     acked: int = 0
     started: bool = False
     finished: bool = False          # ("finished", rid) was sent
-    text: PipedText | None = None  # the request's text while it still arrives
+    text: object = None  # the request's text while it still arrives (`push` / `close`)
 
 
 class EngineChild:
@@ -116,7 +115,7 @@ class EngineChild:
 
     def _on_submit(self, rid: str, request) -> None:
         text = getattr(request, "text", None)
-        text = text if isinstance(text, PipedText) else None
+        text = text if hasattr(text, "push") and hasattr(text, "close") else None  # its pieces follow
         try:
             handle = self.engine.submit(request_on_device(request, self.device))
         except Exception as exc:  # the front raises it at admission: 429, 400, 503...
@@ -144,7 +143,7 @@ class EngineChild:
     def _on_text_end(self, rid: str, error: str | None) -> None:
         fwd = self.forwards.get(rid)
         if fwd is not None and fwd.text is not None:
-            fwd.text.close(error)
+            fwd.text.close(InputError(error) if error else None)
 
     def _on_ack(self, acks: dict) -> None:
         with self.lock:

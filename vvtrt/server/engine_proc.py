@@ -24,7 +24,7 @@ import threading
 import time
 
 from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, EngineLost, EventHandle
-from vvtrt.server.piped_text import end_text, forward_text, live_text, with_piped_text
+from vvtrt.server.piped_text import end_text, forward_text, live_text
 from vvtrt.serving.api import EngineNotReady, EngineStats
 
 log = logging.getLogger(__name__)
@@ -181,12 +181,11 @@ class ProcessEngine:
             self._sources[rid] = source
         handle = EventHandle(rid, source, self._release, where=WHERE)
         text = live_text(request)  # text still arriving (the Realtime WS text mode): its pieces follow
-        if text is not None:
-            source.text, request = text, with_piped_text(request)
+        source.text = text  # pickled, the request takes an empty, open copy of it to the engine process
         if not link.send(("submit", rid, dataclasses.replace(request, request_id=rid))):
             source.push([("lost", f"{WHERE} ended before it got request {rid}")])
         elif text is not None:
-            forward_text(text, link.send, rid, loop)
+            forward_text(text, link.send, rid)
         return handle
 
     def _release(self, handle) -> None:
