@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 
 from vvtrt.errors import InputError, VvtrtError
-from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, request_on_device
+from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, request_on_device, start_error_line
 
 log = logging.getLogger(__name__)
 IDLE_S = 0.5          # the pump's longest sleep
@@ -276,11 +276,11 @@ def child_main(config, conn, ring_spec) -> None:
     ring = ChunkRing.attach(ring_spec)
     try:
         kind = kinds.get(Workdir.open(config.workdir).kind)
-        engine = kind.load("build_engine")(config)  # as `serve.build_engine`
+        engine = kind.load("build_engine")(config)  # as `serve.build_engine` (which imports this module's users)
         engine.start()
         facts = kind.load("service_class").engine_facts(engine)
     except Exception as exc:  # the front reports it as the server's start-up error
-        conn.send_bytes(dumps(("failed", str(exc) if isinstance(exc, VvtrtError) else f"{type(exc).__name__}: {exc}")))
+        conn.send_bytes(dumps(("failed", start_error_line(exc))))
         return
     child = EngineChild(engine, conn, ring, config.device)
     child.send(("ready", {"pid": os.getpid(), "startup": getattr(engine, "startup", None), "facts": facts}))

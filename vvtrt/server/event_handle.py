@@ -40,6 +40,12 @@ def error_of(type_name: str | None, message: str):
     return cls(message)
 
 
+def start_error_line(exc: BaseException) -> str:
+    """An engine's start-up failure as the one line the front reports: a `VvtrtError`'s own message, any
+    other error with its type."""
+    return str(exc) if isinstance(exc, VvtrtError) else f"{type(exc).__name__}: {exc}"
+
+
 def request_on_device(request, device):
     """`request` with its encoded voices on the engine's `device` (the front holds them on the CPU)."""
     import dataclasses

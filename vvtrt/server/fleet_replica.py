@@ -23,7 +23,7 @@ import time
 import ray
 
 from vvtrt.errors import VvtrtError
-from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, request_on_device
+from vvtrt.server.event_handle import BACKPRESSURE_CHUNKS, request_on_device, start_error_line
 from vvtrt.server.metrics import ServerMetrics, outcome_label
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class ReplicaServer:
             self.engine = build_engine(config)
             self.engine.start()
         except Exception as exc:  # reported by ready(): the front refuses to start with this line
-            self.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VvtrtError) else str(exc)
+            self.error = start_error_line(exc)
             log.error("replica %s failed to start: %s", name, self.error)
             return
         threading.Thread(target=self._sample_forever, name="vvtrt-replica-metrics", daemon=True).start()
