@@ -71,3 +71,55 @@ def test_realtime_tts_decode_fast_path_matches_the_exported_path():
         want, got = ref(emb, pk, pv, torch.tensor(lens)), fast(emb, pk, pv, torch.tensor(lens))
     for name, a, b in zip(("hidden", "eos_logit", "new_k", "new_v"), want, got):
         assert error_stats(b, a).rel_l2 < 1e-5, name
+
+
+def test_rows_decode_matches_sdpa_on_views_of_a_larger_cache(tiny_lm, monkeypatch):
+    """The "rows" kernel (each row at its own cache length) on the CPU, where its custom op runs the
+    variable-length sequences in plain torch: the same layout arithmetic as on CUDA. The cache is a view of the
+    engine's shape (rows from an offset, a shorter KV bucket than the buffer), huge values past cache_len."""
+    monkeypatch.setenv("VVTRT_DECODE_KERNEL", "rows")
+    info, ref, fast = tiny_lm
+    g = torch.Generator().manual_seed(2)
+    lens = [0, 1, 40, 95, 96, 7]
+    pk, pv = _poisoned_cache(info.layers, info.kv_heads, info.head_dim, 160, [0, 0] + lens, g)
+    pk, pv = pk[:, 2:, :, :96], pv[:, 2:, :, :96]  # rows 2.. and the first 96 of 160 slots: not contiguous
+    emb = torch.randn(len(lens), 1, info.hidden, generator=g)
+    cache_len = torch.tensor(lens)
+    with torch.inference_mode():
+        want, got = ref(emb, pk.contiguous(), pv.contiguous(), cache_len), fast(emb, pk, pv, cache_len)
+    for name, a, b in zip(("hidden", "logits", "new_k", "new_v"), want, got):
+        assert error_stats(b, a).rel_l2 < 1e-5, name
+
+
+def test_rows_attention_op_reports_empty_rows_and_traces_whole():
+    """An empty row: zero output and -inf log-sum-exp (the merge then takes the new token alone); under
+    torch.compile the op stays one opaque call (its fake implementation gives the shapes)."""
+    from vvtrt.components.rows_attention import cache_rows_attention
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(3, 4, 1, 8, generator=g)
+    pk, pv = torch.randn(3, 2, 16, 8, generator=g), torch.randn(3, 2, 16, 8, generator=g)
+    lens = torch.tensor([0, 16, 5])
+    out, lse = cache_rows_attention(q, pk, pv, lens, 0.35)
+    assert out.shape == (3, 4, 8) and lse.shape == (3, 4)
+    assert torch.equal(out[0], torch.zeros(4, 8)) and torch.isneginf(lse[0]).all() and torch.isfinite(lse[1:]).all()
+    compiled = torch.compile(lambda *a: cache_rows_attention(*a, 0.35), backend="eager", fullgraph=True)
+    out2, lse2 = compiled(q, pk, pv, lens)
+    assert torch.equal(out2, out) and torch.equal(lse2, lse)
+
+
+def test_rows_attention_bench_smoke_run_on_the_cpu(tmp_path):
+    """The kernels' benchmark runs end to end on the CPU (a smoke run, marked as not a performance figure)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rows_attention_bench.py"
+    spec = importlib.util.spec_from_file_location("rows_attention_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "rows.json"
+    assert bench.main([str(out), "--device", "cpu", "--streams", "2", "--bucket", "256", "--iters", "1"]) == 0
+    result = json.loads(out.read_text())
+    assert "not a performance figure" in result["note"]
+    assert {(r["mix"], r["kernel"]) for r in result["rows"]} >= {("mixed", "gemm"), ("mixed", "rows")}

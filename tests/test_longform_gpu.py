@@ -1,7 +1,8 @@
-"""Long-form decode on CUDA (marked gpu): both compiled decode kernels (`vvtrt.components.lm.decode_kernel`:
-"gemm", GQA-folded matmuls over the bucket, and "flex", FlexAttention over a block-sparse mask built from
-cache_len) against the SDPA path, masking every slot past a row's cache_len (flex: not even reading those
-blocks), and replayed from one CUDA graph for other cache lengths."""
+"""Long-form decode on CUDA (marked gpu): the compiled decode kernels (`vvtrt.components.lm.decode_kernel`:
+"gemm", GQA-folded matmuls over the bucket, "flex", FlexAttention over a block-sparse mask built from
+cache_len, and "rows", FlashAttention's variable-length kernel at each row's own length) against the SDPA path,
+masking every slot past a row's cache_len (flex: not even reading those blocks; rows: not reading one slot past
+it), and replayed from one CUDA graph for other cache lengths."""
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,7 @@ S = 4096
 LENS = [0, 1, 127, 128, 129, 1000, 4095, 4096]
 
 
-@pytest.fixture(scope="module", params=["gemm", "flex"])
+@pytest.fixture(scope="module", params=["gemm", "flex", "rows"])
 def modules(request):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VVTRT_DECODE_KERNEL", request.param)  # read when torch.compile traces (first call)
@@ -45,14 +46,15 @@ def _inputs(info, lens, seed=0):
 
 
 def _poison_unread_blocks(pk, pv, lens, block, kernel):
-    """flex: NaN in every KV block wholly past a row's cache_len (beyond the block it ends in): a kernel that
-    read them would turn its output NaN (0 * NaN), whatever its mask. gemm reads the whole bucket: huge finite
-    values in every slot past cache_len, which change the output unless they are masked."""
+    """flex: NaN in every KV block wholly past a row's cache_len (beyond the block it ends in); rows: NaN in
+    every slot past it. A kernel that read them would turn its output NaN (0 * NaN), whatever its mask. gemm
+    reads the whole bucket: huge finite values in every slot past cache_len, which change the output unless
+    they are masked."""
     pk, pv = pk.clone(), pv.clone()
     for row, n in enumerate(lens):
         start = -(-n // block) * block if kernel == "flex" else n
-        pk[:, row, :, start:] = float("nan") if kernel == "flex" else 3e4
-        pv[:, row, :, start:] = float("nan") if kernel == "flex" else -3e4
+        pk[:, row, :, start:] = 3e4 if kernel == "gemm" else float("nan")
+        pv[:, row, :, start:] = -3e4 if kernel == "gemm" else float("nan")
     return pk, pv
 
 
@@ -116,3 +118,27 @@ def test_chunked_prefill_on_cuda_matches_the_whole_prompt(modules):
     assert error_stats(got_k, k).rel_l2 < 5e-5 and error_stats(got_v, v).rel_l2 < 5e-5
     again_k, _ = prefill(e)  # the first chunk replays its graph
     assert torch.equal(again_k, got_k)
+
+
+def test_rows_attention_on_cuda_equals_its_cpu_sequences():
+    """FlashAttention's variable-length kernel (the "rows" op on CUDA) against the same op on the CPU (each
+    (row, KV head) sequence in plain torch), on a view of a larger cache: rows from an offset, a KV bucket
+    shorter than the buffer, empty and full rows, NaN past every row's length."""
+    from vvtrt.components.rows_attention import cache_rows_attention
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    lens = [0, 1, 127, 1000, 2048, 5]
+    buf_k = torch.randn(len(lens) + 3, 2, 4096, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+    buf_v = torch.randn(buf_k.shape, generator=g, device="cuda", dtype=torch.bfloat16)
+    for row, n in enumerate(lens):
+        buf_k[row + 3, :, n:], buf_v[row + 3, :, n:] = float("nan"), float("nan")
+    pk, pv = buf_k[3:, :, :2048], buf_v[3:, :, :2048]
+    q = torch.randn(len(lens), 12, 1, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+    cache_len = torch.tensor(lens, device="cuda")
+    with torch.inference_mode():
+        out, lse = cache_rows_attention(q, pk, pv, cache_len, 128 ** -0.5)
+        ref_out, ref_lse = cache_rows_attention(q.cpu(), pk.cpu(), pv.cpu(), cache_len.cpu(), 128 ** -0.5)
+    assert torch.isfinite(out).all() and torch.equal(torch.isneginf(lse.cpu()), torch.isneginf(ref_lse))
+    assert error_stats(out.float().cpu(), ref_out.float()).rel_l2 < 1e-2
+    live = torch.isfinite(ref_lse)
+    assert (lse.cpu()[live] - ref_lse[live]).abs().max() < 1e-2

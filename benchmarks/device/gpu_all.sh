@@ -230,6 +230,25 @@ eprocgpu() {  # the --engine-process GPU tests (tiny long-form and tiny-realtime
   python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_serve_engine_process.py \
       tests/test_serve_engine_process_realtime.py --junitxml="$RUN/results/eprocgpu.xml" -p no:cacheprovider
 }
+rows() {  # decode attention at each row's own length ("rows": FlashAttention variable-length) against the bucket
+  # ("gemm"), one layer of 1.5B shapes, short/mixed/long rows at 64/128/256 streams; then the decode kernels'
+  # GPU tests (each kernel against SDPA, past-length slots poisoned, CUDA graph replay; rows against its CPU path)
+  local rc=0
+  python3 benchmarks/rows_attention_bench.py "$RUN/results/rows_attention.json" || rc=1
+  python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_longform_gpu.py --junitxml="$RUN/results/rows_tests.xml" \
+      -p no:cacheprovider || rc=1
+  return $rc
+}
+srvrows() {  # compiled serving, held 1.5B streams of mixed prompt lengths (one in three of 3000 words, KV up to
+  # 8192): the decode kernel at each row's own length ("rows") against the bucket ("gemm"), same GPU, same call
+  local k
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  for k in rows gemm; do
+    VVTRT_DECODE_KERNEL=$k $VV bench-serving -w "$RUN/wd15" --device cuda --backend torch-compile --mode concurrency \
+        --levels ${SRVMIX_LEVELS:-128} --prompt-words 8,48,3000 --requests ${SRVMIX_REQUESTS:-256} --frames 64 \
+        --max-streams 128 --max-context 8192 --out "$RUN/results/serving_1.5b_mix_compiled_$k"
+  done
+}
 dcost() {  # where long-context decode time goes: lm_decode by KV bucket and valid length, attention kernels
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/decode_cost.py "$RUN/wd15" "$RUN/results/decode_cost_1.5b.json" ${DCOST_ARGS:-}
@@ -421,7 +440,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

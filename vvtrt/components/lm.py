@@ -18,16 +18,18 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from vvtrt.components.fused_linear import FusedLinear, swiglu
 from vvtrt.components.info import ModelInfo
+from vvtrt.components.rows_attention import merge_new_token
 
 KV_BLOCK = 128  # FlexAttention's KV block: the decode kernel reads the cache in blocks of this many slots
-DECODE_KERNELS = ("gemm", "flex")
+DECODE_KERNELS = ("gemm", "flex", "rows")
 
 
 def decode_kernel() -> str:
     """The attention of compiled CUDA decode steps (`LMDecode.fast`): "gemm" (GQA-folded batched matmuls over
-    the bucket) or "flex" (FlexAttention split-KV over the listed blocks). On an H100 (`e7a0d21`,
-    benchmarks/decode_cost.py) flex took 1.31 ms per layer at a 64k context against 0.28 ms for SDPA over the
-    whole bucket; VVTRT_DECODE_KERNEL picks one for comparisons."""
+    the bucket), "flex" (FlexAttention split-KV over the listed blocks) or "rows" (FlashAttention's
+    variable-length kernel over each row's own cache length, `vvtrt.components.rows_attention`). On an H100
+    (`e7a0d21`, benchmarks/decode_cost.py) flex took 1.31 ms per layer at a 64k context against 0.28 ms for
+    SDPA over the whole bucket; VVTRT_DECODE_KERNEL picks one for comparisons."""
     name = os.environ.get("VVTRT_DECODE_KERNEL", "gemm")
     if name not in DECODE_KERNELS:
         raise ValueError(f"VVTRT_DECODE_KERNEL must be one of {', '.join(DECODE_KERNELS)}, got {name!r}")
@@ -163,6 +165,8 @@ class LMDecode(_LMCore):
             q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
             if fast == "gemm":
                 x = x + self._attend_gemm(layer, q, past_k[i], past_v[i], k, v, valid)
+            elif fast == "rows":
+                x = x + self._attend_cache_rows(layer, q, past_k[i], past_v[i], k, v, cache_len)
             elif fast:
                 x = x + self._attend_split(layer, q, past_k[i], past_v[i], k, v, blocks)
             else:
@@ -217,7 +221,6 @@ class LMDecode(_LMCore):
         merged in fp32 with the new token's own score through the log-sum-exps."""
         from torch.nn.attention import flex_attention as fa
 
-        b, hq, _, d = q.shape
         if hasattr(fa, "AuxRequest"):  # torch >= 2.9
             out, aux = fa.flex_attention(q, past_k, past_v, block_mask=blocks, scale=self.scale, enable_gqa=True,
                                          return_aux=fa.AuxRequest(lse=True))
@@ -226,15 +229,16 @@ class LMDecode(_LMCore):
             out, lse = fa.flex_attention(q, past_k, past_v, block_mask=blocks, scale=self.scale, enable_gqa=True,
                                          return_lse=True)
         # out [B, Hq, 1, D]; lse [B, Hq, 1] fp32 (-inf for a row with an empty cache)
-        k_self = k.repeat_interleave(self.groups, dim=1).float()  # [B, Hq, 1, D]: 1 token, tiny
-        v_self = v.repeat_interleave(self.groups, dim=1).float()
-        s_self = (q.float() * k_self).sum(-1) * self.scale  # [B, Hq, 1]
-        m = torch.maximum(lse, s_self)
-        w_past = torch.exp(lse - m)  # 0 for a row with an empty cache (lse = -inf)
-        w_self = torch.exp(s_self - m)
-        past = torch.where(w_past[..., None] > 0, out.float() * w_past[..., None], 0.0)
-        merged = (past + v_self * w_self[..., None]) / (w_past + w_self)[..., None]
-        return layer.self_attn.o_proj(merged.to(q.dtype).transpose(1, 2).reshape(b, 1, hq * d))
+        merged = merge_new_token(out[:, :, 0], lse[:, :, 0], q, k, v, self.scale, self.groups)
+        return layer.self_attn.o_proj(merged)
+
+    def _attend_cache_rows(self, layer, q, past_k, past_v, k, v, cache_len):
+        """softmax over [cache slots < cache_len ; new token]: the cache part by FlashAttention at each row's
+        own length, merged in fp32 with the new token's own score through the log-sum-exps."""
+        from vvtrt.components.rows_attention import cache_rows_attention
+
+        out, lse = cache_rows_attention(q, past_k, past_v, cache_len, self.scale)
+        return layer.self_attn.o_proj(merge_new_token(out, lse, q, k, v, self.scale, self.groups))
 
 
 class TokenEmbed(nn.Module):

@@ -1,0 +1,88 @@
+"""Decode attention at each row's own length: one query token per row against the row's first `cache_len` cache
+slots, read through FlashAttention's variable-length kernel with `seqused_k`, so a step of short and long rows
+costs what their contexts cost, not rows x the bucket (the "rows" kernel of `vvtrt.components.lm`).
+
+The cache is `[B, Hkv, S, D]` per layer, a view of a larger `[rows, Hkv, S_max, D]` buffer (the serving
+engine's KV bucket). Every (row, KV head) pair is one sequence of the variable-length batch, with its G query
+heads as G query tokens (GQA without repeating K/V): the keys are the cache's own memory seen as one head of
+`(row * Hkv + head) * S_max + slot` tokens, with sequence starts `j * S_max` and used lengths `cache_len`, so
+nothing is copied. Exposed as the custom op `vvtrt::cache_rows_attention` so `torch.compile` keeps it whole;
+on a device without FlashAttention (the CPU) the op runs the same sequences one by one in plain torch, which
+is what the CPU tests check the layout arithmetic with.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _flat(cache: torch.Tensor, s: int) -> tuple[torch.Tensor, int]:
+    """`cache [B, Hkv, S, D]` as `[tokens, 1, D]` over its own memory (no copy) and S_max, the slots between
+    one (row, head) sequence's start and the next."""
+    b, hkv, _, d = cache.shape
+    if cache.stride(3) != 1 or cache.stride(2) != d or cache.stride(0) != hkv * cache.stride(1):
+        cache = cache.contiguous()
+    smax = cache.stride(1) // d
+    return cache.as_strided(((b * hkv - 1) * smax + s, 1, d), (d, d, 1)), smax
+
+
+def _varlen_torch(q, k, v, cu_q, cu_k, used, scale):
+    """The variable-length kernel's arithmetic in plain torch, one sequence at a time (devices without it)."""
+    out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.full((q.shape[0],), float("inf"), dtype=torch.float32, device=q.device)  # as the kernel: +inf
+    for j in range(cu_q.numel() - 1):
+        q0, q1, k0, n = int(cu_q[j]), int(cu_q[j + 1]), int(cu_k[j]), int(used[j])
+        if n == 0:
+            continue
+        scores = torch.matmul(q[q0:q1, 0].float(), k[k0:k0 + n, 0].float().T) * scale  # [G, n]
+        lse[q0:q1] = torch.logsumexp(scores, dim=-1)
+        out[q0:q1, 0] = torch.matmul(torch.softmax(scores, dim=-1), v[k0:k0 + n, 0].float()).to(q.dtype)
+    return out, lse
+
+
+def _varlen_flash(q, k, v, cu_q, cu_k, used, max_q, max_k, scale):
+    out, lse = torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, False, False,
+                                                        scale=scale, seqused_k=used)[:2]
+    return out, lse.reshape(-1)  # [H=1, total_q] or [seqs, 1, max_q]: both in (sequence, query) order
+
+
+@torch.library.custom_op("vvtrt::cache_rows_attention", mutates_args=())
+def cache_rows_attention(q: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, cache_len: torch.Tensor,
+                         scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`q [B, Hq, 1, D]` against each row's slots `< cache_len` of `past_k/past_v [B, Hkv, S, D]` -> `out
+    [B, Hq, D]` (zeros for an empty row) and `lse [B, Hq]` fp32 (-inf for an empty row)."""
+    b, hq, _, d = q.shape
+    hkv, s = past_k.shape[1], past_k.shape[2]
+    groups, seqs = hq // hkv, b * hkv
+    kf, smax = _flat(past_k, s)
+    vf, vmax = _flat(past_v, s)
+    if vmax != smax:  # K and V laid out differently: both packed (never in the engine's cache)
+        (kf, smax), (vf, _) = _flat(past_k.contiguous(), s), _flat(past_v.contiguous(), s)
+    qf = q.reshape(seqs * groups, 1, d).contiguous()  # (row, kv head, g): head h = kv_head * G + g
+    step = torch.arange(seqs + 1, device=q.device, dtype=torch.int32)
+    used = cache_len.clamp(0, s).to(torch.int32).repeat_interleave(hkv)
+    if q.is_cuda:
+        out, lse = _varlen_flash(qf, kf, vf, step * groups, step * smax, used, groups, s, scale)
+    else:
+        out, lse = _varlen_torch(qf, kf, vf, step * groups, step * smax, used, scale)
+    lse = torch.where(used.repeat_interleave(groups) > 0, lse.float(), float("-inf"))
+    return out.reshape(b, hq, d), lse.reshape(b, hq)
+
+
+@cache_rows_attention.register_fake
+def _(q, past_k, past_v, cache_len, scale):
+    b, hq, _, d = q.shape
+    return q.new_empty(b, hq, d), q.new_empty(b, hq, dtype=torch.float32)
+
+
+def merge_new_token(out, lse, q, k, v, scale: float, groups: int):
+    """softmax over [cache part ; the row's new token] from the cache part's `out [B, Hq, D]` and `lse [B, Hq]`
+    (-inf: empty) and the new token's `k/v [B, Hkv, 1, D]`, exactly, in fp32 -> `[B, 1, Hq*D]`."""
+    b, hq, d = out.shape
+    k_self = k.repeat_interleave(groups, dim=1)[:, :, 0].float()  # [B, Hq, D]: one token, tiny
+    v_self = v.repeat_interleave(groups, dim=1)[:, :, 0].float()
+    s_self = (q[:, :, 0].float() * k_self).sum(-1) * scale  # [B, Hq]
+    m = torch.maximum(lse, s_self)  # finite: the new token is always there
+    w_past, w_self = torch.exp(lse - m), torch.exp(s_self - m)  # w_past 0 for an empty row
+    past = torch.where(w_past[..., None] > 0, out.float() * w_past[..., None], 0.0)
+    merged = (past + v_self * w_self[..., None]) / (w_past + w_self)[..., None]
+    return merged.to(q.dtype).reshape(b, 1, hq * d)
