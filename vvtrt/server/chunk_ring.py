@@ -2,9 +2,12 @@
 
 The engine process writes chunk number `seq` into slot `seq % slots` and passes only `(request id,
 index, seq, samples)` over its pipe; the front copies the samples out and then frees every slot up to
-it by advancing `tail` (one int64 at the head of the block), so no message ever carries audio. The
-engine writes a slot only while `seq - tail < slots`; the front frees slots in the order they were
-written (the engine process sends them in that order), whatever its readers do with the copies.
+it with a `("free", upto)` message on the same pipe, so no message ever carries audio and nothing but the
+pipe orders the two processes' accesses: the engine writes a slot only while `seq - freed < slots`, and
+learns of a freed slot only from a message the front sent after its copy was taken (a pipe's write and
+read order memory on every architecture, which a counter in the shared block would not). The front frees
+slots in the order they were written (the engine process sends them in that order), whatever its readers
+do with the copies.
 """
 from __future__ import annotations
 
@@ -16,29 +19,26 @@ from vvtrt.errors import VvtrtError
 
 log = logging.getLogger(__name__)
 SLOT_SAMPLES = 3200   # one model frame at 24 kHz
-HEADER_BYTES = 64
 
 
 class ChunkRing:
     def __init__(self, shm, slots: int, slot_samples: int, owner: bool):
         self.shm, self.slots, self.slot_samples, self.owner = shm, slots, slot_samples, owner
-        self._tail = np.ndarray((1,), dtype=np.int64, buffer=shm.buf[:8])
-        self._data = np.ndarray((slots, slot_samples), dtype=np.float32, buffer=shm.buf[HEADER_BYTES:])
+        self.freed = 0  # the engine process's: chunks before this one were copied out by the front
+        self._data = np.ndarray((slots, slot_samples), dtype=np.float32, buffer=shm.buf[:slots * slot_samples * 4])
 
     @classmethod
     def create(cls, slots: int, slot_samples: int = SLOT_SAMPLES) -> "ChunkRing":
         """A new ring (the front's; `unlink()` removes it)."""
         from multiprocessing import shared_memory
 
-        size = HEADER_BYTES + slots * slot_samples * 4
+        size = slots * slot_samples * 4
         try:
             shm = shared_memory.SharedMemory(create=True, size=size)
         except OSError as exc:
             raise VvtrtError(f"cannot create {size / 2**20:.0f} MiB of shared memory for the engine process's audio "
                              f"({exc.strerror}): give /dev/shm more room, or serve without --engine-process") from None
-        ring = cls(shm, slots, slot_samples, owner=True)
-        ring.reset()
-        return ring
+        return cls(shm, slots, slot_samples, owner=True)
 
     @classmethod
     def attach(cls, spec: tuple) -> "ChunkRing":
@@ -52,13 +52,9 @@ class ChunkRing:
     def spec(self) -> tuple:
         return (self.shm.name, self.slots, self.slot_samples)
 
-    def reset(self) -> None:
-        """Every slot free (before an engine process starts writing from seq 0)."""
-        self._tail[0] = 0
-
     # -- the engine process --------------------------------------------------------------------------
     def has_room(self, seq: int) -> bool:
-        return seq - int(self._tail[0]) < self.slots
+        return seq - self.freed < self.slots
 
     def fits(self, audio) -> bool:
         return audio.ndim == 1 and audio.shape[0] <= self.slot_samples
@@ -66,16 +62,16 @@ class ChunkRing:
     def write(self, seq: int, audio) -> None:
         self._data[seq % self.slots, :audio.shape[0]] = audio
 
+    def free(self, upto: int) -> None:
+        """The front's `("free", upto)`: every slot before chunk number `upto` may be written again."""
+        self.freed = max(self.freed, upto)
+
     # -- the front ----------------------------------------------------------------------------------
     def read(self, seq: int, samples: int) -> np.ndarray:
         return self._data[seq % self.slots, :samples].copy()
 
-    def release(self, upto: int) -> None:
-        """Free every slot before chunk number `upto`."""
-        self._tail[0] = upto
-
     def close(self) -> None:
-        self._tail = self._data = None  # the views go before the mapping
+        self._data = None  # the view goes before the mapping
         try:
             self.shm.close()
             if self.owner:

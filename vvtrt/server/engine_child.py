@@ -4,6 +4,7 @@ one pipe.
 
 Front -> engine (pickled tuples):
     ("submit", request_id, request)      ("cancel", request_id)      ("ack", {request_id: chunks read})
+    ("free", chunk number)               (the ring's slots before it were copied out)
     ("status",)                          ("encode", token, wav)      ("stop", grace_s)
     ("text", request_id, piece)          ("text_end", request_id, error | None)
                                          (a text still arriving: `vvtrt.server.piped_text`)
@@ -151,6 +152,10 @@ class EngineChild:
                 fwd = self.forwards.get(rid)
                 if fwd is not None:
                     fwd.acked += n
+        self.wake.set()
+
+    def _on_free(self, upto: int) -> None:
+        self.ring.free(upto)
         self.wake.set()
 
     def _on_status(self) -> None:

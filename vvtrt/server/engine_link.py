@@ -45,7 +45,6 @@ class EngineLink:
         from vvtrt.server.engine_child import child_main
 
         ctx = multiprocessing.get_context("spawn")
-        self.ring.reset()
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=child_main, args=(self.config, child_conn, self.ring.spec),
                                 name="vvtrt-engine", daemon=False)
@@ -146,7 +145,7 @@ class EngineLink:
             else:
                 out.append((rid, (kind, *ev[2:])))
         if last is not None:
-            self.ring.release(last + 1)
+            self.send(("free", last + 1))  # copied out: the engine process may write those slots again
         return out
 
     def _gone(self) -> None:
