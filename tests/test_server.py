@@ -187,3 +187,32 @@ def test_overload_is_429_and_disconnect_frees_the_slot(server, client):
     wait_until(lambda: client.get("/dashboard/data?seconds=2").json()["series"][-1]["active"] == 0, 30,
                "free slots")
     assert speech(client).status_code == 200
+
+
+def test_a_client_gone_while_queued_is_cancelled_when_its_turn_comes(server, client):
+    """A streamed request whose client closed its socket while queued: once a slot frees, the server finds no
+    one to send to before the first byte and cancels it there, instead of running it for nobody until the
+    stall timeout."""
+    import json
+    import socket
+
+    from server_fixtures import HeldStream
+
+    body = {"input": "Speaker 1: Hello there.", "frames": LONG, "stream": True}
+    held = [HeldStream(server.url, {**body, "frames": 60}) for _ in range(2)]  # both slots, until read
+    before = metric(client.get("/metrics").text, "vvtrt_requests_total", outcome="cancelled")
+    payload = json.dumps(body).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        wait_until(lambda: client.get("/dashboard/data?seconds=2").json()["series"][-1].get("queued") == 1, 60,
+                   "the request to queue")
+    for h in held:
+        h._go.set()  # read the rest: both slots free while the gone client's request waits
+    wait_until(lambda: metric(client.get("/metrics").text, "vvtrt_requests_total", outcome="cancelled")
+               >= before + 1, 20, "the gone client's request to be cancelled")
+    for h in held:
+        assert h.finish().error is None
+    wait_until(lambda: client.get("/dashboard/data?seconds=2").json()["series"][-1]["active"] == 0, 30,
+               "free slots")
