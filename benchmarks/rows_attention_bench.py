@@ -42,24 +42,15 @@ def row_lengths(streams: int, mix: str, bucket: int, g: torch.Generator) -> torc
 
 def timed_ms(fn, device, iters: int) -> float:
     """Mean time of `fn`: a CUDA graph replayed `iters` times on CUDA, plain calls elsewhere."""
-    for _ in range(2):
-        fn()
-    if device.type != "cuda":
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        return (time.perf_counter() - t0) * 1000 / iters
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    if device.type == "cuda":
+        from benchmarks.decode_cost import graph_ms
+
+        return graph_ms(fn, iters)
+    fn()
+    t0 = time.perf_counter()
     for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+        fn()
+    return (time.perf_counter() - t0) * 1000 / iters
 
 
 def kernels(q, k, v, cache_k, cache_v, lens, short_bucket):
