@@ -105,6 +105,12 @@ def three_slot_runner():
     return RealtimeRunner.from_preset("tiny-realtime", batch_buckets=(3,), kv_buckets=(256,), capacity=256)
 
 
+@pytest.fixture(scope="module")
+def rt():
+    """A module's `three_slot_runner()` (import it with the tests that take `rt`)."""
+    return three_slot_runner()
+
+
 def three_voices(model) -> list:
     """Three synthetic voices of different prompt lengths, named v0..v2."""
     from vvtrt.realtime.synthetic import make_voice

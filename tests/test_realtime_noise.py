@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from realtime_fixtures import one_torch_thread, three_slot_runner, three_voices  # noqa: F401 - a fixture
+from realtime_fixtures import one_torch_thread, rt, three_voices  # noqa: F401 - fixtures
 from vvtrt.errors import InputError
 
 TEXTS = ("Hello there, this is a test of streaming speech.", "Short one.", "Another voice speaks here, slowly!")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def rt():
-    return three_slot_runner()
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from realtime_fixtures import one_torch_thread, three_slot_runner, three_voices  # noqa: F401 - a fixture
+from realtime_fixtures import one_torch_thread, rt, three_voices  # noqa: F401 - fixtures
 from server_fixtures import start_server, wait_until, ws_session
 
 TEXTS = ("Hello there, this is a test of streaming speech.", "Short one.", "Another voice speaks here, slowly!",
          "A fourth request waits for a free slot.")
 FRAME_BYTES = 3200 * 2
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def rt():
-    return three_slot_runner()
 
 
 @pytest.fixture(scope="module")
