@@ -10,6 +10,7 @@ over a bucket just big enough for the short rows (what a step of short rows alon
 
     python benchmarks/rows_attention_bench.py OUT.json [--streams 64,128,256] [--bucket 8192] [--iters 50]
     python benchmarks/rows_attention_bench.py OUT.json --device cpu --streams 2 --bucket 256 --iters 1  # smoke
+    python benchmarks/rows_attention_bench.py --report OUT.json   # OUT.md (table) and OUT.png (plot) from it
 
 CPU figures are a smoke test of the script, never performance figures.
 """
@@ -20,6 +21,7 @@ import json
 import shlex
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -100,14 +102,53 @@ def bench(streams: int, mix: str, args, device) -> list[dict]:
     return out
 
 
+def write_report(path: Path) -> tuple[Path, Path]:
+    """A result file's table (Markdown) and plot (PNG, ms by streams, one panel per row mix), beside it."""
+    from vvtrt.reports.canvas import _colors, _figure, _save
+
+    result = json.loads(path.read_text())
+    rows = result["rows"]
+    lines = ["# Decode attention by kernel, one layer of 1.5B shapes", "",
+             f"{result['device']}, commit `{result['commit']}`; command: `{result['command']}`", "",
+             "| streams | rows | row mix | mean / max length | kernel | bucket | ms | vs gemm over the bucket |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = {(r["streams"], r["mix"]): r["ms"] for r in rows if r["kernel"] == "gemm"}
+    for r in rows:
+        ref = base.get((r["streams"], r["mix"]))
+        lines.append(f"| {r['streams']} | {r['rows']} | {r['mix']} | {r['mean_len']:.0f} / {r['max_len']} | "
+                     f"{r['kernel']} | {r['bucket']} | {r['ms']:.3f} | {ref / r['ms']:.1f}x |")
+    md = path.with_suffix(".md")
+    md.write_text("\n".join(lines) + "\n")
+    fig = _figure(10, 3.4)
+    kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+    for i, mix in enumerate(MIXES):
+        ax = fig.add_subplot(1, len(MIXES), i + 1)
+        for kernel, color in zip(kernels, _colors(len(kernels))):
+            pts = sorted((r["streams"], r["ms"]) for r in rows if r["mix"] == mix and r["kernel"] == kernel)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", color=color, label=kernel)
+        ax.set_title(f"{mix} rows")
+        ax.set_xlabel("streams (2 rows each)")
+        ax.set_ylabel("ms per layer" if i == 0 else "")
+        ax.grid(alpha=0.3)
+        if i == 0:  # the short mix has every kernel
+            ax.legend(fontsize=8)
+    fig.suptitle(f"Decode attention, one layer (bucket {rows[0]['bucket']}), {result['device']}", fontsize=10)
+    return md, _save(fig, path.with_suffix(".png"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
+    ap.add_argument("--report", action="store_true", help="write OUT's table and plot (no run)")
     ap.add_argument("--streams", default="64,128,256")
     ap.add_argument("--bucket", type=int, default=8192)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args(argv)
+    if args.report:
+        print("\n".join(str(p) for p in write_report(Path(args.out))))
+        return 0
     from vvtrt.fsio import atomic_write_json
     from vvtrt.reports.environment import collect_environment
 
@@ -116,11 +157,13 @@ def main(argv=None) -> int:
         ap.error("no CUDA device: use --device cpu for a smoke run")
     env = collect_environment()
     rows = [r for n in (int(x) for x in args.streams.split(",")) for mix in MIXES for r in bench(n, mix, args, device)]
-    result = {"command": shlex.join([sys.executable, *sys.argv]), "commit": env.get("git_commit"),
+    result = {"kind": "decode attention by kernel", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": shlex.join([sys.executable, *sys.argv]), "commit": env.get("git_commit"),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({env.get('cpu')})",
               "note": None if device.type == "cuda" else "CPU smoke run: not a performance figure",
               "environment": env, "rows": rows}
     atomic_write_json(Path(args.out), result)
+    write_report(Path(args.out))
     return 0
 
 
