@@ -123,3 +123,20 @@ def test_rows_attention_bench_smoke_run_on_the_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert "not a performance figure" in result["note"]
     assert {(r["mix"], r["kernel"]) for r in result["rows"]} >= {("mixed", "gemm"), ("mixed", "rows")}
+
+
+def test_rows_attention_op_takes_any_cache_layout():
+    """Caches the engine never passes (one KV head transposed from [B, S, 1, D], K and V laid out apart) give
+    what the same values packed give."""
+    from vvtrt.components.rows_attention import cache_rows_attention
+
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 2, 1, 8, generator=g)
+    k_bshd, v_bshd = torch.randn(3, 16, 1, 8, generator=g), torch.randn(3, 16, 1, 8, generator=g)
+    lens = torch.tensor([4, 16, 9])
+    k, v = k_bshd.transpose(1, 2), v_bshd.transpose(1, 2)  # [3, 1, 16, 8], strides (128, 8, 8, 1)
+    packed = {"memory_format": torch.contiguous_format}
+    want = cache_rows_attention(q, k.clone(**packed), v.clone(**packed), lens, 0.3)
+    for pk, pv in ((k, v), (k, v.clone(**packed))):
+        got = cache_rows_attention(q, pk, pv, lens, 0.3)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))

@@ -17,11 +17,14 @@ import torch
 
 def _flat(cache: torch.Tensor, s: int) -> tuple[torch.Tensor, int]:
     """`cache [B, Hkv, S, D]` as `[tokens, 1, D]` over its own memory (no copy) and S_max, the slots between
-    one (row, head) sequence's start and the next."""
+    one (row, head) sequence's start and the next; a cache laid out otherwise is copied to that layout."""
     b, hkv, _, d = cache.shape
-    if cache.stride(3) != 1 or cache.stride(2) != d or cache.stride(0) != hkv * cache.stride(1):
-        cache = cache.contiguous()
-    smax = cache.stride(1) // d
+    step = cache.stride(1) if hkv > 1 else cache.stride(0) if b > 1 else s * d  # a size-1 axis's stride is free
+    smax = step // d
+    laid_out = (cache.stride(3) == 1 and cache.stride(2) == d and step % d == 0 and smax >= s
+                and (hkv == 1 or b == 1 or cache.stride(0) == hkv * step))
+    if not laid_out:
+        cache, smax = cache.clone(memory_format=torch.contiguous_format), s
     return cache.as_strided(((b * hkv - 1) * smax + s, 1, d), (d, d, 1)), smax
 
 
