@@ -5,10 +5,13 @@ view of the engine's KV cache (the 1.5B's 12 query / 2 KV heads of 128), in a bu
 Kernels (`vvtrt.components.lm.decode_kernel`): "gemm" (GQA-folded matmuls over the whole bucket, the compiled
 default), "rows" (FlashAttention's variable-length kernel at each row's own length) and, for reference, "gemm"
 over a bucket just big enough for the short rows (what a step of short rows alone would cost). Row mixes:
-`short` (every row 100-300 slots), `mixed` (one stream in three at 3000-4000 slots, the rest short) and `long`
-(every row 3000-4000). Each is timed as a CUDA graph replay of the attention plus the merge with the new token.
+`short` (every row 100-300 slots), `mixed` (one stream in three at 3000-4000 slots, the rest short), `long`
+(every row 3000-4000) and `full` (every row within 64 slots of the bucket: one or a few streams at a long
+context, where few sequences give a variable-length kernel little parallel work; `--mixes full --streams
+1,4,16 --bucket 65536`). Each is timed as a CUDA graph replay of the attention plus the merge with the new token.
 
     python benchmarks/rows_attention_bench.py OUT.json [--streams 64,128,256] [--bucket 8192] [--iters 50]
+        [--mixes short,mixed,long]
     python benchmarks/rows_attention_bench.py OUT.json --device cpu --streams 2 --bucket 256 --iters 1  # smoke
     python benchmarks/rows_attention_bench.py --report OUT.json   # OUT.md (table) and OUT.png (plot) from it
 
@@ -30,14 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 HQ, HKV, D = 12, 2, 128
-MIXES = ("short", "mixed", "long")
+MIXES = ("short", "mixed", "long", "full")
 
 
 def row_lengths(streams: int, mix: str, bucket: int, g: torch.Generator) -> torch.Tensor:
     """Cache lengths of the 2 rows of each stream (both rows of a stream are one length)."""
     short = torch.randint(100, 301, (streams,), generator=g)
     long = torch.randint(min(3000, bucket // 2), min(4001, bucket), (streams,), generator=g)
-    lens = {"short": short, "long": long,
+    full = bucket - torch.randint(0, min(64, bucket), (streams,), generator=g)  # a context filling the bucket
+    lens = {"short": short, "long": long, "full": full,
             "mixed": torch.where(torch.arange(streams) % 3 == 0, long, short)}[mix]
     return lens.repeat_interleave(2)
 
@@ -82,8 +86,9 @@ def bench(streams: int, mix: str, args, device) -> list[dict]:
     lens = row_lengths(streams, mix, args.bucket, g)
     buf = (rows, HKV, args.bucket * 2, D)  # the engine's buffer holds more slots than the bucket it runs at
     dt = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cache_k = torch.randn(buf, generator=g).to(device, dt)[:, :, :args.bucket]
-    cache_v = torch.randn(buf, generator=g).to(device, dt)[:, :, :args.bucket]
+    gd = torch.Generator(device=device).manual_seed(streams)  # drawn where they live: a 64k cache is GBs
+    cache_k = torch.randn(buf, generator=gd, device=device, dtype=dt)[:, :, :args.bucket]
+    cache_v = torch.randn(buf, generator=gd, device=device, dtype=dt)[:, :, :args.bucket]
     q = torch.randn(rows, HQ, 1, D, generator=g).to(device, dt)
     k, v = (torch.randn(rows, HKV, 1, D, generator=g).to(device, dt) for _ in range(2))
     lens = lens.to(device)
@@ -119,10 +124,11 @@ def write_report(path: Path) -> tuple[Path, Path]:
                      f"{r['kernel']} | {r['bucket']} | {r['ms']:.3f} | {ref / r['ms']:.1f}x |")
     md = path.with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
-    fig = _figure(10, 3.4)
+    fig = _figure(3.4 * len({r["mix"] for r in rows}), 3.4)
     kernels = list(dict.fromkeys(r["kernel"] for r in rows))
-    for i, mix in enumerate(MIXES):
-        ax = fig.add_subplot(1, len(MIXES), i + 1)
+    mixes = [m for m in MIXES if any(r["mix"] == m for r in rows)]
+    for i, mix in enumerate(mixes):
+        ax = fig.add_subplot(1, len(mixes), i + 1)
         for kernel, color in zip(kernels, _colors(len(kernels))):
             pts = sorted((r["streams"], r["ms"]) for r in rows if r["mix"] == mix and r["kernel"] == kernel)
             if pts:
@@ -131,7 +137,7 @@ def write_report(path: Path) -> tuple[Path, Path]:
         ax.set_xlabel("streams (2 rows each)")
         ax.set_ylabel("ms per layer" if i == 0 else "")
         ax.grid(alpha=0.3)
-        if i == 0:  # the short mix has every kernel
+        if i == 0:
             ax.legend(fontsize=8)
     fig.suptitle(f"Decode attention, one layer (bucket {rows[0]['bucket']}), {result['device']}", fontsize=10)
     return md, _save(fig, path.with_suffix(".png"))
@@ -144,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--streams", default="64,128,256")
     ap.add_argument("--bucket", type=int, default=8192)
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--mixes", default="short,mixed,long", help=f"row mixes, of {', '.join(MIXES)}")
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args(argv)
     if args.report:
@@ -156,7 +163,10 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("no CUDA device: use --device cpu for a smoke run")
     env = collect_environment()
-    rows = [r for n in (int(x) for x in args.streams.split(",")) for mix in MIXES for r in bench(n, mix, args, device)]
+    mixes = [m for m in args.mixes.split(",") if m]
+    if not mixes or any(m not in MIXES for m in mixes):
+        ap.error(f"--mixes: pick from {', '.join(MIXES)}")
+    rows = [r for n in (int(x) for x in args.streams.split(",")) for mix in mixes for r in bench(n, mix, args, device)]
     result = {"kind": "decode attention by kernel", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": shlex.join([sys.executable, *sys.argv]), "commit": env.get("git_commit"),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({env.get('cpu')})",

@@ -119,10 +119,14 @@ def test_rows_attention_bench_smoke_run_on_the_cpu(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "rows.json"
-    assert bench.main([str(out), "--device", "cpu", "--streams", "2", "--bucket", "256", "--iters", "1"]) == 0
+    assert bench.main([str(out), "--device", "cpu", "--streams", "2", "--bucket", "256", "--iters", "1",
+                       "--mixes", "mixed,full"]) == 0
     result = json.loads(out.read_text())
     assert "not a performance figure" in result["note"]
-    assert {(r["mix"], r["kernel"]) for r in result["rows"]} >= {("mixed", "gemm"), ("mixed", "rows")}
+    want = {(m, k) for m in ("mixed", "full") for k in ("gemm", "rows")}
+    assert {(r["mix"], r["kernel"]) for r in result["rows"]} == want
+    assert min(r["max_len"] for r in result["rows"] if r["mix"] == "full") > 192
+    assert out.with_suffix(".md").is_file() and out.with_suffix(".png").stat().st_size > 0
 
 
 def test_rows_attention_op_takes_any_cache_layout():

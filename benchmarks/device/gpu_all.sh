@@ -231,10 +231,13 @@ eprocgpu() {  # the --engine-process GPU tests (tiny long-form and tiny-realtime
       tests/test_serve_engine_process_realtime.py --junitxml="$RUN/results/eprocgpu.xml" -p no:cacheprovider
 }
 rows() {  # decode attention at each row's own length ("rows": FlashAttention variable-length) against the bucket
-  # ("gemm"), one layer of 1.5B shapes, short/mixed/long rows at 64/128/256 streams; then the decode kernels'
-  # GPU tests (each kernel against SDPA, past-length slots poisoned, CUDA graph replay; rows against its CPU path)
+  # ("gemm"), one layer of 1.5B shapes: short/mixed/long rows at 64/128/256 streams, and rows filling a 64k
+  # bucket at 1/4/16/64 streams; then the decode kernels' GPU tests (each kernel against SDPA, past-length
+  # slots poisoned, CUDA graph replay; rows against its CPU path)
   local rc=0
   python3 benchmarks/rows_attention_bench.py "$RUN/results/rows_attention.json" || rc=1
+  python3 benchmarks/rows_attention_bench.py "$RUN/results/rows_attention_full.json" --mixes full \
+      --streams 1,4,16,64 --bucket 65536 || rc=1  # one or a few streams at a long context
   python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_longform_gpu.py --junitxml="$RUN/results/rows_tests.xml" \
       -p no:cacheprovider || rc=1
   return $rc
