@@ -18,7 +18,7 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from vvtrt.components.fused_linear import FusedLinear, swiglu
 from vvtrt.components.info import ModelInfo
-from vvtrt.components.rows_attention import merge_new_token
+from vvtrt.components.rows_attention import cache_rows_attention, merge_new_token
 
 KV_BLOCK = 128  # FlexAttention's KV block: the decode kernel reads the cache in blocks of this many slots
 DECODE_KERNELS = ("gemm", "flex", "rows")
@@ -235,8 +235,6 @@ class LMDecode(_LMCore):
     def _attend_cache_rows(self, layer, q, past_k, past_v, k, v, cache_len):
         """softmax over [cache slots < cache_len ; new token]: the cache part by FlashAttention at each row's
         own length, merged in fp32 with the new token's own score through the log-sum-exps."""
-        from vvtrt.components.rows_attention import cache_rows_attention
-
         out, lse = cache_rows_attention(q, past_k, past_v, cache_len, self.scale)
         return layer.self_attn.o_proj(merge_new_token(out, lse, q, k, v, self.scale, self.groups))
 
