@@ -345,6 +345,7 @@ srvmix() {  # held streams of mixed prompt lengths (one in three of 3000 words, 
 }
 cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a cold start (empty compile cache) and a
   # warm one (the cache the first wrote), each start's own record from /ready and /metrics; then bench-serving compiled
+  # at 1/128/256/400 held streams
   local port=8125 pid i t0 t1 ms
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
   rm -rf "$RUN/wd15/compile-cache"
@@ -362,9 +363,10 @@ cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a c
     kill -TERM $pid; wait $pid; echo "serve exit code $?"
   done
   du -sh "$RUN/wd15/compile-cache"
-  $VV bench-serving -w "$RUN/wd15" --device cuda --backend torch-compile --mode concurrency --levels ${SRV_LEVELS:-1,128,256} \
-      --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 256 --max-context 1024 \
-      --out "$RUN/results/serving_1.5b_compiled"
+  # up to 400 held streams (the engine target): batch buckets to 256 are the server's (cached), 400 compiles here
+  $VV bench-serving -w "$RUN/wd15" --device cuda --backend torch-compile --mode concurrency \
+      --levels ${CSTART_LEVELS:-1,128,256,400} --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 400 \
+      --max-context 1024 --out "$RUN/results/serving_1.5b_compiled"
 }
 gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py tests/test_noise.py tests/test_kv_groups.py tests/test_realtime_noise.py tests/test_conv_fast.py -p no:cacheprovider; }
 gpunoise() {  # device noise: CUDA bits == CPU bits, the draw in a CUDA graph, the captured serving step's noise
