@@ -144,3 +144,25 @@ def test_rows_attention_op_takes_any_cache_layout():
     for pk, pv in ((k, v), (k, v.clone(**packed))):
         got = cache_rows_attention(q, pk, pv, lens, 0.3)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+
+
+def test_rows_plan_made_once_serves_every_layer_and_any_layout():
+    """The step's plan (made once from one layer's cache) gives each layer what the op's own plan gives, and a
+    plan made for another layout (S_max) is not trusted: the op finds its own sequence starts."""
+    from vvtrt.components.rows_attention import cache_rows_attention, rows_plan
+
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(3, 4, 1, 8, generator=g)
+    pool_k, pool_v = torch.randn(2, 3, 2, 32, 8, generator=g), torch.randn(2, 3, 2, 32, 8, generator=g)
+    lens = torch.tensor([0, 12, 7])
+    k, v = pool_k[:, :, :, :12], pool_v[:, :, :, :12]  # the engine's bucket view: S = 12 of S_max = 32
+    plan = rows_plan(lens, k[0], groups=2)
+    assert plan.kv_stride == 32
+    for layer in range(2):
+        got = cache_rows_attention(q, k[layer], v[layer], None, 0.3, plan)
+        want = cache_rows_attention(q, k[layer], v[layer], lens, 0.3)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    packed = k[0].contiguous(), v[0].contiguous()
+    got = cache_rows_attention(q, *packed, None, 0.3, plan)  # S_max 12, not the plan's 32
+    want = cache_rows_attention(q, *packed, lens, 0.3)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

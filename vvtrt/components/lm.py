@@ -18,7 +18,7 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from vvtrt.components.fused_linear import FusedLinear, swiglu
 from vvtrt.components.info import ModelInfo
-from vvtrt.components.rows_attention import cache_rows_attention, merge_new_token
+from vvtrt.components.rows_attention import cache_rows_attention, merge_new_token, rows_plan
 
 KV_BLOCK = 128  # FlexAttention's KV block: the decode kernel reads the cache in blocks of this many slots
 DECODE_KERNELS = ("gemm", "flex", "rows")
@@ -159,6 +159,7 @@ class LMDecode(_LMCore):
         mask = None if fast else self._mask(s, t, cache_len)
         blocks = self._block_mask(s, cache_len) if fast == "flex" else None
         valid = (torch.arange(s, device=embeds.device) < cache_len.view(b, 1, 1, 1)) if fast == "gemm" else None
+        plan = rows_plan(cache_len, past_k[0], self.groups) if fast == "rows" else None  # once for every layer
         x = embeds
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
@@ -166,7 +167,7 @@ class LMDecode(_LMCore):
             if fast == "gemm":
                 x = x + self._attend_gemm(layer, q, past_k[i], past_v[i], k, v, valid)
             elif fast == "rows":
-                x = x + self._attend_cache_rows(layer, q, past_k[i], past_v[i], k, v, cache_len)
+                x = x + self._attend_cache_rows(layer, q, past_k[i], past_v[i], k, v, plan)
             elif fast:
                 x = x + self._attend_split(layer, q, past_k[i], past_v[i], k, v, blocks)
             else:
@@ -232,10 +233,10 @@ class LMDecode(_LMCore):
         merged = merge_new_token(out[:, :, 0], lse[:, :, 0], q, k, v, self.scale, self.groups)
         return layer.self_attn.o_proj(merged)
 
-    def _attend_cache_rows(self, layer, q, past_k, past_v, k, v, cache_len):
+    def _attend_cache_rows(self, layer, q, past_k, past_v, k, v, plan):
         """softmax over [cache slots < cache_len ; new token]: the cache part by FlashAttention at each row's
-        own length, merged in fp32 with the new token's own score through the log-sum-exps."""
-        out, lse = cache_rows_attention(q, past_k, past_v, cache_len, self.scale)
+        own length (the step's `plan`), merged in fp32 with the new token's own score through the log-sum-exps."""
+        out, lse = cache_rows_attention(q, past_k, past_v, None, self.scale, plan)
         return layer.self_attn.o_proj(merge_new_token(out, lse, q, k, v, self.scale, self.groups))
 
 

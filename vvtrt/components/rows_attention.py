@@ -12,18 +12,28 @@ is what the CPU tests check the layout arithmetic with.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
-def _flat(cache: torch.Tensor, s: int) -> tuple[torch.Tensor, int]:
-    """`cache [B, Hkv, S, D]` as `[tokens, 1, D]` over its own memory (no copy) and S_max, the slots between
-    one (row, head) sequence's start and the next; a cache laid out otherwise is copied to that layout."""
+def _layout_stride(cache: torch.Tensor, s: int) -> int:
+    """S_max of `cache [B, Hkv, S, D]` read in place (the slots between one (row, head) sequence's start and
+    the next), or `s` where its layout does not allow that (`_flat` then packs it)."""
     b, hkv, _, d = cache.shape
     step = cache.stride(1) if hkv > 1 else cache.stride(0) if b > 1 else s * d  # a size-1 axis's stride is free
     smax = step // d
     laid_out = (cache.stride(3) == 1 and cache.stride(2) == d and step % d == 0 and smax >= s
                 and (hkv == 1 or b == 1 or cache.stride(0) == hkv * step))
-    if not laid_out:
+    return smax if laid_out else 0
+
+
+def _flat(cache: torch.Tensor, s: int) -> tuple[torch.Tensor, int]:
+    """`cache [B, Hkv, S, D]` as `[tokens, 1, D]` over its own memory (no copy) and S_max; a cache laid out
+    otherwise is copied to that layout."""
+    b, hkv, _, d = cache.shape
+    smax = _layout_stride(cache, s)
+    if not smax:
         cache, smax = cache.clone(memory_format=torch.contiguous_format), s
     return cache.as_strided(((b * hkv - 1) * smax + s, 1, d), (d, d, 1)), smax
 
@@ -48,11 +58,38 @@ def _varlen_flash(q, k, v, cu_q, cu_k, used, max_q, max_k, scale):
     return out, lse.reshape(-1)  # [H=1, total_q] or [seqs, 1, max_q]: both in (sequence, query) order
 
 
-@torch.library.custom_op("vvtrt::cache_rows_attention", mutates_args=())
-def cache_rows_attention(q: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, cache_len: torch.Tensor,
-                         scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+class RowsPlan(NamedTuple):
+    """A step's variable-length metadata, computed once and shared by every layer (each layer's cache is laid
+    out alike): per (row, KV head) sequence its used length, whether its G queries see any slot, and the query
+    and key sequence starts; `kv_stride` is S_max, the slots between one sequence's start and the next."""
+    used: torch.Tensor  # [B * Hkv] int32
+    live: torch.Tensor  # [B * Hq] bool
+    cu_q: torch.Tensor  # [B * Hkv + 1] int32
+    cu_k: torch.Tensor  # [B * Hkv + 1] int32
+    kv_stride: int
+
+
+def rows_plan(cache_len: torch.Tensor, past_k: torch.Tensor, groups: int) -> RowsPlan:
+    """The plan of a step over caches laid out as `past_k [B, Hkv, S, D]` (one layer's) for `cache_len [B]`."""
+    b, hkv, s, _ = past_k.shape
+    smax = _layout_stride(past_k, s) or s  # a cache that is not laid out is packed by _flat: S_max = S
+    step = torch.arange(b * hkv + 1, device=cache_len.device, dtype=torch.int32)
+    used = cache_len.clamp(0, s).to(torch.int32).repeat_interleave(hkv)
+    return RowsPlan(used, used.repeat_interleave(groups) > 0, step * groups, step * smax, smax)
+
+
+def cache_rows_attention(q, past_k, past_v, cache_len, scale: float, plan: RowsPlan | None = None):
     """`q [B, Hq, 1, D]` against each row's slots `< cache_len` of `past_k/past_v [B, Hkv, S, D]` -> `out
-    [B, Hq, D]` (zeros for an empty row) and `lse [B, Hq]` fp32 (-inf for an empty row)."""
+    [B, Hq, D]` (zeros for an empty row) and `lse [B, Hq]` fp32 (-inf for an empty row). `plan`: the step's
+    `rows_plan` (computed here when not given)."""
+    if plan is None:
+        plan = rows_plan(cache_len, past_k, q.shape[1] // past_k.shape[1])
+    return _rows_op(q, past_k, past_v, plan.used, plan.live, plan.cu_q, plan.cu_k, plan.kv_stride, scale)
+
+
+@torch.library.custom_op("vvtrt::cache_rows_attention", mutates_args=())
+def _rows_op(q: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, used: torch.Tensor, live: torch.Tensor,
+             cu_q: torch.Tensor, cu_k: torch.Tensor, kv_stride: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     b, hq, _, d = q.shape
     hkv, s = past_k.shape[1], past_k.shape[2]
     groups, seqs = hq // hkv, b * hkv
@@ -60,19 +97,19 @@ def cache_rows_attention(q: torch.Tensor, past_k: torch.Tensor, past_v: torch.Te
     vf, vmax = _flat(past_v, s)
     if vmax != smax:  # K and V laid out differently: both packed (never in the engine's cache)
         (kf, smax), (vf, _) = _flat(past_k.contiguous(), s), _flat(past_v.contiguous(), s)
+    if smax != kv_stride:  # this layer's cache is laid out unlike the plan's
+        cu_k = torch.arange(seqs + 1, device=q.device, dtype=torch.int32) * smax
     qf = q.reshape(seqs * groups, 1, d).contiguous()  # (row, kv head, g): head h = kv_head * G + g
-    step = torch.arange(seqs + 1, device=q.device, dtype=torch.int32)
-    used = cache_len.clamp(0, s).to(torch.int32).repeat_interleave(hkv)
     if q.is_cuda:
-        out, lse = _varlen_flash(qf, kf, vf, step * groups, step * smax, used, groups, s, scale)
+        out, lse = _varlen_flash(qf, kf, vf, cu_q, cu_k, used, groups, s, scale)
     else:
-        out, lse = _varlen_torch(qf, kf, vf, step * groups, step * smax, used, scale)
-    lse = torch.where(used.repeat_interleave(groups) > 0, lse.float(), float("-inf"))
+        out, lse = _varlen_torch(qf, kf, vf, cu_q, cu_k, used, scale)
+    lse = torch.where(live, lse.float(), float("-inf"))
     return out.reshape(b, hq, d), lse.reshape(b, hq)
 
 
-@cache_rows_attention.register_fake
-def _(q, past_k, past_v, cache_len, scale):
+@_rows_op.register_fake
+def _(q, past_k, past_v, used, live, cu_q, cu_k, kv_stride, scale):
     b, hq, _, d = q.shape
     return q.new_empty(b, hq, d), q.new_empty(b, hq, dtype=torch.float32)
 
