@@ -47,6 +47,21 @@ def test_chunked_prefill_matches_the_whole_prompt(tiny_model, tiny_info, prompt,
         assert error_stats(got, ref).rel_l2 < 1e-6
 
 
+def test_prompts_prefilled_packed_equal_each_prompt_alone(tiny_model, tiny_info, prompt):
+    """Several prompts' first chunks in one packed call (no padding; a prompt of one token among them) give
+    each prompt's K/V of its own prefill, and the reference's, up to the GEMMs' rounding."""
+    e, k, v, _, _ = prompt
+    prefill = Prefill(_torch_decode_runner(tiny_model, tiny_info), 512, graphs=False, chunk=128)
+    bodies = [e[:, :n] for n in (128, 1, 77, 128)]
+    got = prefill.first_many(bodies)
+    for body, (gk, gv) in zip(bodies, got):
+        n = body.shape[1]
+        alone_k, alone_v = prefill(body)
+        assert gk.shape == alone_k.shape == (tiny_info.layers, 1, tiny_info.kv_heads, n, tiny_info.head_dim)
+        for a, b in ((gk, alone_k), (gv, alone_v), (gk, k[:, :, :, :n]), (gv, v[:, :, :, :n])):
+            assert error_stats(a, b).rel_l2 < 1e-6
+
+
 def test_prefill_on_the_exported_graph_matches(tiny_workdir, tiny_model, tiny_info, prompt):
     """ONNX Runtime runs the very lm_decode graph the frames use, in the export's chunks of 128."""
     from vvtrt.runtime.backends import load_runners

@@ -18,7 +18,7 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from vvtrt.components.fused_linear import FusedLinear, swiglu
 from vvtrt.components.info import ModelInfo
-from vvtrt.components.rows_attention import cache_rows_attention, merge_new_token, rows_plan
+from vvtrt.components.rows_attention import cache_rows_attention, merge_new_token, packed_causal_attention, rows_plan
 
 KV_BLOCK = 128  # FlexAttention's KV block: the decode kernel reads the cache in blocks of this many slots
 DECODE_KERNELS = ("gemm", "flex", "rows")
@@ -179,6 +179,24 @@ class LMDecode(_LMCore):
             vs.append(v)
         h = self.norm(x[:, -1:])  # per-position RMSNorm: the last position's norm alone is the same
         return h, self._logits4(h[:, 0]), torch.stack(ks), torch.stack(vs)
+
+    def prefill_packed(self, embeds, lens: list[int]):
+        """The first chunks of several prompts packed back to back, no padding (torch only, never exported):
+        `embeds [1, N, H]`, prompt `i` the next `lens[i]` tokens from position 0 -> `k, v [L, 1, Hkv, N, D]`
+        in the same packing. Each prompt's K/V are its own causal prefill's, up to the GEMMs' rounding."""
+        dev = embeds.device
+        pos = torch.cat([torch.arange(n, device=dev) for n in lens]).unsqueeze(0)  # [1, N]
+        cos, sin = self.rotary(embeds, pos)
+        x, ks, vs = embeds, [], []
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)  # [1, H, N, D]
+            out = packed_causal_attention(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1),
+                                          lens, self.scale)  # [N, Hq, D]
+            x = x + layer.self_attn.o_proj(out.reshape(1, out.shape[0], -1))
+            x = self._mlp(i, layer, x)
+            ks.append(k)
+            vs.append(v)
+        return torch.stack(ks), torch.stack(vs)
 
     @staticmethod
     def _mask(s: int, t: int, cache_len):

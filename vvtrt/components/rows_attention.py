@@ -9,12 +9,16 @@ heads as G query tokens (GQA without repeating K/V): the keys are the cache's ow
 nothing is copied. Exposed as the custom op `vvtrt::cache_rows_attention` so `torch.compile` keeps it whole;
 on a device without FlashAttention (the CPU) the op runs the same sequences one by one in plain torch, which
 is what the CPU tests check the layout arithmetic with.
+
+The same kernel, causal, runs the packed prefill (`packed_causal_attention`): several prompts back to back
+without padding, each attending within itself.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 
 def _layout_stride(cache: torch.Tensor, s: int) -> int:
@@ -126,3 +130,23 @@ def merge_new_token(out, lse, q, k, v, scale: float, groups: int):
     past = torch.where(w_past[..., None] > 0, out.float() * w_past[..., None], 0.0)
     merged = (past + v_self * w_self[..., None]) / (w_past + w_self)[..., None]
     return merged.to(q.dtype).reshape(b, 1, hq * d)
+
+
+def packed_causal_attention(q, k, v, lens: list[int], scale: float):
+    """Prompts packed back to back (no padding): `q [N, Hq, D]`, `k/v [N, Hkv, D]`, sequence `i` the next
+    `lens[i]` tokens, each token attending causally within its own sequence -> `[N, Hq, D]`. FlashAttention's
+    variable-length kernel on CUDA (fp16/bf16; K/V repeated to the query heads, a small copy beside the
+    GEMMs); one sequence at a time by SDPA elsewhere, what the CPU tests check the packing with."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        starts = torch.tensor([0, *lens], device=q.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        top = max(lens)
+        return torch.ops.aten._flash_attention_forward(q.contiguous(), k, v, starts, starts, top, top, 0.0, True,
+                                                        False, scale=scale)[0]
+    out, o = torch.empty_like(q), 0
+    for n in lens:
+        seq = (x[o:o + n].transpose(0, 1) for x in (q, k, v))  # [H, n, D]
+        out[o:o + n] = F.scaled_dot_product_attention(*seq, is_causal=True, scale=scale).transpose(0, 1)
+        o += n
+    return out
