@@ -191,3 +191,37 @@ def test_cuda_graph_step_draws_the_cpu_noise(solver):
             rt.checkin(stepper, keep=False)
     peak = float(np.abs(audio[False]).max())
     assert peak > 1e-3 and float(np.abs(audio[True] - audio[False]).max()) <= 1e-4 * peak
+
+
+def test_streams_of_one_voice_armed_together_give_their_solo_audio(rt, voices, monkeypatch):
+    """Streams of one voice that join in the same tick are armed by one indexed copy per buffer
+    (`reset_slots`); each still gives its solo audio, and the loop's buffers equal slot-by-slot arming."""
+    from vvtrt.realtime.stream_state import stream_row
+    from vvtrt.realtime.window_loop import RealtimeLoop
+
+    calls = []
+    real = RealtimeLoop.reset_slots
+    monkeypatch.setattr(RealtimeLoop, "reset_slots", lambda self, *a: calls.append(a[0]) or real(self, *a))
+    reqs = [rt.request(TEXTS[i], voices[1], seed=60 + i, max_frames=7 + i) for i in range(3)]
+    together = _run(rt, reqs, "device")
+    assert calls == [[0, 1, 2]]
+    for i, r in enumerate(reqs):
+        assert np.array_equal(together[i], _run(rt, [r], "device")[0]), i
+    stepper = rt.checkout(3, reqs[0].options.steps, reqs[0].options.algorithm, noise="device")
+    try:
+        loop, voice = stepper.loop, stepper._device_voice(voices[2])
+        rows = [stream_row(r.seed, r.options.force_eos_frame, r.options.max_frames) for r in reqs]
+        names = ("lm_k", "lm_v", "tts_k", "tts_v", "lm_len", "tts_len", "h_pos", "h_neg", "dec_state", "cfg_scale",
+                 "state")
+        for n in names:  # the earlier runs' leftovers in every slot
+            getattr(loop, n).fill_(7)
+        loop.reset_slots([2, 0], voice, [1.5, 3.0], rows[:2])
+        batched = {n: getattr(loop, n).clone() for n in names}
+        for n in names:
+            getattr(loop, n).fill_(7)
+        for slot, cfg, row in ((2, 1.5, rows[0]), (0, 3.0, rows[1])):
+            loop.reset_slot(slot, voice, cfg)
+            loop.arm_stream(slot, row)
+        assert [n for n in names if not torch.equal(batched[n], getattr(loop, n))] == []
+    finally:
+        rt.checkin(stepper)

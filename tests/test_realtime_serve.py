@@ -83,7 +83,15 @@ def test_an_arming_failure_or_bad_text_ends_one_request_alone(engine, voices, mo
             raise RuntimeError("injected arming failure")
         return real(s, voice, cfg_scale)
 
+    real_many = loop.reset_slots
+
+    def reset_slots(slots, voice, cfg_scales, rows):  # streams of one voice armed together
+        if voice is engine.stepper.inner._voices.get(id(voices["v2"]), (None, None))[1]:
+            raise RuntimeError("injected arming failure")
+        return real_many(slots, voice, cfg_scales, rows)
+
     monkeypatch.setattr(loop, "reset_slot", reset_slot)
+    monkeypatch.setattr(loop, "reset_slots", reset_slots)
     running = engine.submit(req)
     doomed = engine.submit(RealtimeSpeechRequest(TEXTS[2], "v2", seed=32, max_frames=5))
     with pytest.raises(InputError, match="not valid Unicode"):

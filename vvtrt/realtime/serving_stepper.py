@@ -132,14 +132,10 @@ class RealtimeServingStepper:
     def running(self) -> int:
         return len(self.inner.runs) + len(self.inner.pending)
 
-    def admit(self, work: StreamRequest, tag) -> int:
-        run = self.inner.open(dataclasses.replace(work, tag=tag))
-        failed: list = []
-        self.inner.admit(failed)  # arms the one pending run (the core admits only into a free slot)
-        if failed:
-            raise failed[0].error
-        self._runs[tag] = run
-        return run.slot
+    def admit(self, work: StreamRequest, tag) -> None:
+        """Queue the run for the next tick, which arms every run admitted since the last one together (the
+        core admits only while a slot is free; an arming failure ends that run alone, as a step event)."""
+        self._runs[tag] = self.inner.open(dataclasses.replace(work, tag=tag))
 
     def prefill(self, budget):
         return []  # a voice's caches are written when its slot is armed

@@ -152,29 +152,55 @@ class RealtimeStepper:
         return hit[1]
 
     def admit(self, events: list, make=StreamEvent) -> None:
-        """Arm waiting streams in free slots; a stream whose slot fails to arm ends with an error event."""
-        free = [int(s) for s in np.flatnonzero(~self._busy)]
-        while self.pending and free:
-            run = self.pending.popleft()
-            slot = free.pop(0)
-            req = run.request
+        """Arm waiting streams in free slots, those of one voice together (`RealtimeLoop.reset_slots`: a few
+        device copies for all of them, not a dozen per stream); a stream whose slot fails to arm ends with an
+        error event (a group that fails is armed again one stream at a time, so the failure stays its own)."""
+        free = np.flatnonzero(~self._busy).tolist()
+        taken: list = []
+        while self.pending and len(taken) < len(free):
+            taken.append((free[len(taken)], self.pending.popleft()))
+        groups: dict = {}
+        for slot, run in taken:
+            groups.setdefault(id(run.request.voice), []).append((slot, run))
+        for group in groups.values():
             try:
-                self.loop.reset_slot(slot, self._device_voice(req.voice), req.options.cfg_scale)
-                self.loop.arm_stream(slot, stream_row(req.seed, req.options.force_eos_frame, req.options.max_frames))
-            except Exception as exc:  # noqa: BLE001 - this stream fails alone; the slot stays free
-                free.insert(0, slot)
-                log.warning("a Realtime stream failed to start: %s: %s", type(exc).__name__, exc)
-                run.stop_reason, run.error = "error", exc
-                run.source.close()
-                self.ended.append(run)
-                events.append(make(run, run.frames, None, "error", exc))
+                self._arm([s for s, _ in group], [r.request for _, r in group])
+            except Exception:  # noqa: BLE001 - retried alone below: only the stream that fails ends
+                for slot, run in group:
+                    self._arm_one(slot, run, events, make)
                 continue
-            run.slot = slot
-            self.runs[slot] = run
-            self._run_at[slot] = run
-            self._busy[slot], self._held[slot], self._talk[slot] = True, False, True
-            self._frames[slot] = 0
-            self._lm[slot], self._pos[slot] = req.voice["lm"].length, req.voice["tts_lm"].length
+            for slot, run in group:
+                self._start(slot, run)
+
+    def _arm(self, slots: list, reqs: list) -> None:
+        voice = self._device_voice(reqs[0].voice)
+        rows = [stream_row(r.seed, r.options.force_eos_frame, r.options.max_frames) for r in reqs]
+        if len(slots) == 1:
+            self.loop.reset_slot(slots[0], voice, reqs[0].options.cfg_scale)
+            self.loop.arm_stream(slots[0], rows[0])
+        else:
+            self.loop.reset_slots(slots, voice, [r.options.cfg_scale for r in reqs], rows)
+
+    def _arm_one(self, slot: int, run: StreamRun, events: list, make) -> None:
+        try:
+            self._arm([slot], [run.request])
+        except Exception as exc:  # noqa: BLE001 - this stream fails alone; the slot stays free
+            log.warning("a Realtime stream failed to start: %s: %s", type(exc).__name__, exc)
+            run.stop_reason, run.error = "error", exc
+            run.source.close()
+            self.ended.append(run)
+            events.append(make(run, run.frames, None, "error", exc))
+            return
+        self._start(slot, run)
+
+    def _start(self, slot: int, run: StreamRun) -> None:
+        req = run.request
+        run.slot = slot
+        self.runs[slot] = run
+        self._run_at[slot] = run
+        self._busy[slot], self._held[slot], self._talk[slot] = True, False, True
+        self._frames[slot] = 0
+        self._lm[slot], self._pos[slot] = req.voice["lm"].length, req.voice["tts_lm"].length
 
     def _free(self, run: StreamRun) -> None:
         s = run.slot

@@ -151,6 +151,25 @@ class RealtimeLoop:
         self.dec_state[s].zero_()
         self.cfg_scale[s] = float(cfg_scale)
 
+    def reset_slots(self, slots: list, voice, cfg_scales: list, rows: list) -> None:
+        """`reset_slot` and `arm_stream` for several slots of one voice at once: each cache, length and
+        condition written for all of them by one indexed copy (the same values as slot by slot)."""
+        dev = self.state.device
+        idx = torch.tensor(slots, device=dev)
+        lm, pos, neg = voice["lm"], voice["tts_lm"], voice["neg_tts_lm"]
+        for cache_k, cache_v, at, br in ((self.lm_k, self.lm_v, idx, lm), (self.tts_k, self.tts_v, 2 * idx, pos),
+                                         (self.tts_k, self.tts_v, 2 * idx + 1, neg)):
+            cache_k[:, at, :, :br.length] = br.k.unsqueeze(1)
+            cache_v[:, at, :, :br.length] = br.v.unsqueeze(1)
+        self.lm_len[idx] = lm.length
+        self.tts_len[2 * idx] = pos.length
+        self.tts_len[2 * idx + 1] = neg.length
+        self.h_pos[idx] = pos.hidden[-1]
+        self.h_neg[idx] = neg.hidden[-1]
+        self.dec_state[idx] = 0
+        self.cfg_scale[idx] = torch.tensor(cfg_scales, dtype=self.cfg_scale.dtype).to(dev)
+        self.state[idx] = torch.stack(rows).to(dev)
+
     def arm_stream(self, s: int, row: torch.Tensor) -> None:
         """Write slot `s`'s stream state row (`stream_state.stream_row`: seed, no frame yet, its limits)."""
         self.state[s].copy_(row)

@@ -42,9 +42,9 @@ class Stepper(Protocol):
     def prepare(self, request) -> Any:
         """Caller's thread: a checked, tokenized request (raises InputError / CapacityError)."""
 
-    def admit(self, work, tag) -> int:
-        """Engine thread: reserve a free slot for `work` and return it (the core admits only while
-        `free() > 0`)."""
+    def admit(self, work, tag) -> int | None:
+        """Engine thread: reserve a free slot for `work` and return it, or None where the slot is chosen when
+        the run is armed at the next step (the core admits only while `free() > 0`)."""
 
     def prefill(self, budget: int | None) -> list[StepEvent]:
         """Engine thread: advance admitted runs' prompt work by at most `budget` tokens (None: all);
