@@ -225,6 +225,27 @@ eproc() {  # vvtrt serve with the engine in a process of its own (--engine-proce
     kill -TERM $pid; wait $pid; echo "$mode serve exit code $?"
   done
 }
+http300() {  # the HTTP target: a compiled server with 320 slots (1.5B bf16), in one process and with --engine-process,
+  # each loaded by 300 clients (8 client processes) for 30 s; the compile cache of the work dir (cstart's) is reused
+  local port=8126 pid mode pids
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  for mode in inproc eproc; do
+    local args=()
+    [[ $mode == eproc ]] && args=(--engine-process)
+    $VV serve -w "$RUN/wd15" --device cuda --backend torch-compile --max-streams ${HTTP300_SLOTS:-320} --max-context 1024 \
+        --max-queue 1024 --port $port "${args[@]}" > "$RUN/results/http300_${mode}_server.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1800); do curl -sf "http://127.0.0.1:$port/ready" > "$RUN/results/http300_${mode}_ready.json" && break
+      kill -0 $pid 2> /dev/null || break; sleep 0.5; done
+    pids=$(echo $pid $(pgrep -P $pid) | tr ' ' ',')
+    top -b -d 5 -n 7 -p "$pids" > "$RUN/results/http300_${mode}_top.txt" 2>&1 &
+    $VV loadtest --url "http://127.0.0.1:$port" --concurrency ${HTTP300_CONC:-300} --duration 30 --frames 100 \
+        --processes 8 --out "$RUN/results/http300_${mode}"
+    wait $!
+    curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/http300_${mode}_metrics.txt"
+    kill -TERM $pid; wait $pid; echo "$mode serve exit code $?"
+  done
+}
 eprocgpu() {  # the --engine-process GPU tests (tiny long-form and tiny-realtime on CUDA: the engine process's
   # bytes equal the single-process server's; the Realtime one also through the WS text mode)
   python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_serve_engine_process.py \
@@ -297,7 +318,7 @@ rtserve() {  # vvtrt serve on the Realtime work dir (bf16, torch, CUDA graphs) +
 prof15() {  # where the serving step goes by batch, 1.5B bf16 torch, the serving engine's loop
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   python3 benchmarks/serving_step_profile.py "$RUN/wd15" "$RUN/results/serving_step_1.5b" --device cuda \
-      --batches ${PROF_BATCHES:-1,64,128,256} --max-context 1024 --repeats 10
+      --batches ${PROF_BATCHES:-1,64,128,256} --max-context 1024 --repeats 10 --backend ${PROF_BACKEND:-torch}
 }
 srv15() {  # serving engine: held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
@@ -384,14 +405,25 @@ noise15() {  # the serving step's host work (device noise, on-device stops, one 
       "$RUN/wd15" "$RUN/results/serving_step_noise_base" --device cuda --batches ${PROF_BATCHES:-1,64,256} \
       --max-context 1024 --repeats 10)
 }
-rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs), this commit and the baseline
-  local base=${BASE:-$PWD/.baseline} tree
+rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs), this commit and the baseline; this
+  # commit also at 256 streams through one stepper (its component table: the decoder step at 256)
+  local base=${BASE:-$PWD/.baseline} tree batches
   for tree in new base; do
     local root=$PWD commit=${VVTRT_GIT_COMMIT:-}
-    [[ $tree == base ]] && root=$base commit=${BASE_COMMIT:-unknown}
+    batches=${RTCORE_BATCHES:-1,256}
+    [[ $tree == base ]] && root=$base commit=${BASE_COMMIT:-unknown} batches=1
     (cd "$root" && VVTRT_GIT_COMMIT=$commit PYTHONPATH=/tmp/site:$root python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_$tree" \
-        --batches 1 --engine-streams 256,512)
+        --batches $batches --engine-streams 256,512)
   done
+}
+gpucore() {  # the serving core's GPU tests (interleaving bit-exact with fixed shapes, the bf16 bound, the captured
+  # step's noise) and the packed prefill's attention kernel against its CPU sequences
+  local rc=0
+  python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_serving_gpu.py --junitxml="$RUN/results/gpucore_serving.xml" \
+      -p no:cacheprovider || rc=1
+  python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_longform_gpu.py -k "packed or rows_attention" \
+      --junitxml="$RUN/results/gpucore_packed.xml" -p no:cacheprovider || rc=1
+  return $rc
 }
 rtnoise() {  # Realtime engine with device noise and on-device stops: the GPU tests (CUDA graph step's noise ==
   # the CPU's, graphs == eager), then the engine bench at 256/512/768 streams (this tree; RTNOISE_BASE=1 also
@@ -445,7 +477,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
