@@ -327,7 +327,7 @@ srv15() {  # serving engine: held concurrency, independent requests of 3 prompt 
 }
 srv7() {  # the same for 7B
   $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
-  $VV bench-serving -w "$RUN/wd7" --device cuda --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
+  $VV bench-serving -w "$RUN/wd7" --device cuda --backend ${SRV7_BACKEND:-torch} --mode concurrency --levels ${SRV7_LEVELS:-1,16,64,150,200} \
       --prompt-words ${SRV_WORDS:-8,48,96} --requests 32 --frames 64 --max-streams 256 --max-context 1024 --out "$RUN/results/serving_7b"
 }
 # The serving core against a baseline tree (BASE, default .baseline: a `git archive` of the commit to compare
