@@ -18,7 +18,8 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from vvtrt.components.fused_linear import FusedLinear, swiglu
 from vvtrt.components.info import ModelInfo
-from vvtrt.components.rows_attention import cache_rows_attention, merge_new_token, packed_causal_attention, rows_plan
+from vvtrt.components.rows_attention import (cache_rows_attention, merge_new_token, packed_causal_attention,
+                                             packed_starts, rows_plan)
 
 KV_BLOCK = 128  # FlexAttention's KV block: the decode kernel reads the cache in blocks of this many slots
 DECODE_KERNELS = ("gemm", "flex", "rows")
@@ -187,11 +188,12 @@ class LMDecode(_LMCore):
         dev = embeds.device
         pos = torch.cat([torch.arange(n, device=dev) for n in lens]).unsqueeze(0)  # [1, N]
         cos, sin = self.rotary(embeds, pos)
+        starts = packed_starts(lens, dev)  # one host-to-device copy for every layer
         x, ks, vs = embeds, [], []
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)  # [1, H, N, D]
             out = packed_causal_attention(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1),
-                                          lens, self.scale)  # [N, Hq, D]
+                                          lens, self.scale, starts)  # [N, Hq, D]
             x = x + layer.self_attn.o_proj(out.reshape(1, out.shape[0], -1))
             x = self._mlp(i, layer, x)
             ks.append(k)

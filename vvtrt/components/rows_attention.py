@@ -132,15 +132,23 @@ def merge_new_token(out, lse, q, k, v, scale: float, groups: int):
     return merged.to(q.dtype).reshape(b, 1, hq * d)
 
 
-def packed_causal_attention(q, k, v, lens: list[int], scale: float):
+def packed_starts(lens: list[int], device) -> torch.Tensor:
+    """The sequence starts `[S + 1]` int32 of prompts of `lens` packed back to back (computed once per call,
+    shared by every layer)."""
+    return torch.tensor([0, *lens], dtype=torch.int64).cumsum(0).to(device=device, dtype=torch.int32)
+
+
+def packed_causal_attention(q, k, v, lens: list[int], scale: float, starts: torch.Tensor | None = None):
     """Prompts packed back to back (no padding): `q [N, Hq, D]`, `k/v [N, Hkv, D]`, sequence `i` the next
     `lens[i]` tokens, each token attending causally within its own sequence -> `[N, Hq, D]`. FlashAttention's
     variable-length kernel on CUDA (fp16/bf16; K/V repeated to the query heads, a small copy beside the
-    GEMMs); one sequence at a time by SDPA elsewhere, what the CPU tests check the packing with."""
+    GEMMs; `starts`: `packed_starts(lens)` on the device); one sequence at a time by SDPA elsewhere, what the
+    CPU tests check the packing with."""
     groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    k, v = k.repeat_interleave(groups, dim=1).contiguous(), v.repeat_interleave(groups, dim=1).contiguous()
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        starts = torch.tensor([0, *lens], device=q.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        if starts is None:
+            starts = packed_starts(lens, q.device)
         top = max(lens)
         return torch.ops.aten._flash_attention_forward(q.contiguous(), k, v, starts, starts, top, top, 0.0, True,
                                                         False, scale=scale)[0]
