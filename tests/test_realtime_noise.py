@@ -225,3 +225,19 @@ def test_streams_of_one_voice_armed_together_give_their_solo_audio(rt, voices, m
         assert [n for n in names if not torch.equal(batched[n], getattr(loop, n))] == []
     finally:
         rt.checkin(stepper)
+
+
+def test_pipeline_is_refused_where_it_cannot_run(tmp_path, tiny_workdir):
+    """`vvtrt serve --pipeline` on a Realtime work dir, or with host noise, is refused with one line."""
+    from cli_helpers import one_clear_line, run
+    from vvtrt.model.resolve import ModelSource
+    from vvtrt.realtime.presets import preset_config
+    from vvtrt.realtime.specs import RealtimeExportOptions
+    from vvtrt.workdir import Workdir
+
+    cfg = preset_config("tiny-realtime")
+    Workdir.create(tmp_path / "wd").write_meta(ModelSource(preset="tiny-realtime"),
+                                               RealtimeExportOptions.for_config(cfg), cfg)
+    assert "--pipeline is for long-form" in one_clear_line(run("serve", "-w", tmp_path / "wd", "--pipeline"))
+    line = one_clear_line(run("serve", "-w", tiny_workdir.root, "--pipeline", "--noise", "host"))
+    assert "--noise device" in line

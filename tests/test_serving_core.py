@@ -42,13 +42,14 @@ def _audio(handle) -> np.ndarray:
     return np.concatenate([c.audio for c in handle])
 
 
-def test_a_paced_reader_is_held_and_receives_every_frame(synth):
-    eng = _engine(synth, buffer_chunks=3, deterministic=True)
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_paced_reader_is_held_and_receives_every_frame(synth, pipeline):
+    eng = _engine(synth, buffer_chunks=3, deterministic=True, pipeline=pipeline)
     try:
         want = _audio(eng.submit(SpeechRequest("Speaker 1: read me slowly", seed=4, frames=40)))
         handle = eng.submit(SpeechRequest("Speaker 1: read me slowly", seed=4, frames=40))
         _wait(lambda: eng.stats().held == 1)  # three chunks ahead of a reader that has not started
-        assert handle.buffered() == 3 and not handle.done()
+        assert handle.buffered() == 3 + pipeline and not handle.done()  # pipelined: the step already launched
         got = []
         for chunk in handle:
             got.append(chunk.audio)
@@ -122,10 +123,12 @@ def test_repeated_step_failures_end_streams_as_errors_and_turn_the_engine_unheal
         eng.stop(grace_s=0)
 
 
-def test_free_and_held_rows_never_exceed_the_step_bucket(synth):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_free_and_held_rows_never_exceed_the_step_bucket(synth, pipeline):
     """A long request leaves a middle slot while short ones run around it in the 256 bucket: the freed
-    rows are zeroed, so no row's length reaches past the bucket a step runs with."""
-    eng = _engine(synth, max_streams=3, buffer_chunks=2, stall_timeout_s=600)
+    rows are zeroed, so no row's length reaches past the bucket a step runs with (also with each step
+    launched before the last one is read)."""
+    eng = _engine(synth, max_streams=3, buffer_chunks=2, stall_timeout_s=600, pipeline=pipeline)
     loop = eng.stepper.loop
     seen: list[tuple[int, int]] = []
     real_step = loop.step
@@ -201,3 +204,27 @@ def test_a_burst_of_short_prompts_is_prefilled_in_one_batched_call(synth, monkey
     assert sizes == [4]
     for a, b in zip(got, solo):
         assert len(a) == len(b) and error_stats(torch.from_numpy(a), torch.from_numpy(b)).rel_l2 < 1e-4
+
+
+def test_a_pipelined_step_gives_each_request_its_solo_audio(synth):
+    """Steps launched before the last one is read: requests of different lengths, joining and ending at
+    different steps, one cancelled midway (its slot reused at once), each give their solo audio bit for bit
+    (fixed shapes); a pipelined step needs device noise."""
+    reqs = [SpeechRequest(f"Speaker 1: pipelined number {i}", seed=20 + i, frames=5 + 3 * i) for i in range(4)]
+    late = SpeechRequest("Speaker 1: the late one", seed=30, frames=7)
+    eng = _engine(synth, max_streams=4, deterministic=True, pipeline=True)
+    try:
+        solo = [_audio(eng.submit(r)) for r in (*reqs, late)]  # one at a time, each in slot 0
+        handles = [eng.submit(r) for r in reqs]
+        doomed = eng.submit(SpeechRequest("Speaker 1: cancelled", seed=40, frames=50))  # queued: no free slot
+        first = next(iter(handles[0]))
+        _wait(lambda: doomed.summary().started_t > 0)
+        doomed.cancel()
+        tail = eng.submit(late)  # takes the cancelled request's slot
+        got = [np.concatenate([first.audio, _audio(handles[0])]), *(_audio(h) for h in handles[1:]), _audio(tail)]
+    finally:
+        eng.stop()
+    for i, (a, b) in enumerate(zip(got, solo)):
+        assert np.array_equal(a, b), i
+    with pytest.raises(InputError, match="noise"):
+        EngineConfig(pipeline=True, noise="host")

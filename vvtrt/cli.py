@@ -252,10 +252,13 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
               help="Long-form models: KV groups a step may run as. 2: short streams attend over their own KV bucket "
                    "beside long ones when that costs less (more CUDA graphs); 1: every step reads the longest "
                    "stream's bucket (the default until 2 is measured on a GPU). --deterministic runs one.")
+@click.option("--pipeline", is_flag=True,
+              help="Long-form models: launch each frame step before reading the last one, so the host's per-step "
+                   "work overlaps the GPU's (chunks arrive one step later; audio unchanged; needs --noise device).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @_friendly
 def bench_serving(workdir, backend, compile_shapes, device, dtype, mode, levels, requests, frames, prompt_words,
-                  max_streams, max_context, cfg_scale, kv_groups, out_dir):
+                  max_streams, max_context, cfg_scale, kv_groups, pipeline, out_dir):
     """Open-loop load on the serving engine: TTFA, inter-chunk gaps and RTF vs load."""
     from vvtrt.bench.serving import ServingLoad, run_serving_bench
     from vvtrt.errors import InputError
@@ -271,7 +274,8 @@ def bench_serving(workdir, backend, compile_shapes, device, dtype, mode, levels,
     check_max_context(workdir, max_context, frames)  # every request would fail: refused before the engine loads
     paths = run_serving_bench(workdir, backend.replace("-compile", ""), device, dtype, load, out_dir,
                               compile=backend.endswith("-compile"), compile_shapes=compile_shapes,
-                              max_streams=max_streams, max_context=max_context, kv_groups=kv_groups)
+                              max_streams=max_streams, max_context=max_context, kv_groups=kv_groups,
+                              pipeline=pipeline)
     click.echo(f"serving bench report: {paths['json']}")
 
 

@@ -53,7 +53,8 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_
 @click.option("--stall-timeout", "stall_timeout_s", default=30.0, show_default=True, type=_FiniteFloat(0.1, 3600.0),
               help="Seconds a stream whose client reads nothing (its buffer full) is held before it is cancelled.")
 @click.option("--deterministic", is_flag=True,
-              help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run.")
+              help="Run every step at the full pool's shapes: a request's audio is bit-equal to its solo run "
+                   "(where the GEMMs compute a row alike in any batch position).")
 @click.option("--engine-process", is_flag=True,
               help="Run the serving engine in a process of its own, so this process's interpreter does only the HTTP "
                    "and WebSocket work (long-form and Realtime work dirs; not with --ray).")
@@ -77,12 +78,15 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_
               help="Long-form models: KV groups a step may run as. 2: short streams attend over their own KV bucket "
                    "beside long ones when that costs less (more CUDA graphs); 1: every step reads the longest "
                    "stream's bucket (the default until 2 is measured on a GPU). --deterministic runs one.")
+@click.option("--pipeline", is_flag=True,
+              help="Long-form models: launch each frame step before reading the last one, so the host's per-step "
+                   "work overlaps the GPU's (chunks arrive one step later; audio unchanged; needs --noise device).")
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
           backend, compile_shapes, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key,
           header_timeout, body_timeout, ws_origins, ws_max_pending, insecure, stall_timeout_s, deterministic,
           engine_process, use_ray, replicas, min_replicas, max_replicas, address, allow_failed_quant,
-          noise, kv_groups):
+          noise, kv_groups, pipeline):
     """Serve speech over HTTP and WebSocket (OpenAI-compatible), with /metrics, a try-it page and a dashboard."""
     _require_extra("vvtrt serve", "serve", "fastapi", "uvicorn", "prometheus_client")
     from vvtrt.server.config import METRICS_KEY_ENV, ServerConfig, api_key_from_env
@@ -95,6 +99,10 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
         raise InputError("--engine-process and --ray exclude each other: a Ray replica is its own engine process")
     fleet = _fleet_options(use_ray, replicas, min_replicas, max_replicas, address)
     check_serve_settings(workdir, voices_dir, max_context)  # what would fail every request: refused before start
+    if pipeline and is_realtime_workdir(workdir):
+        from vvtrt.errors import InputError
+
+        raise InputError("--pipeline is for long-form work dirs: a Realtime work dir serves without it")
     if not is_realtime_workdir(workdir):
         from vvtrt.quant.gate import check_gate
         from vvtrt.workdir import Workdir
@@ -114,7 +122,7 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
                           header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                           ws_origins=tuple(ws_origins), ws_max_pending=ws_max_pending, insecure=insecure,
                           stall_timeout_s=stall_timeout_s, deterministic=deterministic, noise=noise,
-                          kv_groups=kv_groups)
+                          kv_groups=kv_groups, pipeline=pipeline)
     if fleet is not None:
         from vvtrt.server.fleet_serve import run_ray_server
 

@@ -416,6 +416,19 @@ rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs
         --batches $batches --engine-streams 256,512)
   done
 }
+srvpipe() {  # the pipelined step (--pipeline: each step launched before the last one is read) against the plain one,
+  # 1.5B bf16 held streams of 8/48/96-word prompts, same GPU, same call (compiled by default: run it after cstart,
+  # whose compile cache it reuses)
+  local p
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  for p in pipe plain; do
+    local args=()
+    [[ $p == pipe ]] && args=(--pipeline)
+    $VV bench-serving -w "$RUN/wd15" --device cuda --backend ${SRVPIPE_BACKEND:-torch-compile} --mode concurrency \
+        --levels ${SRVPIPE_LEVELS:-1,128,400} --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 400 \
+        --max-context 1024 "${args[@]}" --out "$RUN/results/serving_1.5b_$p"
+  done
+}
 gpucore() {  # the serving core's GPU tests (interleaving bit-exact with fixed shapes, the bf16 bound, the captured
   # step's noise) and the packed prefill's attention kernel against its CPU sequences
   local rc=0
@@ -477,7 +490,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi

@@ -19,6 +19,14 @@ it is resumed. The step runs the smallest (batch, KV) bucket holding the highest
 context, so a slot's numbers never depend on which other slots are busy (up to batch-size-dependent GEMM
 kernels on GPUs). With a loop of two KV groups (`vvtrt.runtime.kv_groups`) and a `GroupCost`, the step may
 run as a low and a high group of slots, each at its own KV bucket (`plan_groups` decides on the host).
+
+Pipelined (`pipeline=True`, device noise only: the serving engine's `pipeline` option), `step` launches the
+next step before it reads the last one: the last step's status and audio were copied to (pinned) host
+buffers behind it, so the host's work on them (events, joins, holds) runs while the device computes the next
+step. Its events then come one step later; a slot whose run changed since a step was launched (it ended,
+was cancelled, or another run joined) gets no event of that step. Nothing a step computes changes: a stopping
+slot clears its own ACTIVE flag on the device, and joins, holds and leaves reach the device in stream order,
+so they take effect from the step after the one already launched.
 """
 from __future__ import annotations
 
@@ -77,15 +85,35 @@ class SlotEvent:
     stop_reason: str = ""  # set on the run's last step
 
 
+@dataclass
+class _Launched:
+    """A launched step, until its outputs are read: its batch, the slots that computed and their run
+    generations, their step counts after it, and (pipelined) its outputs' host copies and their event."""
+
+    b: int
+    act: np.ndarray
+    gen: np.ndarray
+    steps: np.ndarray
+    staged: dict | None = None
+    done: object = None  # torch.cuda.Event
+
+
 class SlotStepper:
     """Runs requests in the slots of `loop`; `prefill(body [1,T,H]) -> (k, v)` fills a joining slot's cache.
     `events`: "changes" (a slot's event only when it made a frame or ended) or "all" (every running slot,
     every step). `cost`: the `GroupCost` that splits a step in KV groups where the loop has their shapes
     (None: one group, as the `Synthesizer` runs)."""
 
-    def __init__(self, loop: FrameLoop, prefill, events: str = "changes", cost: GroupCost | None = None):
+    def __init__(self, loop: FrameLoop, prefill, events: str = "changes", cost: GroupCost | None = None,
+                 pipeline: bool = False):
         if events not in ("changes", "all"):
             raise ValueError(f"events must be 'changes' or 'all', got {events!r}")
+        if pipeline and (not loop.device_noise or loop.teacher_forcing or events == "all"):
+            raise ValueError("a pipelined step needs device noise, no teacher forcing and events='changes'")
+        self.pipeline = pipeline
+        self._inflight: _Launched | None = None
+        self._staging = [_staging(loop) for _ in range(2)] if pipeline else []
+        self._flip = 0
         self.loop = loop
         self.prefill = prefill
         self.every_step = events == "all"
@@ -103,6 +131,7 @@ class SlotStepper:
         self._active = np.zeros(n, dtype=bool)  # ... and computes this step (not held)
         self._steps = np.zeros(n, dtype=np.int64)
         self._base = np.zeros(n, dtype=np.int64)  # prompt tokens + 1: KV need = base + steps
+        self._gen = np.zeros(n, dtype=np.int64)   # bumped when a run joins or leaves the slot
         self.held: set[int] = set()
         self.prefill_tokens = 0
         self.last_active = 0  # slots that computed in the last step
@@ -130,6 +159,7 @@ class SlotStepper:
         loop.arm_slot(slot, slot_row(run.seed, run.limit, run.max_steps, run.mode), run.script)
         self.held.discard(slot)
         self._busy[slot] = self._active[slot] = True
+        self._gen[slot] += 1
         self._steps[slot], self._base[slot] = 0, run.n_prompt + 1
         self.runs[slot] = run
 
@@ -149,6 +179,7 @@ class SlotStepper:
         lengths are zeroed so no step of a smaller KV bucket ever reads past the bucket for it."""
         self.loop.set_active(slot, False)
         self._busy[slot] = self._active[slot] = False
+        self._gen[slot] += 1
         self.held.discard(slot)
         self.loop.cache.lengths[2 * slot:2 * slot + 2] = 0
         if self._use_teacher is not None:
@@ -179,10 +210,18 @@ class SlotStepper:
             a["use_teacher"][:top].copy_(self._use_teacher[:top])
 
     def step(self) -> list[SlotEvent]:
-        """One frame step for every busy, unheld slot; finished runs leave their slots."""
+        """One frame step for every busy, unheld slot; finished runs leave their slots. Pipelined, the events
+        returned are those of the step launched by the previous call."""
+        launched = self._launch()
+        if not self.pipeline:
+            return self._collect(launched) if launched is not None else []
+        last, self._inflight = self._inflight, launched
+        return self._collect(last) if last is not None else []
+
+    def _launch(self) -> _Launched | None:
         self.last_active = len(self.runs) - len(self.held)
         if not self.last_active:
-            return []
+            return None
         loop = self.loop
         self.groups = groups = self._plan()
         b = max(g.stop for g in groups)  # every busy slot is in a group; slots between groups are free
@@ -191,22 +230,49 @@ class SlotStepper:
         for g in groups:
             loop.select(g.batch, g.kv, g.first)
             loop.step()
-        a = loop.all
-        status = a["status"][:b].cpu().numpy()  # the one host sync per step: token + 8 * stop code per slot
-        tok, stop = status % TOKEN_BITS, status // TOKEN_BITS
-        act = self._active[:b]
+        act = self._active[:b].copy()
         self._steps[:b] += act
-        made = act & (tok == loop.diff_idx)
-        audio = a["audio"][:b, 0].float().cpu().numpy() if made.any() else None
-        keep = audio is not None and any(r.keep_latents for r in self.runs.values())
-        latents = a["latent"][:b, 0].float().cpu().numpy() if keep else None
-        which = act if self.every_step else act & (made | (stop > 0))
-        return [self._event(int(s), int(tok[s]), int(stop[s]), audio, latents) for s in np.flatnonzero(which)]
+        rec = _Launched(b, act, self._gen[:b].copy(), self._steps[:b].copy())
+        if self.pipeline:
+            self._stage(rec)
+        return rec
 
-    def _event(self, slot: int, tok: int, stop: int, audio, latents) -> SlotEvent:
+    def _stage(self, rec: _Launched) -> None:
+        """Copy the step's status and audio to host buffers behind it (no wait), and mark their arrival."""
+        a, b = self.loop.all, rec.b
+        rec.staged = st = self._staging[self._flip]
+        self._flip ^= 1
+        st["status"][:b].copy_(a["status"][:b], non_blocking=True)
+        st["audio"][:b].copy_(a["audio"][:b, 0].float(), non_blocking=True)
+        if st["latent"] is not None and any(r.keep_latents for r in self.runs.values()):
+            st["latent"][:b].copy_(a["latent"][:b, 0].float(), non_blocking=True)
+        if a["status"].is_cuda:
+            rec.done = torch.cuda.Event()
+            rec.done.record()
+
+    def _collect(self, rec: _Launched) -> list[SlotEvent]:
+        """The events of a launched step (the one host sync per step)."""
+        loop, a, b = self.loop, self.loop.all, rec.b
+        st = rec.staged
+        if rec.done is not None:
+            rec.done.synchronize()
+        status = st["status"][:b].numpy() if st else a["status"][:b].cpu().numpy()  # token + 8 * stop code
+        tok, stop = status % TOKEN_BITS, status // TOKEN_BITS
+        act = rec.act & (self._gen[:b] == rec.gen)  # slots whose run is still the one that computed
+        made = act & (tok == loop.diff_idx)
+        audio = latents = None
+        if made.any():
+            audio = st["audio"][:b].numpy() if st else a["audio"][:b, 0].float().cpu().numpy()
+            if any(r.keep_latents for r in self.runs.values()):
+                latents = st["latent"][:b].numpy() if st else a["latent"][:b, 0].float().cpu().numpy()
+        which = act if self.every_step else act & (made | (stop > 0))
+        return [self._event(int(s), int(tok[s]), int(stop[s]), audio, latents, int(rec.steps[s]))
+                for s in np.flatnonzero(which)]
+
+    def _event(self, slot: int, tok: int, stop: int, audio, latents, steps: int) -> SlotEvent:
         """Slot `slot`'s event of this step; its run leaves on a stop, else draws its next host noise."""
         run = self.runs[slot]
-        run.steps = int(self._steps[slot])
+        run.steps = steps
         ev = SlotEvent(slot, run, self.names[tok], stop_reason=STOP_REASONS[stop])
         if self.every_step:
             run.tokens.append(ev.token)
@@ -225,3 +291,16 @@ class SlotStepper:
             if self._teacher is not None:
                 self._set_teacher(slot, run)
         return ev
+
+
+def _staging(loop: FrameLoop) -> dict:
+    """Host buffers for one launched step's status, audio and latents (pinned on CUDA, so the copies are
+    asynchronous)."""
+    a = loop.all
+    pin = a["status"].is_cuda
+    n = a["status"].shape[0]
+
+    def buf(*shape, dtype=torch.float32):
+        return torch.empty(*shape, dtype=dtype, pin_memory=pin)
+    return {"status": buf(n, dtype=torch.int64), "audio": buf(n, a["audio"].shape[-1]),
+            "latent": buf(n, a["latent"].shape[-1]) if "latent" in a else None}

@@ -44,6 +44,7 @@ class ServerConfig:
     deterministic: bool = False        # full-pool shapes: a request's audio equals its solo run bit for bit
     noise: str = "device"              # diffusion noise drawn in the step ("device") or on the host
     kv_groups: int = 1                 # long-form: KV groups a step may run as (short streams at their own bucket)
+    pipeline: bool = False             # long-form: each step launched before the last one is read
 
     def check(self) -> "ServerConfig":
         """Self, or an InputError naming the option to fix."""
@@ -63,6 +64,8 @@ class ServerConfig:
             raise InputError(f"--kv-groups must be 1 or 2, got {self.kv_groups}")
         if self.noise not in ("device", "host"):
             raise InputError(f"--noise must be device or host, got {self.noise!r}")
+        if self.pipeline and self.noise != "device":
+            raise InputError("--pipeline draws the noise in the step: use --noise device")
         if self.api_key is None and not self.insecure and not is_loopback(self.host):
             raise InputError(f"--host {self.host} is reachable from other machines: set {API_KEY_ENV} (or "
                              "--api-key), or pass --insecure to serve without a key")

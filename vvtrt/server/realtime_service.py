@@ -31,6 +31,10 @@ def build_realtime_engine(config):
     from vvtrt.realtime.engine import RealtimeEngine
     from vvtrt.realtime.runtime import RealtimeRunner
 
+    if config.pipeline:
+        from vvtrt.errors import InputError
+
+        raise InputError("--pipeline is for long-form work dirs: a Realtime work dir serves without it")
     # deterministic: one batch and one cache bucket (sizes at or above the loop's own keep only its own)
     fixed = {"batch_buckets": (config.max_streams,), "kv_buckets": (1 << 30,)} if config.deterministic else {}
     compiled = config.backend == "torch-compile"

@@ -70,7 +70,8 @@ def build_longform_engine(config: ServerConfig):
                                precision=config.dtype, max_streams=config.max_streams,
                                max_context=config.max_context, max_queue=config.max_queue,
                                buffer_chunks=config.buffer_chunks, stall_timeout_s=config.stall_timeout_s,
-                               deterministic=config.deterministic, noise=config.noise, kv_groups=config.kv_groups)
+                               deterministic=config.deterministic, noise=config.noise, kv_groups=config.kv_groups,
+                               pipeline=config.pipeline)
 
 
 def configure_logging() -> None:

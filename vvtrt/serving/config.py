@@ -33,7 +33,8 @@ class EngineConfig:
     reader takes nothing for this long is cancelled (`SlowReader`).
     `max_step_failures`: consecutive failed frame steps before the engine reports unhealthy.
     `deterministic`: every step runs the full pool's shapes (one batch and one KV bucket), so a request's
-    audio is bit-equal to its solo run whatever runs beside it (other buckets may differ by GEMM rounding).
+    audio is bit-equal to its solo run whatever runs beside it (other buckets may differ by GEMM rounding), where
+    the GEMM library computes a row alike in every position of the batch (a CPU GEMM at 3 slots did not).
     `memory_headroom_gib` (CUDA): memory left free after the KV pool, for graphs, activations and the
     prefill. `max_pool_gib` (CPU, or a CUDA cap): the KV pool's size limit.
     `noise`: where each request's diffusion noise comes from. "device" (default): drawn inside the step from
@@ -44,7 +45,10 @@ class EngineConfig:
     frame).
     `kv_groups`: 1 or 2 KV groups a step may run as (`vvtrt.runtime.kv_groups`): with 2, short streams run at
     their own KV bucket beside long ones when the cost model says it pays, at the price of up to three times the
-    CUDA graphs. `deterministic` runs one group."""
+    CUDA graphs. `deterministic` runs one group.
+    `pipeline` (long-form, device noise): each frame step is launched before the previous one's outputs are
+    read (`vvtrt.runtime.slots`), so the host's per-step work overlaps the device's; chunks reach their
+    readers one step later. Audio is unchanged."""
 
     max_streams: int = 64
     max_queue: int = 256
@@ -61,6 +65,7 @@ class EngineConfig:
     cuda_graph: bool | str = "auto"
     noise: str = "device"
     kv_groups: int = 1
+    pipeline: bool = False
 
     def __post_init__(self):
         for name in ("max_streams", "max_queue", "prefill_budget_tokens", "buffer_chunks", "max_step_failures"):
@@ -74,6 +79,8 @@ class EngineConfig:
             raise InputError("memory_headroom_gib must be >= 0 and max_pool_gib > 0")
         if self.kv_groups not in (1, MAX_KV_GROUPS) or isinstance(self.kv_groups, bool):
             raise InputError(f"kv_groups must be 1 or {MAX_KV_GROUPS}, got {self.kv_groups!r}")
+        if self.pipeline and self.noise != "device":
+            raise InputError("a pipelined step draws its noise on the device: use noise='device'")
         if self.noise not in NOISE_SOURCES:
             raise InputError(f"noise must be one of {', '.join(NOISE_SOURCES)}, got {self.noise!r}")
         for name in ("batch_buckets", "kv_buckets"):

@@ -118,7 +118,8 @@ class EngineCore:
         self._check_ready()
         work = self.stepper.prepare(request)
         rid = getattr(request, "request_id", None) or f"{self._prefix}-{next(_ids)}"
-        handle = StreamHandle(rid, request, self.limits.buffer_chunks, self._cancel, on_read=self._on_read)
+        # room for one chunk past the hold: a pipelined stepper has the next step in flight when a run is held
+        handle = StreamHandle(rid, request, self.limits.buffer_chunks + 1, self._cancel, on_read=self._on_read)
         handle.work = work
         with self._cond:
             self._check_ready()

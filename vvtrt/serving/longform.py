@@ -89,7 +89,7 @@ class LongformStepper:
         elif any(getattr(r, "compiled", False) for r in s.runners.values()):
             loop.warm_all()  # compile every bucket's shapes before the first request
             loop.cache.reset()
-        self.slot_stepper = SlotStepper(loop, s.prefill, cost=estimate_cost(s.info))
+        self.slot_stepper = SlotStepper(loop, s.prefill, cost=estimate_cost(s.info), pipeline=self.config.pipeline)
         self.slots = p.slots
 
     def describe(self) -> str:
