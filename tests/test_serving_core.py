@@ -48,8 +48,10 @@ def test_a_paced_reader_is_held_and_receives_every_frame(synth, pipeline):
     try:
         want = _audio(eng.submit(SpeechRequest("Speaker 1: read me slowly", seed=4, frames=40)))
         handle = eng.submit(SpeechRequest("Speaker 1: read me slowly", seed=4, frames=40))
-        _wait(lambda: eng.stats().held == 1)  # three chunks ahead of a reader that has not started
-        assert handle.buffered() == 3 + pipeline and not handle.done()  # pipelined: the step already launched
+        # three chunks ahead of a reader that has not started; pipelined, the step already launched adds one
+        _wait(lambda: eng.stats().held == 1 and handle.buffered() == 3 + pipeline)
+        time.sleep(0.3)  # and no more come while it is held
+        assert handle.buffered() == 3 + pipeline and not handle.done() and eng.stats().held == 1
         got = []
         for chunk in handle:
             got.append(chunk.audio)
