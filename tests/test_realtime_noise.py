@@ -195,7 +195,8 @@ def test_cuda_graph_step_draws_the_cpu_noise(solver):
 
 def test_streams_of_one_voice_armed_together_give_their_solo_audio(rt, voices, monkeypatch):
     """Streams of one voice that join in the same tick are armed by one indexed copy per buffer
-    (`reset_slots`); each still gives its solo audio, and the loop's buffers equal slot-by-slot arming."""
+    (`reset_slots`); each still gives its solo audio (armed alone), and the loop's buffers after one call for
+    two slots equal those after one call per slot."""
     from vvtrt.realtime.stream_state import stream_row
     from vvtrt.realtime.window_loop import RealtimeLoop
 
@@ -220,8 +221,7 @@ def test_streams_of_one_voice_armed_together_give_their_solo_audio(rt, voices, m
         for n in names:
             getattr(loop, n).fill_(7)
         for slot, cfg, row in ((2, 1.5, rows[0]), (0, 3.0, rows[1])):
-            loop.reset_slot(slot, voice, cfg)
-            loop.arm_stream(slot, row)
+            loop.reset_slots([slot], voice, [cfg], [row])
         assert [n for n in names if not torch.equal(batched[n], getattr(loop, n))] == []
     finally:
         rt.checkin(stepper)

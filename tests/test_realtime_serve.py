@@ -76,21 +76,13 @@ def test_an_arming_failure_or_bad_text_ends_one_request_alone(engine, voices, mo
     req = RealtimeSpeechRequest(TEXTS[0], "v0", seed=31, max_frames=12)
     want = _audio(engine.submit(req))
     loop = engine.stepper.loop
-    real = loop.reset_slot
+    real = loop.reset_slots
 
-    def reset_slot(s, voice, cfg_scale=1.5):
+    def reset_slots(slots, voice, cfg_scales, rows):  # streams of one voice armed together, or one retried alone
         if voice is engine.stepper.inner._voices.get(id(voices["v2"]), (None, None))[1]:
             raise RuntimeError("injected arming failure")
-        return real(s, voice, cfg_scale)
+        return real(slots, voice, cfg_scales, rows)
 
-    real_many = loop.reset_slots
-
-    def reset_slots(slots, voice, cfg_scales, rows):  # streams of one voice armed together
-        if voice is engine.stepper.inner._voices.get(id(voices["v2"]), (None, None))[1]:
-            raise RuntimeError("injected arming failure")
-        return real_many(slots, voice, cfg_scales, rows)
-
-    monkeypatch.setattr(loop, "reset_slot", reset_slot)
     monkeypatch.setattr(loop, "reset_slots", reset_slots)
     running = engine.submit(req)
     doomed = engine.submit(RealtimeSpeechRequest(TEXTS[2], "v2", seed=32, max_frames=5))

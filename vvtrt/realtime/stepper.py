@@ -175,11 +175,7 @@ class RealtimeStepper:
     def _arm(self, slots: list, reqs: list) -> None:
         voice = self._device_voice(reqs[0].voice)
         rows = [stream_row(r.seed, r.options.force_eos_frame, r.options.max_frames) for r in reqs]
-        if len(slots) == 1:
-            self.loop.reset_slot(slots[0], voice, reqs[0].options.cfg_scale)
-            self.loop.arm_stream(slots[0], rows[0])
-        else:
-            self.loop.reset_slots(slots, voice, [r.options.cfg_scale for r in reqs], rows)
+        self.loop.reset_slots(slots, voice, [r.options.cfg_scale for r in reqs], rows)
 
     def _arm_one(self, slot: int, run: StreamRun, events: list, make) -> None:
         try:

@@ -3,7 +3,7 @@ step and the speech step built on the components' runners (`vvtrt.runtime.runner
 Runtime / TensorRT runners can replace the torch ones), and CUDA graphs of both steps per bucket.
 
 Layout. Stream (slot) s owns text-LM row s, TTS rows 2s (positive) and 2s + 1 (negative, the CFG
-branch) and its guidance scale `cfg_scale[s]` (set by `reset_slot`), so batch bucket b is a prefix of
+branch) and its guidance scale `cfg_scale[s]` (set by `reset_slots`), so batch bucket b is a prefix of
 every buffer. Each row keeps its own length (= its next RoPE
 position); K/V buffers hold `capacity + TEXT_WINDOW` slots, the extra ones take the never-committed
 entries a step computes for rows it does not advance.
@@ -134,26 +134,11 @@ class RealtimeLoop:
     def kv_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.lm_k, self.lm_v, self.tts_k, self.tts_v))
 
-    def reset_slot(self, s: int, voice, cfg_scale: float = 1.5) -> None:
-        """Arm slot `s` with a voice (a `VoicePreset` already on this device and dtype) and its stream's
-        guidance scale: the voice's prefilled caches in the slot's rows, their lengths, the conditions, a
-        zero decoder state."""
-        lm, pos, neg = voice["lm"], voice["tts_lm"], voice["neg_tts_lm"]
-        for cache_k, cache_v, row, br in ((self.lm_k, self.lm_v, s, lm), (self.tts_k, self.tts_v, 2 * s, pos),
-                                          (self.tts_k, self.tts_v, 2 * s + 1, neg)):
-            cache_k[:, row, :, :br.length].copy_(br.k)
-            cache_v[:, row, :, :br.length].copy_(br.v)
-        self.lm_len[s] = lm.length
-        self.tts_len[2 * s] = pos.length
-        self.tts_len[2 * s + 1] = neg.length
-        self.h_pos[s].copy_(pos.hidden[-1])
-        self.h_neg[s].copy_(neg.hidden[-1])
-        self.dec_state[s].zero_()
-        self.cfg_scale[s] = float(cfg_scale)
-
     def reset_slots(self, slots: list, voice, cfg_scales: list, rows: list) -> None:
-        """`reset_slot` and `arm_stream` for several slots of one voice at once: each cache, length and
-        condition written for all of them by one indexed copy (the same values as slot by slot)."""
+        """Arm `slots` (streams of one voice, a `VoicePreset` already on this device and dtype) for new streams:
+        the voice's prefilled caches in each slot's rows, their lengths, the conditions, a zero decoder state,
+        each stream's guidance scale and state row (`stream_state.stream_row`: seed, no frame yet, its limits),
+        each written for all the slots by one indexed copy."""
         dev = self.state.device
         idx = torch.tensor(slots, device=dev)
         lm, pos, neg = voice["lm"], voice["tts_lm"], voice["neg_tts_lm"]
@@ -169,10 +154,6 @@ class RealtimeLoop:
         self.dec_state[idx] = 0
         self.cfg_scale[idx] = torch.tensor(cfg_scales, dtype=self.cfg_scale.dtype).to(dev)
         self.state[idx] = torch.stack(rows).to(dev)
-
-    def arm_stream(self, s: int, row: torch.Tensor) -> None:
-        """Write slot `s`'s stream state row (`stream_state.stream_row`: seed, no frame yet, its limits)."""
-        self.state[s].copy_(row)
 
     # -- buckets --------------------------------------------------------------------------------------
     def batch_bucket(self, slots_needed: int) -> int:
