@@ -99,11 +99,11 @@ def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, 
         raise InputError("--engine-process and --ray exclude each other: a Ray replica is its own engine process")
     fleet = _fleet_options(use_ray, replicas, min_replicas, max_replicas, address)
     check_serve_settings(workdir, voices_dir, max_context)  # what would fail every request: refused before start
-    if pipeline and is_realtime_workdir(workdir):
-        from vvtrt.errors import InputError
+    if is_realtime_workdir(workdir):
+        from vvtrt.server.realtime_service import check_realtime_options
 
-        raise InputError("--pipeline is for long-form work dirs: a Realtime work dir serves without it")
-    if not is_realtime_workdir(workdir):
+        check_realtime_options(pipeline)
+    else:
         from vvtrt.quant.gate import check_gate
         from vvtrt.workdir import Workdir
 

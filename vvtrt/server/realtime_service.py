@@ -26,15 +26,18 @@ log = logging.getLogger(__name__)
 REALTIME_CFG = 1.5  # Microsoft's demos
 
 
+def check_realtime_options(pipeline: bool) -> None:
+    """Refuse the long-form-only serving options for a Realtime work dir."""
+    if pipeline:
+        raise InputError("--pipeline is for long-form work dirs: a Realtime work dir serves without it")
+
+
 def build_realtime_engine(config):
     """The `RealtimeEngine` of `config.workdir` with its voices (see module doc)."""
     from vvtrt.realtime.engine import RealtimeEngine
     from vvtrt.realtime.runtime import RealtimeRunner
 
-    if config.pipeline:
-        from vvtrt.errors import InputError
-
-        raise InputError("--pipeline is for long-form work dirs: a Realtime work dir serves without it")
+    check_realtime_options(config.pipeline)
     # deterministic: one batch and one cache bucket (sizes at or above the loop's own keep only its own)
     fixed = {"batch_buckets": (config.max_streams,), "kv_buckets": (1 << 30,)} if config.deterministic else {}
     compiled = config.backend == "torch-compile"
