@@ -144,6 +144,8 @@ class SlotStepper:
         and arm the slot for `run`. Runs between steps (a frame boundary)."""
         if slot in self.runs:
             raise RuntimeError(f"slot {slot} is busy")
+        if self.pipeline and run.keep_latents:
+            raise ValueError("a pipelined step stages no latents: keep_latents runs step unpipelined")
         if kv is None:
             body = emb[:, :-1]
             kv = self.prefill(body) if body.shape[1] > 0 else (None, None)
@@ -244,8 +246,6 @@ class SlotStepper:
         self._flip ^= 1
         st["status"][:b].copy_(a["status"][:b], non_blocking=True)
         st["audio"][:b].copy_(a["audio"][:b, 0].float(), non_blocking=True)
-        if st["latent"] is not None and any(r.keep_latents for r in self.runs.values()):
-            st["latent"][:b].copy_(a["latent"][:b, 0].float(), non_blocking=True)
         if a["status"].is_cuda:
             rec.done = torch.cuda.Event()
             rec.done.record()
@@ -263,8 +263,8 @@ class SlotStepper:
         audio = latents = None
         if made.any():
             audio = st["audio"][:b].numpy() if st else a["audio"][:b, 0].float().cpu().numpy()
-            if any(r.keep_latents for r in self.runs.values()):
-                latents = st["latent"][:b].numpy() if st else a["latent"][:b, 0].float().cpu().numpy()
+            if not st and any(r.keep_latents for r in self.runs.values()):  # parity runs: never pipelined
+                latents = a["latent"][:b, 0].float().cpu().numpy()
         which = act if self.every_step else act & (made | (stop > 0))
         return [self._event(int(s), int(tok[s]), int(stop[s]), audio, latents, int(rec.steps[s]))
                 for s in np.flatnonzero(which)]
@@ -294,13 +294,10 @@ class SlotStepper:
 
 
 def _staging(loop: FrameLoop) -> dict:
-    """Host buffers for one launched step's status, audio and latents (pinned on CUDA, so the copies are
+    """Host buffers for one launched step's status and audio (pinned on CUDA, so the copies are
     asynchronous)."""
     a = loop.all
     pin = a["status"].is_cuda
     n = a["status"].shape[0]
-
-    def buf(*shape, dtype=torch.float32):
-        return torch.empty(*shape, dtype=dtype, pin_memory=pin)
-    return {"status": buf(n, dtype=torch.int64), "audio": buf(n, a["audio"].shape[-1]),
-            "latent": buf(n, a["latent"].shape[-1]) if "latent" in a else None}
+    return {"status": torch.empty(n, dtype=torch.int64, pin_memory=pin),
+            "audio": torch.empty(n, a["audio"].shape[-1], dtype=torch.float32, pin_memory=pin)}
