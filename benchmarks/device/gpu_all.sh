@@ -201,50 +201,35 @@ ray1() {  # vvtrt serve --ray on ONE GPU: the single-process server vs two repli
   done
 }
 eproc() {  # vvtrt serve with the engine in a process of its own (--engine-process) against the single-process
-  # server (inproc), 1.5B bf16 torch on one GPU, vvtrt loadtest over HTTP at 64, 200 and 300 clients (8 client
-  # processes). Results: eproc_<mode>_c<N>/ (loadtest.json), the metrics after each load, and top's view of
-  # the server's processes (front and engine) during each load: eproc_<mode>_c<N>_top.txt
-  local port=8125 pid n mode slots=${EPROC_SLOTS:-128} pids
+  # server (inproc), 1.5B bf16 on one GPU (EPROC_BACKEND, default torch), vvtrt loadtest over HTTP at 64, 200 and
+  # 300 clients (8 client processes). Results: <tag>_<mode>_c<N>/ (loadtest.json; tag EPROC_TAG, default eproc),
+  # the metrics after each load, the server's /ready answer, and top's view of the server's processes (front and
+  # engine) during each load: <tag>_<mode>_c<N>_top.txt
+  local port=8125 pid n mode slots=${EPROC_SLOTS:-128} pids tag=${EPROC_TAG:-eproc}
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
   for mode in inproc eproc; do
     local args=()
     [[ $mode == eproc ]] && args=(--engine-process)
-    $VV serve -w "$RUN/wd15" --device cuda --max-streams $slots --max-context 1024 --max-queue 1024 --port $port \
-        "${args[@]}" > "$RUN/results/eproc_${mode}_server.log" 2>&1 &
+    $VV serve -w "$RUN/wd15" --device cuda --backend ${EPROC_BACKEND:-torch} --max-streams $slots --max-context 1024 \
+        --max-queue 1024 --port $port "${args[@]}" > "$RUN/results/${tag}_${mode}_server.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$port/ready" > /dev/null && break; kill -0 $pid 2> /dev/null || break; sleep 1; done
+    for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$port/ready" > "$RUN/results/${tag}_${mode}_ready.json" && break
+      kill -0 $pid 2> /dev/null || break; sleep 1; done
     for n in ${EPROC_CONC:-64 200 300}; do
       pids=$(echo $pid $(pgrep -P $pid) | tr ' ' ',')
-      top -b -d 5 -n 7 -p "$pids" > "$RUN/results/eproc_${mode}_c${n}_top.txt" 2>&1 &
+      top -b -d 5 -n 7 -p "$pids" > "$RUN/results/${tag}_${mode}_c${n}_top.txt" 2>&1 &
       $VV loadtest --url "http://127.0.0.1:$port" --concurrency $n --duration 30 --frames 100 \
-          --processes ${EPROC_CLIENT_PROCS:-8} --out "$RUN/results/eproc_${mode}_c$n" || break
+          --processes ${EPROC_CLIENT_PROCS:-8} --out "$RUN/results/${tag}_${mode}_c$n" || break
       wait $!
-      curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/eproc_${mode}_c${n}_metrics.txt"
+      curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/${tag}_${mode}_c${n}_metrics.txt"
     done
-    curl -s "http://127.0.0.1:$port/dashboard/data?seconds=600" > "$RUN/results/eproc_${mode}_dashboard.json"
+    curl -s "http://127.0.0.1:$port/dashboard/data?seconds=600" > "$RUN/results/${tag}_${mode}_dashboard.json"
     kill -TERM $pid; wait $pid; echo "$mode serve exit code $?"
   done
 }
-http300() {  # the HTTP target: a compiled server with 320 slots (1.5B bf16), in one process and with --engine-process,
-  # each loaded by 300 clients (8 client processes) for 30 s; the compile cache of the work dir (cstart's) is reused
-  local port=8126 pid mode pids
-  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
-  for mode in inproc eproc; do
-    local args=()
-    [[ $mode == eproc ]] && args=(--engine-process)
-    $VV serve -w "$RUN/wd15" --device cuda --backend torch-compile --max-streams ${HTTP300_SLOTS:-320} --max-context 1024 \
-        --max-queue 1024 --port $port "${args[@]}" > "$RUN/results/http300_${mode}_server.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1800); do curl -sf "http://127.0.0.1:$port/ready" > "$RUN/results/http300_${mode}_ready.json" && break
-      kill -0 $pid 2> /dev/null || break; sleep 0.5; done
-    pids=$(echo $pid $(pgrep -P $pid) | tr ' ' ',')
-    top -b -d 5 -n 7 -p "$pids" > "$RUN/results/http300_${mode}_top.txt" 2>&1 &
-    $VV loadtest --url "http://127.0.0.1:$port" --concurrency ${HTTP300_CONC:-300} --duration 30 --frames 100 \
-        --processes 8 --out "$RUN/results/http300_${mode}"
-    wait $!
-    curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/http300_${mode}_metrics.txt"
-    kill -TERM $pid; wait $pid; echo "$mode serve exit code $?"
-  done
+http300() {  # the HTTP target: eproc with a compiled 320-slot server under 300 clients (the work dir's compile cache,
+  # cstart's, is reused); results http300_<mode>_c300/
+  EPROC_TAG=http300 EPROC_BACKEND=torch-compile EPROC_SLOTS=${HTTP300_SLOTS:-320} EPROC_CONC=${HTTP300_CONC:-300} eproc
 }
 eprocgpu() {  # the --engine-process GPU tests (tiny long-form and tiny-realtime on CUDA: the engine process's
   # bytes equal the single-process server's; the Realtime one also through the WS text mode)
