@@ -19,6 +19,7 @@ each chunk shape anew).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -60,33 +61,21 @@ class Prefill:
         return job.k, job.v
 
     def first_many(self, bodies: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The first chunks (at most one chunk each) of several prompts in one call: packed back to back on
-        torch (`LMDecode.prefill_packed`), otherwise as rows right-padded to the longest. `(k, v)` per prompt,
-        views of one output (consume them before the next call). Exact per prompt (attention is causal, pads
-        come last), up to the batched GEMMs' rounding."""
-        if len(bodies) == 1:
-            return [self._first(bodies[0])]
+        """The first chunks (at most one chunk each) of several prompts: on torch in one call, packed back to
+        back with no padding (`LMDecode.prefill_packed`: every GEMM over the prompts' real tokens, attention
+        per prompt by the variable-length kernel); `(k, v)` per prompt, views of one output (consume them
+        before the next call), each its own causal prefill's up to the GEMMs' rounding. One prompt runs as
+        `_first`; several need the torch backend (the serving engine batches prompts only there)."""
         lens = [b.shape[1] for b in bodies]
         if max(lens) > self.chunk or min(lens) < 1:
             raise InputError(f"batched prefill takes prompts of 1 to {self.chunk} tokens, got {lens}")
-        if hasattr(self._torch_module, "prefill_packed"):
-            return self._packed(bodies, lens)
-        x = bodies[0].new_zeros(len(bodies), self.padded_length(max(lens)), bodies[0].shape[-1])
-        for i, b in enumerate(bodies):
-            x[i, :lens[i]].copy_(b[0])
-        shape = self.runner.spec.input("past_k").resolve({"batch": len(bodies), "kv_len": 1})
-        past = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        out = self._infer(x, past, past, 0)
-        return [(out["new_k"][:, i:i + 1, :, :n], out["new_v"][:, i:i + 1, :, :n]) for i, n in enumerate(lens)]
-
-    def _packed(self, bodies: list[torch.Tensor], lens: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The torch module's packed prefill: every GEMM over the prompts' real tokens (no row padded to the
-        longest), attention per prompt by the variable-length kernel."""
+        if len(bodies) == 1:
+            return [self._first(bodies[0])]
+        if self._torch_module is None:
+            raise ValueError(f"several prompts in one prefill call need the torch backend, not {self.runner.backend}")
         with torch.inference_mode():
             k, v = self._torch_module.prefill_packed(torch.cat(bodies, dim=1), lens)
-        starts = [0]
-        for n in lens:
-            starts.append(starts[-1] + n)
+        starts = [0, *itertools.accumulate(lens)]
         return [(k[:, :, :, o:o + n], v[:, :, :, o:o + n]) for o, n in zip(starts, lens)]
 
     def _feed(self, body, past_k, past_v, start: int) -> dict:
