@@ -211,9 +211,14 @@ def test_a_burst_of_short_prompts_is_prefilled_in_one_batched_call(synth, monkey
 def test_a_pipelined_step_gives_each_request_its_solo_audio(synth):
     """Steps launched before the last one is read: requests of different lengths, joining and ending at
     different steps, one cancelled midway (its slot reused at once), each give their solo audio bit for bit
-    (fixed shapes); a pipelined step needs device noise."""
+    (fixed shapes), which is the plain step's audio; a pipelined step needs device noise."""
     reqs = [SpeechRequest(f"Speaker 1: pipelined number {i}", seed=20 + i, frames=5 + 3 * i) for i in range(4)]
     late = SpeechRequest("Speaker 1: the late one", seed=30, frames=7)
+    plain = _engine(synth, max_streams=4, deterministic=True)
+    try:
+        plain_solo = [_audio(plain.submit(r)) for r in (*reqs, late)]
+    finally:
+        plain.stop()
     eng = _engine(synth, max_streams=4, deterministic=True, pipeline=True)
     try:
         solo = [_audio(eng.submit(r)) for r in (*reqs, late)]  # one at a time, each in slot 0
@@ -226,7 +231,7 @@ def test_a_pipelined_step_gives_each_request_its_solo_audio(synth):
         got = [np.concatenate([first.audio, _audio(handles[0])]), *(_audio(h) for h in handles[1:]), _audio(tail)]
     finally:
         eng.stop()
-    for i, (a, b) in enumerate(zip(got, solo)):
-        assert np.array_equal(a, b), i
+    for i, (a, b, c) in enumerate(zip(got, solo, plain_solo)):
+        assert np.array_equal(a, b) and np.array_equal(b, c), i
     with pytest.raises(InputError, match="noise"):
         EngineConfig(pipeline=True, noise="host")
