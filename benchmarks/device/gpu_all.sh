@@ -363,7 +363,9 @@ cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a c
     for _ in $(seq 1800); do curl -sf "http://127.0.0.1:$port/ready" > "$RUN/results/cstart_${i}_ready.json" && break
       kill -0 $pid 2> /dev/null || break; sleep 0.5; done
     t1=$(date +%s.%N); ms=$(python3 -c "print(round(($t1 - $t0) * 1000))")
-    echo "{\"start\": \"$i\", \"process_to_ready_ms\": $ms}" > "$RUN/results/cstart_${i}_time.json"
+    python3 -c "import json, sys; json.dump({'start': sys.argv[1], 'process_to_ready_ms': int(sys.argv[2]),
+'git_commit': sys.argv[3] or None, 'gpu_name': sys.argv[4]}, sys.stdout)" "$i" "$ms" "${VVTRT_GIT_COMMIT:-}" \
+        "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)" > "$RUN/results/cstart_${i}_time.json"
     curl -s "http://127.0.0.1:$port/metrics" | grep -E "vvtrt_(startup_seconds|compile_cache)" > "$RUN/results/cstart_${i}_metrics.txt"
     echo "$i start: $ms ms to /ready: $(cat "$RUN/results/cstart_${i}_ready.json")"
     kill -TERM $pid; wait $pid; echo "serve exit code $?"
