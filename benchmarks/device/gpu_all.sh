@@ -393,14 +393,14 @@ noise15() {  # the serving step's host work (device noise, on-device stops, one 
       --max-context 1024 --repeats 10)
 }
 rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs), this commit and the baseline; this
-  # commit also at 256 streams through one stepper (its component table: the decoder step at 256)
-  local base=${BASE:-$PWD/.baseline} tree batches
+  # commit also at 256 streams through one stepper (its component table: the decoder step at 256) and 768 engine streams
+  local base=${BASE:-$PWD/.baseline} tree batches streams
   for tree in new base; do
     local root=$PWD commit=${VVTRT_GIT_COMMIT:-}
-    batches=${RTCORE_BATCHES:-1,256}
-    [[ $tree == base ]] && root=$base commit=${BASE_COMMIT:-unknown} batches=1
+    batches=${RTCORE_BATCHES:-1,256} streams=${RTCORE_STREAMS:-256,512,768}
+    [[ $tree == base ]] && root=$base commit=${BASE_COMMIT:-unknown} batches=1 streams=256,512
     (cd "$root" && VVTRT_GIT_COMMIT=$commit PYTHONPATH=/tmp/site:$root python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_$tree" \
-        --batches $batches --engine-streams 256,512)
+        --batches $batches --engine-streams $streams)
   done
 }
 srvpipe() {  # the pipelined step (--pipeline: each step launched before the last one is read) against the plain one,
