@@ -179,7 +179,9 @@ ray1() {  # vvtrt serve --ray on ONE GPU: the single-process server vs two repli
   # the slots each, so the same total), 1.5B bf16 torch, vvtrt loadtest over HTTP at rising concurrency. Needs Ray
   # importable (the `ray` extra; this machine has no network: carry it in /tmp/site). Results: ray1_<mode>_c<N>/
   # (loadtest.json with requests_per_replica for ray2) and the metrics after each load.
+  # RAY_READY=<file>: wait (up to 15 min) for that file first: Ray installed into /tmp/site while earlier stages run
   local port=8124 pid n mode slots=${RAY_SLOTS:-64}
+  for _ in $(seq 900); do [[ -z ${RAY_READY:-} || -e ${RAY_READY:-} ]] && break; sleep 1; done
   python3 -c "import ray" || { echo "ray is not importable: pip install --target /tmp/site 'ray[serve]>=2.40' elsewhere and carry it"; return 1; }
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
   for mode in single ray2; do
