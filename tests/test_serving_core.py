@@ -208,6 +208,33 @@ def test_a_burst_of_short_prompts_is_prefilled_in_one_batched_call(synth, monkey
         assert len(a) == len(b) and error_stats(torch.from_numpy(a), torch.from_numpy(b)).rel_l2 < 1e-4
 
 
+def test_a_burst_arriving_at_an_idle_engine_starts_in_one_step(synth, monkeypatch):
+    """Two requests queued together at an idle engine, then two more a few milliseconds apart: all four are
+    prefilled in one call and take their first step together (the settle window is widened here so that a
+    slow CI machine cannot split them)."""
+    import dataclasses
+
+    sizes = []
+    real = synth.prefill.first_many
+    monkeypatch.setattr(synth.prefill, "first_many", lambda bodies: sizes.append(len(bodies)) or real(bodies))
+    eng = _engine(synth)
+    eng.limits = dataclasses.replace(eng.limits, burst_settle_s=0.25, burst_wait_s=5.0)
+    try:
+        eng.iterations = []
+        reqs = [SpeechRequest(f"Speaker 1: arrival {i}", seed=i, frames=3) for i in range(4)]
+        handles = eng._call(lambda: [eng.submit(r) for r in reqs[:2]])  # the engine sees both at once
+        for r in reqs[2:]:
+            time.sleep(0.005)
+            handles.append(eng.submit(r))
+        for h in handles:
+            assert len(_audio(h)) == 3 * 3200
+        record, eng.iterations = eng.iterations, None
+    finally:
+        eng.stop()
+    assert sizes == [4]
+    assert [stepped for _, stepped in record if stepped][0] == 4
+
+
 def test_a_pipelined_step_gives_each_request_its_solo_audio(synth):
     """Steps launched before the last one is read: requests of different lengths, joining and ending at
     different steps, one cancelled midway (its slot reused at once), each give their solo audio bit for bit

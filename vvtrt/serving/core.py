@@ -7,9 +7,9 @@ reader is a buffer behind is held, not cancelled; only a reader that makes no pr
 `stall_timeout_s` is cancelled), cancellation, graceful drain, and health (after `max_step_failures`
 consecutive failed device steps the engine reports unhealthy and refuses work).
 
-One iteration: engine-thread calls, cancellations, admissions into free slots, prompt work within the
-per-step token budget (all of it while no run is stepping), hold/resume by each reader's progress, one
-batched step, delivery. A failure in one run's host work ends that run; a failed step ends the runs in it.
+One iteration: engine-thread calls, cancellations, (at an idle engine) a moment for a burst of arrivals to
+settle, admissions into free slots, prompt work within the per-step token budget (all of it while no run is
+stepping), hold/resume by each reader's progress, one batched step, delivery. A failure in one run's host work ends that run; a failed step ends the runs in it.
 """
 from __future__ import annotations
 
@@ -49,13 +49,16 @@ class CoreLimits:
     133 ms; a run this far ahead of its reader is held); `stall_timeout_s`: a held run whose reader takes
     nothing for this long is cancelled (`SlowReader`); `prefill_budget`: prompt tokens of prompt work
     between two steps while runs are stepping (None: no limit); `max_step_failures`: consecutive failed
-    steps before the engine reports unhealthy."""
+    steps before the engine reports unhealthy; `burst_settle_s` / `burst_wait_s`: requests arriving together
+    at an idle engine start together (see `EngineCore._settle_burst`)."""
 
     max_queue: int = 256
     buffer_chunks: int = 256
     stall_timeout_s: float = 30.0
     prefill_budget: int | None = None
     max_step_failures: int = 3
+    burst_settle_s: float = 0.002
+    burst_wait_s: float = 0.05
 
 
 class EngineCore:
@@ -219,6 +222,7 @@ class EngineCore:
                 fut.set_exception(exc)
         for h in cancels:
             self._forget(h)
+        self._settle_burst()
         self._admit()
         stepping = self.stepper.running() > 0
         tokens = self.stepper.prompt_tokens
@@ -233,6 +237,20 @@ class EngineCore:
         with self._cond:
             self._cond.notify_all()  # stop() waits for the slots to drain
         return True
+
+    def _settle_burst(self) -> None:
+        """A burst arriving at an idle engine starts whole: while no run is admitted and more than one request
+        waits, wait until none has arrived for `burst_settle_s` (at most `burst_wait_s`). Otherwise the
+        first few arrivals take a step (or a prefill) of their own and the rest of the burst waits a whole
+        step behind them. A lone request, or one arriving while runs step, never waits."""
+        with self._cond:
+            if self._admitted or len(self._waiting) < 2:
+                return
+        settle, end = self.limits.burst_settle_s, time.monotonic() + self.limits.burst_wait_s
+        while (left := end - time.monotonic()) > 0:
+            self._wake.clear()
+            if not self._wake.wait(min(settle, left)):
+                return  # quiet for `settle`: the burst is in
 
     def _admit(self) -> None:
         """Queued requests into free slots, first come first served (each arming failure is its own)."""
