@@ -175,8 +175,9 @@ http15() {  # vvtrt serve (1.5B bf16, torch) + vvtrt loadtest on the same machin
       --out "$RUN/results/loadtest_1.5b_ws_c16"
   kill -TERM $pid; wait $pid; echo "serve exit code $?"
 }
-ray1() {  # vvtrt serve --ray on ONE GPU: the single-process server vs two replicas sharing it (0.5 GPU each, half
-  # the slots each, so the same total), 1.5B bf16 torch, vvtrt loadtest over HTTP at rising concurrency. Needs Ray
+ray1() {  # vvtrt serve --ray on ONE GPU: the single-process server vs one Ray replica (the fleet's routing and
+  # streaming alone) vs two replicas sharing it (0.5 GPU each, half the slots each, so the same total; RAY_MODES
+  # picks), 1.5B bf16 torch, vvtrt loadtest over HTTP at rising concurrency (RAY_CONC, RAY_SLOTS). Needs Ray
   # importable (the `ray` extra; this machine has no network: carry it in /tmp/site). Results: ray1_<mode>_c<N>/
   # (loadtest.json with requests_per_replica for ray2) and the metrics after each load.
   # RAY_READY=<file>: wait (up to 15 min) for that file first: Ray installed into /tmp/site while earlier stages run
@@ -184,8 +185,9 @@ ray1() {  # vvtrt serve --ray on ONE GPU: the single-process server vs two repli
   for _ in $(seq 900); do [[ -z ${RAY_READY:-} || -e ${RAY_READY:-} ]] && break; sleep 1; done
   python3 -c "import ray" || { echo "ray is not importable: pip install --target /tmp/site 'ray[serve]>=2.40' elsewhere and carry it"; return 1; }
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
-  for mode in single ray2; do
+  for mode in ${RAY_MODES:-single ray1 ray2}; do
     local args=(--max-streams $slots)
+    [[ $mode == ray1 ]] && args=(--ray --replicas 1 --max-streams $slots)
     [[ $mode == ray2 ]] && args=(--ray --replicas 2 --max-streams $((slots / 2)))
     $VV serve -w "$RUN/wd15" --device cuda --max-context 1024 --max-queue 1024 --port $port "${args[@]}" \
         > "$RUN/results/ray1_${mode}_server.log" 2>&1 &
@@ -405,6 +407,25 @@ rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs
         --batches $batches --engine-streams $streams)
   done
 }
+# This tree against the baseline tree, alternating, AB_REPEATS times each in one call: 1.5B held streams at
+# AB_LEVELS (as srvcore) and the Realtime engine at AB_RT_STREAMS (as rtcore): run-to-run spread beside the
+# difference (serving_ab_<tree>_<i>/, realtime_ab_<tree>_<i>/).
+ab() {
+  local base=${BASE:-$PWD/.baseline} tree i
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
+  for i in $(seq ${AB_REPEATS:-3}); do
+    for tree in new base; do
+      local root=$PWD commit=${VVTRT_GIT_COMMIT:-}
+      [[ $tree == base ]] && root=$base commit=${BASE_COMMIT:-unknown}
+      (cd "$root" && export VVTRT_GIT_COMMIT=$commit PYTHONPATH=/tmp/site:$root &&
+        python3 -m vvtrt bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${AB_LEVELS:-128,256} \
+          --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 256 --max-context 1024 \
+          --out "$RUN/results/serving_ab_${tree}_$i" &&
+        python3 benchmarks/realtime_bench.py --out "$RUN/results/realtime_ab_${tree}_$i" --batches 1 \
+          --engine-streams ${AB_RT_STREAMS:-256,512})
+    done
+  done
+}
 srvpipe() {  # the pipelined step (--pipeline: each step launched before the last one is read) against the plain one,
   # 1.5B bf16 held streams of 8/48/96-word prompts, same GPU, same call (compiled by default: run it after cstart,
   # whose compile cache it reuses)
@@ -479,7 +500,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" ab srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
