@@ -105,6 +105,9 @@ def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):
     text = wait_until(both_counted, 60, "both replicas' requests in /metrics")
     assert 'vvtrt_active_streams{replica="r0"}' in text and 'vvtrt_active_streams{replica="r1"}' in text
     assert 'replica="front"' in text
+    for r in httpx.get(fleet.url + "/dashboard/data?seconds=600", timeout=30).json()["replicas"]:
+        times = [p["t"] for p in r["series"]]
+        assert times and len(times) == len(set(times)), (r["name"], times)  # each point once
 
 
 def test_loadtest_reports_requests_per_replica(fleet, tmp_path):

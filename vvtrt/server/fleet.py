@@ -293,8 +293,9 @@ class FleetEngine:
         was_ok = r.ok
         r.ok = bool(stats["ready"] and stats["healthy"])
         r.slots, r.stats, r.exposition = int(stats["max_streams"]), stats, status["exposition"]
-        if status.get("point"):
-            r.history.append(status["point"])
+        point = status.get("point")  # a replica makes a point a second; it is polled more often than that
+        if point and (not r.history or r.history[-1].get("t") != point.get("t")):
+            r.history.append(point)
         if r.ok and not was_ok and self._started:
             log.info("replica %s takes requests (pid %s)", r.name, status["pid"])
         if not stats["healthy"] and r.killed_unhealthy_pid != status["pid"]:
