@@ -426,6 +426,14 @@ ab() {
     done
   done
 }
+srvrate() {  # independent requests spread in time (Poisson arrivals at SRVRATE_LEVELS requests/s), not a burst:
+  # 1.5B bf16, compiled by default (run it after cstart, whose compile cache it reuses); the report's active_streams
+  # is the concurrency each rate held (Little's law: rate x a request's time in the engine)
+  $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
+  $VV bench-serving -w "$RUN/wd15" --device cuda --backend ${SRVRATE_BACKEND:-torch-compile} --mode rate \
+      --levels ${SRVRATE_LEVELS:-40,80,120} --prompt-words 8,48,96 --requests ${SRVRATE_REQUESTS:-1200} --frames 64 \
+      --max-streams 512 --max-context 1024 --out "$RUN/results/serving_1.5b_rate"
+}
 srvpipe() {  # the pipelined step (--pipeline: each step launched before the last one is read) against the plain one,
   # 1.5B bf16 held streams of 8/48/96-word prompts, same GPU, same call (compiled by default: run it after cstart,
   # whose compile cache it reuses)
@@ -500,7 +508,7 @@ quant_stage() {
 }
 q15() { quant_stage 1.5b 1.5b; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" ab srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" ab srvrate srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
