@@ -322,3 +322,31 @@ def test_readme_performance_table_matches_the_committed_results():
     res = subprocess.run([sys.executable, "benchmarks/make_table.py", "--check"], cwd=root, capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_ab_summary_lists_each_tree_over_its_repeats(tmp_path):
+    """benchmarks/ab_summary.py reads the `ab` stage's directories and gives each tree's median and range."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def level(n, ttfa, gap):
+        return {"level": n, "ttfa_ms": {"p99": ttfa}, "gap_ms": {"p99": gap}}
+    for tree, i, ttfa in (("new", 1, 600.0), ("new", 2, 700.0), ("new", 3, 650.0), ("base", 1, 640.0)):
+        d = tmp_path / f"serving_ab_{tree}_{i}"
+        d.mkdir()
+        doc = {"levels": [level(1.0, 20.0, 13.0), level(128.0, ttfa, 70.0 + i)]}
+        (d / "serving_1.5b_bf16_concurrency.json").write_text(json.dumps(doc))
+    d = tmp_path / "realtime_ab_new_1"
+    d.mkdir()
+    (d / "realtime_bench.json").write_text(json.dumps({"engine": {"passes": [
+        {"streams": 256, "ttfa_ms": {"p99": 80.0}, "gap_ms": {"p99": 60.0}}]}}))
+    res = subprocess.run([sys.executable, "benchmarks/ab_summary.py", str(tmp_path)], cwd=root,
+                         capture_output=True, text=True, check=True)
+    assert "| 128 | 3 / 1 | 650.0 (600.0–700.0) | 640.0 (640.0–640.0) | 72.0 (71.0–73.0) | 71.0 (71.0–71.0) |" \
+        in res.stdout, res.stdout
+    assert "| 256 | 1 / 0 | 80.0 (80.0–80.0) | — | 60.0 (60.0–60.0) | — |" in res.stdout, res.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/ab_summary.py", str(tmp_path / "missing")], cwd=root,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("usage:")
