@@ -409,7 +409,7 @@ rtcore() {  # the Realtime engine bench (random-weight 0.5B, eager + CUDA graphs
 }
 # This tree against the baseline tree, alternating, AB_REPEATS times each in one call: 1.5B held streams at
 # AB_LEVELS (as srvcore) and the Realtime engine at AB_RT_STREAMS (as rtcore): run-to-run spread beside the
-# difference (serving_ab_<tree>_<i>/, realtime_ab_<tree>_<i>/).
+# difference (serving_ab_<tree>_<i>/, realtime_ab_<tree>_<i>/; `python benchmarks/ab_summary.py` tabulates them).
 ab() {
   local base=${BASE:-$PWD/.baseline} tree i
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors || return 1
