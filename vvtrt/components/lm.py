@@ -186,7 +186,7 @@ class LMDecode(_LMCore):
         `embeds [1, N, H]`, prompt `i` the next `lens[i]` tokens from position 0 -> `k, v [L, 1, Hkv, N, D]`
         in the same packing. Each prompt's K/V are its own causal prefill's, up to the GEMMs' rounding."""
         dev = embeds.device
-        pos = torch.cat([torch.arange(n, device=dev) for n in lens]).unsqueeze(0)  # [1, N]
+        pos = torch.cat([torch.arange(n) for n in lens]).to(dev).unsqueeze(0)  # [1, N]: one host-to-device copy
         cos, sin = self.rotary(embeds, pos)
         starts = packed_starts(lens, dev)  # one host-to-device copy for every layer
         x, ks, vs = embeds, [], []
