@@ -89,6 +89,70 @@ def test_autoscaling_follows_the_queue():
     assert timer.decide([(2, 2, True)], 200.0) is None        # the least replicas
 
 
+class _Call:
+    def __init__(self, fn):
+        self.remote = fn
+
+
+class _Actor:
+    """A replica's actor: `dead` fails every stream before its first event, as a killed replica's does."""
+
+    def __init__(self, dead: bool):
+        self.dead, self.cancelled = dead, []
+        self.stream = _Call(self._stream)
+        self.cancel = _Call(self.cancelled.append)
+
+    def _stream(self, request):
+        events = [("started", 3), ("chunk", 0, None), ("end", "frame budget", None, "")]
+
+        class Gen:
+            async def __anext__(gen):
+                if self.dead:
+                    raise RuntimeError("ActorDiedError")
+                if not events:
+                    raise StopAsyncIteration
+
+                async def ref(event=events.pop(0)):
+                    return event
+                return ref()
+        return Gen()
+
+
+def test_a_request_whose_replica_dies_before_taking_it_runs_on_another():
+    """Before its first event a request moves to another ready replica (the header and id follow it, each
+    replica's count stays right); after it, or with no other replica ready, it fails as before."""
+    import asyncio
+    import types
+
+    from vvtrt.server.fleet import FleetEngine, Replica
+    from vvtrt.server.fleet_config import FleetOptions, Placement
+    from vvtrt.serving.api import SpeechRequest
+
+    fleet = FleetEngine(types.SimpleNamespace(max_queue=8), FleetOptions(replicas=2), Placement(2, 2, "cpu", 0, 1))
+    dead, live = Replica("r0", _Actor(dead=True), ok=True, slots=4), Replica("r1", _Actor(dead=False), ok=True, slots=2)
+    fleet.replicas, fleet._started = [dead, live], True
+
+    async def run_one():
+        handle = fleet.submit(SpeechRequest("Speaker 1: hi", frames=1))
+        assert handle.replica == "r0"  # the most free slots
+        chunks = [c async for c in handle]
+        return handle, chunks
+
+    handle, chunks = asyncio.run(run_one())
+    assert len(chunks) == 1 and handle.replica == "r1" and handle.request_id.startswith("r1-")
+    assert handle.summary().request_id == handle.request_id
+    assert dead.actor.cancelled == ["r0-1"] and not dead.ok and (dead.in_flight, live.in_flight) == (0, 0)
+
+    async def alone():  # the dead replica marked ready again, the live one gone: nothing to move to
+        dead.ok, live.ok = True, False
+        handle = fleet.submit(SpeechRequest("Speaker 1: hi", frames=1))
+        with pytest.raises(Exception, match="replica r0 failed"):
+            [c async for c in handle]
+        return handle
+    handle = asyncio.run(alone())
+    assert handle.replica == "r0" and (dead.in_flight, live.in_flight) == (0, 0)
+
+
 def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):
     assert set(_replicas(fleet)) == {"r0", "r1"}
     wait_until(lambda: all(r["ok"] for r in _replicas(fleet).values()), 120, "both replicas to take requests")

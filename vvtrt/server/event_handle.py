@@ -77,6 +77,11 @@ class EventHandle:
         self.lost = False                        # the process died or became unreachable meanwhile
         self._start = asyncio.ensure_future(self._await_start())
 
+    def moved(self, request_id: str, where: str, replica: str | None = None) -> None:
+        """The source handed the request, before its first event, to another process (`serve --ray`)."""
+        self.request_id = self._summary.request_id = request_id
+        self.where, self.replica = where, replica
+
     async def _next(self):
         """The source's next event (None once it ended); its `EngineLost` if the process died."""
         try:

@@ -182,13 +182,35 @@ class FleetEngine:
         if not self._started or self._stopping:
             raise EngineNotReady("the replicas are not running (starting or shutting down)")
         replica = self._pick()
+        rid, gen = self._send(replica, request)
+        return remote_handle(rid, replica, gen, on_end=lambda h, where: self._release(where, h.lost),
+                             reroute=lambda failed, failed_id: self._reroute(request, failed, failed_id))
+
+    def _send(self, replica: Replica, request) -> tuple[str, object]:
+        """`request` started on `replica` (already counted there): its id there and its event generator."""
         rid = f"{replica.name}-{next(self._ids)}"
         try:
-            gen = replica.actor.stream.remote(dataclasses.replace(request, request_id=rid))
+            return rid, replica.actor.stream.remote(dataclasses.replace(request, request_id=rid))
         except Exception as exc:
             self._release(replica)
             raise EngineNotReady(f"replica {replica.name} is unreachable ({type(exc).__name__}): retry") from None
-        return remote_handle(rid, replica, gen, on_end=lambda h: self._release(replica, h.lost))
+
+    def _reroute(self, request, failed: Replica, failed_id: str):
+        """A request whose replica failed before its first event, on another ready replica: (replica, id,
+        generator), or None when none can take it (the request then fails as the failed replica left it)."""
+        try:
+            failed.actor.cancel.remote(failed_id)  # in case it is alive after all: never run a request twice
+        except Exception as exc:
+            log.debug("cancel on %s: %s", failed.name, exc)
+        with self._lock:
+            self._mark_lost(failed)
+        try:
+            replica = self._pick()
+            rid, gen = self._send(replica, request)
+        except (EngineBusy, EngineNotReady):
+            return None  # the request ends on the failed replica, whose count its end releases
+        self._release(failed)  # the request left it
+        return replica, rid, gen
 
     def _pick(self) -> Replica:
         with self._lock:
@@ -206,9 +228,15 @@ class FleetEngine:
     def _release(self, replica: Replica, lost: bool = False) -> None:
         with self._lock:
             replica.in_flight -= 1
-            if lost and replica.ok:  # no new requests until its status answers again
-                replica.ok = False
-                log.warning("replica %s is unreachable: no new requests until it is back", replica.name)
+            if lost:
+                self._mark_lost(replica)
+
+    @staticmethod
+    def _mark_lost(replica: Replica) -> None:
+        """No new requests until its status answers again (the caller holds the lock)."""
+        if replica.ok:
+            replica.ok = False
+            log.warning("replica %s is unreachable: no new requests until it is back", replica.name)
 
     def in_flight(self) -> int:
         with self._lock:
