@@ -198,6 +198,9 @@ ray1() {  # vvtrt serve --ray on ONE GPU: the single-process server vs one Ray r
           --out "$RUN/results/ray1_${mode}_c$n" || break
       curl -s "http://127.0.0.1:$port/metrics" > "$RUN/results/ray1_${mode}_c${n}_metrics.txt"
     done
+    # ray2: one replica killed under 16 streams (truncation time, the other's streams and new requests, restart)
+    [[ $mode == ray2 ]] && python3 benchmarks/ray_failover.py "http://127.0.0.1:$port" "$RUN/results/ray1_failover.json" \
+        --streams 16 --frames 300
     # ray2: each replica's GPU ids (both the same GPU), pid, slots and requests
     curl -s "http://127.0.0.1:$port/dashboard/data?seconds=600" > "$RUN/results/ray1_${mode}_dashboard.json"
     nvidia-smi --query-gpu=memory.used,memory.total --format=csv > "$RUN/results/ray1_${mode}_gpu_memory.csv"
