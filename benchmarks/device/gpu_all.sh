@@ -491,12 +491,20 @@ convb() {  # the streaming conv steps alone: exported ops vs the channels-last f
 # (vvtrt parity: ONNX Runtime CUDA, then the torch path, whose result stays in quant_gate.json), builds the
 # quantized engines with full TensorRT (layer report in the manifest), then one bench with the three work dirs
 # side by side (torch-compile and tensorrt variants). $1: model preset, $2: results tag.
-quant_stage() {
-  local model=$1 tag=$2 rc=0 q wd
-  $VV export --model $model -w "$RUN/wdq${tag}_none" --dtype bf16 || return 1
+quant_stage() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones run side by side (memory: 1.5B only;
+  # the bf16 one, for the bench's torch-compile baseline, needs only the connectors graph)
+  local model=$1 tag=$2 side=${3:-0} rc=0 q wd
+  $VV export --model $model -w "$RUN/wdq${tag}_none" --dtype bf16 --components connectors || return 1
+  for q in int8 fp8; do
+    if [[ $side == 1 ]]; then
+      $VV export --model $model -w "$RUN/wdq${tag}_$q" --dtype bf16 --quant $q > "$RUN/results/export_${tag}_$q.log" 2>&1 &
+    fi
+  done
+  wait
   for q in int8 fp8; do
     wd="$RUN/wdq${tag}_$q"
-    $VV export --model $model -w "$wd" --dtype bf16 --quant $q || { rc=1; continue; }
+    [[ $side == 1 ]] && tail -n 3 "$RUN/results/export_${tag}_$q.log"
+    $VV export --model $model -w "$wd" --dtype bf16 --quant $q || { rc=1; continue; }  # up to date: a check
     $VV parity -w "$wd" --backend onnxruntime --device cuda --dtype bf16 --json "$RUN/results/parity_${tag}_${q}_ort_cuda.json" || rc=1
     $VV build -w "$wd" --flavor tensorrt --dtype bf16 --components lm_decode,diffusion_sampler,diffusion_head || rc=1
     cp "$wd"/engines/*/manifest.json "$RUN/results/manifest_${tag}_${q}.json" 2>/dev/null
@@ -509,7 +517,7 @@ quant_stage() {
   python3 -m pytest -q -rA -m gpu tests/test_quant.py -p no:cacheprovider || rc=1
   return $rc
 }
-q15() { quant_stage 1.5b 1.5b; }
+q15() { quant_stage 1.5b 1.5b 1; }
 q7() { quant_stage 7b 7b; }
 STAGE_NAMES=" ab srvrate srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
