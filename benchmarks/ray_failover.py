@@ -67,6 +67,14 @@ def replicas(url: str) -> dict[str, dict]:
     return {r["name"]: r for r in data.get("replicas", [])}
 
 
+def replica_now(url: str, name: str) -> dict | None:
+    """`name`'s dashboard entry, or None when the front did not answer in time (counted, not fatal)."""
+    try:
+        return replicas(url).get(name, {})
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def probe(url: str) -> tuple[bool, str | None]:
     body = {"input": "Speaker 1: still here?", "frames": 2, "stream": False, "response_format": "pcm"}
     try:
@@ -98,21 +106,23 @@ def run(args) -> dict:
     victim = max(before, key=lambda n: sum(s.replica == n for s in streams))
     kill_t = time.monotonic()
     os.kill(before[victim]["pid"], signal.SIGKILL)
-    probes, back_t = [], None
+    probes, back_t, dashboard_misses = [], None, 0
     while time.monotonic() - kill_t < args.restart_timeout:
         ok, served_by = probe(args.url)
         probes.append({"t": round(time.monotonic() - kill_t, 3), "ok": ok, "replica": served_by})
-        r = replicas(args.url).get(victim, {})
-        if back_t is None and r.get("ok") and r.get("pid") != before[victim]["pid"]:
+        r = replica_now(args.url, victim)
+        dashboard_misses += r is None
+        if back_t is None and r and r.get("ok") and r.get("pid") != before[victim]["pid"]:
             back_t = time.monotonic()
         if back_t is not None and all(not s.is_alive() for s in streams):
             break
         time.sleep(args.probe_interval)
+    end = time.monotonic() + args.restart_timeout
     for s in streams:
-        s.join(timeout=args.restart_timeout)
+        s.join(timeout=max(0.0, end - time.monotonic()))
     cut = [s for s in streams if s.replica == victim]
     others = [s for s in streams if s.replica != victim]
-    cut_s = [s.end_t - kill_t for s in cut if s.end_t]
+    cut_s = [s.end_t - kill_t for s in cut if s.end_t and not s.complete]
     return {
         "url": args.url, "streams": args.streams, "frames": args.frames, "victim": victim,
         "victim_streams": len(cut), "victim_streams_cut": sum(not s.complete for s in cut),
@@ -120,6 +130,7 @@ def run(args) -> dict:
         "truncation_s": {"p50": round(statistics.median(cut_s), 3), "max": round(max(cut_s), 3)} if cut_s else None,
         "other_streams": len(others), "other_streams_complete": sum(s.complete for s in others),
         "probes": len(probes), "probes_failed": sum(not p["ok"] for p in probes),
+        "dashboard_unanswered": dashboard_misses,
         "restart_s": round(back_t - kill_t, 3) if back_t else None,
         "first_probe_on_victim_s": next((p["t"] for p in probes if p["ok"] and p["replica"] == victim), None),
         "probe_log": probes,

@@ -95,10 +95,11 @@ class _Call:
 
 
 class _Actor:
-    """A replica's actor: `dead` fails every stream before its first event, as a killed replica's does."""
+    """A replica's actor: `fails` (an exception) ends every stream before its first event, as a killed
+    replica's (`ActorUnavailableError` while Ray restarts it) or a failing request's (`RayTaskError`) does."""
 
-    def __init__(self, dead: bool):
-        self.dead, self.cancelled = dead, []
+    def __init__(self, fails: BaseException | None = None):
+        self.fails, self.cancelled = fails, []
         self.stream = _Call(self._stream)
         self.cancel = _Call(self.cancelled.append)
 
@@ -107,8 +108,8 @@ class _Actor:
 
         class Gen:
             async def __anext__(gen):
-                if self.dead:
-                    raise RuntimeError("ActorDiedError")
+                if self.fails is not None:
+                    raise self.fails
                 if not events:
                     raise StopAsyncIteration
 
@@ -120,16 +121,20 @@ class _Actor:
 
 def test_a_request_whose_replica_dies_before_taking_it_runs_on_another():
     """Before its first event a request moves to another ready replica (the header and id follow it, each
-    replica's count stays right); after it, or with no other replica ready, it fails as before."""
+    replica's count stays right); with no other replica ready it fails as before, and a request that failed
+    in a live replica (`RayTaskError`) never moves."""
     import asyncio
     import types
+
+    from ray import exceptions as rex
 
     from vvtrt.server.fleet import FleetEngine, Replica
     from vvtrt.server.fleet_config import FleetOptions, Placement
     from vvtrt.serving.api import SpeechRequest
 
     fleet = FleetEngine(types.SimpleNamespace(max_queue=8), FleetOptions(replicas=2), Placement(2, 2, "cpu", 0, 1))
-    dead, live = Replica("r0", _Actor(dead=True), ok=True, slots=4), Replica("r1", _Actor(dead=False), ok=True, slots=2)
+    gone = rex.ActorUnavailableError("the replica is restarting", None)
+    dead, live = Replica("r0", _Actor(gone), ok=True, slots=4), Replica("r1", _Actor(), ok=True, slots=2)
     fleet.replicas, fleet._started = [dead, live], True
 
     async def run_one():
@@ -143,14 +148,19 @@ def test_a_request_whose_replica_dies_before_taking_it_runs_on_another():
     assert handle.summary().request_id == handle.request_id
     assert dead.actor.cancelled == ["r0-1"] and not dead.ok and (dead.in_flight, live.in_flight) == (0, 0)
 
-    async def alone():  # the dead replica marked ready again, the live one gone: nothing to move to
-        dead.ok, live.ok = True, False
+    async def fails_on_r0():
         handle = fleet.submit(SpeechRequest("Speaker 1: hi", frames=1))
         with pytest.raises(Exception, match="replica r0 failed"):
             [c async for c in handle]
         return handle
-    handle = asyncio.run(alone())
+    dead.ok, live.ok = True, False  # the dead replica marked ready again, the live one gone: nothing to move to
+    handle = asyncio.run(fails_on_r0())
     assert handle.replica == "r0" and (dead.in_flight, live.in_flight) == (0, 0)
+
+    dead.actor.fails = rex.RayTaskError("stream", "Traceback: the request failed", ValueError("bad"))
+    dead.ok, live.ok = True, True
+    handle = asyncio.run(fails_on_r0())  # a live replica's failure of this request: not moved
+    assert handle.replica == "r0" and live.routed == 1 and (dead.in_flight, live.in_flight) == (0, 0)
 
 
 def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):

@@ -184,7 +184,7 @@ class FleetEngine:
         replica = self._pick()
         rid, gen = self._send(replica, request)
         return remote_handle(rid, replica, gen, on_end=lambda h, where: self._release(where, h.lost),
-                             reroute=lambda failed, failed_id: self._reroute(request, failed, failed_id))
+                             reroute=lambda failed, failed_id, gen: self._reroute(request, failed, failed_id, gen))
 
     def _send(self, replica: Replica, request) -> tuple[str, object]:
         """`request` started on `replica` (already counted there): its id there and its event generator."""
@@ -195,11 +195,17 @@ class FleetEngine:
             self._release(replica)
             raise EngineNotReady(f"replica {replica.name} is unreachable ({type(exc).__name__}): retry") from None
 
-    def _reroute(self, request, failed: Replica, failed_id: str):
-        """A request whose replica failed before its first event, on another ready replica: (replica, id,
-        generator), or None when none can take it (the request then fails as the failed replica left it)."""
+    def _reroute(self, request, failed: Replica, failed_id: str, failed_gen):
+        """A request whose replica died or became unreachable before its first event, on another ready
+        replica: (replica, id, generator), or None when none can take it (the request then fails as the failed
+        replica left it). An unreachable replica that is alive after all is told to drop the request."""
+        import ray
+
+        if self._stopping:
+            return None
         try:
-            failed.actor.cancel.remote(failed_id)  # in case it is alive after all: never run a request twice
+            failed.actor.cancel.remote(failed_id)
+            ray.cancel(failed_gen)
         except Exception as exc:
             log.debug("cancel on %s: %s", failed.name, exc)
         with self._lock:

@@ -18,10 +18,19 @@ class ReplicaLost(EngineLost):
     """The replica running a request died or became unreachable."""
 
 
+def _replica_gone(exc: BaseException) -> bool:
+    """The replica died or cannot be reached (Ray restarts it), not: the request failed in a live replica
+    (`RayTaskError`), which another replica would fail the same way."""
+    from ray import exceptions as rex
+
+    return isinstance(exc, (rex.ActorDiedError, rex.ActorUnavailableError))
+
+
 class RaySource:
-    """The events of one request from its replica's actor generator. `reroute(replica, request_id)`: the
-    failed replica's successor before the first event, `(replica, request_id, generator)` or None (no other
-    ready replica); `moved(replica, request_id)` tells the handle where the request went."""
+    """The events of one request from its replica's actor generator. `reroute(replica, request_id,
+    generator)`: when the replica died or became unreachable before the first event, the request on
+    another ready replica, `(replica, request_id, generator)`, or None (none can take it); `moved(replica,
+    request_id)` tells the handle where the request went."""
 
     def __init__(self, request_id: str, replica, generator, reroute=None):
         self.request_id, self.replica, self._gen = request_id, replica, generator
@@ -43,8 +52,8 @@ class RaySource:
             except Exception as exc:  # RayActorError, ActorDiedError, ActorUnavailableError, a lost object
                 lost = ReplicaLost(f"replica {self.replica.name} failed while running request {self.request_id} "
                                    f"({type(exc).__name__})")
-                successor = None if self._seen or self._reroute is None else self._reroute(self.replica,
-                                                                                           self.request_id)
+                movable = not self._seen and self._reroute is not None and _replica_gone(exc)
+                successor = self._reroute(self.replica, self.request_id, self._gen) if movable else None
                 if successor is None:
                     raise lost from None
                 log.warning("%s before it started: request moved to replica %s as %s", lost,

@@ -81,6 +81,7 @@ class EngineCore:
         self._start_error: BaseException | None = None
         self._frames_total = 0
         self._outcomes: collections.Counter = collections.Counter()
+        self._idle = True  # the last iteration found nothing to do (see `_settle_burst`)
         self.iterations: list[tuple[int, int]] | None = None  # (prompt tokens, stepped runs) per iteration, if kept
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -213,6 +214,7 @@ class EngineCore:
                 return False
             idle = not (calls or cancels or self._waiting or self._admitted)
         if idle:
+            self._idle = True
             self._wake.wait(0.1)
             return True
         for fn, fut in calls:
@@ -223,6 +225,7 @@ class EngineCore:
         for h in cancels:
             self._forget(h)
         self._settle_burst()
+        self._idle = False
         self._admit()
         stepping = self.stepper.running() > 0
         tokens = self.stepper.prompt_tokens
@@ -239,12 +242,13 @@ class EngineCore:
         return True
 
     def _settle_burst(self) -> None:
-        """A burst arriving at an idle engine starts whole: while no run is admitted and more than one request
-        waits, wait until none has arrived for `burst_settle_s` (at most `burst_wait_s`). Otherwise the
-        first few arrivals take a step (or a prefill) of their own and the rest of the burst waits a whole
-        step behind them. A lone request, or one arriving while runs step, never waits."""
+        """A burst arriving at an idle engine starts whole: when the engine was idle, no run is admitted and
+        more than one request waits, wait until none has arrived for `burst_settle_s` (at most
+        `burst_wait_s`). Otherwise the first few arrivals take a step (or a prefill) of their own and the rest
+        of the burst waits a whole step behind them. A lone request, one arriving while runs step, or a queue
+        left when every run ended at once never waits."""
         with self._cond:
-            if self._admitted or len(self._waiting) < 2:
+            if not self._idle or self._admitted or len(self._waiting) < 2:
                 return
         settle, end = self.limits.burst_settle_s, time.monotonic() + self.limits.burst_wait_s
         while (left := end - time.monotonic()) > 0:
