@@ -227,6 +227,11 @@ cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a c
       --levels ${CSTART_LEVELS:-1,128,256,400} --prompt-words 8,48,96 --requests 32 --frames 64 --max-streams 400 \
       --max-context 1024 --out "$RUN/results/serving_1.5b_compiled"
 }
+gpurest() {  # the serving throughput work's GPU tests that no run has passed yet: compiled serving (compile cache
+  # reuse), KV groups on CUDA graphs, the conv fast path compiled on CUDA and the Triton feed-forward
+  python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_compiled_serving_gpu.py tests/test_kv_groups.py \
+      tests/test_conv_fast.py --junitxml="$RUN/results/gpurest.xml" -p no:cacheprovider
+}
 gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py tests/test_noise.py tests/test_kv_groups.py tests/test_realtime_noise.py tests/test_conv_fast.py -p no:cacheprovider; }
 gpunoise() {  # device noise: CUDA bits == CPU bits, the draw in a CUDA graph, the captured serving step's noise
   python3 -m pytest -q -rA -m gpu tests/test_noise.py tests/test_serving_gpu.py -p no:cacheprovider
@@ -322,9 +327,12 @@ convb() {  # the streaming conv steps alone: exported ops vs the channels-last f
   # bf16, batches 1..512 (1.5B decoder + semantic encoder, Realtime-0.5B decoder: the 1.5B decoder's shapes,
   # so its compiles mostly hit inductor's cache); the channels-last path without the Triton feed-forward at
   # 256 (what the kernel itself buys); then the GPU tests of the fast path
-  local rc=0
-  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_1.5b.json" --configs 1.5b --paths exported,fast || rc=1
-  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_rt.json" --configs realtime-0.5b --paths exported,fast || rc=1
+  # (CONVB_BATCHES: fewer batch sizes, fewer compiles: each is a compile per path and component)
+  local rc=0 b=${CONVB_BATCHES:-1,64,256,512}
+  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_1.5b.json" --configs 1.5b --paths exported,fast \
+      --batches $b || rc=1
+  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_rt.json" --configs realtime-0.5b --paths exported,fast \
+      --batches $b || rc=1
   python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_torchffn.json" --configs 1.5b --batches 256 \
       --paths fast-torch || rc=1
   python3 -m pytest -q -rA -m gpu tests/test_conv_fast.py tests/test_gpu.py -k "conv" -p no:cacheprovider || rc=1
