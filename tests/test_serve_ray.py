@@ -163,6 +163,26 @@ def test_a_request_whose_replica_dies_before_taking_it_runs_on_another():
     assert handle.replica == "r0" and live.routed == 1 and (dead.in_flight, live.in_flight) == (0, 0)
 
 
+def test_a_status_asked_before_a_replica_failed_does_not_make_it_ready_again():
+    import time
+    import types
+
+    from vvtrt.server.fleet import FleetEngine, Replica
+    from vvtrt.server.fleet_config import FleetOptions, Placement
+
+    fleet = FleetEngine(types.SimpleNamespace(max_queue=8), FleetOptions(replicas=1), Placement(1, 1, "cpu", 0, 1))
+    r = Replica("r0", _Actor(), ok=True, slots=2, asked_t=time.monotonic())
+    status = {"ok": True, "pid": 1, "node": "n", "device": "cpu", "gpu_ids": [], "exposition": "", "point": None,
+              "stats": {"ready": True, "healthy": True, "max_streams": 2}}
+    with fleet._lock:
+        fleet._mark_lost(r)  # a request failed there after that status was asked
+    fleet._update(r, status)
+    assert not r.ok
+    r.asked_t = time.monotonic()  # the next poll's answer decides
+    fleet._update(r, status)
+    assert r.ok
+
+
 def test_a_burst_reaches_both_replicas_and_metrics_show_both(fleet):
     assert set(_replicas(fleet)) == {"r0", "r1"}
     wait_until(lambda: all(r["ok"] for r in _replicas(fleet).values()), 120, "both replicas to take requests")

@@ -76,7 +76,8 @@ class Replica:
     exposition: str = ""
     history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY))
     pending: object = None    # the status call in flight
-    asked_t: float = 0.0
+    asked_t: float = 0.0      # when the status call in flight (or last answered) was made
+    lost_t: float = 0.0       # when the front last saw a request fail on it
     killed_unhealthy_pid: int | None = None
 
     def view(self) -> dict:
@@ -240,6 +241,7 @@ class FleetEngine:
     @staticmethod
     def _mark_lost(replica: Replica) -> None:
         """No new requests until its status answers again (the caller holds the lock)."""
+        replica.lost_t = time.monotonic()
         if replica.ok:
             replica.ok = False
             log.warning("replica %s is unreachable: no new requests until it is back", replica.name)
@@ -325,7 +327,8 @@ class FleetEngine:
             log.warning("replica %s restarted (pid %s -> %s)", r.name, r.info.get("pid"), status["pid"])
         r.info.update({k: status[k] for k in ("pid", "node", "device", "gpu_ids")})
         was_ok = r.ok
-        r.ok = bool(stats["ready"] and stats["healthy"])
+        with self._lock:  # a status asked before a request failed there is old news: the next one decides
+            r.ok = bool(stats["ready"] and stats["healthy"]) and r.asked_t >= r.lost_t
         r.slots, r.stats, r.exposition = int(stats["max_streams"]), stats, status["exposition"]
         point = status.get("point")  # a replica makes a point a second; it is polled more often than that
         if point and (not r.history or r.history[-1].get("t") != point.get("t")):
