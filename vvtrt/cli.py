@@ -12,7 +12,8 @@ import sys
 import click
 
 from vvtrt.cli_errors import one_line_errors
-from vvtrt.cli_types import CFG, COUNT, SEED, WORKDIR, non_empty as _non_empty, serving_backend_opts, workdir_opt
+from vvtrt.cli_types import (CFG, COUNT, SEED, WORKDIR, non_empty as _non_empty, serving_backend_opts,
+                             serving_step_opts, workdir_opt)
 from vvtrt.option_checks import REPEATS_MAX
 
 
@@ -248,13 +249,7 @@ def bench(workdir, backends, device, dtype, frames, prompt_tokens, repeats, cfg_
               help="KV slots per stream (prompt + generated steps); default: the largest exported KV bucket. "
                    "Smaller contexts fit more streams in the KV pool.")
 @click.option("--cfg", "cfg_scale", default=1.3, show_default=True, type=CFG, help="Diffusion CFG scale (0-20).")
-@click.option("--kv-groups", default=1, show_default=True, type=click.IntRange(1, 2),
-              help="Long-form models: KV groups a step may run as. 2: short streams attend over their own KV bucket "
-                   "beside long ones when that costs less (more CUDA graphs); 1: every step reads the longest "
-                   "stream's bucket (the default until 2 is measured on a GPU). --deterministic runs one.")
-@click.option("--pipeline", is_flag=True,
-              help="Long-form models: launch each frame step before reading the last one, so the host's per-step "
-                   "work overlaps the GPU's (chunks arrive one step later; audio unchanged; needs --noise device).")
+@serving_step_opts
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Report directory.")
 @_friendly
 def bench_serving(workdir, backend, compile_shapes, device, dtype, mode, levels, requests, frames, prompt_words,

@@ -6,7 +6,8 @@ import logging
 import click
 
 from vvtrt.cli_errors import one_line_errors as _friendly, require_extra as _require_extra
-from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_opts, workdir_opt
+from vvtrt.cli_types import (COUNT, FiniteFloat as _FiniteFloat, serving_backend_opts, serving_step_opts,
+                             workdir_opt)
 
 
 @click.command()
@@ -74,13 +75,7 @@ from vvtrt.cli_types import COUNT, FiniteFloat as _FiniteFloat, serving_backend_
               help="Where each request's diffusion noise is drawn (long-form and Realtime). device: in the step, from "
                    "the request's seed and frame index (no host work per frame); host: the generator `vvtrt synth` "
                    "draws from, so a seed gives `vvtrt synth`'s audio.")
-@click.option("--kv-groups", default=1, show_default=True, type=click.IntRange(1, 2),
-              help="Long-form models: KV groups a step may run as. 2: short streams attend over their own KV bucket "
-                   "beside long ones when that costs less (more CUDA graphs); 1: every step reads the longest "
-                   "stream's bucket (the default until 2 is measured on a GPU). --deterministic runs one.")
-@click.option("--pipeline", is_flag=True,
-              help="Long-form models: launch each frame step before reading the last one, so the host's per-step "
-                   "work overlaps the GPU's (chunks arrive one step later; audio unchanged; needs --noise device).")
+@serving_step_opts
 @_friendly
 def serve(workdir, host, port, voices_dir, max_streams, max_context, max_queue, queue_timeout, grace_s, api_key,
           backend, compile_shapes, device, dtype, max_input_chars, max_frames, allow_frames, stream_buffer, metrics_key,

@@ -54,3 +54,16 @@ def serving_backend_opts(fn):
                         type=click.Choice(["torch", "torch-compile", "onnxruntime", "tensorrt"]),
                         help="Runtime of the serving engine (torch-compile: torch.compile'd frame step, its "
                              "compiled code cached in the work dir's compile-cache for the next start).")(fn)
+
+
+def serving_step_opts(fn):
+    """--kv-groups and --pipeline of the long-form serving step (`vvtrt serve`, `vvtrt bench-serving`)."""
+    fn = click.option("--pipeline", is_flag=True,
+                      help="Long-form models: launch each frame step before reading the last one, so the host's "
+                           "per-step work overlaps the GPU's (chunks arrive one step later; audio unchanged; needs "
+                           "--noise device).")(fn)
+    return click.option("--kv-groups", default=1, show_default=True, type=click.IntRange(1, 2),
+                        help="Long-form models: KV groups a step may run as. 2: short streams attend over their own "
+                             "KV bucket beside long ones when that costs less (more CUDA graphs); 1: every step reads "
+                             "the longest stream's bucket (the default until 2 is measured on a GPU). "
+                             "--deterministic runs one.")(fn)

@@ -9,7 +9,8 @@ consecutive failed device steps the engine reports unhealthy and refuses work).
 
 One iteration: engine-thread calls, cancellations, (at an idle engine) a moment for a burst of arrivals to
 settle, admissions into free slots, prompt work within the per-step token budget (all of it while no run is
-stepping), hold/resume by each reader's progress, one batched step, delivery. A failure in one run's host work ends that run; a failed step ends the runs in it.
+stepping), hold/resume by each reader's progress, one batched step, delivery. A failure in one run's host
+work ends that run; a failed step ends the runs in it.
 """
 from __future__ import annotations
 
