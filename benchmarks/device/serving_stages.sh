@@ -156,6 +156,11 @@ prof15() {  # where the serving step goes by batch, 1.5B bf16 torch, the serving
   python3 benchmarks/serving_step_profile.py "$RUN/wd15" "$RUN/results/serving_step_1.5b" --device cuda \
       --batches ${PROF_BATCHES:-1,64,128,256} --max-context 1024 --repeats 10 --backend ${PROF_BACKEND:-torch}
 }
+prof7() {  # the same for 7B at the held concurrencies of its target (the step of 120 streams: where it goes)
+  $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
+  python3 benchmarks/serving_step_profile.py "$RUN/wd7" "$RUN/results/serving_step_7b" --device cuda \
+      --batches ${PROF7_BATCHES:-1,64,120} --max-context 1024 --repeats 10 --backend ${PROF_BACKEND:-torch}
+}
 srv15() {  # serving engine: held concurrency, independent requests of 3 prompt lengths, 1.5B bf16
   $VV export --model 1.5b -w "$RUN/wd15" --dtype bf16 --components connectors &&
   $VV bench-serving -w "$RUN/wd15" --device cuda --mode concurrency --levels ${SRV_LEVELS:-1,16,32,64,96,128,192} --prompt-words ${SRV_WORDS:-8,48,96} \
