@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import statistics
 import sys
@@ -148,6 +149,9 @@ def main(argv=None) -> int:
     p.add_argument("--restart-timeout", type=float, default=600.0)
     args = p.parse_args(argv)
     res = run(args)
+    from vvtrt.reports.environment import collect_environment  # this host runs the server too
+
+    res = {"command": shlex.join([sys.executable, *sys.argv]), "environment": collect_environment(), **res}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     print(f"killed {res['victim']} holding {res['victim_streams']} of {res['streams']} streams: "

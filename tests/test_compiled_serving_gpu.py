@@ -54,9 +54,11 @@ def test_compiled_engine_on_cuda_matches_eager_and_reuses_its_cache(tiny_workdir
     assert cold["compile"]["cache"]["state"] in ("miss", "partial")
     plan = cold_engine.plan
     assert len(plan.batch_buckets) == 5  # 1, 2, 4, 8, 16 streams
-    # per component one graph for 1 stream and one for 2+ (lm_decode's 2 rows a stream: one), per KV bucket
-    # for lm_decode: not one per (batch, KV) bucket
-    assert cold["compile"]["cache"]["graphs"] <= 5 * 2 + len(plan.kv_buckets), cold
+    # not one graph per (batch, KV) bucket: per component at most one per batch class (1 stream, 2-15, 16 and
+    # more: torch's convolution backend choice guards on a batch of 16, as dynamo's recompile log of the tiny
+    # engine compiled on the CPU shows: 16 graphs there), times the KV buckets for lm_decode
+    components, classes = 6, 3
+    assert cold["compile"]["cache"]["graphs"] <= classes * (components - 1 + len(plan.kv_buckets)), cold
     torch._dynamo.reset()
     warm_engine = Engine.from_workdir(wd.root, compile=True, **SETTINGS)
     _serve(warm_engine)

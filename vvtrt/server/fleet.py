@@ -36,20 +36,32 @@ START_TIMEOUT_S = 1800.0
 STOP_TIMEOUT_S = 30.0
 FIRST_STATUS_S = 60.0       # start-up waits this long for every first replica's status (then serves with those up)
 HISTORY = 600
+DEATH_INFO_VAR = "RAY_timeout_ms_task_wait_for_death_info"
+
+
+def ray_env() -> None:
+    """Ray's settings for this process, before Ray is first imported (it reads some of them then): replicas'
+    log lines as written, and a replica's death ending its streams at once. Ray otherwise waits up to a second
+    for the death's cause before failing the calls in flight (KubeRay sets the same for Ray Serve clusters).
+    A cluster joined with --address keeps its own settings for its processes; these are the front's, which
+    makes the calls."""
+    for var in ("RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS", "RAY_COLOR_PREFIX", DEATH_INFO_VAR):
+        os.environ.setdefault(var, "0")
 
 
 def connect(options: FleetOptions, most_replicas: int) -> tuple[bool, float]:
     """Join `options.address` or start a local Ray cluster; (whether this process started it, its GPUs)."""
+    ray_env()
     import ray
 
-    for var in ("RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS", "RAY_COLOR_PREFIX"):  # replicas' log lines as written
-        os.environ.setdefault(var, "0")
     common = {"namespace": "vvtrt", "include_dashboard": False, "log_to_driver": True}
     try:
         if options.address is not None:
             ray.init(address=options.address, **common)
         else:
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, most_replicas + 1), **common)
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, most_replicas + 1),
+                     _system_config={"timeout_ms_task_wait_for_death_info": int(os.environ[DEATH_INFO_VAR])},
+                     **common)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {options.address}" if options.address else "a local Ray cluster"
         raise InputError(f"cannot start or join {where}: {str(exc).splitlines()[0] if str(exc) else exc}") from None

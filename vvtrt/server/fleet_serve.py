@@ -53,10 +53,12 @@ def resolve_fleet_runtime(config: ServerConfig, device: str) -> ServerConfig:
 
 
 def run_ray_server(config: ServerConfig, options: FleetOptions) -> None:
+    from vvtrt.server.fleet import FleetEngine, connect, ray_env
+
+    ray_env()
     import ray
 
     from vvtrt.server.app import create_app
-    from vvtrt.server.fleet import FleetEngine, connect
     from vvtrt.server.fleet_metrics import FleetMetrics
     from vvtrt.server.gpu import GpuMonitor
     from vvtrt.server.serve import FatalStop, check_port_free, configure_logging, serve_app, workdir_kind
