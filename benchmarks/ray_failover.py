@@ -18,6 +18,7 @@ a cut stream was not cut by the truncation signal, or when the replica was not b
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shlex
@@ -151,7 +152,8 @@ def main(argv=None) -> int:
     res = run(args)
     from vvtrt.reports.environment import collect_environment  # this host runs the server too
 
-    res = {"command": shlex.join([sys.executable, *sys.argv]), "environment": collect_environment(), **res}
+    res = {"kind": "ray-failover", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+           "command": shlex.join([sys.executable, *sys.argv]), "environment": collect_environment(), **res}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     print(f"killed {res['victim']} holding {res['victim_streams']} of {res['streams']} streams: "

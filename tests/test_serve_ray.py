@@ -62,6 +62,29 @@ def test_without_ray_installed_serve_ray_names_the_extra(tiny_workdir, monkeypat
     assert "`ray` extra" in line and 'pip install -e ".[ray]"' in line, line
 
 
+def test_joining_a_cluster_that_refuses_says_what_to_set(monkeypatch):
+    """A joined cluster that refuses the front (token authentication, Ray's default for `ray start`) is one line
+    naming the setting; the front's calls fail at once when a replica dies (no wait for the death's cause)."""
+    import ray
+
+    from vvtrt.errors import InputError
+    from vvtrt.server.fleet import DEATH_INFO_VAR, connect
+    from vvtrt.server.fleet_config import FleetOptions
+
+    for var in ("RAY_AUTH_MODE", DEATH_INFO_VAR, "RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS", "RAY_COLOR_PREFIX"):
+        monkeypatch.setenv(var, "")  # restored (or removed) after the test
+        monkeypatch.delenv(var)
+
+    def refuse(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379\nmore")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(InputError) as err:
+        connect(FleetOptions(address="10.0.0.1:6379"), 2)
+    assert "Failed to connect" in str(err.value) and "RAY_AUTH_MODE=token" in str(err.value)
+    assert "\n" not in str(err.value) and os.environ[DEATH_INFO_VAR] == "0"
+
+
 def test_placement_shares_gpus_when_replicas_outnumber_them():
     from vvtrt.server.fleet_config import FleetOptions, place
 

@@ -64,7 +64,11 @@ def connect(options: FleetOptions, most_replicas: int) -> tuple[bool, float]:
                      **common)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {options.address}" if options.address else "a local Ray cluster"
-        raise InputError(f"cannot start or join {where}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        hint = "" if options.address is None or os.environ.get("RAY_AUTH_MODE") else (
+            " (a cluster started with token authentication, as `ray start` of Ray 2.60 does by default, needs "
+            "RAY_AUTH_MODE=token here, and RAY_AUTH_TOKEN unless its token is in ~/.ray/auth_token)")
+        raise InputError(f"cannot start or join {where}: {str(exc).splitlines()[0] if str(exc) else exc}{hint}") \
+            from None
     return options.address is None, float(ray.cluster_resources().get("GPU", 0))
 
 
