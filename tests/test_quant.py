@@ -107,6 +107,31 @@ def test_torch_int8_path_runs_on_the_cpu_within_the_gate(wd_int8, tiny_model):
     assert 0 < err <= bound(QuantMode.INT8, error_stats(own, want).rel_l2)
 
 
+def test_torch_path_quantizes_each_gemm_once_then_frees_the_float_weights(wd_int8):
+    """lm_decode's q|k|v and gate|up run fused: their Linears (views of the fused weights) are not quantized a
+    second time. Once the loop's runners are built the float weights the quantized GEMMs replaced are gone,
+    the model cache forgets the model, and the outputs are those of a runner that kept them."""
+    from vvtrt.model.presets import build_model
+    from vvtrt.quant.torch_path import QuantLinear
+    from vvtrt.runtime.backends import ModelCache, load_runners
+    from vvtrt.runtime.runner import TorchRunner
+
+    models = ModelCache(wd_int8)
+    runners = load_runners(wd_int8, "torch", Precision.FP32, "cpu", models=models)
+    lm = runners["lm_decode"].module
+    quantized = [n for n, m in lm.named_modules() if isinstance(m, QuantLinear)]
+    layers = wd_int8.info().layers
+    assert len(quantized) == 4 * layers, quantized  # qkv, o_proj, gate_up, down_proj
+    assert not any(n.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")) for n in quantized)
+    assert all(m.weight is None for r in runners.values() for m in r.module.modules() if isinstance(m, QuantLinear))
+    assert lm.layers[0].self_attn.q_proj.weight.device.type == "meta" and not models._models
+    spec = wd_int8.specs()["lm_decode"]
+    kept = TorchRunner(spec, Precision.FP32, "cpu", build_model("tiny"), quant=QuantMode.INT8)
+    feed = spec.sample(spec.parity_grid[0], Precision.FP32, torch.Generator().manual_seed(5))
+    for name, want in kept.infer(feed).items():
+        assert torch.equal(runners["lm_decode"].infer(feed)[name], want), name
+
+
 @pytest.mark.trt
 @pytest.mark.skipif("tensorrt-rtx" not in available_flavors(), reason="TensorRT-RTX is not installed")
 @pytest.mark.parametrize("which, prec", [("wd_int8", "int8"), ("wd_fp8", "fp8")])

@@ -158,29 +158,32 @@ rtcli() {  # `vvtrt bench` on the Realtime work dir (torch backend)
   $VV bench -w "$RUN/wdrt" --device cuda --backend torch --streams 8 --frames 30 --out "$RUN/results/rt_vvtrt_bench"
 }
 source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc, srv*, ab, rtcore, ...
-# Quantization (README: Quantization): bf16 vs int8 vs fp8 of one model. Exports a work dir per mode (every
-# component in bf16; --quant adds the Q/DQ GEMMs of lm_decode and the diffusion head), runs the quality gate
-# (vvtrt parity: ONNX Runtime CUDA, then the torch path, whose result stays in quant_gate.json), builds the
-# quantized engines with full TensorRT (layer report in the manifest), then one bench with the three work dirs
-# side by side (torch-compile and tensorrt variants). $1: model preset, $2: results tag.
+# Quantization (README: Quantization): bf16 vs int8 vs fp8 of one model. Exports a work dir per mode (QUANT_COMPONENTS,
+# default every component, in bf16; --quant adds the Q/DQ GEMMs of lm_decode and the diffusion head), runs the
+# quality gate (vvtrt parity with each of QUANT_BACKENDS, default ONNX Runtime CUDA then the torch path, whose
+# result stays in quant_gate.json), then one bench with the three work dirs side by side (torch-compile). Full
+# TensorRT is not installed on these machines: the quantized engines are built by CI (TensorRT-RTX, CPU).
+# QUANT_COMPONENTS=lm_decode,diffusion_sampler,diffusion_head,connectors QUANT_BACKENDS=torch: the quantized
+# components and the torch path only (a fraction of the export time). $1: model preset, $2: results tag.
 quant_stage() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones run side by side (memory: 1.5B only;
   # the bf16 one, for the bench's torch-compile baseline, needs only the connectors graph)
-  local model=$1 tag=$2 side=${3:-0} rc=0 q wd
+  local model=$1 tag=$2 side=${3:-0} rc=0 q wd b comps=()
+  [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
   $VV export --model $model -w "$RUN/wdq${tag}_none" --dtype bf16 --components connectors || return 1
   for q in int8 fp8; do
     if [[ $side == 1 ]]; then
-      $VV export --model $model -w "$RUN/wdq${tag}_$q" --dtype bf16 --quant $q > "$RUN/results/export_${tag}_$q.log" 2>&1 &
+      $VV export --model $model -w "$RUN/wdq${tag}_$q" --dtype bf16 --quant $q "${comps[@]}" \
+          > "$RUN/results/export_${tag}_$q.log" 2>&1 &
     fi
   done
   wait
   for q in int8 fp8; do
     wd="$RUN/wdq${tag}_$q"
     [[ $side == 1 ]] && tail -n 3 "$RUN/results/export_${tag}_$q.log"
-    $VV export --model $model -w "$wd" --dtype bf16 --quant $q || { rc=1; continue; }  # up to date: a check
-    $VV parity -w "$wd" --backend onnxruntime --device cuda --dtype bf16 --json "$RUN/results/parity_${tag}_${q}_ort_cuda.json" || rc=1
-    $VV build -w "$wd" --flavor tensorrt --dtype bf16 --components lm_decode,diffusion_sampler,diffusion_head || rc=1
-    cp "$wd"/engines/*/manifest.json "$RUN/results/manifest_${tag}_${q}.json" 2>/dev/null
-    $VV parity -w "$wd" --backend torch --device cuda --dtype bf16 --json "$RUN/results/parity_${tag}_${q}_torch_cuda.json" || rc=1
+    $VV export --model $model -w "$wd" --dtype bf16 --quant $q "${comps[@]}" || { rc=1; continue; }  # up to date: a check
+    for b in ${QUANT_BACKENDS:-onnxruntime torch}; do
+      $VV parity -w "$wd" --backend $b --device cuda --dtype bf16 --json "$RUN/results/parity_${tag}_${q}_${b}_cuda.json" || rc=1
+    done
     cp "$wd/quant_gate.json" "$RUN/results/quant_gate_${tag}_${q}.json" 2>/dev/null
   done
   $VV bench -w "$RUN/wdq${tag}_none" --compare-workdir "$RUN/wdq${tag}_int8" --compare-workdir "$RUN/wdq${tag}_fp8" \

@@ -8,8 +8,10 @@
 
 Both are plain tensor ops with no host sync, so they run inside the whole-frame CUDA graph. The module is
 replaced in place: the wrapper shares its submodules with the model, so the model's own Linears become
-`QuantLinear`s (done once; a second wrapper over the same model reuses them). The float weights stay in
-memory (`QuantLinear.weight`): the quantized path saves no memory yet."""
+`QuantLinear`s (done once; a second wrapper over the same model reuses them). Linears whose weights are views
+of a fused linear's (q|k|v, gate|up) run inside it and are left alone. Once every runner over a model is
+built, `drop_float_weights` frees the float weights the quantized GEMMs replaced (until then another wrapper
+may still fuse its projections from them)."""
 from __future__ import annotations
 
 import torch
@@ -58,15 +60,40 @@ class QuantLinear(nn.Module):
         return y.split(self.sizes, dim=-1) if self.sizes else y
 
 
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
 def quantize_module(module: nn.Module, qspec, mode: QuantMode) -> int:
     """Replace the selected GEMMs of `module` (see the module doc); returns how many were replaced."""
     from vvtrt.quant.calibrate import gemm_modules, is_fused_linear
 
     n = 0
-    for name, child in list(gemm_modules(module, qspec).items()):
+    gemms = gemm_modules(module, qspec)
+    fused = {_storage(m.weight) for m in gemms.values() if is_fused_linear(m)}
+    for name, child in list(gemms.items()):
+        if not is_fused_linear(child) and _storage(child.weight) in fused:
+            continue  # a view of a fused linear's weight: it runs inside that one
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         sizes = child.sizes if is_fused_linear(child) else None
         setattr(parent, attr, QuantLinear(child.weight.detach(), child.bias, mode, sizes))
         n += 1
     return n
+
+
+def drop_float_weights(modules, model: nn.Module) -> int:
+    """Free the float weights that the `QuantLinear`s of `modules` replaced, in them and in `model` (whose
+    Linears are views of fused weights): each such Linear of `model` gets an empty meta weight, so a later use
+    fails loudly instead of computing with freed memory. Call it once every runner over `model` is built (the
+    model must not build another wrapper afterwards). Returns the bytes freed."""
+    dropped: dict[int, int] = {}
+    for module in modules:
+        for q in module.modules():
+            if isinstance(q, QuantLinear) and q.weight is not None:
+                dropped[_storage(q.weight)] = q.weight.untyped_storage().nbytes()
+                q.weight = None
+    for lin in model.modules():
+        if isinstance(lin, nn.Linear) and lin.weight.device.type != "meta" and _storage(lin.weight) in dropped:
+            lin.weight = nn.Parameter(torch.empty(0, dtype=lin.weight.dtype, device="meta"), requires_grad=False)
+    return sum(dropped.values())

@@ -48,6 +48,10 @@ class ModelCache:
         self.init_on_device = init_on_device
         self._models: dict = {}
 
+    def forget(self, precision: Precision, device) -> None:
+        """Drop the model of (precision, device): the next `get` loads it again."""
+        self._models.pop((precision, str(device)), None)
+
     def get(self, precision: Precision, device):
         key = (precision, str(device))
         if key not in self._models:
@@ -111,4 +115,21 @@ def load_runners(wd: Workdir, backend: str, precision: Precision, device, fallba
         r.activate()
         runners[comp] = r
     assert set(BACKENDS) >= set(fallback.values())
+    if wd.quant() is not None:
+        _drop_quantized_float_weights(runners, models, precision, device)
     return runners
+
+
+def _drop_quantized_float_weights(runners: dict, models: ModelCache, precision: Precision, device) -> None:
+    """The quantized GEMMs' float weights freed once every runner is built; the cache forgets the model (its
+    next `get` loads it whole again)."""
+    from vvtrt.quant.torch_path import drop_float_weights
+
+    modules = [r.module for r in runners.values() if isinstance(r, TorchRunner) and r.quant is not None]
+    if not modules:
+        return
+    freed = drop_float_weights(modules, models.get(precision, device))
+    models.forget(precision, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    log.info("quantized GEMMs: %.2f GiB of %s weights freed", freed / (1 << 30), precision.value)
