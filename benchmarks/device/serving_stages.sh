@@ -234,8 +234,10 @@ cstart() {  # compiled serving (1.5B bf16, torch-compile): time to /ready of a c
 }
 gpurest() {  # the serving throughput work's GPU tests that no run has passed yet: compiled serving (compile cache
   # reuse), KV groups on CUDA graphs, the conv fast path compiled on CUDA and the Triton feed-forward
-  python3 -X faulthandler -m pytest -q -rA -m gpu tests/test_compiled_serving_gpu.py tests/test_kv_groups.py \
-      tests/test_conv_fast.py --junitxml="$RUN/results/gpurest.xml" -p no:cacheprovider
+  # (GPUREST_TESTS: other test files)
+  python3 -X faulthandler -m pytest -q -rA -s -m gpu \
+      ${GPUREST_TESTS:-tests/test_compiled_serving_gpu.py tests/test_kv_groups.py tests/test_conv_fast.py} \
+      --junitxml="$RUN/results/gpurest.xml" -p no:cacheprovider
 }
 gpusrv() { python3 -m pytest -q -rA -s -m gpu tests/test_serving_gpu.py tests/test_compiled_serving_gpu.py tests/test_noise.py tests/test_kv_groups.py tests/test_realtime_noise.py tests/test_conv_fast.py -p no:cacheprovider; }
 gpunoise() {  # device noise: CUDA bits == CPU bits, the draw in a CUDA graph, the captured serving step's noise
