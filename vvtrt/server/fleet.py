@@ -59,9 +59,7 @@ def connect(options: FleetOptions, most_replicas: int) -> tuple[bool, float]:
         if options.address is not None:
             ray.init(address=options.address, **common)
         else:
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, most_replicas + 1),
-                     _system_config={"timeout_ms_task_wait_for_death_info": int(os.environ[DEATH_INFO_VAR])},
-                     **common)
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, most_replicas + 1), **common)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {options.address}" if options.address else "a local Ray cluster"
         hint = "" if options.address is None or os.environ.get("RAY_AUTH_MODE") else (
