@@ -165,21 +165,32 @@ source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc
 # TensorRT is not installed on these machines: the quantized engines are built by CI (TensorRT-RTX, CPU).
 # QUANT_COMPONENTS=lm_decode,diffusion_sampler,diffusion_head,connectors QUANT_BACKENDS=torch: the quantized
 # components and the torch path only (a fraction of the export time). $1: model preset, $2: results tag.
-quant_stage() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones run side by side (memory: 1.5B only;
-  # the bf16 one, for the bench's torch-compile baseline, needs only the connectors graph)
-  local model=$1 tag=$2 side=${3:-0} rc=0 q wd b comps=()
+quant_export() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones run side by side (memory: 1.5B
+  # only; the bf16 one, for the bench's torch-compile baseline, needs only the connectors graph). Writes
+  # wdq<tag>.exported when done (q15 / q7 wait for it: q15x / q7x can run in the background beside GPU stages)
+  local model=$1 tag=$2 side=${3:-0} rc=0 q comps=()
   [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
-  $VV export --model $model -w "$RUN/wdq${tag}_none" --dtype bf16 --components connectors || return 1
+  $VV export --model $model -w "$RUN/wdq${tag}_none" --dtype bf16 --components connectors || rc=1
   for q in int8 fp8; do
     if [[ $side == 1 ]]; then
       $VV export --model $model -w "$RUN/wdq${tag}_$q" --dtype bf16 --quant $q "${comps[@]}" \
           > "$RUN/results/export_${tag}_$q.log" 2>&1 &
+    else
+      $VV export --model $model -w "$RUN/wdq${tag}_$q" --dtype bf16 --quant $q "${comps[@]}" || rc=1
     fi
   done
   wait
+  for q in int8 fp8; do [[ $side == 1 ]] && tail -n 3 "$RUN/results/export_${tag}_$q.log"; done
+  touch "$RUN/wdq${tag}.exported"
+  return $rc
+}
+quant_stage() {  # the quality gate and the side-by-side bench of the exports above (made here unless q<tag>x ran)
+  local model=$1 tag=$2 side=${3:-0} rc=0 q wd b comps=()
+  [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
+  [[ -n ${QUANT_BG:-} ]] && for _ in $(seq 3600); do [[ -e "$RUN/wdq${tag}.exported" ]] && break; sleep 1; done
+  [[ -e "$RUN/wdq${tag}.exported" ]] || quant_export "$@" || rc=1
   for q in int8 fp8; do
     wd="$RUN/wdq${tag}_$q"
-    [[ $side == 1 ]] && tail -n 3 "$RUN/results/export_${tag}_$q.log"
     $VV export --model $model -w "$wd" --dtype bf16 --quant $q "${comps[@]}" || { rc=1; continue; }  # up to date: a check
     for b in ${QUANT_BACKENDS:-onnxruntime torch}; do
       $VV parity -w "$wd" --backend $b --device cuda --dtype bf16 --json "$RUN/results/parity_${tag}_${q}_${b}_cuda.json" || rc=1
@@ -192,20 +203,26 @@ quant_stage() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones
   python3 -m pytest -q -rA -m gpu tests/test_quant.py -p no:cacheprovider || rc=1
   return $rc
 }
+q15x() { quant_export 1.5b 1.5b 1; }
+q7x() { quant_export 7b 7b; }
 q15() { quant_stage 1.5b 1.5b 1; }
 q7() { quant_stage 7b 7b; }
-STAGE_NAMES=" gpurest ab srvrate srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 prof7 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" gpurest q15x q7x ab srvrate srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 prof7 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
 }
 # "a+b" runs stages a and b at the same time (for exports, which use the CPU, beside GPU work; never
-# put two timed benches in one group, nor two stages that write one workdir, like x7+b7ort)
+# put two timed benches in one group, nor two stages that write one workdir, like x7+b7ort); "bg:a" starts
+# stage a and goes on at once (an export the later stages wait for, e.g. bg:q7x with QUANT_BG=1 ... q7)
 for s in $STAGES; do
-  if [[ $s == *+* ]]; then
+  if [[ $s == bg:* ]]; then
+    run_stage "${s#bg:}" &
+  elif [[ $s == *+* ]]; then
     for part in ${s//+/ }; do run_stage "$part" & done; wait
   else
     run_stage "$s"
   fi
 done
+wait
 log "ALL DONE"

@@ -331,14 +331,13 @@ rtnoise() {  # Realtime engine with device noise and on-device stops: the GPU te
   return $rc
 }
 convb() {  # the streaming conv steps alone: exported ops vs the channels-last fast path, compiled + CUDA graphs,
-  # bf16, batches 1..512 (1.5B decoder + semantic encoder, Realtime-0.5B decoder: the 1.5B decoder's shapes,
-  # so its compiles mostly hit inductor's cache); the channels-last path without the Triton feed-forward at
-  # 256 (what the kernel itself buys); then the GPU tests of the fast path
+  # bf16, batches 1..512 (Realtime-0.5B decoder first, then 1.5B decoder + semantic encoder); the channels-last
+  # path without the Triton feed-forward at 256 (what the kernel itself buys); then the GPU tests of the fast path
   # (CONVB_BATCHES: fewer batch sizes, fewer compiles: each is a compile per path and component)
   local rc=0 b=${CONVB_BATCHES:-1,64,256,512}
-  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_1.5b.json" --configs 1.5b --paths exported,fast \
-      --batches $b || rc=1
   python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_rt.json" --configs realtime-0.5b --paths exported,fast \
+      --batches $b || rc=1
+  python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_1.5b.json" --configs 1.5b --paths exported,fast \
       --batches $b || rc=1
   python3 benchmarks/conv_step_bench.py "$RUN/results/conv_step_torchffn.json" --configs 1.5b --batches 256 \
       --paths fast-torch || rc=1
