@@ -1,9 +1,15 @@
 """GPU tier (marked `gpu`): the serving engine with torch.compile'd runners on CUDA (tiny model, bf16), every
 (batch, KV) bucket compiled over a dynamic batch axis and captured before the engine takes requests. Its
 requests match the eager engine's within bf16 rounding (inductor fuses and reorders arithmetic), the number
-of dynamo graphs stays bounded whatever the number of batch buckets, and a second engine in the same work
-dir loads every compiled graph from the work dir's compile-cache."""
+of dynamo graphs stays bounded whatever the number of batch buckets, and a restarted engine (a new process,
+as a server's restart is) loads every compiled graph from the work dir's compile-cache."""
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +29,23 @@ SETTINGS = {"device": "cuda", "precision": "bf16", "max_streams": 16}
 # the compiled decode attention (GQA-folded matmuls) and fused bf16 arithmetic differ from the eager ops, and
 # the difference feeds back frame by frame; the measured figure is printed
 SANITY_BOUND = 0.25
+# the restart: a fresh interpreter builds the compiled engine in the same work dir, serves one request, and
+# prints its start-up record (in-process, a second engine is not a restart: on an H100 with torch 2.11 one
+# found all 14 inductor graphs in the cache but missed 4 of the 14 AOTAutograd entries)
+RESTART = """
+import json, sys
+from vvtrt.serving.api import SpeechRequest
+from vvtrt.serving.engine import Engine
+engine = Engine.from_workdir(sys.argv[1], compile=True, device=sys.argv[2], precision=sys.argv[3], max_streams=16)
+engine.start()
+try:
+    assert engine.stepper.loop.capture_error is None, engine.stepper.loop.capture_error
+    chunks = list(engine.submit(SpeechRequest("Speaker 1: a restarted engine", seed=1, cfg_scale=1.3, frames=8)))
+    assert sum(len(c.audio) for c in chunks) > 0
+finally:
+    engine.stop()
+print("STARTUP " + json.dumps(engine.startup))
+"""
 
 
 def _serve(engine: Engine) -> list[np.ndarray]:
@@ -59,8 +82,12 @@ def test_compiled_engine_on_cuda_matches_eager_and_reuses_its_cache(tiny_workdir
     # engine compiled on the CPU shows: 16 graphs there), times the KV buckets for lm_decode
     components, classes = 6, 3
     assert cold["compile"]["cache"]["graphs"] <= classes * (components - 1 + len(plan.kv_buckets)), cold
-    torch._dynamo.reset()
-    warm_engine = Engine.from_workdir(wd.root, compile=True, **SETTINGS)
-    _serve(warm_engine)
-    print("warm start", warm_engine.startup)
-    assert warm_engine.startup["compile"]["cache"]["state"] == "hit"
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", RESTART, str(wd.root), "cuda", "bf16"], env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    warm = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("STARTUP "))[8:])
+    print("warm start (new process)", warm)
+    assert warm["compile"]["cache"]["fx_graph_misses"] == 0, warm  # inductor compiled nothing again
+    assert warm["compile"]["cache"]["state"] == "hit", warm

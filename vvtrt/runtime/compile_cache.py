@@ -22,7 +22,8 @@ CACHE_DIR_NAME = "compile-cache"
 ENV = "TORCHINDUCTOR_CACHE_DIR"
 _set_here: list[str] = []  # the value this process put in ENV (a later engine of another work dir may move it)
 _KEYS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
-         ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"), ("stats", "unique_graphs"))
+         ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"), ("stats", "unique_graphs"),
+         ("aot_autograd", "autograd_cache_bypass"))
 
 
 def use_work_dir_cache(root) -> Path:
@@ -55,8 +56,9 @@ def _counts() -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class CacheUse:
-    """Hits and misses of the FX graph and AOTAutograd caches during one start-up, and the graphs dynamo
-    traced (a bounded number: one per distinct shape specialisation of each compiled component)."""
+    """Hits and misses of the FX graph and AOTAutograd caches during one start-up, the graphs dynamo traced
+    (a bounded number: one per distinct shape specialisation of each compiled component) and the graphs the
+    AOTAutograd cache declined to store or load (`aot_bypasses`: their inductor code may still hit)."""
 
     dir: str
     fx_graph_hits: int
@@ -64,6 +66,7 @@ class CacheUse:
     aot_hits: int
     aot_misses: int
     graphs: int = 0
+    aot_bypasses: int = 0
 
     @property
     def state(self) -> str:
