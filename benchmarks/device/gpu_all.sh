@@ -219,7 +219,7 @@ for s in $STAGES; do
   if [[ $s == bg:* ]]; then
     run_stage "${s#bg:}" &
   elif [[ $s == *+* ]]; then
-    for part in ${s//+/ }; do run_stage "$part" & done; wait
+    pids=(); for part in ${s//+/ }; do run_stage "$part" & pids+=($!); done; wait "${pids[@]}"  # not the bg: ones
   else
     run_stage "$s"
   fi
