@@ -126,3 +126,15 @@ def test_demo_runs_end_to_end(tiny_workdir, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "demo.wav" in res.output and "passed" in res.output
     assert sf.read(wd / "demo.wav")[0].shape == (16 * 3200,)
+
+
+def test_progress_counts_an_item_done_only_when_the_next_starts_or_the_stage_ends():
+    from vvtrt.cli import _progress
+
+    tick = _progress(2, "export")
+    tick("lm_decode.bf16")
+    assert tick.bar.n == 0  # lm_decode is running: nothing done yet
+    tick("connectors.bf16")
+    assert tick.bar.n == 1
+    tick.close()
+    assert tick.bar.n == 2
