@@ -17,6 +17,7 @@ CPU figures are a smoke test of the script, never performance figures.
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import json
 import shlex
@@ -216,6 +217,7 @@ def main(argv=None) -> int:
     env = collect_environment()
     rows = [r for c in args.configs for r in bench_config(c, args, device)]
     result = {"command": shlex.join([sys.executable, *sys.argv]), "commit": env.get("git_commit"),
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({env.get('cpu')})",
               "note": None if device.type == "cuda" else "CPU smoke run: not a performance figure",
               "environment": env, "rows": rows, "speedups": _speedups(rows)}
