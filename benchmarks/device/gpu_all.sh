@@ -167,9 +167,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc
 # components and the torch path only (a fraction of the export time). $1: model preset, $2: results tag.
 quant_export() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones run side by side (memory: 1.5B
   # only; the bf16 one, for the bench's torch-compile baseline, needs only the connectors graph). Writes
-  # wdq<tag>.exported when done (q15 / q7 wait for it: q15x / q7x can run in the background beside GPU stages)
+  # wdq<tag>.exported when done (q15 / q7 wait for it while it runs: q15x / q7x can run in the background beside
+  # GPU stages, started with bg:)
   local model=$1 tag=$2 side=${3:-0} rc=0 q comps=()
   [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
+  echo $BASHPID > "$RUN/wdq${tag}.exporting"
   $VV export --model $model -w "$RUN/wdq${tag}_none" --dtype bf16 --components connectors || rc=1
   for q in int8 fp8; do
     if [[ $side == 1 ]]; then
@@ -181,13 +183,13 @@ quant_export() {  # the exports are CPU-bound: with $3 = 1 the two quantized one
   done
   wait
   for q in int8 fp8; do [[ $side == 1 ]] && tail -n 3 "$RUN/results/export_${tag}_$q.log"; done
-  touch "$RUN/wdq${tag}.exported"
+  touch "$RUN/wdq${tag}.exported"; rm -f "$RUN/wdq${tag}.exporting"
   return $rc
 }
 quant_stage() {  # the quality gate and the side-by-side bench of the exports above (made here unless q<tag>x ran)
   local model=$1 tag=$2 side=${3:-0} rc=0 q wd b comps=()
   [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
-  [[ -n ${QUANT_BG:-} ]] && for _ in $(seq 3600); do [[ -e "$RUN/wdq${tag}.exported" ]] && break; sleep 1; done
+  while [[ -e "$RUN/wdq${tag}.exporting" ]] && kill -0 "$(cat "$RUN/wdq${tag}.exporting")" 2>/dev/null; do sleep 1; done
   [[ -e "$RUN/wdq${tag}.exported" ]] || quant_export "$@" || rc=1
   for q in int8 fp8; do
     wd="$RUN/wdq${tag}_$q"
@@ -214,7 +216,7 @@ run_stage() {
 }
 # "a+b" runs stages a and b at the same time (for exports, which use the CPU, beside GPU work; never
 # put two timed benches in one group, nor two stages that write one workdir, like x7+b7ort); "bg:a" starts
-# stage a and goes on at once (an export the later stages wait for, e.g. bg:q7x with QUANT_BG=1 ... q7)
+# stage a and goes on at once (an export the later stages wait for, e.g. bg:q7x ... q7)
 for s in $STAGES; do
   if [[ $s == bg:* ]]; then
     run_stage "${s#bg:}" &
