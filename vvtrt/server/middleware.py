@@ -3,6 +3,7 @@ a request body limit and deadline, bearer-token authentication, and the abort of
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import json
 import logging
@@ -133,16 +134,34 @@ class BearerAuth:
                          "authentication_error")
 
 
+# uvicorn's ERROR for an app that returned with its response incomplete: for a stream this server cut on
+# purpose (its own WARNING says why) it is dropped; for any other response it stays
+UVICORN_INCOMPLETE = "ASGI callable returned without completing response."
+_aborted_here: contextvars.ContextVar[bool] = contextvars.ContextVar("vvtrt_aborted_here", default=False)
+
+
+class _QuietDeliberateAbort(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_aborted_here.get() and record.getMessage() == UVICORN_INCOMPLETE)
+
+
+_QUIET = _QuietDeliberateAbort()
+
+
 class AbortTruncated:
     """Turns `StreamTruncated` (raised by a streaming body after its headers went out) into a connection
     closed without the final chunk: the ASGI app returns with the response incomplete, which uvicorn
-    answers by closing the transport. One log line, no traceback."""
+    answers by closing the transport. One log line (the truncation's WARNING), no traceback, no ERROR:
+    uvicorn logs the incomplete response in the same task, where `_aborted_here` marks it deliberate."""
 
     def __init__(self, app):
         self.app = app
+        logging.getLogger("uvicorn.error").addFilter(_QUIET)  # once: addFilter ignores a filter already there
 
     async def __call__(self, scope, receive, send):
         try:
             await self.app(scope, receive, send)
         except StreamTruncated as exc:
+            _aborted_here.set(True)
+            logging.getLogger("uvicorn.error").addFilter(_QUIET)  # uvicorn's logging set-up may have come after
             access_log.debug("aborted %s: %s", scope.get("path"), exc)
