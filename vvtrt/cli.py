@@ -52,8 +52,8 @@ def _progress(total: int, desc: str):
     # when the stage ends, so an error (or the verb's summary) is one clean line
     bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, delay=0.5, leave=False)
 
-    # the stages call tick(label) as an item starts: it counts as done when the next one starts or the
-    # stage ends (the bar never shows an item done while it runs)
+    # the stages call tick(label) as an item starts: it counts as done when the next one starts (the bar
+    # never shows an item done while it runs; the bar is erased at the end, done or failed, without a redraw)
     running = []
 
     def tick(label: str):
@@ -61,12 +61,7 @@ def _progress(total: int, desc: str):
             bar.update(1)
         running[:] = [label]
         bar.set_postfix_str(label)
-
-    def close():
-        if running:
-            bar.update(1)
-        bar.close()
-    tick.close, tick.bar = close, bar
+    tick.close, tick.bar = bar.close, bar
     return tick
 
 
