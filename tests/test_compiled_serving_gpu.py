@@ -34,9 +34,11 @@ SANITY_BOUND = 0.25
 # found all 14 inductor graphs in the cache but missed 4 of the 14 AOTAutograd entries)
 RESTART = """
 import json, sys
+import torch
 from vvtrt.serving.api import SpeechRequest
 from vvtrt.serving.engine import Engine
-engine = Engine.from_workdir(sys.argv[1], compile=True, device=sys.argv[2], precision=sys.argv[3], max_streams=16)
+torch.set_num_threads(int(sys.argv[3]))  # as the first start had (inductor's CPU code keys on it)
+engine = Engine.from_workdir(sys.argv[1], compile=True, **json.loads(sys.argv[2]))
 engine.start()
 try:
     assert engine.stepper.loop.capture_error is None, engine.stepper.loop.capture_error
@@ -84,8 +86,9 @@ def test_compiled_engine_on_cuda_matches_eager_and_reuses_its_cache(tiny_workdir
     assert cold["compile"]["cache"]["graphs"] <= classes * (components - 1 + len(plan.kv_buckets)), cold
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-c", RESTART, str(wd.root), "cuda", "bf16"], env=env, capture_output=True, text=True,
-                          timeout=1200)
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # the first engine set it here: the restart finds the work dir's own
+    args = [str(wd.root), json.dumps(SETTINGS), str(torch.get_num_threads())]
+    done = subprocess.run([sys.executable, "-c", RESTART, *args], env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
     warm = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("STARTUP "))[8:])
     print("warm start (new process)", warm)

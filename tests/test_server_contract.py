@@ -216,3 +216,20 @@ def test_websocket_origin_check(server, origin, allowed):
         assert exc.value.response.status_code == 403
     if origin == "http://evil.example":
         assert "origin" in server.log()
+
+
+def test_only_a_deliberate_cut_silences_uvicorns_incomplete_response_error():
+    import contextvars
+    import logging
+
+    from vvtrt.server import middleware
+
+    def kept(msg: str, aborted: bool) -> bool:
+        def check():
+            middleware._aborted_here.set(aborted)
+            return middleware._QUIET.filter(logging.LogRecord("uvicorn.error", logging.ERROR, "", 0, msg, (), None))
+        return contextvars.copy_context().run(check)  # a request's own context, as uvicorn's task has
+
+    assert not kept(middleware.UVICORN_INCOMPLETE, aborted=True)
+    assert kept(middleware.UVICORN_INCOMPLETE, aborted=False)  # an app that really failed to finish: logged
+    assert kept("Exception in ASGI application\n", aborted=True)

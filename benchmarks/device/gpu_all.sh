@@ -167,29 +167,32 @@ source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc
 # components and the torch path only (a fraction of the export time). $1: model preset, $2: results tag.
 quant_export() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones run side by side (memory: 1.5B
   # only; the bf16 one, for the bench's torch-compile baseline, needs only the connectors graph). Writes
-  # wdq<tag>.exported when done (q15 / q7 wait for it while it runs: q15x / q7x can run in the background beside
-  # GPU stages, started with bg:)
-  local model=$1 tag=$2 side=${3:-0} rc=0 q comps=()
+  # wdq<tag>.exported when all three succeeded (q15x / q7x can run in the background, started with bg:)
+  local model=$1 tag=$2 side=${3:-0} rc=0 q p comps=() pids=()
   [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
-  echo $BASHPID > "$RUN/wdq${tag}.exporting"
   $VV export --model $model -w "$RUN/wdq${tag}_none" --dtype bf16 --components connectors || rc=1
   for q in int8 fp8; do
     if [[ $side == 1 ]]; then
       $VV export --model $model -w "$RUN/wdq${tag}_$q" --dtype bf16 --quant $q "${comps[@]}" \
           > "$RUN/results/export_${tag}_$q.log" 2>&1 &
+      pids+=($!)
     else
       $VV export --model $model -w "$RUN/wdq${tag}_$q" --dtype bf16 --quant $q "${comps[@]}" || rc=1
     fi
   done
-  wait
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done  # these exports only (not the run's bg: stages)
   for q in int8 fp8; do [[ $side == 1 ]] && tail -n 3 "$RUN/results/export_${tag}_$q.log"; done
-  touch "$RUN/wdq${tag}.exported"; rm -f "$RUN/wdq${tag}.exporting"
+  (( rc == 0 )) && touch "$RUN/wdq${tag}.exported"
   return $rc
 }
-quant_stage() {  # the quality gate and the side-by-side bench of the exports above (made here unless q<tag>x ran)
+wait_bg() {  # wait while the bg: stage $1 of this run is still running
+  local f="$RUN/bg_$1.pid"
+  [[ -e $f ]] && while kill -0 "$(cat "$f")" 2>/dev/null; do sleep 1; done
+  return 0
+}
+quant_stage() {  # the quality gate and the side-by-side bench of the exports above (made here unless q<tag>x made them)
   local model=$1 tag=$2 side=${3:-0} rc=0 q wd b comps=()
   [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
-  while [[ -e "$RUN/wdq${tag}.exporting" ]] && kill -0 "$(cat "$RUN/wdq${tag}.exporting")" 2>/dev/null; do sleep 1; done
   [[ -e "$RUN/wdq${tag}.exported" ]] || quant_export "$@" || rc=1
   for q in int8 fp8; do
     wd="$RUN/wdq${tag}_$q"
@@ -207,8 +210,8 @@ quant_stage() {  # the quality gate and the side-by-side bench of the exports ab
 }
 q15x() { quant_export 1.5b 1.5b 1; }
 q7x() { quant_export 7b 7b ${Q7_SIDE:-0}; }  # Q7_SIDE=1: int8 and fp8 side by side (two 7B exports in host memory at once)
-q15() { quant_stage 1.5b 1.5b 1; }
-q7() { quant_stage 7b 7b ${Q7_SIDE:-0}; }
+q15() { wait_bg q15x; quant_stage 1.5b 1.5b 1; }
+q7() { wait_bg q7x; quant_stage 7b 7b ${Q7_SIDE:-0}; }
 STAGE_NAMES=" gpurest q15x q7x ab srvrate srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 prof7 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
@@ -216,10 +219,13 @@ run_stage() {
 }
 # "a+b" runs stages a and b at the same time (for exports, which use the CPU, beside GPU work; never
 # put two timed benches in one group, nor two stages that write one workdir, like x7+b7ort); "bg:a" starts
-# stage a and goes on at once (an export the later stages wait for, e.g. bg:q7x ... q7)
+# stage a and goes on at once (an export a later stage waits for, e.g. bg:q7x ... q7; it loads the CPU, so no
+# timed bench should run while it does)
+rm -f "$RUN"/bg_*.pid "$RUN"/wdq*.exported  # markers of an earlier run in this folder
 for s in $STAGES; do
   if [[ $s == bg:* ]]; then
     run_stage "${s#bg:}" &
+    echo $! > "$RUN/bg_${s#bg:}.pid"  # before the next stage starts: it may wait for this one
   elif [[ $s == *+* ]]; then
     pids=(); for part in ${s//+/ }; do run_stage "$part" & pids+=($!); done; wait "${pids[@]}"  # not the bg: ones
   else
