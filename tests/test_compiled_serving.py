@@ -6,33 +6,17 @@ To keep the CPU time small only one component (the connectors) is compiled here;
 the CPU, about a minute a graph on a busy 2-core machine."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 
 from vvtrt.serving.api import SpeechRequest
 from vvtrt.serving.engine import Engine
+from compiled_start import start_compiled
 from workdir_copy import copy_workdir
 
 SETTINGS = {"device": "cpu", "precision": "fp32", "max_streams": 2, "batch_buckets": (), "kv_buckets": ()}
+# inductor compiles C++ on the CPU, about a minute a graph here: only the connectors
+COMPILED = {**SETTINGS, "compile_components": ("connectors",)}
 REQUEST = SpeechRequest("Speaker 1: Hello there.", seed=1, cfg_scale=1.3, frames=6)
-START = """
-import json, sys
-import numpy as np
-from vvtrt.serving.api import SpeechRequest
-from vvtrt.serving.engine import Engine
-eng = Engine.from_workdir(sys.argv[1], compile=True, compile_components=("connectors",), device="cpu",
-                          precision="fp32", max_streams=2, batch_buckets=(), kv_buckets=())
-eng.start()
-try:
-    req = SpeechRequest("Speaker 1: Hello there.", seed=1, cfg_scale=1.3, frames=6)
-    np.save(sys.argv[2], np.concatenate([c.audio for c in eng.submit(req)]))
-finally:
-    eng.stop()
-print(json.dumps(eng.startup))
-"""
 
 
 def _serve_one(engine: Engine) -> np.ndarray:
@@ -43,23 +27,13 @@ def _serve_one(engine: Engine) -> np.ndarray:
         engine.stop()
 
 
-def _start(root, audio_path) -> dict:
-    """One start of a compiled engine in a fresh interpreter (as a restarted `vvtrt serve` is): serves REQUEST
-    into `audio_path`, returns its start-up record. Both starts run outside this process so that what earlier
-    tests left in this interpreter's torch settings cannot change inductor's cache keys between them."""
-    out = subprocess.run([sys.executable, "-c", START, str(root), str(audio_path)], capture_output=True, text=True,
-                         timeout=600, env=_env())
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def test_compiled_engine_serves_as_the_eager_one_and_a_second_start_hits_its_cache(tiny_workdir, tmp_path,
                                                                                     monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # the work dir's cache, not one set outside
     wd = copy_workdir(tiny_workdir, tmp_path / "wd", items=())  # torch runs the preset: no graphs needed
     eager = _serve_one(Engine.from_workdir(wd.root, **SETTINGS))
 
-    cold = _start(wd.root, tmp_path / "cold.npy")
+    cold = start_compiled(wd.root, COMPILED, tmp_path / "cold.npy")
     compiled = np.load(tmp_path / "cold.npy")
     assert compiled.shape == eager.shape
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4)
@@ -70,13 +44,8 @@ def test_compiled_engine_serves_as_the_eager_one_and_a_second_start_hits_its_cac
     assert cold["compile"]["cache"]["dir"] == str(cache.resolve())
     assert any(p.is_file() for p in (cache / "fxgraph").rglob("*")), "no FX graph cache entries written"
 
-    warm = _start(wd.root, tmp_path / "warm.npy")
+    warm = start_compiled(wd.root, COMPILED, tmp_path / "warm.npy")
     assert warm["compile"]["cache"]["state"] == "hit", warm
     assert warm["compile"]["cache"]["fx_graph_hits"] >= 1 and warm["compile"]["cache"]["fx_graph_misses"] == 0
     np.testing.assert_array_equal(np.load(tmp_path / "warm.npy"), compiled)  # the cached code is the same code
 
-
-def _env() -> dict:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}

@@ -5,12 +5,6 @@ of dynamo graphs stays bounded whatever the number of batch buckets, and a resta
 as a server's restart is) loads every compiled graph from the work dir's compile-cache."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -19,6 +13,7 @@ import torch._dynamo
 from vvtrt.parity.compare import error_stats
 from vvtrt.serving.api import SpeechRequest
 from vvtrt.serving.engine import Engine
+from compiled_start import start_compiled
 from workdir_copy import copy_workdir
 
 pytestmark = pytest.mark.gpu
@@ -29,25 +24,6 @@ SETTINGS = {"device": "cuda", "precision": "bf16", "max_streams": 16}
 # the compiled decode attention (GQA-folded matmuls) and fused bf16 arithmetic differ from the eager ops, and
 # the difference feeds back frame by frame; the measured figure is printed
 SANITY_BOUND = 0.25
-# the restart: a fresh interpreter builds the compiled engine in the same work dir, serves one request, and
-# prints its start-up record (in-process, a second engine is not a restart: on an H100 with torch 2.11 one
-# found all 14 inductor graphs in the cache but missed 4 of the 14 AOTAutograd entries)
-RESTART = """
-import json, sys
-import torch
-from vvtrt.serving.api import SpeechRequest
-from vvtrt.serving.engine import Engine
-torch.set_num_threads(int(sys.argv[3]))  # as the first start had (inductor's CPU code keys on it)
-engine = Engine.from_workdir(sys.argv[1], compile=True, **json.loads(sys.argv[2]))
-engine.start()
-try:
-    assert engine.stepper.loop.capture_error is None, engine.stepper.loop.capture_error
-    chunks = list(engine.submit(SpeechRequest("Speaker 1: a restarted engine", seed=1, cfg_scale=1.3, frames=8)))
-    assert sum(len(c.audio) for c in chunks) > 0
-finally:
-    engine.stop()
-print("STARTUP " + json.dumps(engine.startup))
-"""
 
 
 def _serve(engine: Engine) -> list[np.ndarray]:
@@ -84,13 +60,9 @@ def test_compiled_engine_on_cuda_matches_eager_and_reuses_its_cache(tiny_workdir
     # engine compiled on the CPU shows: 16 graphs there), times the KV buckets for lm_decode
     components, classes = 6, 3
     assert cold["compile"]["cache"]["graphs"] <= classes * (components - 1 + len(plan.kv_buckets)), cold
-    repo = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
-    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # the first engine set it here: the restart finds the work dir's own
-    args = [str(wd.root), json.dumps(SETTINGS), str(torch.get_num_threads())]
-    done = subprocess.run([sys.executable, "-c", RESTART, *args], env=env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-4000:]
-    warm = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("STARTUP "))[8:])
+    # a restart is a new process (in-process, a second engine is not one: on an H100 with torch 2.11 such an
+    # engine found all 14 inductor graphs in the cache but missed 4 of the 14 AOTAutograd entries)
+    warm = start_compiled(wd.root, SETTINGS, tmp_path / "warm.npy", threads=torch.get_num_threads(), timeout=1200)
     print("warm start (new process)", warm)
     assert warm["compile"]["cache"]["fx_graph_misses"] == 0, warm  # inductor compiled nothing again
     assert warm["compile"]["cache"]["state"] == "hit", warm

@@ -54,12 +54,9 @@ def _progress(total: int, desc: str):
 
     # the stages call tick(label) as an item starts: it counts as done when the next one starts (the bar
     # never shows an item done while it runs; the bar is erased at the end, done or failed, without a redraw)
-    running = []
-
     def tick(label: str):
-        if running:
+        if bar.postfix:  # an item was running
             bar.update(1)
-        running[:] = [label]
         bar.set_postfix_str(label)
     tick.close, tick.bar = bar.close, bar
     return tick

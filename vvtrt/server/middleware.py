@@ -156,12 +156,12 @@ class AbortTruncated:
 
     def __init__(self, app):
         self.app = app
-        logging.getLogger("uvicorn.error").addFilter(_QUIET)  # once: addFilter ignores a filter already there
+        # once (addFilter ignores a filter already there); uvicorn's logging set-up keeps a logger's filters
+        logging.getLogger("uvicorn.error").addFilter(_QUIET)
 
     async def __call__(self, scope, receive, send):
         try:
             await self.app(scope, receive, send)
         except StreamTruncated as exc:
             _aborted_here.set(True)
-            logging.getLogger("uvicorn.error").addFilter(_QUIET)  # uvicorn's logging set-up may have come after
             access_log.debug("aborted %s: %s", scope.get("path"), exc)
