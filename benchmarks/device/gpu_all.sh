@@ -204,6 +204,7 @@ quant_stage() {  # the quality gate and the side-by-side bench of the exports ab
     done
     cp "$wd/quant_gate.json" "$RUN/results/quant_gate_${tag}_${q}.json" 2>/dev/null
   done
+  for b in ${QUANT_BENCH_WAIT:-}; do wait_bg "$b"; done  # bg: stages on the GPU that must end before the bench
   for b in torch-compile torch; do  # the uncompiled loop only where the compiled one failed
     $VV bench -w "$RUN/wdq${tag}_none" "${cmp[@]}" \
         --backend $b --device cuda --dtype bf16 --frames 60 --prompt-tokens 512 --repeats 3 \
