@@ -220,7 +220,7 @@ q15x() { quant_export 1.5b 1.5b 1; }
 q7x() { QUANT_MODES=${Q7_MODES:-${QUANT_MODES:-int8 fp8}} quant_export 7b 7b ${Q7_SIDE:-0}; }
 q15() { wait_bg q15x; quant_stage 1.5b 1.5b 1; }
 q7() { wait_bg q7x; QUANT_MODES=${Q7_MODES:-${QUANT_MODES:-int8 fp8}} quant_stage 7b 7b ${Q7_SIDE:-0}; }
-STAGE_NAMES=" gpurest q15x q7x ab srvrate srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 prof7 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
+STAGE_NAMES=" gpurest wd7x q15x q7x ab srvrate srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 prof7 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
   if [[ $STAGE_NAMES == *" $1 "* ]]; then stage "$1" "$fn"; else log "unknown stage $1"; fi
