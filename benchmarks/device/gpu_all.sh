@@ -166,13 +166,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc
 # QUANT_COMPONENTS=lm_decode,diffusion_sampler,diffusion_head,connectors QUANT_BACKENDS=torch: the quantized
 # components and the torch path only (a fraction of the export time). QUANT_MODES (default "int8 fp8"): the
 # quantized modes, exported in this order. $1: model preset, $2: results tag.
+QUANT_MODES=${QUANT_MODES:-int8 fp8}
 quant_export() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones run side by side (memory: 1.5B
   # only; the bf16 one, for the bench's torch-compile baseline, needs only the connectors graph). Writes
   # wdq<tag>.exported when all three succeeded (q15x / q7x can run in the background, started with bg:)
   local model=$1 tag=$2 side=${3:-0} rc=0 q p comps=() pids=()
   [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
   $VV export --model $model -w "$RUN/wdq${tag}_none" --dtype bf16 --components connectors || rc=1
-  for q in ${QUANT_MODES:-int8 fp8}; do
+  for q in $QUANT_MODES; do
     if [[ $side == 1 ]]; then
       $VV export --model $model -w "$RUN/wdq${tag}_$q" --dtype bf16 --quant $q "${comps[@]}" \
           > "$RUN/results/export_${tag}_$q.log" 2>&1 &
@@ -182,7 +183,7 @@ quant_export() {  # the exports are CPU-bound: with $3 = 1 the two quantized one
     fi
   done
   for p in "${pids[@]}"; do wait "$p" || rc=1; done  # these exports only (not the run's bg: stages)
-  for q in ${QUANT_MODES:-int8 fp8}; do [[ $side == 1 ]] && tail -n 3 "$RUN/results/export_${tag}_$q.log"; done
+  for q in $QUANT_MODES; do [[ $side == 1 ]] && tail -n 3 "$RUN/results/export_${tag}_$q.log"; done
   (( rc == 0 )) && touch "$RUN/wdq${tag}.exported"
   return $rc
 }
@@ -195,7 +196,7 @@ quant_stage() {  # the quality gate and the side-by-side bench of the exports ab
   local model=$1 tag=$2 side=${3:-0} rc=0 q wd b comps=() cmp=()
   [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
   [[ -e "$RUN/wdq${tag}.exported" ]] || quant_export "$@" || rc=1
-  for q in ${QUANT_MODES:-int8 fp8}; do
+  for q in $QUANT_MODES; do
     cmp+=(--compare-workdir "$RUN/wdq${tag}_$q")
     wd="$RUN/wdq${tag}_$q"
     $VV export --model $model -w "$wd" --dtype bf16 --quant $q "${comps[@]}" || { rc=1; continue; }  # up to date: a check
@@ -217,9 +218,10 @@ quant_stage() {  # the quality gate and the side-by-side bench of the exports ab
 q15x() { quant_export 1.5b 1.5b 1; }
 # Q7_SIDE=1: the 7B int8 and fp8 exports side by side (two 7B exports in host memory at once); Q7_MODES: the 7B's
 # quantized modes (default QUANT_MODES)
-q7x() { QUANT_MODES=${Q7_MODES:-${QUANT_MODES:-int8 fp8}} quant_export 7b 7b ${Q7_SIDE:-0}; }
+Q7_MODES=${Q7_MODES:-$QUANT_MODES}
+q7x() { QUANT_MODES=$Q7_MODES quant_export 7b 7b ${Q7_SIDE:-0}; }
 q15() { wait_bg q15x; quant_stage 1.5b 1.5b 1; }
-q7() { wait_bg q7x; QUANT_MODES=${Q7_MODES:-${QUANT_MODES:-int8 fp8}} quant_stage 7b 7b ${Q7_SIDE:-0}; }
+q7() { wait_bg q7x; QUANT_MODES=$Q7_MODES quant_stage 7b 7b ${Q7_SIDE:-0}; }
 STAGE_NAMES=" gpurest wd7x q15x q7x ab srvrate srvpipe gpucore http300 rows srvrows eproc eprocgpu rtnoise srvmix q15 q7 gpunoise noise15 ray1 convb cstart srvcore srvlong gpusrv rtcore rtx gpu8 rtserve rtc rtce rtcli ortfix dcost ctx15 rtpar prof15 prof7 srv15 srv7 long15 rt http15 env gputests tiny b15 b15k5 b15x b7 b7k5 b15par b15ort b15tune b15ortk5 b7ort b7ortk5 prof tf32 x7 x15 x15k5 "
 run_stage() {
   local fn=$1; [[ $fn == env ]] && fn=env_check
