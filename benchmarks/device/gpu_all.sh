@@ -161,8 +161,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc
 # Quantization (README: Quantization): bf16 vs int8 vs fp8 of one model. Exports a work dir per mode (QUANT_COMPONENTS,
 # default every component, in bf16; --quant adds the Q/DQ GEMMs of lm_decode and the diffusion head), runs the
 # quality gate (vvtrt parity with each of QUANT_BACKENDS, default ONNX Runtime CUDA then the torch path, whose
-# result stays in quant_gate.json), then one bench with the three work dirs side by side (torch-compile). Full
-# TensorRT is not installed on these machines: the quantized engines are built by CI (TensorRT-RTX, CPU).
+# result stays in quant_gate.json), then one bench with the work dirs side by side (torch-compile; the uncompiled
+# loop only if that failed). Full TensorRT is not installed on these machines: the quantized engines are built
+# by CI (TensorRT-RTX, CPU).
 # QUANT_COMPONENTS=lm_decode,diffusion_sampler,diffusion_head,connectors QUANT_BACKENDS=torch: the quantized
 # components and the torch path only (a fraction of the export time). QUANT_MODES (default "int8 fp8"): the
 # quantized modes, exported in this order. $1: model preset, $2: results tag.
@@ -197,9 +198,9 @@ quant_stage() {  # the quality gate and the side-by-side bench of the exports ab
   [[ -n ${QUANT_COMPONENTS:-} ]] && comps=(--components "$QUANT_COMPONENTS")
   [[ -e "$RUN/wdq${tag}.exported" ]] || quant_export "$@" || rc=1
   for q in $QUANT_MODES; do
-    cmp+=(--compare-workdir "$RUN/wdq${tag}_$q")
     wd="$RUN/wdq${tag}_$q"
     $VV export --model $model -w "$wd" --dtype bf16 --quant $q "${comps[@]}" || { rc=1; continue; }  # up to date: a check
+    cmp+=(--compare-workdir "$wd")  # benched only when its export is whole
     for b in ${QUANT_BACKENDS:-onnxruntime torch}; do
       $VV parity -w "$wd" --backend $b --device cuda --dtype bf16 --json "$RUN/results/parity_${tag}_${q}_${b}_cuda.json" || rc=1
     done

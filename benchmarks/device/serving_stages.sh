@@ -159,7 +159,7 @@ prof15() {  # where the serving step goes by batch, 1.5B bf16 torch, the serving
 wd7x() { $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors; }  # CPU: bg:wd7x beside GPU work
 prof7() {  # the same for 7B at the held concurrencies of its target (the step of 120 streams: where it goes)
   wait_bg wd7x
-  $VV export --model 7b -w "$RUN/wd7" --dtype bf16 --components connectors &&
+  wd7x &&  # up to date where bg:wd7x made it: a check
   python3 benchmarks/serving_step_profile.py "$RUN/wd7" "$RUN/results/serving_step_7b" --device cuda \
       --batches ${PROF7_BATCHES:-1,64,120} --max-context 1024 --repeats 10 --backend ${PROF_BACKEND:-torch}
 }
