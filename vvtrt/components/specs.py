@@ -150,14 +150,31 @@ QUANTIZED = {"lm_decode": QuantSpec(note="LLM GEMMs"),
 
 
 def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[str, ComponentSpec]:
-    """All component specs for one model, keyed by component name (export order)."""
-    H, L, KV, D = info.hidden, info.layers, info.kv_heads, info.head_dim
-    Z, SEM, HOP = info.latent_dim, info.semantic_dim, info.hop
-    kv_shape = (L, "batch", KV, "kv_len", D)
-    batch = _r(1, 2, opts.max_batch)
-    specs: list[ComponentSpec] = []
+    """All component specs for one model, keyed by component name (export order), with their bf16 bounds and
+    what quantization covers."""
+    out = {}
+    for make in (_lm_decode, _token_embed, _diffusion_sampler, _diffusion_head, _acoustic_decoder_step,
+                 _semantic_encoder_step, _acoustic_encoder, _connectors):
+        s = make(info, opts)
+        if s.name in QUANTIZED:
+            s = dataclasses.replace(s, quant=QUANTIZED[s.name])
+        if s.name in BF16_TOL:
+            s = dataclasses.replace(s, tolerance={**s.tolerance, Precision.BF16: BF16_TOL[s.name]},
+                                    tolerance_notes=BF16_NOTE)
+        out[s.name] = s
+    return out
 
-    def decode_sample(d, p, g):
+
+def _half_batch(opts: ExportOptions) -> dict:
+    """The profile of the per-frame components that run one row per stream (CFG's rows are lm_decode's)."""
+    return {"batch": _r(1, 1, opts.max_batch // 2)}
+
+
+def _lm_decode(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
+    H, L, KV, D = info.hidden, info.layers, info.kv_heads, info.head_dim
+    kv_shape = (L, "batch", KV, "kv_len", D)
+
+    def sample(d, p, g):
         b, s, t = d["batch"], d["kv_len"], d.get("seq", 1)
         return {"embeds": _randn((b, t, H), p, g, 0.5), "past_k": _randn((L, b, KV, s, D), p, g),
                 "past_v": _randn((L, b, KV, s, D), p, g),
@@ -168,84 +185,106 @@ def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[
     chunk = min(opts.prefill_chunk, opts.max_prompt)
     past_max = max(1, (opts.max_prompt - 1) // chunk * chunk)
     prefill_profile = {"batch": _r(1, 1, 1), "seq": _r(1, chunk, chunk), "kv_len": _r(1, min(chunk, past_max), past_max)}
-    b0 = opts.kv_buckets[0]
-    specs.append(ComponentSpec(
+    b0, batch = opts.kv_buckets[0], _r(1, 2, opts.max_batch)
+    return ComponentSpec(
         "lm_decode", "T new LLM tokens for a batch of rows against a static KV cache (decode steps: T = 1 against "
                      "a length bucket; the prompt prefill: chunks of the prompt against the cache so far)",
         (T("embeds", ("batch", "seq", H)), T("past_k", kv_shape), T("past_v", kv_shape),
          T("cache_len", ("batch",), "int64")),
         (T("hidden", ("batch", 1, H)), T("logits", ("batch", 4), "float32"),
          T("new_k", (L, "batch", KV, "seq", D)), T("new_v", (L, "batch", KV, "seq", D))),
-        lambda m, k: lm.LMDecode(m, ModelInfo.from_model(m)), decode_sample,
+        lambda m, k: lm.LMDecode(m, ModelInfo.from_model(m)), sample,
         (*({"batch": batch, "seq": _r(1, 1, 1), "kv_len": _r(s, s, s)} for s in opts.kv_buckets), prefill_profile),
         {"batch": 2, "seq": 3, "kv_len": 32},
         ({"batch": 1, "seq": min(41, chunk), "kv_len": min(23, past_max)}, {"batch": 1, "seq": min(7, chunk), "kv_len": 1},
          {"batch": 2, "seq": 1, "kv_len": b0}, {"batch": min(6, opts.max_batch), "seq": 1, "kv_len": b0}),
         default_dims={"seq": 1},
-    ))
+    )
 
-    specs.append(ComponentSpec(
+
+def _token_embed(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
+    return ComponentSpec(
         "token_embed", "token ids -> LLM input embeddings (non-diffusion steps)",
-        (T("token", ("batch",), "int64"),), (T("embeds", ("batch", 1, H)),),
+        (T("token", ("batch",), "int64"),), (T("embeds", ("batch", 1, info.hidden)),),
         lambda m, k: lm.TokenEmbed(m),
         lambda d, p, g: {"token": torch.randint(0, info.vocab, (d["batch"],), generator=g)},
-        ({"batch": batch},), {"batch": 2}, ({"batch": 1}, {"batch": 5}),
-    ))
+        ({"batch": _r(1, 2, opts.max_batch)},), {"batch": 2}, ({"batch": 1}, {"batch": 5}),
+    )
 
-    def sampler_sample(d, p, g):
+
+def _diffusion_sampler(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
+    H, Z = info.hidden, info.latent_dim
+
+    def sample(d, p, g):
         b = d["batch"]
         return {"cond_pos": _randn((b, H), p, g), "cond_neg": _randn((b, H), p, g),
                 "noise": torch.randn((b, Z), generator=g), "cfg_scale": torch.full((b,), 1.3)}
 
-    specs.append(ComponentSpec(
+    return ComponentSpec(
         "diffusion_sampler", f"the whole {opts.steps}-step DPM-Solver++ 2M loop with CFG on the head",
         (T("cond_pos", ("batch", H)), T("cond_neg", ("batch", H)), T("noise", ("batch", Z), "float32"),
          T("cfg_scale", ("batch",), "float32")),
         (T("latent", ("batch", 1, Z)),),
-        lambda m, k: diffusion.DiffusionSampler(m, k), sampler_sample,
-        ({"batch": _r(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
-    ))
+        lambda m, k: diffusion.DiffusionSampler(m, k), sample,
+        (_half_batch(opts),), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
+    )
 
-    def head_sample(d, p, g):
+
+def _diffusion_head(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
+    H, Z = info.hidden, info.latent_dim
+
+    def sample(d, p, g):
         n = d["rows"]
         return {"noisy": _randn((n, Z), p, g), "timestep": torch.randint(0, 1000, (n,), generator=g).float(),
                 "condition": _randn((n, H), p, g)}
 
-    specs.append(ComponentSpec(
+    return ComponentSpec(
         "diffusion_head", "one diffusion-head call (debugging and parity)",
         (T("noisy", ("rows", Z)), T("timestep", ("rows",), "float32"), T("condition", ("rows", H))),
         (T("v", ("rows", Z)),),
-        lambda m, k: diffusion.DiffusionHeadStep(m), head_sample,
+        lambda m, k: diffusion.DiffusionHeadStep(m), sample,
         ({"rows": _r(1, 2, opts.max_batch)},), {"rows": 2}, ({"rows": 1}, {"rows": 6}),
-    ))
+    )
 
-    def dec_sample(d, p, g):
+
+def _acoustic_decoder_step(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
+    Z, HOP, S = info.latent_dim, info.hop, info.decoder_state
+
+    def sample(d, p, g):
         b = d["batch"]
-        return {"latent": _randn((b, 1, Z), p, g), "state": _randn((b, info.decoder_state), p, g, 0.5)}
+        return {"latent": _randn((b, 1, Z), p, g), "state": _randn((b, S), p, g, 0.5)}
 
-    specs.append(ComponentSpec(
+    return ComponentSpec(
         "acoustic_decoder_step", "one latent -> 3200 samples, streaming conv state in and out",
-        (T("latent", ("batch", 1, Z)), T("state", ("batch", info.decoder_state))),
-        (T("audio", ("batch", 1, HOP)), T("state_out", ("batch", info.decoder_state))),
-        lambda m, k: conv_stream.AcousticDecoderStep(m), dec_sample,
-        ({"batch": _r(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
+        (T("latent", ("batch", 1, Z)), T("state", ("batch", S))),
+        (T("audio", ("batch", 1, HOP)), T("state_out", ("batch", S))),
+        lambda m, k: conv_stream.AcousticDecoderStep(m), sample,
+        (_half_batch(opts),), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
         state=(("state", "state_out"),),
-    ))
+    )
 
-    def sem_sample(d, p, g):
+
+def _semantic_encoder_step(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
+    SEM, HOP, S = info.semantic_dim, info.hop, info.semantic_state
+
+    def sample(d, p, g):
         b = d["batch"]
-        return {"audio": _randn((b, 1, HOP), p, g, 0.5), "state": _randn((b, info.semantic_state), p, g, 0.5)}
+        return {"audio": _randn((b, 1, HOP), p, g, 0.5), "state": _randn((b, S), p, g, 0.5)}
 
-    specs.append(ComponentSpec(
+    return ComponentSpec(
         "semantic_encoder_step", "3200 samples -> one semantic feature, streaming conv state in and out",
-        (T("audio", ("batch", 1, HOP)), T("state", ("batch", info.semantic_state))),
-        (T("semantic", ("batch", 1, SEM)), T("state_out", ("batch", info.semantic_state))),
-        lambda m, k: conv_stream.SemanticEncoderStep(m), sem_sample,
-        ({"batch": _r(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
+        (T("audio", ("batch", 1, HOP)), T("state", ("batch", S))),
+        (T("semantic", ("batch", 1, SEM)), T("state_out", ("batch", S))),
+        lambda m, k: conv_stream.SemanticEncoderStep(m), sample,
+        (_half_batch(opts),), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
         state=(("state", "state_out"),),
-    ))
+    )
 
-    def enc_sample(d, p, g):
+
+def _acoustic_encoder(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
+    H, Z, HOP = info.hidden, info.latent_dim, info.hop
+
+    def sample(d, p, g):
         # A clip of any length (not a multiple of the hop) has ceil(samples / HOP) frames, as the original
         s, n = d["voices"], d.get("samples", d["frames"] * HOP)
         f = -(-n // HOP)
@@ -256,36 +295,30 @@ def build_specs(info: ModelInfo, opts: ExportOptions = ExportOptions()) -> dict[
                 "noise": torch.randn((s, f, Z), generator=g)}
 
     mf = opts.max_voice_frames
-    specs.append(ComponentSpec(
+    return ComponentSpec(
         "acoustic_encoder", "voice prompts (non-streaming) -> latents and LLM embeddings",
         (T("wav", ("voices", 1, "samples")), T("noise_std", ("voices",), "float32"),
          T("noise", ("voices", "frames", Z), "float32")),
         (T("latents", ("voices", "frames", Z)), T("embeds", ("voices", "frames", H))),
-        lambda m, k: conv_stream.AcousticEncoder(m), enc_sample,
+        lambda m, k: conv_stream.AcousticEncoder(m), sample,
         # Any sample count: each clip is encoded at its own length (conv_stream.encode_at_own_length).
         ({"voices": _r(1, 1, opts.max_voices), "frames": _r(1, min(8, mf), mf),
           "samples": _r(1, HOP * min(8, mf), HOP * mf)},),
         {"voices": 2, "frames": 3, "samples": 3 * HOP - 1000},
         ({"voices": 1, "frames": 2, "samples": 2 * HOP}, {"voices": 2, "frames": 5, "samples": 5 * HOP - 1234},
          {"voices": 1, "frames": 1, "samples": 777}),
-    ))
+    )
 
-    specs.append(ComponentSpec(
+
+def _connectors(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
+    H, Z, SEM = info.hidden, info.latent_dim, info.semantic_dim
+    return ComponentSpec(
         "connectors", "acoustic latent + semantic feature -> next LLM input embedding",
         (T("latent", ("batch", 1, Z)), T("semantic", ("batch", 1, SEM))), (T("embeds", ("batch", 1, H)),),
         lambda m, k: conv_stream.Connectors(m),
         lambda d, p, g: {"latent": _randn((d["batch"], 1, Z), p, g), "semantic": _randn((d["batch"], 1, SEM), p, g)},
-        ({"batch": _r(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
-    ))
-    out = {}
-    for s in specs:
-        if s.name in QUANTIZED:
-            s = dataclasses.replace(s, quant=QUANTIZED[s.name])
-        if s.name in BF16_TOL:
-            s = dataclasses.replace(s, tolerance={**s.tolerance, Precision.BF16: BF16_TOL[s.name]},
-                                    tolerance_notes=BF16_NOTE)
-        out[s.name] = s
-    return out
+        (_half_batch(opts),), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
+    )
 
 
 COMPONENTS = ("lm_decode", "token_embed", "diffusion_sampler", "diffusion_head",

@@ -292,27 +292,14 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
     if timing_cache:
         timing_cache.save()
 
-    warnings, dump = lg.warnings[:20], lg.layer_dump
     view = memoryview(serialized)
     # Engine first, manifest second, each atomically: a crash in between leaves the old entry, whose sha256 no
     # longer matches the new bytes, so the runtime refuses the engine and the next build redoes it.
     atomic_write_bytes(engine_path, view)
-    entry = {
-        "component": comp, "dtype": dtype, "engine": engine_path.name, "engine_bytes": view.nbytes,
-        "engine_sha256": hashlib.sha256(view).hexdigest(), "onnx": onnx_path.name,
-        "onnx_sha256": record["onnx_sha256"], "flavor": tm.flavor, "trt_version": tm.version,
-        "target": target.target, "compute_capabilities": list(target.compute_capabilities),
-        "gpu_name": target.gpu_name, "strongly_typed": True, "quant": (record.get("quant") or {}).get("mode"),
-        "decomposable_attention": n_attention,
-        **settings, "build_seconds": round(seconds, 3),
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timing_cache": cache_note,
-        "profiles": [{a: [r.min, r.opt, r.max] for a, r in p.items()} for p in spec.profiles],
-        "profile_shapes": shapes,
-        "inputs": _io(tm, (network.get_input(i) for i in range(network.num_inputs))),
-        "outputs": _io(tm, (network.get_output(i) for i in range(network.num_outputs))),
-        "layers": layer_summary(tm, serialized, dump),
-        "builder_warnings": warnings,
-    }
+    entry = _engine_entry(tm, spec, dtype, target, network, serialized, lg.layer_dump, (engine_path, onnx_path), record)
+    entry["builder_warnings"] = lg.warnings[:20]
+    entry.update(settings, decomposable_attention=n_attention, build_seconds=round(seconds, 3),
+                 timing_cache=cache_note, profile_shapes=shapes)
     manifest = mf.merge_entries(current, [entry], key=target.key, flavor=tm.flavor,
                                 trt_version=tm.version, target=target.target)
     mf.write_manifest(folder, manifest)
@@ -321,6 +308,25 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
     return {**result, "status": "built", "skipped": False, "build_seconds": round(seconds, 3),
             "engine_bytes": view.nbytes, "peak_rss_mb": round(rss, 1)}
 
+
+def _engine_entry(tm: TrtModule, spec: ComponentSpec, dtype: str, target: BuildTarget, network, serialized,
+                  layer_dump, paths: tuple[Path, Path], record: dict) -> dict:
+    """The manifest entry of a freshly built engine (`serialized`; `paths`: its engine file and ONNX graph),
+    less the build's own settings and timings."""
+    engine_path, onnx_path = paths
+    view = memoryview(serialized)
+    return {
+        "component": spec.name, "dtype": dtype, "engine": engine_path.name, "engine_bytes": view.nbytes,
+        "engine_sha256": hashlib.sha256(view).hexdigest(), "onnx": onnx_path.name,
+        "onnx_sha256": record["onnx_sha256"], "flavor": tm.flavor, "trt_version": tm.version,
+        "target": target.target, "compute_capabilities": list(target.compute_capabilities),
+        "gpu_name": target.gpu_name, "strongly_typed": True, "quant": (record.get("quant") or {}).get("mode"),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "profiles": [{a: [r.min, r.opt, r.max] for a, r in p.items()} for p in spec.profiles],
+        "inputs": _io(tm, (network.get_input(i) for i in range(network.num_inputs))),
+        "outputs": _io(tm, (network.get_output(i) for i in range(network.num_outputs))),
+        "layers": layer_summary(tm, serialized, layer_dump),
+    }
 
 def check_workdir_components(wd: Workdir, components) -> tuple[str, ...]:
     """A user's component list checked against the components of `wd`'s kind (long-form or Realtime)."""
