@@ -74,20 +74,26 @@ def decoder_state_size(cfg: RealtimeConfig) -> int:
 
 
 def build_realtime_specs(cfg: RealtimeConfig, opts: RealtimeExportOptions) -> dict[str, ComponentSpec]:
-    H, KV, D, Z = cfg.hidden, cfg.kv_heads, cfg.head_dim, cfg.latent_dim
-    L1, L2, K = cfg.lm_layers, cfg.tts_layers, opts.steps
-    r = AxisRange
-    buckets = tuple({"kv_len": r(s, s, s)} for s in opts.kv_buckets)
-    out: list[ComponentSpec] = []
+    """The Realtime model's component specs, keyed by component name (export order)."""
+    specs = (_text_window(cfg, opts), _tts_decode(cfg, opts),
+             *(_sampler(cfg, opts, name, algo) for name, algo in (("rt_sampler", "dpmsolver++"),
+                                                                 ("rt_sampler_sde", "sde-dpmsolver++"))),
+             _decoder_step(cfg, opts), _connector(cfg, opts))
+    return {s.name: s for s in specs}
 
-    def window_sample(d, p, g):
+
+def _text_window(cfg: RealtimeConfig, opts: RealtimeExportOptions) -> ComponentSpec:
+    H, KV, D, L1, L2 = cfg.hidden, cfg.kv_heads, cfg.head_dim, cfg.lm_layers, cfg.tts_layers
+    r = AxisRange
+
+    def sample(d, p, g):
         b, t, s1, s2 = d["batch"], d["text"], d["lm_kv"], d["tts_kv"]
         return {"ids": torch.randint(0, cfg.vocab, (b, t), generator=g),
                 "lm_k": _randn((L1, b, KV, s1, D), p, g), "lm_v": _randn((L1, b, KV, s1, D), p, g),
                 "lm_len": _lens(b, s1, g), "tts_k": _randn((L2, b, KV, s2, D), p, g),
                 "tts_v": _randn((L2, b, KV, s2, D), p, g), "tts_len": _lens(b, s2, g)}
 
-    out.append(ComponentSpec(
+    return ComponentSpec(
         "rt_text_window", f"<= {TEXT_WINDOW} text tokens through the text LM, then the TTS LM (text type)",
         (T("ids", ("batch", "text"), "int64"), T("lm_k", (L1, "batch", KV, "lm_kv", D)),
          T("lm_v", (L1, "batch", KV, "lm_kv", D)), T("lm_len", ("batch",), "int64"),
@@ -96,64 +102,76 @@ def build_realtime_specs(cfg: RealtimeConfig, opts: RealtimeExportOptions) -> di
         (T("hidden", ("batch", 1, H)), T("lm_new_k", (L1, "batch", KV, "text", D)),
          T("lm_new_v", (L1, "batch", KV, "text", D)), T("tts_new_k", (L2, "batch", KV, "text", D)),
          T("tts_new_v", (L2, "batch", KV, "text", D))),
-        lambda m, k: steps.TextWindowStep(m), window_sample,
+        lambda m, k: steps.TextWindowStep(m), sample,
         tuple({"batch": r(1, 1, opts.max_batch // 2), "text": r(1, TEXT_WINDOW, TEXT_WINDOW),
                "lm_kv": r(8, min(512, s), s), "tts_kv": r(s, s, s)} for s in opts.kv_buckets),
         {"batch": 2, "text": 3, "lm_kv": 16, "tts_kv": 24},
         ({"batch": 1, "text": 5, "lm_kv": 9, "tts_kv": 31}, {"batch": 3, "text": 2, "lm_kv": 20, "tts_kv": 12}),
         tolerance={Precision.BF16: 4.5e-2}, tolerance_notes=TEXT_WINDOW_BF16_NOTE,
-    ))
+    )
 
-    def decode_sample(d, p, g):
+
+def _tts_decode(cfg: RealtimeConfig, opts: RealtimeExportOptions) -> ComponentSpec:
+    H, KV, D, L2 = cfg.hidden, cfg.kv_heads, cfg.head_dim, cfg.tts_layers
+    r = AxisRange
+
+    def sample(d, p, g):
         b, s = d["batch"], d["kv_len"]
         return {"embeds": _randn((b, 1, H), p, g, 0.5), "past_k": _randn((L2, b, KV, s, D), p, g),
                 "past_v": _randn((L2, b, KV, s, D), p, g), "cache_len": _lens(b, s, g)}
 
     kv2 = (L2, "batch", KV, "kv_len", D)
-    out.append(ComponentSpec(
+    return ComponentSpec(
         "rt_tts_decode", "one speech position of the TTS LM for positive and negative rows, EOS head included",
         (T("embeds", ("batch", 1, H)), T("past_k", kv2), T("past_v", kv2), T("cache_len", ("batch",), "int64")),
         (T("hidden", ("batch", 1, H)), T("eos_logit", ("batch",), "float32"), T("new_k", (L2, "batch", KV, 1, D)),
          T("new_v", (L2, "batch", KV, 1, D))),
-        lambda m, k: steps.TtsDecodeStep(m), decode_sample,
-        tuple({**bk, "batch": r(1, 2, opts.max_batch)} for bk in buckets),
+        lambda m, k: steps.TtsDecodeStep(m), sample,
+        tuple({"kv_len": r(s, s, s), "batch": r(1, 2, opts.max_batch)} for s in opts.kv_buckets),
         {"batch": 2, "kv_len": 24}, ({"batch": 2, "kv_len": 17}, {"batch": 6, "kv_len": 40}),
-    ))
+    )
 
-    for name, algo in (("rt_sampler", "dpmsolver++"), ("rt_sampler_sde", "sde-dpmsolver++")):
-        sde = algo.startswith("sde")
 
-        def sampler_sample(d, p, g, sde=sde):
-            b = d["batch"]
-            s = {"cond_pos": _randn((b, H), p, g), "cond_neg": _randn((b, H), p, g),
-                 "noise": torch.randn((b, Z), generator=g),
-                 "cfg_scale": 1.0 + torch.rand((b,), generator=g)}  # a scale per row: parity checks each row's
-            if sde:
-                s["step_noise"] = torch.randn((b, K, Z), generator=g)
-            return s
+def _sampler(cfg: RealtimeConfig, opts: RealtimeExportOptions, name: str, algo: str) -> ComponentSpec:
+    H, Z, K = cfg.hidden, cfg.latent_dim, opts.steps
+    sde = algo.startswith("sde")
 
-        ins = (T("cond_pos", ("batch", H)), T("cond_neg", ("batch", H)), T("noise", ("batch", Z), "float32"),
-               T("cfg_scale", ("batch",), "float32")) + ((T("step_noise", ("batch", K, Z), "float32"),) if sde else ())
-        out.append(ComponentSpec(
-            name, f"the {K}-step {algo} sampler with CFG on the head", ins, (T("latent", ("batch", 1, Z)),),
-            lambda m, k, algo=algo: RealtimeSampler(m, k, algo), sampler_sample,
-            ({"batch": r(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
-        ))
+    def sample(d, p, g):
+        b = d["batch"]
+        s = {"cond_pos": _randn((b, H), p, g), "cond_neg": _randn((b, H), p, g),
+             "noise": torch.randn((b, Z), generator=g),
+             "cfg_scale": 1.0 + torch.rand((b,), generator=g)}  # a scale per row: parity checks each row's
+        if sde:
+            s["step_noise"] = torch.randn((b, K, Z), generator=g)
+        return s
 
-    nd = decoder_state_size(cfg)
-    out.append(ComponentSpec(
+    ins = (T("cond_pos", ("batch", H)), T("cond_neg", ("batch", H)), T("noise", ("batch", Z), "float32"),
+           T("cfg_scale", ("batch",), "float32")) + ((T("step_noise", ("batch", K, Z), "float32"),) if sde else ())
+    return ComponentSpec(
+        name, f"the {K}-step {algo} sampler with CFG on the head", ins, (T("latent", ("batch", 1, Z)),),
+        lambda m, k: RealtimeSampler(m, k, algo), sample,
+        ({"batch": AxisRange(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
+    )
+
+
+def _decoder_step(cfg: RealtimeConfig, opts: RealtimeExportOptions) -> ComponentSpec:
+    Z, nd = cfg.latent_dim, decoder_state_size(cfg)
+    return ComponentSpec(
         "rt_decoder_step", "one latent -> one hop of audio, streaming conv state in and out",
         (T("latent", ("batch", 1, Z)), T("state", ("batch", nd))),
         (T("audio", ("batch", 1, cfg.hop)), T("state_out", ("batch", nd))),
         lambda m, k: steps.RealtimeDecoderStep(m),
         lambda d, p, g: {"latent": _randn((d["batch"], 1, Z), p, g), "state": _randn((d["batch"], nd), p, g, 0.5)},
-        ({"batch": r(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
+        ({"batch": AxisRange(1, 1, opts.max_batch // 2)},), {"batch": 2}, ({"batch": 1}, {"batch": 3}),
         state=(("state", "state_out"),), tolerance={Precision.BF16: 3e-2}, tolerance_notes=DECODER_BF16_NOTE,
-    ))
-    out.append(ComponentSpec(
+    )
+
+
+def _connector(cfg: RealtimeConfig, opts: RealtimeExportOptions) -> ComponentSpec:
+    H, Z = cfg.hidden, cfg.latent_dim
+    return ComponentSpec(
         "rt_connector", "diffusion latent -> next TTS input (speech type included)",
         (T("latent", ("batch", 1, Z)),), (T("embeds", ("batch", 1, H)),),
         lambda m, k: steps.ConnectorStep(m), lambda d, p, g: {"latent": _randn((d["batch"], 1, Z), p, g)},
-        ({"batch": r(1, 2, opts.max_batch)},), {"batch": 2}, ({"batch": 1}, {"batch": 5}),
-    ))
-    return {s.name: s for s in out}
+        ({"batch": AxisRange(1, 2, opts.max_batch)},), {"batch": 2}, ({"batch": 1}, {"batch": 5}),
+    )
