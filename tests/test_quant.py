@@ -107,6 +107,22 @@ def test_torch_int8_path_runs_on_the_cpu_within_the_gate(wd_int8, tiny_model):
     assert 0 < err <= bound(QuantMode.INT8, error_stats(own, want).rel_l2)
 
 
+def test_torch_gate_needs_no_quantized_graph(tmp_path):
+    """The torch path quantizes the model's GEMMs itself: a quantized work dir with only the connectors graph
+    is gated on every quantized component by `--backend torch`; ONNX Runtime, which runs graphs, gates none."""
+    from vvtrt.pipeline import run_parity_cli
+    from vvtrt.quant.gate import read_gate
+
+    wd = _export(tmp_path / "wd", "fp8", "connectors")
+    report, _ = run_parity_cli(wd.root, "onnxruntime", "cpu", "fp32", 16, e2e=False)
+    assert report["passed"] and not read_gate(wd)["passed"]  # no quantized component checked: no gate
+    report, _ = run_parity_cli(wd.root, "torch", "cpu", "fp32", 16, e2e=False)
+    gate = read_gate(wd)
+    assert report["passed"], report["failures"]
+    assert gate["passed"] and gate["components"] == [f"{c}.fp32" for c in sorted(QUANTIZED.split(","))]
+    assert all(r["rel_l2"] > 0 for r in report["rows"] if r.get("quant"))  # quantized, not the fp32 model
+
+
 def test_torch_path_quantizes_each_gemm_once_then_frees_the_float_weights(wd_int8):
     """lm_decode's q|k|v and gate|up run fused: their Linears (views of the fused weights) are not quantized a
     second time. Once the loop's runners are built the float weights the quantized GEMMs replaced are gone,

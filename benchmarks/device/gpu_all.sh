@@ -164,8 +164,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc
 # result stays in quant_gate.json), then one bench with the work dirs side by side (torch-compile; the uncompiled
 # loop only if that failed). Full TensorRT is not installed on these machines: the quantized engines are built
 # by CI (TensorRT-RTX, CPU).
-# QUANT_COMPONENTS=lm_decode,diffusion_sampler,diffusion_head,connectors QUANT_BACKENDS=torch: the quantized
-# components and the torch path only (a fraction of the export time). QUANT_MODES (default "int8 fp8"): the
+# QUANT_COMPONENTS=connectors QUANT_BACKENDS=torch: the torch path only, whose gate needs no quantized graph (the
+# export builds the model and one small graph: seconds for 1.5B, where the quantized graphs take minutes). QUANT_MODES (default "int8 fp8"): the
 # quantized modes, exported in this order. $1: model preset, $2: results tag.
 QUANT_MODES=${QUANT_MODES:-int8 fp8}
 quant_export() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones run side by side (memory: 1.5B

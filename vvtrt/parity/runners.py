@@ -1,5 +1,5 @@
 """The runners `vvtrt parity` checks (a backend's runner of one exported component; bf16 on the CPU: ONNX's
-reference evaluator), its options, and the loop over every exported (component, precision) it selects."""
+reference evaluator), its options, and the loop over the (component, precision) pairs it checks."""
 from __future__ import annotations
 
 import logging
@@ -73,12 +73,24 @@ class _ReferenceEvalRunner:
         return run_onnx_reference(self.path, feed)
 
 
+def checked_pairs(wd: Workdir, opts: ParityOptions) -> list[tuple[str, Precision]]:
+    """Every exported (component, precision); on the torch backend of a quantized work dir also its quantized
+    components at each exported precision, exported or not: the torch path quantizes the model's own GEMMs and
+    runs no graph, so its gate needs none of the quantized graphs (`--components connectors` is enough)."""
+    pairs = wd.exported()
+    if opts.backend != "torch" or wd.quant() is None:
+        return pairs
+    precisions = sorted({p for _, p in pairs}, key=lambda p: p.value)
+    quantized = [(c, p) for c, spec in wd.specs().items() if spec.quant for p in precisions]
+    return sorted({*pairs, *quantized}, key=lambda cp: (cp[0], cp[1].value))
+
+
 def run_each(wd: Workdir, opts: ParityOptions, progress, label: str, check, skip_row, only=None) -> list[dict]:
-    """`check(component, precision)`'s rows for every exported pair the options select (and `only`
+    """`check(component, precision)`'s rows for every pair of `checked_pairs` the options select (and `only`
     allows); a pair that cannot run here (backend, device, missing or broken file: a VvtrtError) gets
     `skip_row(component, precision, why)` instead -- a skipped check, which fails the report."""
     rows = []
-    for comp, precision in wd.exported():
+    for comp, precision in checked_pairs(wd, opts):
         if ((opts.precisions and precision not in opts.precisions) or (opts.components and comp not in opts.components)
                 or (only is not None and comp not in only)):
             continue
