@@ -296,7 +296,8 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
     # Engine first, manifest second, each atomically: a crash in between leaves the old entry, whose sha256 no
     # longer matches the new bytes, so the runtime refuses the engine and the next build redoes it.
     atomic_write_bytes(engine_path, view)
-    entry = _engine_entry(tm, spec, dtype, target, network, serialized, lg.layer_dump, (engine_path, onnx_path), record)
+    entry = _engine_entry(tm, spec, dtype, target, network, serialized, lg.layer_dump, (engine_path, onnx_path),
+                          record)
     entry["builder_warnings"] = lg.warnings[:20]
     entry.update(settings, decomposable_attention=n_attention, build_seconds=round(seconds, 3),
                  timing_cache=cache_note, profile_shapes=shapes)
@@ -327,6 +328,7 @@ def _engine_entry(tm: TrtModule, spec: ComponentSpec, dtype: str, target: BuildT
         "outputs": _io(tm, (network.get_output(i) for i in range(network.num_outputs))),
         "layers": layer_summary(tm, serialized, layer_dump),
     }
+
 
 def check_workdir_components(wd: Workdir, components) -> tuple[str, ...]:
     """A user's component list checked against the components of `wd`'s kind (long-form or Realtime)."""
