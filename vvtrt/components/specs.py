@@ -184,7 +184,8 @@ def _lm_decode(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
     # cache of the prompt so far (`vvtrt.runtime.prefill`: 1 slot for the first chunk, then multiples of the chunk)
     chunk = min(opts.prefill_chunk, opts.max_prompt)
     past_max = max(1, (opts.max_prompt - 1) // chunk * chunk)
-    prefill_profile = {"batch": _r(1, 1, 1), "seq": _r(1, chunk, chunk), "kv_len": _r(1, min(chunk, past_max), past_max)}
+    prefill_profile = {"batch": _r(1, 1, 1), "seq": _r(1, chunk, chunk),
+                       "kv_len": _r(1, min(chunk, past_max), past_max)}
     b0, batch = opts.kv_buckets[0], _r(1, 2, opts.max_batch)
     return ComponentSpec(
         "lm_decode", "T new LLM tokens for a batch of rows against a static KV cache (decode steps: T = 1 against "
@@ -196,7 +197,8 @@ def _lm_decode(info: ModelInfo, opts: ExportOptions) -> ComponentSpec:
         lambda m, k: lm.LMDecode(m, ModelInfo.from_model(m)), sample,
         (*({"batch": batch, "seq": _r(1, 1, 1), "kv_len": _r(s, s, s)} for s in opts.kv_buckets), prefill_profile),
         {"batch": 2, "seq": 3, "kv_len": 32},
-        ({"batch": 1, "seq": min(41, chunk), "kv_len": min(23, past_max)}, {"batch": 1, "seq": min(7, chunk), "kv_len": 1},
+        ({"batch": 1, "seq": min(41, chunk), "kv_len": min(23, past_max)},
+         {"batch": 1, "seq": min(7, chunk), "kv_len": 1},
          {"batch": 2, "seq": 1, "kv_len": b0}, {"batch": min(6, opts.max_batch), "seq": 1, "kv_len": b0}),
         default_dims={"seq": 1},
     )
