@@ -165,8 +165,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc
 # loop only if that failed). Full TensorRT is not installed on these machines: the quantized engines are built
 # by CI (TensorRT-RTX, CPU).
 # QUANT_COMPONENTS=connectors QUANT_BACKENDS=torch: the torch path only, whose gate needs no quantized graph (the
-# export builds the model and one small graph: seconds for 1.5B, where the quantized graphs take minutes). QUANT_MODES (default "int8 fp8"): the
-# quantized modes, exported in this order. $1: model preset, $2: results tag.
+# export builds the model and one small graph, where the quantized graphs take minutes). QUANT_MODES (default
+# "int8 fp8"): the quantized modes, exported in this order. $1: model preset, $2: results tag.
 QUANT_MODES=${QUANT_MODES:-int8 fp8}
 quant_export() {  # the exports are CPU-bound: with $3 = 1 the two quantized ones run side by side (memory: 1.5B
   # only; the bf16 one, for the bench's torch-compile baseline, needs only the connectors graph). Writes

@@ -298,9 +298,8 @@ def build_one(wd: Workdir, spec: ComponentSpec, precision: Precision, tm: TrtMod
     atomic_write_bytes(engine_path, view)
     entry = _engine_entry(tm, spec, dtype, target, network, serialized, lg.layer_dump, (engine_path, onnx_path),
                           record)
-    entry["builder_warnings"] = lg.warnings[:20]
     entry.update(settings, decomposable_attention=n_attention, build_seconds=round(seconds, 3),
-                 timing_cache=cache_note, profile_shapes=shapes)
+                 timing_cache=cache_note, profile_shapes=shapes, builder_warnings=lg.warnings[:20])
     manifest = mf.merge_entries(current, [entry], key=target.key, flavor=tm.flavor,
                                 trt_version=tm.version, target=target.target)
     mf.write_manifest(folder, manifest)

@@ -80,7 +80,7 @@ def checked_pairs(wd: Workdir, opts: ParityOptions) -> list[tuple[str, Precision
     pairs = wd.exported()
     if opts.backend != "torch" or wd.quant() is None:
         return pairs
-    precisions = sorted({p for _, p in pairs}, key=lambda p: p.value)
+    precisions = {p for _, p in pairs}
     quantized = [(c, p) for c, spec in wd.specs().items() if spec.quant for p in precisions]
     return sorted({*pairs, *quantized}, key=lambda cp: (cp[0], cp[1].value))
 
