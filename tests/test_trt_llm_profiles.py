@@ -1,5 +1,5 @@
 """lm_decode's optimization profiles (pure: no TensorRT needed): the LLM is one engine serving the decode steps
-and the prompt prefill's chunks; the TensorRT-RTX build of those profiles is in tests/test_engines.py."""
+and the prompt prefill's chunks; the TensorRT-RTX build of those profiles is in tests/test_engine_builds.py."""
 from __future__ import annotations
 
 import pytest
