@@ -144,8 +144,6 @@ def save_tokenizer(path: Path, extra_words: int = 0) -> Path:
 
 
 def copy_dir(src: Path, dst: Path) -> Path:
-    import shutil
-
     shutil.copytree(src, dst)
     return dst
 

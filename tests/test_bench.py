@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,8 @@ def test_each_variant_in_its_own_process_with_its_own_memory(bench_run):
         m = r["memory"]
         assert m["host_peak_rss_bytes"] > 10 * 2**20  # a Python process with torch: tens of MiB at least
         # no GPU: the GPU figures are absent (null) and say so, never a 0 that looks measured
-        for key in ("nvml_process_peak_bytes", "nvml_peak_used_bytes", "peak_allocated_bytes"):
+        for key in ("nvml_process_peak_bytes", "nvml_peak_used_bytes", "peak_allocated_bytes",
+                    "after_load_peak_allocated_bytes", "nvml_process_after_load_peak_bytes"):
             assert m[key] is None
         assert m["nvml_process_status"].startswith("not measured")
 
@@ -198,6 +200,32 @@ def test_worker_reports_errors_with_its_pid(tmp_path):
     reply = run_in_subprocess(job, tmp_path, 0)
     assert reply["error_type"] == "ValueError" and "bogus" in reply["error"]
     assert isinstance(reply["pid"], int) and reply["pid"] != os.getpid()
+
+
+@pytest.mark.gpu
+def test_memory_probe_keeps_the_loads_transient_peak_apart():
+    """What a load frees before serving (a quantized load's float weights) is in the whole-life peaks only."""
+    import torch
+
+    from vvtrt.bench.memory_probe import MemoryProbe
+
+    probe = MemoryProbe("cuda")
+    try:
+        load = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")  # 2 GiB held only while loading
+        del load
+        torch.cuda.empty_cache()
+        kept = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+        probe.mark_loaded()
+        work = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # serving's own peak
+        time.sleep(0.2)  # NVML is polled every 20 ms
+        m = probe.fields()
+    finally:
+        probe.stop()
+    assert m["peak_allocated_bytes"] >= 2 << 30
+    assert 512 << 20 <= m["after_load_peak_allocated_bytes"] < 1 << 30
+    if m["nvml_process_peak_bytes"] is not None:  # NVML lists this pid (not in another PID namespace)
+        assert m["nvml_process_peak_bytes"] - m["nvml_process_after_load_peak_bytes"] > 1 << 30
+    del kept, work
 
 
 def test_process_memory_sampler_without_a_gpu_says_not_measured():

@@ -146,11 +146,11 @@ class _Baseline:
                           prompt_tokens=self.job.prompt_tokens, note=SYNTHETIC_NOTE)
 
 
-def bench_baseline(job, memory) -> dict:
+def bench_baseline(job, probe) -> dict:
     """Measure baseline `job.name` ("pytorch-eager" or "transformers") in this process."""
     import numpy as np
 
-    from vvtrt.bench.measure import allocator_peaks, ttfa_block
+    from vvtrt.bench.measure import ttfa_block
     from vvtrt.model.text_tokenizer import load_text_tokenizer
     from vvtrt.precision import Precision
     from vvtrt.reports.stats import summary
@@ -163,6 +163,7 @@ def bench_baseline(job, memory) -> dict:
     model = ModelCache(wd, init_on_device=True).get(Precision.parse(job.precision), torch.device(job.device))
     base = _Baseline(job, wd, model, load_text_tokenizer(wd.source()))  # random weights: speed only
     load_s = time.perf_counter() - t0
+    probe.mark_loaded()
     cold = base.e2e()
     warm = [base.e2e() for _ in range(job.repeats)]
     ids = _real_prompt(job, wd, base.tokenizer, voice_inputs(job.voices, "cpu", torch.float32)[1])
@@ -176,7 +177,7 @@ def bench_baseline(job, memory) -> dict:
             "ttfa_e2e": ttfa_block([r["ttfa_s"] * 1000 for r in warm], cold["ttfa_s"] * 1000,
                                    prompt_tokens=len(ids), voices=len(job.voices)),
             "ttfa_prefill": ttfa_block(prefill, prompt_tokens=len(ids)), "ttfa_synthetic": synthetic,
-            "memory": {**allocator_peaks(base.device), "graph_pool_bytes": None, **memory()},
+            "memory": {**probe.fields(), "graph_pool_bytes": None},
             "setup": {"load_s": load_s, "build_s": None, "capture_s": None, "cold_request_s": cold["total_s"]},
             "floor_gap": None,
             "notes": ("transformers generate with guidance_scale (adds token-level CFG: a third LLM pass)"

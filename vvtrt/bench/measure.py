@@ -13,7 +13,9 @@ In order, on the real script with its voice clips (`vvtrt.bench.inputs`):
    ``ttfa_synthetic``), the long-prompt prefill figure of earlier reports;
 5. `repeats` **warm prefill-to-first-chunk** requests: the prompt's embeddings ready (tokenized, voices
    encoded), timed from the prefill to the first chunk on the host (``ttfa_prefill.warm``);
-6. memory (before step 7, whose extra graphs a server never holds), then per-component timings.
+6. memory (before step 7, whose extra graphs a server never holds), over the process's life and from the end
+   of step 1 (``memory.after_load_*``: what it holds while serving, without the load's transient copies),
+   then per-component timings.
 
 An end-to-end request is `Synthesizer.stream(script, voices)` (for `streams` > 1 the same two calls,
 `prompt_embeds` then `generate(..., streams=N)`), timed from before the prompt is built.
@@ -156,8 +158,8 @@ def allocator_peaks(device) -> dict:
             "peak_reserved_bytes": torch.cuda.max_memory_reserved(device)}
 
 
-def bench_variant(job, memory) -> dict:
-    """Measure variant `job.name`; `memory()` returns the process's memory figures so far."""
+def bench_variant(job, probe) -> dict:
+    """Measure variant `job.name`; `probe`: the process's `MemoryProbe` (marked once the synthesizer is loaded)."""
     from vvtrt.runtime.backends import ModelCache
     from vvtrt.runtime.synthesizer import SAMPLE_RATE, Synthesizer
     from vvtrt.workdir import Workdir
@@ -169,6 +171,7 @@ def bench_variant(job, memory) -> dict:
     synth = Synthesizer.from_workdir(wd.root, backend=backend, device=device, precision=job.precision,
                                      models=ModelCache(wd, init_on_device=True), **extra)  # speed only
     load_s = time.perf_counter() - t0
+    probe.mark_loaded()
     req = _Requests(synth, job)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     cold = req.e2e(seed=0)
@@ -181,7 +184,7 @@ def bench_variant(job, memory) -> dict:
     synthetic = _synthetic_ttfa(req, synth, job)
     ids, emb = synth.prompt_embeds(job.script, list(job.voices), 0)
     prefill = [req.from_embeds(ids, emb, r + 1).ttfa_s * 1000 for r in range(job.repeats)]
-    mem = {**allocator_peaks(device), "graph_pool_bytes": graph_pool, **memory()}
+    mem = {**probe.fields(), "graph_pool_bytes": graph_pool}
     comp, notes = _components(synth, len(ids), job.streams, job.frames)
     audio_s = job.frames * synth.info.hop / SAMPLE_RATE
     mean_total = float(np.mean([r.total_s for r in warm]))

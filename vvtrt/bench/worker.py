@@ -4,8 +4,9 @@
 
 The parent (`vvtrt.bench.run`) writes a :class:`BenchJob` as JSON and reads back ``{"pid", "result"}``
 or ``{"pid", "error", "error_type"}``; no result file means the process died (its log is on stderr).
-On CUDA a :class:`~vvtrt.reports.telemetry.ProcessMemorySampler` polls NVML for this pid from before
-CUDA is touched; every job also reports the process's peak host RSS.
+A :class:`~vvtrt.bench.memory_probe.MemoryProbe` measures the process's memory, over its whole life and from
+the end of its load (on CUDA NVML is polled for this pid from before CUDA is touched); every job also reports
+the process's peak host RSS.
 """
 from __future__ import annotations
 
@@ -75,19 +76,6 @@ def run_in_subprocess(job: BenchJob, scratch: Path, index: int) -> dict:
             "error_type": "WorkerDied"}
 
 
-def _memory_probe(job: BenchJob):
-    """(sampler or None, a function returning the memory fields so far)."""
-    from vvtrt.reports.telemetry import ProcessMemorySampler, peak_rss_bytes
-
-    if not job.device.startswith("cuda"):
-        status = "not measured: a CPU run (no GPU memory)"
-        return None, lambda: {"nvml_process_peak_bytes": None, "nvml_peak_used_bytes": None,
-                              "nvml_device_baseline_bytes": None, "nvml_process_status": status,
-                              "host_peak_rss_bytes": peak_rss_bytes()}
-    sampler = ProcessMemorySampler(device_index=job.device_index()).start()  # before CUDA is touched
-    return sampler, sampler.snapshot
-
-
 def _floor(job: BenchJob) -> dict:
     """The bandwidth floor: weights one frame must read / measured device bandwidth."""
     import torch
@@ -110,20 +98,21 @@ def _floor(job: BenchJob) -> dict:
 def run_job(job: BenchJob) -> dict:
     if job.kind not in KINDS:
         raise ValueError(f"unknown bench job kind {job.kind!r}")
-    sampler, memory = _memory_probe(job)
+    from vvtrt.bench.memory_probe import MemoryProbe
+
+    probe = MemoryProbe(job.device, job.device_index())  # before CUDA is touched
     try:
         if job.kind == "variant":
             from vvtrt.bench.measure import bench_variant
 
-            return bench_variant(job, memory)
+            return bench_variant(job, probe)
         if job.kind == "baseline":
             from vvtrt.bench.baselines import bench_baseline
 
-            return bench_baseline(job, memory)
+            return bench_baseline(job, probe)
         return _floor(job)
     finally:
-        if sampler is not None:
-            sampler.stop()
+        probe.stop()
 
 
 def main(argv=None) -> None:

@@ -177,6 +177,7 @@ TTFA_BARS = (("e2e_cold", "end to end, cold", _ttfa("ttfa_e2e", cold=True)),
              ("prefill", "prefill → first chunk, warm p50", _ttfa("ttfa_prefill")),
              ("synthetic", "synthetic prompt, warm p50", _ttfa("ttfa_synthetic")))
 MEMORY_BARS = (("peak_allocated_bytes", "torch allocator peak"), ("nvml_process_peak_bytes", "NVML, this process"),
+               ("nvml_process_after_load_peak_bytes", "NVML, this process, after load"),
                ("nvml_peak_used_bytes", "NVML, whole device"), ("host_peak_rss_bytes", "host peak RSS"))
 
 

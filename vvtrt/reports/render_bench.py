@@ -111,19 +111,23 @@ def _bench_memory(report: dict) -> list[str]:
             "reserves (NVML's v1 `used` counts it: an idle GPU reads a few hundred MiB)." if isolated else
             "This report predates per-process measurement: every variant ran in one process, so the whole-"
             "device NVML figure covers all of them."),
-           "Torch's allocator does not see ONNX Runtime's or TensorRT's memory.", ""]
+           "Torch's allocator does not see ONNX Runtime's or TensorRT's memory. The peaks cover the whole process, "
+           "its load included; *after load*: from the end of the load on, what the process holds while it serves "
+           "(loading a quantized work dir holds the float weights next to the 8-bit ones until its runners are "
+           "built).", ""]
     body = []
     for r, _ in _all_results(report):
         m, st = r["memory"], r["setup"]
         body.append([r["label"], r.get("pid", NOT_MEASURED)]
-                    + [_nm(m.get(k), ".2f", GIB) for k in ("peak_allocated_bytes", "peak_reserved_bytes",
-                                                           "nvml_process_peak_bytes", "nvml_peak_used_bytes",
+                    + [_nm(m.get(k), ".2f", GIB) for k in ("peak_allocated_bytes", "after_load_peak_allocated_bytes",
+                                                           "peak_reserved_bytes", "nvml_process_peak_bytes",
+                                                           "nvml_process_after_load_peak_bytes", "nvml_peak_used_bytes",
                                                            "nvml_device_baseline_bytes", "host_peak_rss_bytes")]
                     + [fmt(m["graph_pool_bytes"], ".2f", GIB)]
                     + [fmt(st.get(k), ".1f") for k in ("load_s", "build_s", "capture_s", "cold_request_s")]
                     + [len(r["frame_ms"]), "; ".join(x for x in (r["notes"], m.get("nvml_process_status")) if x)])
-    out += [table(["label", "pid", "torch allocator peak (GiB)", "reserved (GiB)", "NVML, this process (GiB)",
-                   "NVML, whole device (GiB)", "whole device before (GiB)", "host peak RSS (GiB)",
+    out += [table(["label", "pid", "torch allocator peak (GiB)", "after load", "reserved (GiB)",
+                   "NVML, this process (GiB)", "after load", "NVML, whole device (GiB)", "whole device before (GiB)", "host peak RSS (GiB)",
                    "cold-request growth (GiB)", "load (s)", "build (s)", "capture (s)", "cold request (s)", "frames",
                    "notes"], body), ""]
     return out
@@ -158,20 +162,41 @@ def _bench_telemetry(report: dict) -> list[str]:
             f"over {span:.1f} s, across every process of the run.", "", table(["series", "unit", "mean", "max"], body), ""]
 
 
+def _gate_verdict(g) -> str:
+    if g is None:
+        return "not gated"
+    worst = max(((w.get("rel_l2") or 0) / (w.get("tolerance") or 1) for w in g.get("worst") or []), default=None)
+    return ("passed" if g.get("passed") else "FAILED") + (f" (worst {worst:.2f}× its bound)" if worst else "")
+
+
+def _vs(x, base) -> str:
+    return "—" if x is None or not base else f"{(x / base - 1) * 100:+.1f} %"
+
+
 def _bench_quant(report: dict) -> list[str]:
-    """The compared work dirs (`vvtrt bench --compare-workdir`): quantization and quality-gate verdict."""
+    """The compared work dirs (`vvtrt bench --compare-workdir`) side by side: per variant, speed, TTFA and the
+    memory held after load against the unquantized work dir's, then each work dir's quality-gate verdict."""
     rows = report.get("quant") or []
     if not rows:
         return []
-
-    def verdict(g):
-        if g is None:
-            return "not gated"
-        worst = max(((w.get("rel_l2") or 0) / (w.get("tolerance") or 1) for w in g.get("worst") or []), default=None)
-        return ("passed" if g.get("passed") else "FAILED") + (f" (worst {worst:.2f}× its bound)" if worst else "")
-
-    body = [[r["quant"], r["workdir"], "—" if r["quant"] == "none" else verdict(r["gate"])] for r in rows]
-    return ["## Quantization", "", table(["quant", "work dir", "quality gate (vvtrt parity)"], body), ""]
+    runs = [r for r in report["results"] if r.get("quant")]
+    variant = (lambda r: r["label"].removesuffix("-" + r["quant"]))  # the label without its quantization
+    base = {variant(r): r for r in runs if r["quant"] == "none"}
+    body = []
+    for r in runs:
+        b, m = base.get(variant(r)), r["memory"]
+        held, b_held = m.get("nvml_process_after_load_peak_bytes"), (b or {}).get("memory", {}).get(
+            "nvml_process_after_load_peak_bytes")
+        body.append([r["label"], r["quant"], fmt(r["frame"]["p50"], ".2f"), fmt(r["frame"]["p99"], ".2f"),
+                     _vs(r["frame"]["p50"], b and b["frame"]["p50"]),
+                     _nm((r.get("ttfa_e2e") or {}).get("warm", {}).get("p50"), ".1f"),
+                     _nm(m.get("after_load_peak_allocated_bytes"), ".2f", GIB), _nm(held, ".2f", GIB), _vs(held, b_held)])
+    gates = [[r["quant"], r["workdir"], "—" if r["quant"] == "none" else _gate_verdict(r["gate"])] for r in rows]
+    return ["## Quantization", "", "The same variants on each work dir, side by side; memory after load (what the "
+            "process holds while it serves); *vs none*: against the same variant on the unquantized work dir.", "",
+            table(["label", "quant", "frame p50 (ms)", "p99", "p50 vs none", "TTFA e2e warm p50 (ms)",
+                   "torch allocator after load (GiB)", "NVML, this process, after load (GiB)", "NVML vs none"], body),
+            "", table(["quant", "work dir", "quality gate (vvtrt parity)"], gates), ""]
 
 
 def render_bench(report: dict, images) -> str:

@@ -56,7 +56,8 @@ counts existed are still read; their skipped rows did not fail the run then.
               "ttfa_ms"?: [number], "ttfa"?: {"p50", "p90", "p99"},     # reports before the split, see below
               "memory": {"peak_allocated_bytes", "peak_reserved_bytes", "nvml_peak_used_bytes",
                          "graph_pool_bytes", "nvml_process_peak_bytes"?, "nvml_device_baseline_bytes"?,
-                         "nvml_process_status"?: str, "host_peak_rss_bytes"?},
+                         "nvml_process_status"?: str, "host_peak_rss_bytes"?,
+                         "after_load_peak_allocated_bytes"?, "nvml_process_after_load_peak_bytes"?},
               "setup": {"load_s", "build_s", "capture_s", "cold_request_s"?},
               "floor_gap": frame p50 / floor_ms | null, "notes": str,
               "streams"?: int, "throughput_x_realtime"?: number}   # optional: concurrent streams per step
@@ -78,8 +79,11 @@ allocate outside it); ``nvml_process_peak_bytes`` is NVML's figure for the measu
 (null, with ``nvml_process_status`` saying why, where NVML does not list it); ``nvml_peak_used_bytes``
 is the whole device's used memory (older reports: over the whole multi-variant process; NVML's v1
 ``used``, which counts driver-reserved memory), and ``nvml_device_baseline_bytes`` that figure before
-the process touched CUDA; ``host_peak_rss_bytes`` the
-process's peak resident host memory. A key missing from an older report means "not measured".
+the process touched CUDA; ``host_peak_rss_bytes`` the process's peak resident host memory. Those peaks cover
+the process's whole life, its load included; ``after_load_peak_allocated_bytes`` and
+``nvml_process_after_load_peak_bytes`` are the same two process figures from the end of the load on (what it
+holds while it serves: a quantized work dir's load holds the float weights next to the 8-bit ones until its
+runners are built). A key missing from an older report means "not measured".
 
 ``components`` may be ``{}`` (a baseline that cannot be broken down); every metric may be null.
 The renderer computes speed-ups as baseline frame p50 / result frame p50.
@@ -128,7 +132,9 @@ BENCH_RESULT = {
     "memory": {"peak_allocated_bytes": "num?", "peak_reserved_bytes": "num?", "nvml_peak_used_bytes": "num?",
                "graph_pool_bytes": "num?", "nvml_process_peak_bytes": ("optional", "num?"),
                "nvml_device_baseline_bytes": ("optional", "num?"), "nvml_process_status": ("optional", "str"),
-               "host_peak_rss_bytes": ("optional", "num?")},
+               "host_peak_rss_bytes": ("optional", "num?"),
+               "after_load_peak_allocated_bytes": ("optional", "num?"),
+               "nvml_process_after_load_peak_bytes": ("optional", "num?")},
     "setup": {"load_s": "num?", "build_s": "num?", "capture_s": "num?"},
     "floor_gap": "num?", "notes": "str",
 }

@@ -194,6 +194,8 @@ class ProcessMemorySampler(TelemetrySampler):
         self.process_peak: int | None = None
         self.device_peak: int | None = None
         self.device_baseline: int | None = None
+        self.after_load_peak: int | None = None  # the process's peak since `mark_loaded`
+        self._loaded = False
         self._listed = False  # the pid appeared in a process list
         self._lists_read = False  # a process list was read at all
 
@@ -225,6 +227,14 @@ class ProcessMemorySampler(TelemetrySampler):
                 self.device_peak = max(self.device_peak or 0, int(used))
             if own is not None:
                 self.process_peak = max(self.process_peak or 0, own)
+                if self._loaded:
+                    self.after_load_peak = max(self.after_load_peak or 0, own)
+
+    def mark_loaded(self) -> None:
+        """From now on also keep the process's peak apart from the load's (`vvtrt.bench.memory_probe`)."""
+        with self._lock:
+            self._loaded, self.after_load_peak = True, None
+        self._sample()
 
     def status(self) -> str:
         if not self.available:
@@ -241,6 +251,7 @@ class ProcessMemorySampler(TelemetrySampler):
         """The peaks so far (the sampler keeps running), as report ``memory`` fields."""
         self._sample()
         with self._lock:
-            return {"nvml_process_peak_bytes": self.process_peak, "nvml_peak_used_bytes": self.device_peak,
+            return {"nvml_process_peak_bytes": self.process_peak, "nvml_process_after_load_peak_bytes": self.after_load_peak,
+                    "nvml_peak_used_bytes": self.device_peak,
                     "nvml_device_baseline_bytes": self.device_baseline, "nvml_process_status": self.status(),
                     "host_peak_rss_bytes": peak_rss_bytes()}
