@@ -162,7 +162,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc
 # default every component, in bf16; --quant adds the Q/DQ GEMMs of lm_decode and the diffusion head), runs the
 # quality gate (vvtrt parity with each of QUANT_BACKENDS, default ONNX Runtime CUDA then the torch path, whose
 # result stays in quant_gate.json), then one bench with the work dirs side by side (torch-compile; the uncompiled
-# loop only if that failed). Full TensorRT is not installed on these machines: the quantized engines are built
+# loop only if that failed), the weights each work dir's loop holds (quant_weights.py, on the GPU). Full TensorRT is not installed on these machines: the quantized engines are built
 # by CI (TensorRT-RTX, CPU).
 # QUANT_COMPONENTS=connectors QUANT_BACKENDS=torch: the torch path only, whose gate needs no quantized graph (the
 # export builds the model and one small graph, where the quantized graphs take minutes). QUANT_MODES (default
@@ -213,7 +213,10 @@ quant_stage() {  # the quality gate and the side-by-side bench of the exports ab
         --out "$RUN/results/bench_${tag}_quant_$b" && break
     rc=1
   done
-  python3 -m pytest -q -rA -m gpu tests/test_quant.py -p no:cacheprovider || rc=1
+  local wds=("$RUN/wdq${tag}_none") ; for q in $QUANT_MODES; do wds+=("$RUN/wdq${tag}_$q"); done
+  python3 benchmarks/quant_weights.py "$RUN/results/quant_weights_${tag}.json" --device cuda \
+      "${wds[@]/#/--workdir=}" || rc=1  # the weights the loop holds, counted by tensor
+  python3 -m pytest -q -rA -m gpu tests/test_quant.py tests/test_bench.py -p no:cacheprovider || rc=1
   return $rc
 }
 q15x() { quant_export 1.5b 1.5b 1; }
