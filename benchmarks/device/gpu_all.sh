@@ -162,8 +162,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/serving_stages.sh"  # http15, ray1, eproc
 # default every component, in bf16; --quant adds the Q/DQ GEMMs of lm_decode and the diffusion head), runs the
 # quality gate (vvtrt parity with each of QUANT_BACKENDS, default ONNX Runtime CUDA then the torch path, whose
 # result stays in quant_gate.json), then one bench with the work dirs side by side (torch-compile; the uncompiled
-# loop only if that failed), the weights each work dir's loop holds (quant_weights.py, on the GPU). Full TensorRT is not installed on these machines: the quantized engines are built
-# by CI (TensorRT-RTX, CPU).
+# loop only if that failed) and the weights each work dir's loop holds (quant_weights.py, on the GPU). Full
+# TensorRT is not installed on these machines: the quantized engines are built by CI (TensorRT-RTX, CPU).
 # QUANT_COMPONENTS=connectors QUANT_BACKENDS=torch: the torch path only, whose gate needs no quantized graph (the
 # export builds the model and one small graph, where the quantized graphs take minutes). QUANT_MODES (default
 # "int8 fp8"): the quantized modes, exported in this order. $1: model preset, $2: results tag.
