@@ -202,6 +202,50 @@ def test_bench_compares_quantized_work_dirs_side_by_side(tiny_workdir, wd_int8, 
     assert "%" in row and row.count("not measured") == 2  # CPU: no GPU memory, never a made-up figure
 
 
+def test_quant_targets_come_from_the_runs_own_files(tmp_path):
+    """benchmarks/quant_targets.py over a real tiny run, as the device stages make it: export, parity with the
+    torch backend and the side-by-side bench through the CLI, then quant_weights.py. Every row names its file;
+    the latent SNR (what quantization changes in a teacher-forced run) is compared with the unquantized work
+    dir's; what a CPU cannot measure (GPU memory) is "not measured", never met."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    res = tmp_path / "results"
+    res.mkdir()
+    for mode in ("none", "int8"):
+        assert run("export", "--model", "tiny", "-w", tmp_path / mode, "--dtype", "bf16", "--components",
+                   "connectors", "--quant", mode).exit_code == 0
+        assert run("parity", "-w", tmp_path / mode, "--backend", "torch", "--dtype", "bf16",
+                   "--json", res / f"parity_tiny_{mode}_torch_cpu.json").exit_code == 0
+    shutil.copy(tmp_path / "int8" / "quant_gate.json", res / "quant_gate_tiny_int8.json")
+    assert run("bench", "-w", tmp_path / "none", "--compare-workdir", tmp_path / "int8", "--backend", "torch",
+               "--dtype", "bf16", "--frames", 3, "--prompt-tokens", 16, "--repeats", 1,
+               "--out", res / "bench_tiny_quant_torch").exit_code == 0
+    root = Path(__file__).resolve().parents[1]
+    for script, args in (("quant_weights.py", [res / "quant_weights_tiny.json", "--workdir", tmp_path / "none",
+                                               "--workdir", tmp_path / "int8"]),
+                         ("quant_targets.py", [res, "--tag", "tiny", "--device", "cpu"])):
+        subprocess.run([sys.executable, str(root / "benchmarks" / script), *map(str, args)], check=True,
+                       stdout=subprocess.DEVNULL)
+    rep = json.loads((res / "quant_targets_tiny.json").read_text())
+    rows = {(r["name"], r["mode"]): r for r in rep["rows"]}
+    assert rows[("frame_p50_ms", "int8")]["value"] > 0 and rows[("weights_bytes", "int8")]["value"] > 0
+    assert rows[("weights_bytes", "int8")]["value"] < rows[("weights_bytes", "none")]["value"]
+    assert rows[("nvml_after_load_vs_none", "int8")]["value"] is None  # CPU: no GPU memory
+    assert rows[("quality gate passed", "int8")]["met"] is True
+    snr = [r for r in rep["rows"] if r["name"].endswith("latent SNR (dB)")]
+    assert {r["name"] for r in snr} == {"teacher-forced-bf16 latent SNR (dB)",
+                                        "scripted-teacher-forced-bf16 latent SNR (dB)"}
+    none = json.loads((res / "parity_tiny_none_torch_cpu.json").read_text())
+    ref = next(e["latent_snr_db"] for e in none["e2e"] if e["name"] == "teacher-forced-bf16")
+    tf = next(r for r in snr if r["name"].startswith("teacher-forced"))
+    assert tf["target"] == pytest.approx(ref - 3.0) and tf["met"] == (tf["value"] >= ref - 3.0)
+    assert all(r["source"] for r in rep["rows"])
+    assert "| quality gate passed | int8 |" in (res / "quant_targets_tiny.md").read_text()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", [QuantMode.INT8, QuantMode.FP8])
 def test_torch_quant_path_on_the_gpu_in_a_cuda_graph(mode):

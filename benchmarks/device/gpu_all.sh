@@ -206,6 +206,9 @@ quant_stage() {  # the quality gate and the side-by-side bench of the exports ab
     done
     cp "$wd/quant_gate.json" "$RUN/results/quant_gate_${tag}_${q}.json" 2>/dev/null
   done
+  # the unquantized work dir's teacher-forced SNR: the reference of the quantized ones' (quant_targets.py)
+  $VV parity -w "$RUN/wdq${tag}_none" --backend torch --device cuda --dtype bf16 \
+      --json "$RUN/results/parity_${tag}_none_torch_cuda.json" || rc=1
   for b in ${QUANT_BENCH_WAIT:-}; do wait_bg "$b"; done  # bg: stages on the GPU that must end before the bench
   for b in torch-compile torch; do  # the uncompiled loop only where the compiled one failed
     $VV bench -w "$RUN/wdq${tag}_none" "${cmp[@]}" \
@@ -216,6 +219,7 @@ quant_stage() {  # the quality gate and the side-by-side bench of the exports ab
   local wds=("$RUN/wdq${tag}_none") ; for q in $QUANT_MODES; do wds+=("$RUN/wdq${tag}_$q"); done
   python3 benchmarks/quant_weights.py "$RUN/results/quant_weights_${tag}.json" --device cuda \
       "${wds[@]/#/--workdir=}" || rc=1  # the weights the loop holds, counted by tensor
+  python3 benchmarks/quant_targets.py "$RUN/results" --tag $tag --model $model || rc=1  # each target met or missed
   python3 -m pytest -q -rA -m gpu tests/test_quant.py tests/test_bench.py -p no:cacheprovider || rc=1
   return $rc
 }

@@ -127,6 +127,16 @@ def _snr(a, b) -> float:
     return SNR_CAP_DB if s == float("inf") else s
 
 
+def latent_snr(ours, ref, n: int) -> float | None:
+    """SNR (dB) of the sampler's own latents over the first `n` diffusion frames against the reference's. In a
+    teacher-forced run the decoder gets the reference latents, so the audio's SNR measures the decoder and
+    this one the LLM and the diffusion head (where a quantized work dir's GEMMs are)."""
+    if n == 0:
+        return None
+    return _snr(torch.stack([_t(a).float() for a in ours.latents[:n]]),
+                torch.stack([_t(b).float() for b in ref.latents[:n]]))
+
+
 def frame_stats(ours, ref, hop: int) -> list[dict]:
     """Per diffusion frame: the latent's and the audio chunk's error against the reference, and (where
     `ours.tokens` is known) the LLM step that made the frame."""
@@ -192,7 +202,7 @@ def compare_run(name, backend, precision, ours, ref, n_frames, bounds, notes, ho
     chunk_snrs = [fr["audio_snr_db"] for fr in frames if fr.get("audio_snr_db") is not None]
     row = {"name": name, "backend": backend, "precision": precision.value, "frames": frames,
            "snr_db": _snr(ours.audio, ref.audio), "worst_chunk_snr_db": min(chunk_snrs, default=None),
-           "passed": None, "gated": bounds is not None}
+           "latent_snr_db": latent_snr(ours, ref, len(frames)), "passed": None, "gated": bounds is not None}
     if script is not None:
         row["script"] = _script_check(script, ours, ref)
     sens = []

@@ -49,7 +49,7 @@ def write_gate(wd, report: dict) -> dict:
             "components": sorted({f"{r['component']}.{r['precision']}" for r in rows}),
             "worst": [{k: r.get(k) for k in ("component", "precision", "output", "dims", "rel_l2", "bf16_rel_l2",
                                                "tolerance", "passed")} for r in _worst(rows)],
-            "e2e": [{k: r.get(k) for k in ("name", "snr_db", "passed", "notes")} for r in tf],
+            "e2e": [{k: r.get(k) for k in ("name", "latent_snr_db", "snr_db", "passed", "notes")} for r in tf],
             "failures": report["failures"][:20]}
     atomic_write_json(wd.root / GATE_FILE, gate)
     return gate

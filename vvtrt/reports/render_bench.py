@@ -127,9 +127,9 @@ def _bench_memory(report: dict) -> list[str]:
                     + [fmt(st.get(k), ".1f") for k in ("load_s", "build_s", "capture_s", "cold_request_s")]
                     + [len(r["frame_ms"]), "; ".join(x for x in (r["notes"], m.get("nvml_process_status")) if x)])
     out += [table(["label", "pid", "torch allocator peak (GiB)", "after load", "reserved (GiB)",
-                   "NVML, this process (GiB)", "after load", "NVML, whole device (GiB)", "whole device before (GiB)", "host peak RSS (GiB)",
-                   "cold-request growth (GiB)", "load (s)", "build (s)", "capture (s)", "cold request (s)", "frames",
-                   "notes"], body), ""]
+                   "NVML, this process (GiB)", "after load", "NVML, whole device (GiB)", "whole device before (GiB)",
+                   "host peak RSS (GiB)", "cold-request growth (GiB)", "load (s)", "build (s)", "capture (s)",
+                   "cold request (s)", "frames", "notes"], body), ""]
     return out
 
 
@@ -190,7 +190,8 @@ def _bench_quant(report: dict) -> list[str]:
         body.append([r["label"], r["quant"], fmt(r["frame"]["p50"], ".2f"), fmt(r["frame"]["p99"], ".2f"),
                      _vs(r["frame"]["p50"], b and b["frame"]["p50"]),
                      _nm((r.get("ttfa_e2e") or {}).get("warm", {}).get("p50"), ".1f"),
-                     _nm(m.get("after_load_peak_allocated_bytes"), ".2f", GIB), _nm(held, ".2f", GIB), _vs(held, b_held)])
+                     _nm(m.get("after_load_peak_allocated_bytes"), ".2f", GIB), _nm(held, ".2f", GIB),
+                     _vs(held, b_held)])
     gates = [[r["quant"], r["workdir"], "—" if r["quant"] == "none" else _gate_verdict(r["gate"])] for r in rows]
     return ["## Quantization", "", "The same variants on each work dir, side by side; memory after load (what the "
             "process holds while it serves); *vs none*: against the same variant on the unquantized work dir.", "",

@@ -83,13 +83,17 @@ def _parity_e2e(e2e) -> list[str]:
         chunk = fmt(chunk, ".1f") if "worst_chunk_snr_db" in run else "not recorded"
         body.append([run["name"], run["backend"], run["precision"], len(fr), _e(first.get("latent_rel_l2")),
                      _e(last.get("latent_rel_l2")), worst, _e(max((f["latent_max_abs"] for f in fr
-                     if f["latent_max_abs"] is not None), default=None)), fmt(run["snr_db"], ".1f"), chunk,
-                     _OUTCOME[check_outcome(run)], run["notes"]])
-    return ["## End to end", "",
-            "Latent rel_l2 against the reference run at the first, last and worst diffusion frame; SNR of the "
-            "whole audio and of the worst 3200-sample chunk.", "",
-            table(["run", "backend", "precision", "frames", "first", "last", "worst", "worst max_abs", "SNR (dB)",
-                   "worst chunk SNR (dB)", "status", "notes"], body), ""] + _parity_scripts(e2e)
+                     if f["latent_max_abs"] is not None), default=None)),
+                     fmt(run["latent_snr_db"], ".1f") if "latent_snr_db" in run else "not recorded",
+                     fmt(run["snr_db"], ".1f"), chunk, _OUTCOME[check_outcome(run)], run["notes"]])
+    return (["## End to end", "",
+             "Latent rel_l2 against the reference run at the first, last and worst diffusion frame; SNR of the "
+             "sampler's own latents over every frame, of the whole audio and of the worst 3200-sample chunk. "
+             "Teacher-forced runs decode the reference latents: their audio SNR measures the decoder, their "
+             "latent SNR the LLM and the diffusion head.", "",
+             table(["run", "backend", "precision", "frames", "first", "last", "worst", "worst max_abs",
+                    "latent SNR (dB)", "SNR (dB)", "worst chunk SNR (dB)", "status", "notes"], body), ""]
+            + _parity_scripts(e2e))
 
 
 def _parity_scripts(e2e) -> list[str]:

@@ -20,9 +20,12 @@ NaN/inf into null so that the files stay strict JSON). Extra keys anywhere are a
                         "audio_rel_l2", "audio_snr_db" (optional: this frame's audio chunk vs the reference's),
                         "reference_sensitivity" (optional: the perturbed twin of the reference vs the reference)}],
              "snr_db", "passed": bool | null, "gated": bool (optional; false: informational),
-             "worst_chunk_snr_db" (optional), "growth_ratio" (optional: a chaotic free-running row's growth
-             relative to the twin), "script" (optional, scripted rows: {"decisions": [str], "ours": [str],
-             "reference": [str], "stop_reason", "reference_stop_reason", "matched": bool}), "notes": str}],
+             "worst_chunk_snr_db" (optional), "latent_snr_db" (optional: the sampler's own latents vs the
+             reference's over every diffusion frame; in a teacher-forced run the decoder gets the reference
+             latents, so "snr_db" measures the decoder and this the LLM and diffusion head),
+             "growth_ratio" (optional: a chaotic free-running row's growth relative to the twin),
+             "script" (optional, scripted rows: {"decisions": [str], "ours": [str], "reference": [str],
+             "stop_reason", "reference_stop_reason", "matched": bool}), "notes": str}],
     "passed": bool, "failures": [str],
     "counts": {"components" | "streaming" | "e2e" | "total":
                {"run", "passed", "failed", "skipped", "informational": int}}   # optional (older reports lack it)
@@ -117,7 +120,8 @@ E2E_SCRIPT = {"decisions": "strlist", "ours": "strlist", "reference": "strlist",
               "reference_stop_reason": "str", "matched": "bool"}
 E2E_ROW = {"name": "str", "backend": "str", "precision": "str", "frames": [E2E_FRAME], "snr_db": "num?",
            "passed": "bool?", "notes": "str", "gated": ("optional", "bool"),
-           "worst_chunk_snr_db": ("optional", "num?"), "script": ("optional", E2E_SCRIPT)}
+           "worst_chunk_snr_db": ("optional", "num?"), "latent_snr_db": ("optional", "num?"),
+           "script": ("optional", E2E_SCRIPT)}
 COMPONENT_STATS = {"calls_per_frame": "num", "p50_ms": "num?", "p90_ms": "num?", "p99_ms": "num?",
                    "mean_ms": "num?"}
 PCTS = {"p50": "num?", "p90": "num?", "p99": "num?"}

@@ -251,7 +251,8 @@ class ProcessMemorySampler(TelemetrySampler):
         """The peaks so far (the sampler keeps running), as report ``memory`` fields."""
         self._sample()
         with self._lock:
-            return {"nvml_process_peak_bytes": self.process_peak, "nvml_process_after_load_peak_bytes": self.after_load_peak,
+            return {"nvml_process_peak_bytes": self.process_peak,
+                    "nvml_process_after_load_peak_bytes": self.after_load_peak,
                     "nvml_peak_used_bytes": self.device_peak,
                     "nvml_device_baseline_bytes": self.device_baseline, "nvml_process_status": self.status(),
                     "host_peak_rss_bytes": peak_rss_bytes()}
