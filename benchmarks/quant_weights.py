@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import shlex
 import subprocess
@@ -63,6 +64,7 @@ def measure(wd_path: Path, dtype: str, device: str) -> dict:
     mode = wd.quant().value if wd.quant() else "none"
     row = {"mode": mode, "model": wd.source().label, "workdir": str(wd_path), **held_bytes(runners)}
     del runners
+    gc.collect()  # the next work dir's model must not meet this one's on the device
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return row
