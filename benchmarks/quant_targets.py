@@ -82,7 +82,8 @@ def speed_memory_rows(bench: dict, src: str | None, results: Path, tag: str, mod
     weights = {r["mode"]: r for r in (_load(results / f"quant_weights_{tag}.json") or {}).get("rows", [])}
     none_nvml = (bench.get("none") or {}).get("memory", {}).get("nvml_process_after_load_peak_bytes")
     rows = []
-    for mode in sorted(set(bench) | set(weights) | {m for _, m in TARGETS.get(model, {})}, key=lambda m: m != "none"):
+    modes = set(bench) | set(weights) | {m for _, m in TARGETS.get(model, {})}
+    for mode in sorted(modes, key=lambda m: (m != "none", m)):  # none first: the others are compared with it
         r = bench.get(mode) or {}
         nvml = r.get("memory", {}).get("nvml_process_after_load_peak_bytes")
         values = {"frame_p50_ms": (r.get("frame") or {}).get("p50"),
