@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # model -> (metric, mode) -> (op, bound, unit); the quality rows (gate, SNR) apply to every quantized mode
 TARGETS = {
     "1.5b": {("frame_p50_ms", "fp8"): ("<=", 4.0, "ms"), ("nvml_after_load_vs_none", "fp8"): ("<=", 0.70, "×")},
-    "7b": {("frame_p50_ms", "fp8"): ("<=", 9.0, "ms"), ("weights_bytes", "fp8"): ("<=", 11e9, "bytes")},
+    "7b": {("frame_p50_ms", "fp8"): ("<=", 9.0, "ms"), ("weights_gb", "fp8"): ("<=", 11.0, "GB")},
 }
 SNR_MARGIN_DB = 3.0
 
@@ -86,37 +86,34 @@ def speed_memory_rows(bench: dict, src: str | None, results: Path, tag: str, mod
     for mode in sorted(modes, key=lambda m: (m != "none", m)):  # none first: the others are compared with it
         r = bench.get(mode) or {}
         nvml = r.get("memory", {}).get("nvml_process_after_load_peak_bytes")
-        values = {"frame_p50_ms": (r.get("frame") or {}).get("p50"),
-                  "nvml_after_load_vs_none": nvml / none_nvml if nvml and none_nvml else None,
-                  "weights_bytes": (weights.get(mode) or {}).get("bytes")}
-        for metric, value in values.items():
-            op, bound, unit = TARGETS.get(model, {}).get((metric, mode), ("<=", None, ""))
-            source = f"quant_weights_{tag}.json" if metric == "weights_bytes" else src
-            rows.append(_row(metric, mode, value, op, bound, unit or {"frame_p50_ms": "ms", "weights_bytes": "bytes",
-                                                                      "nvml_after_load_vs_none": "×"}[metric], source))
+        held = (weights.get(mode) or {}).get("bytes")
+        values = {"frame_p50_ms": ((r.get("frame") or {}).get("p50"), "ms"),
+                  "nvml_after_load_vs_none": (nvml / none_nvml if nvml and none_nvml else None, "×"),
+                  "weights_gb": (None if held is None else held / 1e9, "GB")}  # GB = 1e9 bytes, as the target
+        for metric, (value, unit) in values.items():
+            op, bound, _ = TARGETS.get(model, {}).get((metric, mode), ("<=", None, unit))
+            source = f"quant_weights_{tag}.json" if metric == "weights_gb" else src
+            rows.append(_row(metric, mode, value, op, bound, unit, source))
     return rows
 
 
-def markdown(rep: dict) -> str:
-    def val(r):
-        v = r["value"]
-        return "not measured" if v is None else (f"{v / 1e9:.2f} GB" if r["unit"] == "bytes" else f"{v:.4g}")
+def _status(r: dict) -> str:
+    if r["target"] is None:
+        return "no target (informational)" if r["value"] is not None else "not measured"
+    word = "not measured" if r["met"] is None else ("✅ met" if r["met"] else "❌ missed")
+    return f"{word} ({r['op']} {r['target']:.4g} {r['unit']})"
 
-    def status(r):
-        if r["target"] is None:
-            return "no target (informational)" if r["value"] is not None else "not measured"
-        bound = f"{r['target'] / 1e9:.2f} GB" if r["unit"] == "bytes" else f"{r['target']:.4g}"
-        word = "not measured" if r["met"] is None else ("✅ met" if r["met"] else "❌ missed")
-        return f"{word} ({r['op']} {bound})"
+
+def markdown(rep: dict) -> str:
+    from vvtrt.reports.render_md import table
 
     env = rep["bench_environment"]
-    lines = [f"# Quantization targets — {rep['model']} ({rep['tag']})", "",
-             f"The bench ran on {env.get('gpu_name') or 'no GPU'} at commit `{env.get('git_commit') or 'not recorded'}`"
-             f" (results in `{rep['results']}`).",
-             "", "| target | mode | value | status | source | note |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['mode']} | {val(r)} | {status(r)} | {r['source'] or '—'} | {r['note']} |"
-              for r in rep["rows"]]
-    return "\n".join(lines) + "\n"
+    body = [[r["name"], r["mode"], "not measured" if r["value"] is None else f"{r['value']:.4g} {r['unit']}",
+             _status(r), r["source"] or "—", r["note"]] for r in rep["rows"]]
+    return "\n".join([f"# Quantization targets — {rep['model']} ({rep['tag']})", "",
+                      f"The bench ran on {env.get('gpu_name') or 'no GPU'} at commit "
+                      f"`{env.get('git_commit') or 'not recorded'}` (results in `{rep['results']}`).", "",
+                      table(["target", "mode", "value", "status", "source", "note"], body)]) + "\n"
 
 
 def main(argv=None) -> int:

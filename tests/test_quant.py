@@ -231,8 +231,8 @@ def test_quant_targets_come_from_the_runs_own_files(tmp_path):
                        stdout=subprocess.DEVNULL)
     rep = json.loads((res / "quant_targets_tiny.json").read_text())
     rows = {(r["name"], r["mode"]): r for r in rep["rows"]}
-    assert rows[("frame_p50_ms", "int8")]["value"] > 0 and rows[("weights_bytes", "int8")]["value"] > 0
-    assert rows[("weights_bytes", "int8")]["value"] < rows[("weights_bytes", "none")]["value"]
+    assert rows[("frame_p50_ms", "int8")]["value"] > 0 and rows[("weights_gb", "int8")]["value"] > 0
+    assert rows[("weights_gb", "int8")]["value"] < rows[("weights_gb", "none")]["value"]
     assert rows[("nvml_after_load_vs_none", "int8")]["value"] is None  # CPU: no GPU memory
     assert rows[("quality gate passed", "int8")]["met"] is True
     snr = [r for r in rep["rows"] if r["name"].endswith("latent SNR (dB)")]

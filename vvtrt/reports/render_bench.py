@@ -179,8 +179,10 @@ def _bench_quant(report: dict) -> list[str]:
     rows = report.get("quant") or []
     if not rows:
         return []
+    def variant(r):  # the label without its quantization
+        return r["label"].removesuffix("-" + r["quant"])
+
     runs = [r for r in report["results"] if r.get("quant")]
-    variant = (lambda r: r["label"].removesuffix("-" + r["quant"]))  # the label without its quantization
     base = {variant(r): r for r in runs if r["quant"] == "none"}
     body = []
     for r in runs:
